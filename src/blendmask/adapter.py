@@ -93,4 +93,3 @@ def _resize_target(
     else:
         masks = masks.new_zeros((0, *size))
     return {"boxes": boxes, "labels": target["labels"].long() - 1, "masks": masks.to(torch.uint8)}
-

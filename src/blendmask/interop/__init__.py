@@ -1,0 +1,1 @@
+"""Importers for weights made by other projects (AdelaiDet, torchvision, MSRA)."""

@@ -1,0 +1,1 @@
+"""Network parts of BlendMask: backbone bodies, FPN, heads, blender, losses."""

@@ -1,0 +1,245 @@
+"""Inference post-processing: FCOS decoding, top-k, NMS (FCOS Sec. 3), the blender at test
+time (BlendMask Sec. 3.2) and pasting into the original image.
+
+Numbers and quirks in ADELAIDET.md §4 (selection), §1.8 (blending) and §1.9 (pasting):
+- candidates are (location, class) pairs with cls * ctr > 0.05 (or cls > 0.05 when
+  `thresh_with_ctr` is off), at most `pre_nms_topk` per level and image, by cls * ctr;
+- score = sqrt(cls * ctr) in both cases (the reference multiplies by ctr after thresholding);
+- boxes (x - l*s, y - t*s, x + r*s, y + b*s) are not clipped before NMS or RoI pooling;
+- class-aware NMS at 0.6, then the top 100 with a kthvalue threshold (ties may keep more);
+- masks are blended on the unclipped boxes, then boxes are rescaled to the original image,
+  clipped, emptied ones dropped, and the masks pasted into the clipped boxes at `>= 0.5`.
+
+Shapes: N images, L levels, P points, C foreground classes, K bases, M attention size,
+R bottom resolution, D detections of one image, h/w resized unpadded size, H0/W0 original size.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import batched_nms
+
+from ..structures import BlendMaskOutputs, Detections
+from .blender import merge_bases, paste_masks, pool_bases
+
+
+def top_k_per_group(scores: Tensor, groups: Tensor, k: int) -> Tensor:
+    """Indices of the `k` highest scores within every group, without a loop over groups.
+
+    Args:
+        scores (Tensor[Q]): candidate scores.
+        groups (Tensor[Q]): int64 group id of each candidate (here its FPN level).
+        k: keep at most this many per group.
+
+    Returns:
+        Tensor[Q']: indices into `scores`, grouped by increasing group id, each group by
+        decreasing score.
+    """
+    if scores.numel() == 0:
+        return torch.zeros((0,), dtype=torch.int64, device=scores.device)
+    by_score = torch.argsort(scores, descending=True, stable=True)
+    # A stable sort by group keeps the score order inside each group.
+    order = by_score[torch.argsort(groups[by_score], stable=True)]
+    sorted_groups = groups[order]
+    counts = torch.bincount(sorted_groups)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(order.numel(), device=scores.device) - starts[sorted_groups]
+    return order[rank < k]
+
+
+class BlendMaskPostProcessor(nn.Module):
+    """Raw BlendMaskOutputs -> `Detections` per image, in original-image pixels.
+
+    `detect` (selection and NMS) and `blend` (R x R mask probabilities) are public so the
+    explanation / visualisation code can reuse the intermediate results.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        score_thresh: float = 0.05,
+        pre_nms_topk: int = 1000,
+        nms_thresh: float = 0.6,
+        post_nms_topk: int = 100,
+        thresh_with_ctr: bool = True,
+        bottom_resolution: int = 56,
+        attn_size: int = 14,
+        top_interp: str = "bilinear",
+        pooler_type: str = "ROIAlignV2",
+        pooler_sampling_ratio: int = 1,
+        pooler_scale: float = 0.25,
+        fixed_onehot_attention: bool = False,
+        mask_threshold: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.score_thresh = score_thresh
+        self.pre_nms_topk = pre_nms_topk
+        self.nms_thresh = nms_thresh
+        self.post_nms_topk = post_nms_topk
+        self.thresh_with_ctr = thresh_with_ctr
+        self.bottom_resolution = bottom_resolution
+        self.attn_size = attn_size
+        self.top_interp = top_interp
+        self.pooler_type = pooler_type
+        self.pooler_sampling_ratio = pooler_sampling_ratio
+        self.pooler_scale = pooler_scale
+        self.fixed_onehot_attention = fixed_onehot_attention
+        self.mask_threshold = mask_threshold
+
+    @torch.no_grad()
+    def detect(self, outputs: BlendMaskOutputs, image_sizes: list[tuple[int, int]]) -> list[dict]:
+        """Candidate selection, box decoding and NMS (ADELAIDET.md §4, steps 1-4).
+
+        Args:
+            outputs: raw network outputs.
+            image_sizes: (h, w) resized unpadded size of every image (only its count is used:
+                boxes are not clipped here, as the reference).
+
+        Returns:
+            per image a dict, detections sorted by decreasing score:
+            "boxes" (Tensor[D, 4]): xyxy in resized input pixels, unclipped;
+            "scores" (Tensor[D]): sqrt(cls * ctr);
+            "labels" (Tensor[D]): int64 in [0, C);
+            "point_inds" (Tensor[D]): int64 index of the location in P (for its attention);
+            "levels" (Tensor[D]): int64 FPN level of the location (0 = P3);
+            "top_feats" (Tensor[D, K*M*M]): the location's attention logits.
+        """
+        num_images = outputs.cls_logits.shape[0]
+        if len(image_sizes) != num_images:
+            raise ValueError(f"expected {num_images} image sizes, got {len(image_sizes)}")
+        device = outputs.cls_logits.device
+        level_of_point = torch.repeat_interleave(
+            torch.arange(len(outputs.num_points_per_level), device=device),
+            torch.as_tensor(list(outputs.num_points_per_level), device=device),
+        )
+        cls = outputs.cls_logits.float().sigmoid()  # (N, P, C)
+        ctr = outputs.ctrness.float().sigmoid()  # (N, P)
+        cls_ctr = cls * ctr[..., None]
+        # THRESH_WITH_CTR: the threshold applies to cls * ctr (before the sqrt); otherwise to
+        # cls alone. Ranking and the final score use cls * ctr either way.
+        candidates = (cls_ctr if self.thresh_with_ctr else cls) > self.score_thresh
+
+        results = []
+        for i in range(num_images):
+            point_inds, labels = candidates[i].nonzero(as_tuple=True)
+            scores = cls_ctr[i, point_inds, labels]
+            levels = level_of_point[point_inds]
+            keep = top_k_per_group(scores, levels, self.pre_nms_topk)
+            point_inds, labels, scores, levels = (
+                point_inds[keep],
+                labels[keep],
+                scores[keep],
+                levels[keep],
+            )
+            # ltrb in stride units -> input pixels
+            reg = (
+                outputs.bbox_reg[i, point_inds].float() * outputs.strides[point_inds, None].float()
+            )
+            xy = outputs.points[point_inds].float()
+            boxes = torch.cat([xy - reg[:, :2], xy + reg[:, 2:]], dim=1)
+            scores = scores.sqrt()
+
+            keep = batched_nms(boxes, scores, labels, self.nms_thresh)  # by decreasing score
+            if keep.numel() > self.post_nms_topk > 0:
+                # kthvalue threshold as the reference: ties with the 100th score are all kept.
+                kth = torch.kthvalue(scores[keep], keep.numel() - self.post_nms_topk + 1).values
+                keep = keep[scores[keep] >= kth]
+            results.append(
+                {
+                    "boxes": boxes[keep],
+                    "scores": scores[keep],
+                    "labels": labels[keep],
+                    "point_inds": point_inds[keep],
+                    "levels": levels[keep],
+                    "top_feats": outputs.top_feats[i, point_inds[keep]],
+                }
+            )
+        return results
+
+    @torch.no_grad()
+    def blend(self, bases: Tensor, boxes: list[Tensor], top_feats: list[Tensor]) -> list[Tensor]:
+        """R x R mask probabilities of every detection (ADELAIDET.md §1.8, inference).
+
+        Args:
+            bases (Tensor[N, K, Hb, Wb]): the network's bases.
+            boxes (list[Tensor[D_i, 4]]): unclipped xyxy in resized input pixels.
+            top_feats (list[Tensor[D_i, K*M*M]]): attention logits.
+
+        Returns:
+            list[Tensor[D_i, R, R]]: sigmoid of the blended logits.
+        """
+        counts = [b.shape[0] for b in boxes]
+        resolution = self.bottom_resolution
+        if sum(counts) == 0:
+            return [bases.new_zeros((0, resolution, resolution)) for _ in counts]
+        rois = pool_bases(
+            bases.float(),
+            boxes,
+            resolution=resolution,
+            scale=self.pooler_scale,
+            sampling_ratio=self.pooler_sampling_ratio,
+            pooler_type=self.pooler_type,
+        )
+        logits = merge_bases(
+            rois,
+            torch.cat(top_feats).float(),
+            attn_size=self.attn_size,
+            top_interp=self.top_interp,
+            fixed_onehot=self.fixed_onehot_attention,
+        )
+        return list(logits.sigmoid().split(counts))
+
+    @torch.no_grad()
+    def forward(
+        self,
+        outputs: BlendMaskOutputs,
+        image_sizes: list[tuple[int, int]],
+        orig_sizes: list[tuple[int, int]] | None = None,
+    ) -> list[Detections]:
+        """Detections per image, in original-image pixels.
+
+        Args:
+            outputs: raw network outputs.
+            image_sizes: (h, w) resized unpadded size of every image.
+            orig_sizes: (H0, W0) to rescale to; defaults to `image_sizes`.
+
+        Returns:
+            list[Detections]: masks bool[D, H0, W0].
+        """
+        if orig_sizes is None:
+            orig_sizes = image_sizes
+        if len(orig_sizes) != len(image_sizes):
+            raise ValueError(f"got {len(image_sizes)} image sizes but {len(orig_sizes)} orig sizes")
+        dets = self.detect(outputs, image_sizes)
+        probs = self.blend(
+            outputs.bases, [d["boxes"] for d in dets], [d["top_feats"] for d in dets]
+        )
+        results = []
+        for det, prob, (h, w), (h0, w0) in zip(dets, probs, image_sizes, orig_sizes):
+            h0, w0 = int(h0), int(w0)
+            boxes = det["boxes"].clone()
+            # detectron2's detector_postprocess: scale, clip, drop empty, then paste.
+            boxes[:, 0::2] *= w0 / w
+            boxes[:, 1::2] *= h0 / h
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(min=0, max=w0)
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(min=0, max=h0)
+            nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            if not bool(nonempty.any()):
+                results.append(Detections.empty(h0, w0, device=boxes.device))
+                continue
+            boxes = boxes[nonempty]
+            # Quirk kept: the mask was blended on the unclipped box but is pasted into the
+            # clipped one (ADELAIDET.md §1.9, 4).
+            masks = paste_masks(prob[nonempty], boxes, (h0, w0), threshold=self.mask_threshold)
+            results.append(
+                Detections(
+                    boxes=boxes,
+                    scores=det["scores"][nonempty],
+                    labels=det["labels"][nonempty],
+                    masks=masks,
+                )
+            )
+        return results
