@@ -119,7 +119,7 @@ def _optional_commands() -> list[tuple]:
     """explain / export / convert register themselves when their modules exist."""
     out = []
     for module, name in (
-        ("blendmask.visualization", "explain"),
+        ("blendmask.explain", "explain"),
         ("blendmask.export.onnx", "export"),
         ("blendmask.interop.adelaidet", "convert"),
     ):
