@@ -1,0 +1,33 @@
+"""Data: the COCO-format dataset, transforms, batching, training samplers and synthetic shapes."""
+
+from blendmask.data.batching import collate, pad_images
+from blendmask.data.coco import CocoDataset, load_image
+from blendmask.data.samplers import GroupedBatchSampler, TrainingSampler
+from blendmask.data.shapes import SHAPE_CLASSES, write_shapes_dataset
+from blendmask.data.transforms import (
+    Compose,
+    RandomHorizontalFlip,
+    ResizeShortestEdge,
+    build_test_transforms,
+    build_train_transforms,
+    get_output_size,
+    resize_image,
+)
+
+__all__ = [
+    "SHAPE_CLASSES",
+    "CocoDataset",
+    "Compose",
+    "GroupedBatchSampler",
+    "RandomHorizontalFlip",
+    "ResizeShortestEdge",
+    "TrainingSampler",
+    "build_test_transforms",
+    "build_train_transforms",
+    "collate",
+    "get_output_size",
+    "load_image",
+    "pad_images",
+    "resize_image",
+    "write_shapes_dataset",
+]

@@ -1,0 +1,521 @@
+"""COCO-format instance segmentation dataset: images, boxes, labels and masks for training.
+
+Reads the COCO "instances" json (Lin et al. 2014, the format BlendMask trains and evaluates on,
+BlendMask Sec. 4): masks as polygons, uncompressed RLE (`counts` a list) or compressed RLE
+(`counts` a string); `iscrowd` regions are kept for evaluation only and excluded from the
+training targets, as the reference (detectron2's mapper) does. COCO category ids are mapped to
+contiguous 0-based labels here and mapped back in `evaluation/coco.py`: the network only ever
+sees `num_classes` foreground labels.
+
+The whole json is validated at construction with cheap checks (no image decoding), so a bad
+annotation fails before training starts, with the json path and the annotation id:
+- not a COCO json, duplicate ids, annotation -> missing image / unknown category: ValueError;
+- polygon with < 3 points, RLE whose size is not the image's: ValueError;
+- box with a negative width or height: ValueError (a corrupt box, not a degenerate one);
+- box clipped to the image; a zero-size box (also after clipping) is dropped, counted in
+  `num_dropped_annotations` and reported once with `warnings.warn`;
+- image file missing: FileNotFoundError naming the file.
+A corrupt or unreadable image is only found when it is read (`__getitem__`), and the error names
+the file and its image id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from pycocotools import mask as mask_util
+from pycocotools.coco import COCO
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from blendmask.structures import Target
+
+# detectron2's filter_empty_instances threshold for boxes.
+_MIN_BOX_SIDE = 1e-5
+
+
+# ---------------------------------------------------------------------------------------------
+# Images
+# ---------------------------------------------------------------------------------------------
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Read an image file as 8-bit RGB with its EXIF orientation applied.
+
+    Gray, gray+alpha, palette, RGBA and CMYK images are converted to RGB (alpha is dropped, as
+    `PIL.Image.convert("RGB")` does). 16-bit images (mode "I;16" / "I") are scaled to 8 bits by
+    dividing by 257 (65535 -> 255), not clipped; float images ("F") are clipped to [0, 255].
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is empty, corrupt, truncated or not an image; the message names it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"cannot read image {path}: the file is empty (0 bytes)")
+    try:
+        with Image.open(path) as opened:
+            # load() decodes the pixels now, so truncated or corrupt data fails here, inside
+            # the try, rather than later in some conversion.
+            opened.load()
+            image = ImageOps.exif_transpose(opened)
+            return _to_rgb(image)
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, zlib errors, ...
+        raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """(any PIL mode) -> "RGB", scaling 16-bit data instead of clipping it."""
+    if image.mode.startswith("I"):
+        array = np.asarray(image).astype(np.float64)
+        # "I;16*" is 16-bit by definition; "I" (32-bit int) holds 16-bit PNGs on some Pillow
+        # versions, so scale it too unless it already fits in 8 bits.
+        if image.mode.startswith("I;16") or array.max(initial=0) > 255:
+            array = array / 257.0
+        image = Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), mode="L")
+    elif image.mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), mode="L")
+    elif image.mode == "P":
+        # Going through RGBA avoids PIL's warning for palettes with transparency.
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
+def image_to_tensor(image: Image.Image) -> Tensor:
+    """PIL RGB image -> Tensor[3, H, W] float in [0, 1]."""
+    array = np.asarray(image, dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The json
+# ---------------------------------------------------------------------------------------------
+
+
+def load_coco_json(json_path: str | Path) -> dict[str, Any]:
+    """Parse a COCO instances json and check its top-level structure.
+
+    Returns the parsed dict with `annotations` defaulting to [] (image-info jsons have none).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: not valid json, or not an object with `images` and `categories` lists.
+    """
+    json_path = Path(json_path)
+    if not json_path.is_file():
+        raise FileNotFoundError(f"COCO json not found: {json_path}")
+    try:
+        with json_path.open("rb") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{json_path} is not valid json: {e}") from e
+    expected = "an object with 'images', 'annotations' and 'categories' lists"
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{json_path} is not a COCO instances json: expected {expected}, "
+            f"got a {type(data).__name__}"
+        )
+    for key in ("images", "categories"):
+        if not isinstance(data.get(key), list):
+            raise ValueError(
+                f"{json_path} is not a COCO instances json: expected {expected}, "
+                f"'{key}' is {'missing' if key not in data else type(data[key]).__name__}"
+            )
+    data.setdefault("annotations", [])
+    if not isinstance(data["annotations"], list):
+        raise ValueError(f"{json_path}: 'annotations' must be a list")
+    return data
+
+
+def coco_api_from_dict(dataset: dict[str, Any]) -> COCO:
+    """Build a pycocotools COCO object from a parsed json without its prints.
+
+    Fills the fields COCOeval needs and some jsons omit: `iscrowd` (0) and `area` (the mask's
+    pixel count, or the box's area for annotations without a mask).
+    """
+    images = {img["id"]: img for img in dataset["images"] if isinstance(img, dict) and "id" in img}
+    for ann in dataset["annotations"]:
+        if not isinstance(ann, dict):
+            continue
+        ann.setdefault("iscrowd", 0)
+        if "area" not in ann:
+            ann["area"] = _annotation_area(ann, images.get(ann.get("image_id")))
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def _annotation_area(ann: dict[str, Any], image: dict[str, Any] | None) -> float:
+    segmentation = ann.get("segmentation")
+    if segmentation and image is not None:
+        try:
+            rle = segmentation_to_rle(segmentation, image["height"], image["width"])
+            return float(mask_util.area(rle))
+        except Exception:  # an invalid mask is reported by the dataset's validation
+            pass
+    bbox = ann.get("bbox") or [0, 0, 0, 0]
+    return float(bbox[2]) * float(bbox[3])
+
+
+def segmentation_to_rle(segmentation: list | dict, height: int, width: int) -> dict[str, Any]:
+    """Polygons, uncompressed RLE or compressed RLE -> one compressed RLE of the whole mask."""
+    if isinstance(segmentation, list):
+        # Several polygons are parts of one object: merge them into one mask.
+        return mask_util.merge(mask_util.frPyObjects(segmentation, height, width))
+    if isinstance(segmentation.get("counts"), list):
+        return mask_util.frPyObjects(segmentation, height, width)
+    return segmentation
+
+
+def decode_segmentation(segmentation: list | dict, height: int, width: int) -> np.ndarray:
+    """Polygons or RLE -> uint8[height, width] mask (1 inside)."""
+    return mask_util.decode(segmentation_to_rle(segmentation, height, width))
+
+
+# ---------------------------------------------------------------------------------------------
+# The dataset
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Instance:
+    """One validated annotation of an image."""
+
+    annotation_id: int
+    box: tuple[float, float, float, float]  # xyxy, clipped to the image
+    label: int  # contiguous, 0-based
+    segmentation: list | dict
+    iscrowd: bool
+
+
+Transform = Callable[[Tensor, Target], tuple[Tensor, Target]]
+
+
+class CocoDataset(Dataset):
+    """A COCO instances json and its image folder as (image, target) pairs.
+
+    `dataset[i]` returns `(image, target)`:
+        image (Tensor[3, H, W]): float RGB in [0, 1] (after `transforms`).
+        target: "boxes" (Tensor[G, 4] float32, xyxy pixels), "labels" (Tensor[G] int64,
+            contiguous 0-based), "masks" (Tensor[G, H, W] uint8), "image_id" (int),
+            "orig_size" ((h, w) of the file). Crowd annotations are excluded; instances whose
+            box or mask is empty after the transforms are dropped.
+    `dataset[(i, seed)]` runs the transforms with the torch RNG seeded by `seed` (and restored
+    afterwards): `GroupedBatchSampler(augmentation_seed=...)` uses this so that augmentations do
+    not depend on which worker loads a sample, which makes resumed training exact.
+
+    Args:
+        json_path: COCO instances json.
+        images_dir: folder the images' `file_name`s are relative to.
+        transforms: callable (image, target) -> (image, target), e.g. `data.transforms.Compose`.
+        skip_empty: drop images without a (non-crowd, non-degenerate) annotation, as the
+            reference does for training (FILTER_EMPTY_ANNOTATIONS).
+    """
+
+    def __init__(
+        self,
+        json_path: str | Path,
+        images_dir: str | Path,
+        *,
+        transforms: Transform | None = None,
+        skip_empty: bool = False,
+    ) -> None:
+        self.json_path = Path(json_path)
+        self.images_dir = Path(images_dir)
+        self.transforms = transforms
+        data = load_coco_json(self.json_path)
+        if not self.images_dir.is_dir():
+            raise FileNotFoundError(
+                f"image folder not found: {self.images_dir} (images of {self.json_path})"
+            )
+
+        self._images = self._check_images(data["images"])
+        categories = self._check_categories(data["categories"])
+        # Sorted by category id, as detectron2 does, so labels do not depend on json order.
+        self.contiguous_to_category_id: list[int] = sorted(categories)
+        self.category_id_to_contiguous: dict[int, int] = {
+            cat_id: label for label, cat_id in enumerate(self.contiguous_to_category_id)
+        }
+        self.category_names: list[str] = [categories[c] for c in self.contiguous_to_category_id]
+        self.num_classes = len(self.contiguous_to_category_id)
+
+        self._instances, dropped = self._check_annotations(data["annotations"])
+        self.num_dropped_annotations = len(dropped)
+        if dropped:
+            examples = ", ".join(str(a) for a in dropped[:5])
+            warnings.warn(
+                f"{self.json_path}: dropped {len(dropped)} annotation(s) with a zero-size box "
+                f"(after clipping to the image), annotation ids {examples}"
+                f"{', ...' if len(dropped) > 5 else ''}",
+                stacklevel=2,
+            )
+
+        image_ids = sorted(self._images)
+        if skip_empty:
+            image_ids = [
+                i for i in image_ids if any(not a.iscrowd for a in self._instances.get(i, []))
+            ]
+        self.image_ids: list[int] = image_ids
+        self._check_files_exist()
+        # Built from the parsed dict (not re-read), for evaluation against this json.
+        self.coco = coco_api_from_dict(data)
+
+    # -- validation -----------------------------------------------------------------------------
+
+    def _check_images(self, images: list[Any]) -> dict[int, dict[str, Any]]:
+        checked: dict[int, dict[str, Any]] = {}
+        for k, img in enumerate(images):
+            where = f"images[{k}] of {self.json_path}"
+            if not isinstance(img, dict):
+                raise ValueError(f"{where}: expected an object, got {type(img).__name__}")
+            for key in ("id", "width", "height"):
+                if not _is_int(img.get(key)):
+                    raise ValueError(f"{where}: expected an integer '{key}', got {img.get(key)!r}")
+            if img["width"] <= 0 or img["height"] <= 0:
+                raise ValueError(
+                    f"{where} (id {img['id']}): expected a positive width and height, "
+                    f"got {img['width']}x{img['height']}"
+                )
+            if not isinstance(img.get("file_name"), str) or not img["file_name"]:
+                raise ValueError(f"{where}: expected a string 'file_name'")
+            if img["id"] in checked:
+                raise ValueError(f"{where}: duplicate image id {img['id']}")
+            checked[img["id"]] = img
+        return checked
+
+    def _check_categories(self, categories: list[Any]) -> dict[int, str]:
+        names: dict[int, str] = {}
+        for k, cat in enumerate(categories):
+            where = f"categories[{k}] of {self.json_path}"
+            if not isinstance(cat, dict) or not _is_int(cat.get("id")):
+                raise ValueError(f"{where}: expected an object with an integer 'id'")
+            if cat["id"] in names:
+                raise ValueError(f"{where}: duplicate category id {cat['id']}")
+            names[cat["id"]] = str(cat.get("name", cat["id"]))
+        if not names:
+            raise ValueError(f"{self.json_path}: 'categories' is empty")
+        return names
+
+    def _check_annotations(
+        self, annotations: list[Any]
+    ) -> tuple[dict[int, list[_Instance]], list[int]]:
+        instances: dict[int, list[_Instance]] = {}
+        dropped: list[int] = []
+        seen_ids: set[int] = set()
+        for k, ann in enumerate(annotations):
+            if not isinstance(ann, dict):
+                raise ValueError(
+                    f"annotations[{k}] of {self.json_path}: expected an object, "
+                    f"got {type(ann).__name__}"
+                )
+            ann_id = ann.get("id")
+            where = f"annotation {ann_id} (annotations[{k}]) of {self.json_path}"
+            if not _is_int(ann_id):
+                raise ValueError(f"{where}: expected an integer 'id'")
+            if ann_id in seen_ids:
+                raise ValueError(f"{where}: duplicate annotation id")
+            seen_ids.add(ann_id)
+            image = self._images.get(ann.get("image_id"))
+            if image is None:
+                raise ValueError(
+                    f"{where}: image_id {ann.get('image_id')!r} is not in 'images' "
+                    f"(annotation refers to a missing image)"
+                )
+            if ann.get("category_id") not in self.category_id_to_contiguous:
+                raise ValueError(
+                    f"{where}: unknown category_id {ann.get('category_id')!r}, expected one of "
+                    f"{self.contiguous_to_category_id}"
+                )
+            height, width = image["height"], image["width"]
+            segmentation = ann.get("segmentation")
+            _check_segmentation(segmentation, height, width, where)
+            iscrowd = bool(ann.get("iscrowd", 0))
+
+            bbox = ann.get("bbox")
+            if bbox is None:
+                # Some hand-made jsons omit boxes; the mask gives the same box COCO would.
+                bbox = mask_util.toBbox(segmentation_to_rle(segmentation, height, width)).tolist()
+            if (
+                not isinstance(bbox, list)
+                or len(bbox) != 4
+                or not all(_is_number(v) and math.isfinite(v) for v in bbox)
+            ):
+                raise ValueError(
+                    f"{where}: expected 'bbox' [x, y, w, h] of 4 numbers, got {bbox!r}"
+                )
+            x, y, w, h = (float(v) for v in bbox)
+            if w < 0 or h < 0:
+                raise ValueError(
+                    f"{where}: 'bbox' has a negative width or height ({bbox!r}); "
+                    f"expected [x, y, w, h] with w, h >= 0"
+                )
+            x1, y1 = min(max(x, 0.0), width), min(max(y, 0.0), height)
+            x2, y2 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
+            if not iscrowd and (x2 - x1 <= _MIN_BOX_SIDE or y2 - y1 <= _MIN_BOX_SIDE):
+                dropped.append(ann_id)
+                continue
+            instances.setdefault(image["id"], []).append(
+                _Instance(
+                    annotation_id=ann_id,
+                    box=(x1, y1, x2, y2),
+                    label=self.category_id_to_contiguous[ann["category_id"]],
+                    segmentation=segmentation,
+                    iscrowd=iscrowd,
+                )
+            )
+        return instances, dropped
+
+    def _check_files_exist(self) -> None:
+        missing = [i for i in self.image_ids if not self.image_path_of_id(i).is_file()]
+        if missing:
+            shown = ", ".join(str(self.image_path_of_id(i)) for i in missing[:3])
+            raise FileNotFoundError(
+                f"{len(missing)} image file(s) of {self.json_path} not found: {shown}"
+                f"{', ...' if len(missing) > 3 else ''} (image id {missing[0]}, ...)"
+            )
+
+    # -- access ---------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def image_path_of_id(self, image_id: int) -> Path:
+        return self.images_dir / self._images[image_id]["file_name"]
+
+    def image_path(self, index: int) -> Path:
+        """Path of the `index`-th image (an index into `image_ids`)."""
+        return self.image_path_of_id(self.image_ids[index])
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        """(h, w) of the `index`-th image from the json, without reading the file."""
+        img = self._images[self.image_ids[index]]
+        return img["height"], img["width"]
+
+    def get_aspect_ratio_group(self, index: int) -> int:
+        """0 for landscape or square images (w >= h), 1 for portrait; read from the json."""
+        height, width = self.image_size(index)
+        return 0 if width >= height else 1
+
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[Tensor, Target]:
+        seed: int | None = None
+        if isinstance(index, tuple):
+            index, seed = index
+        image_id = self.image_ids[index]
+        info = self._images[image_id]
+        height, width = info["height"], info["width"]
+        path = self.image_path(index)
+        try:
+            pil_image = load_image(path)
+        except (FileNotFoundError, ValueError) as e:
+            raise type(e)(f"{e} (image id {image_id} of {self.json_path})") from e
+        if pil_image.size != (width, height):
+            raise ValueError(
+                f"image {path} is {pil_image.width}x{pil_image.height} (w x h, after EXIF "
+                f"orientation) but image id {image_id} of {self.json_path} says {width}x{height}"
+            )
+        image = image_to_tensor(pil_image)
+
+        instances = [a for a in self._instances.get(image_id, []) if not a.iscrowd]
+        if instances:
+            rles = [segmentation_to_rle(a.segmentation, height, width) for a in instances]
+            # One decode call for all instances: (H, W, G) -> (G, H, W)
+            masks = np.ascontiguousarray(mask_util.decode(rles).transpose(2, 0, 1))
+        else:
+            masks = np.zeros((0, height, width), dtype=np.uint8)
+        target: Target = {
+            "boxes": torch.tensor([a.box for a in instances], dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor([a.label for a in instances], dtype=torch.int64),
+            "masks": torch.from_numpy(masks),
+            "image_id": image_id,
+            "orig_size": (height, width),
+        }
+        if self.transforms is not None:
+            if seed is None:
+                image, target = self.transforms(image, target)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    image, target = self.transforms(image, target)
+        return image, filter_empty_instances(target)
+
+
+def filter_empty_instances(target: Target) -> Target:
+    """Drop instances whose box has a side <= 1e-5 or whose mask is empty (detectron2's rule)."""
+    boxes, masks = target["boxes"], target["masks"]
+    keep = ((boxes[:, 2] - boxes[:, 0]) > _MIN_BOX_SIDE) & (
+        (boxes[:, 3] - boxes[:, 1]) > _MIN_BOX_SIDE
+    )
+    keep &= masks.flatten(1).any(dim=1).bool()
+    if bool(keep.all()):
+        return target
+    return {
+        **target,
+        "boxes": boxes[keep],
+        "labels": target["labels"][keep],
+        "masks": masks[keep],
+    }
+
+
+def _check_segmentation(segmentation: Any, height: int, width: int, where: str) -> None:
+    """Raise ValueError unless `segmentation` is a usable polygon list or RLE of this image."""
+    if isinstance(segmentation, list):
+        if not segmentation:
+            raise ValueError(f"{where}: 'segmentation' is an empty list; expected polygons")
+        for p, polygon in enumerate(segmentation):
+            if not isinstance(polygon, list) or not all(_is_number(v) for v in polygon):
+                raise ValueError(
+                    f"{where}: polygon {p} of 'segmentation' must be a list of numbers "
+                    f"[x0, y0, x1, y1, ...]"
+                )
+            if len(polygon) % 2 != 0 or len(polygon) < 6:
+                raise ValueError(
+                    f"{where}: polygon {p} of 'segmentation' has {len(polygon)} numbers; expected "
+                    f"an even number >= 6 (a polygon needs at least 3 points)"
+                )
+        return
+    if isinstance(segmentation, dict):
+        size, counts = segmentation.get("size"), segmentation.get("counts")
+        if not isinstance(size, list) or len(size) != 2 or counts is None:
+            raise ValueError(f"{where}: RLE 'segmentation' needs 'size' [h, w] and 'counts'")
+        if list(size) != [height, width]:
+            raise ValueError(
+                f"{where}: RLE size {size} does not match the image's [height, width] "
+                f"[{height}, {width}]"
+            )
+        if isinstance(counts, list):
+            if not all(_is_int(c) and c >= 0 for c in counts) or sum(counts) != height * width:
+                raise ValueError(
+                    f"{where}: uncompressed RLE counts must be non-negative integers summing to "
+                    f"height * width = {height * width}"
+                )
+        elif not isinstance(counts, (str, bytes)):
+            raise ValueError(f"{where}: RLE 'counts' must be a list or a string")
+        return
+    raise ValueError(
+        f"{where}: expected 'segmentation' as a list of polygons or an RLE object, "
+        f"got {type(segmentation).__name__}"
+    )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

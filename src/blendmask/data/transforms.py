@@ -1,0 +1,162 @@
+"""Training and test transforms on (image, target) pairs: shortest-edge resize and horizontal flip.
+
+These reproduce the reference's input pipeline (detectron2's `ResizeShortestEdge` then
+`RandomFlip`, BlendMask Sec. 4 "Implementation details", see reference/ADELAIDET.md Sec. 1.2 and
+3.5). Each transform is a callable `(image, target) -> (image, target)` with
+
+    image (Tensor[3, H, W]): float RGB in [0, 1].
+    target: "boxes" (Tensor[G, 4] float32, xyxy pixels of `image`), "labels" (Tensor[G]),
+        "masks" (Tensor[G, H, W] uint8); other keys ("image_id", "orig_size") pass through.
+
+Randomness comes from the global torch RNG (`torch.randint` / `torch.rand`), so
+`torch.manual_seed` makes a run reproducible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from blendmask.structures import Target
+
+
+def get_output_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """Size after resizing the shorter side to `min_size` with the longer side capped at
+    `max_size` (detectron2's rule; `max_size <= 0` means no cap).
+
+    Returns:
+        (new_height, new_width), each rounded with int(x + 0.5).
+    """
+    scale = min_size / min(height, width)
+    if height < width:
+        new_height, new_width = float(min_size), scale * width
+    else:
+        new_height, new_width = scale * height, float(min_size)
+    if max_size > 0 and max(new_height, new_width) > max_size:
+        scale = max_size / max(new_height, new_width)
+        new_height, new_width = new_height * scale, new_width * scale
+    return int(new_height + 0.5), int(new_width + 0.5)
+
+
+def resize_image(image: Tensor, min_size: int, max_size: int) -> Tensor:
+    """Resize `image` (Tensor[3, H, W] float) by the shortest-edge rule (bilinear, antialiased).
+
+    Antialiasing matches the reference's PIL bilinear resize when shrinking; bilinear weights
+    are convex, so values stay in the input's range.
+    """
+    new_size = get_output_size(image.shape[-2], image.shape[-1], min_size, max_size)
+    return _resize_to(image, new_size)
+
+
+def _resize_to(image: Tensor, size: tuple[int, int]) -> Tensor:
+    if tuple(image.shape[-2:]) == size:
+        return image
+    return TF.resize(image, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True)
+
+
+def resize_masks(masks: Tensor, size: tuple[int, int]) -> Tensor:
+    """masks (Tensor[G, H, W] uint8) -> Tensor[G, h, w] uint8, bilinear then threshold 0.5.
+
+    Bilinear-and-threshold approximates the reference, which rescales polygons and then
+    rasterises them; nearest sampling would shift edges by up to one source pixel.
+    """
+    if tuple(masks.shape[-2:]) == size:
+        return masks
+    if masks.shape[0] == 0:
+        return masks.new_zeros((0, *size))
+    resized = _resize_to(masks[:, None].float(), size)[:, 0]
+    return (resized >= 0.5).to(torch.uint8)
+
+
+class Compose:
+    """Apply transforms in order."""
+
+    def __init__(self, transforms: Sequence[Callable[[Tensor, Target], tuple[Tensor, Target]]]):
+        self.transforms = list(transforms)
+
+    def __call__(self, image: Tensor, target: Target) -> tuple[Tensor, Target]:
+        for transform in self.transforms:
+            image, target = transform(image, target)
+        return image, target
+
+    def __repr__(self) -> str:
+        return f"Compose({self.transforms})"
+
+
+class ResizeShortestEdge:
+    """Resize so the shorter side is `min_sizes` (one drawn at random per call when a list, the
+    reference's "choice" sampling for multi-scale training) and the longer side <= `max_size`.
+
+    Boxes are scaled by (new_w / w, new_h / h); masks are resized with `resize_masks`.
+    """
+
+    def __init__(self, min_sizes: Sequence[int] | int, max_size: int) -> None:
+        self.min_sizes = [min_sizes] if isinstance(min_sizes, int) else list(min_sizes)
+        if not self.min_sizes or any(s <= 0 for s in self.min_sizes):
+            raise ValueError(f"min_sizes must be positive integers, got {min_sizes!r}")
+        self.max_size = max_size
+
+    def __call__(self, image: Tensor, target: Target) -> tuple[Tensor, Target]:
+        if len(self.min_sizes) == 1:
+            min_size = self.min_sizes[0]
+        else:
+            min_size = self.min_sizes[int(torch.randint(len(self.min_sizes), ()).item())]
+        height, width = image.shape[-2:]
+        new_size = get_output_size(height, width, min_size, self.max_size)
+        image = _resize_to(image, new_size)
+        scale = torch.tensor(
+            [new_size[1] / width, new_size[0] / height] * 2, dtype=target["boxes"].dtype
+        )
+        target = {
+            **target,
+            "boxes": target["boxes"] * scale,
+            "masks": resize_masks(target["masks"], new_size),
+        }
+        return image, target
+
+    def __repr__(self) -> str:
+        return f"ResizeShortestEdge(min_sizes={self.min_sizes}, max_size={self.max_size})"
+
+
+def flip_horizontal(image: Tensor, target: Target) -> tuple[Tensor, Target]:
+    """Mirror image, boxes and masks left-right: x -> W - x (boxes are in pixel-edge units)."""
+    width = image.shape[-1]
+    boxes = target["boxes"]
+    flipped_boxes = torch.stack(
+        [width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1
+    )
+    return image.flip(-1), {**target, "boxes": flipped_boxes, "masks": target["masks"].flip(-1)}
+
+
+class RandomHorizontalFlip:
+    """Flip with probability `p` (the reference's RandomFlip, horizontal, p 0.5)."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        self.p = p
+
+    def __call__(self, image: Tensor, target: Target) -> tuple[Tensor, Target]:
+        if torch.rand(()).item() < self.p:
+            return flip_horizontal(image, target)
+        return image, target
+
+    def __repr__(self) -> str:
+        return f"RandomHorizontalFlip(p={self.p})"
+
+
+def build_train_transforms(min_sizes: Sequence[int] | int, max_size: int, hflip: bool) -> Compose:
+    """The reference's training pipeline: multi-scale shortest-edge resize, then flip."""
+    transforms: list[Callable[[Tensor, Target], tuple[Tensor, Target]]] = [
+        ResizeShortestEdge(min_sizes, max_size)
+    ]
+    if hflip:
+        transforms.append(RandomHorizontalFlip(0.5))
+    return Compose(transforms)
+
+
+def build_test_transforms(min_size: int, max_size: int) -> Compose:
+    """The reference's test pipeline: a single shortest-edge resize."""
+    return Compose([ResizeShortestEdge(min_size, max_size)])

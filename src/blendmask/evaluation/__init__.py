@@ -1,0 +1,19 @@
+"""Evaluation: COCO box / mask AP with pycocotools."""
+
+from blendmask.evaluation.coco import (
+    COCOEvaluator,
+    detections_to_coco_results,
+    evaluate_coco,
+    evaluate_results_file,
+    metric_keys,
+    run_coco_eval,
+)
+
+__all__ = [
+    "COCOEvaluator",
+    "detections_to_coco_results",
+    "evaluate_coco",
+    "evaluate_results_file",
+    "metric_keys",
+    "run_coco_eval",
+]

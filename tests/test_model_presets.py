@@ -1,0 +1,124 @@
+"""The whole model (network + criterion + post-processor) for every preset, shrunk to test size.
+
+If these fail, a preset cannot train (a parameter without gradient means a branch is disconnected)
+or cannot run on an image without objects.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from blendmask.build import build
+from blendmask.presets import PRESETS, get_preset
+
+
+def shrunk(name: str):
+    """The preset's structure (levels, towers, norms, bottom module) at a size a CPU test affords."""
+    cfg = get_preset(name)
+    m = cfg.model
+    m.backbone.weights = ""
+    if m.backbone.name in ("resnet50", "resnet101"):
+        m.backbone.name = "resnet18"
+        m.backbone.deform_interval = 0
+    m.fcos.num_classes = 3
+    m.fpn.out_channels = 32
+    m.fcos.num_cls_convs = min(m.fcos.num_cls_convs, 1)
+    m.fcos.num_box_convs = min(m.fcos.num_box_convs, 1)
+    m.fcos.num_share_convs = min(m.fcos.num_share_convs, 1)
+    m.basis_module.convs_dim = 16
+    m.blender.attn_size = min(m.blender.attn_size, 7)
+    m.blender.bottom_resolution = 14
+    return cfg.validate()
+
+
+def make_batch(num_images: int = 2, size: tuple[int, int] = (96, 128), empty: bool = False):
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(num_images, 3, *size, generator=g)
+    targets = []
+    for i in range(num_images):
+        if empty:
+            targets.append(
+                {
+                    "boxes": torch.zeros(0, 4),
+                    "labels": torch.zeros(0, dtype=torch.int64),
+                    "masks": torch.zeros(0, *size, dtype=torch.uint8),
+                }
+            )
+            continue
+        boxes = torch.tensor([[10.0, 12.0, 60.0, 70.0], [40.0 + i, 30.0, 120.0, 90.0]])
+        masks = torch.zeros(2, *size, dtype=torch.uint8)
+        for j, (x0, y0, x1, y1) in enumerate(boxes.int().tolist()):
+            masks[j, y0:y1, x0:x1] = 1
+        targets.append({"boxes": boxes, "labels": torch.tensor([0, 2]), "masks": masks})
+    return images, targets
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_forward_backward_every_parameter_gets_gradient(name: str) -> None:
+    torch.manual_seed(0)
+    cfg = shrunk(name)
+    model, criterion, post = build(cfg)
+    model.train()
+    images, targets = make_batch()
+    losses = criterion(model(images), targets)
+    expected = {"loss_fcos_cls", "loss_fcos_loc", "loss_fcos_ctr", "loss_mask"}
+    assert expected <= set(losses)
+    assert all(torch.isfinite(v) for v in losses.values()), losses
+    sum(losses.values()).backward()
+    missing = [
+        n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)
+    ]
+    assert not missing, f"{name}: parameters without gradient: {missing[:8]}"
+
+
+@pytest.mark.parametrize("name", ["tiny", "550_R_50_3x", "RT_R_50_4x"])
+def test_empty_image_finite_losses_and_empty_detections(name: str) -> None:
+    cfg = shrunk(name)
+    model, criterion, post = build(cfg)
+    images, targets = make_batch(empty=True)
+    out = model(images)
+    losses = criterion(out, targets)
+    assert all(torch.isfinite(v) for v in losses.values())
+    total = sum(losses.values())
+    total.backward()  # zero positives still give a graph
+    model.eval()
+    # A threshold above any score: nothing passes, shapes must still be right.
+    post.score_thresh = 2.0
+    with torch.no_grad():
+        dets = post(model(images), [(96, 128), (96, 128)], [(50, 70), (96, 128)])
+    assert [tuple(d.masks.shape) for d in dets] == [(0, 50, 70), (0, 96, 128)]
+    for d in dets:
+        assert d.boxes.shape == (0, 4) and d.boxes.dtype == torch.float32
+        assert d.scores.shape == (0,) and d.labels.dtype == torch.int64
+        assert d.masks.dtype == torch.bool
+
+
+def test_one_sgd_step_lowers_the_loss() -> None:
+    torch.manual_seed(0)
+    cfg = shrunk("tiny")
+    model, criterion, _ = build(cfg)
+    model.train()
+    images, targets = make_batch()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.01, momentum=0.0)
+    before = sum(criterion(model(images), targets).values())
+    opt.zero_grad()
+    before.backward()
+    opt.step()
+    with torch.no_grad():
+        after = sum(criterion(model(images), targets).values())
+    assert after < before, (float(before), float(after))
+
+
+def test_detections_at_each_original_size() -> None:
+    cfg = shrunk("tiny")
+    cfg.model.fcos.inference_th_test = 0.0
+    model, _, post = build(cfg)
+    model.eval()
+    images, _ = make_batch()
+    with torch.no_grad():
+        dets = post(model(images, [(96, 128), (64, 100)]), [(96, 128), (64, 100)], [(192, 256), (32, 50)])
+    assert dets[0].masks.shape[1:] == (192, 256) and dets[1].masks.shape[1:] == (32, 50)
+    assert len(dets[0]) > 0
+    assert (dets[1].boxes[:, 2] <= 50).all() and (dets[1].boxes[:, 3] <= 32).all()
