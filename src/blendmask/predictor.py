@@ -45,7 +45,7 @@ def to_image_tensor(image: ImageInput) -> Tensor:
     if isinstance(image, (str, Path)):
         image = load_image(Path(image))
     if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
+        image = np.array(image.convert("RGB"))
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an H x W x 3 RGB array, got shape {image.shape}")

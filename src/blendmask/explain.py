@@ -1,0 +1,331 @@
+"""The blender explained on one image: bases, attentions and blended masks (BlendMask Sec. 3.2,
+Eq. 1-4; the pictures of the paper's Fig. 1 and Fig. 3).
+
+For the top detections of an image the figure shows the four steps of the blender:
+
+- the K bases of the bottom module over the whole image (stride 4);
+- Eq. 1: the K bases cropped to the detection's box with RoIAlign (R x R);
+- Eq. 2-3: the detection's K x M x M attention resized to R x R and normalised with a softmax
+  over K (so the K maps sum to 1 at every pixel; with K = 1 the blender uses a sigmoid and so
+  does the figure; with the FCIS assembly the maps are the fixed one-hot cells);
+- Eq. 4: the blended mask, sigmoid(sum_k attention_k * cropped base_k).
+
+`explain_image` computes these tensors (an `Explanation`), `explain_figure` draws them,
+`save_explanation` writes the PNG, and `add_explain_args` / `run_explain` are the
+`blendmask explain --weights W IMAGE --out PNG` command.
+
+Glossary: K bases, M attention size, R bottom (RoI) resolution, D explained detections,
+h/w resized (network input) size, hb/wb bases size inside the padding, H0/W0 original size.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from blendmask.structures import Detections
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from blendmask.predictor import Predictor
+
+
+@dataclass
+class Explanation:
+    """The blender's intermediate results for the top detections of one image.
+
+    image (Tensor[3, h, w]): the resized network input (float RGB in [0, 1], no padding).
+    detections (Detections): the final detections (original-image pixels), at most `top`
+        above the threshold: the same ones unless clipping to the image emptied a box.
+    bases (Tensor[K, hb, wb]): the bases inside the padding, hb = ceil(h / 4).
+    boxes (Tensor[D, 4]): xyxy in resized-input pixels, unclipped (what the blender pools).
+    scores (Tensor[D]), labels (Tensor[D]): by decreasing score.
+    attentions (Tensor[D, K, R, R]): attention after resizing and softmax over K (Eq. 2-3).
+    pooled_bases (Tensor[D, K, R, R]): the bases cropped to each box (Eq. 1).
+    masks (Tensor[D, R, R]): the blended mask probabilities (Eq. 4, after the sigmoid).
+    class_names (list[str]): names of the contiguous labels (may be empty).
+    """
+
+    image: Tensor
+    detections: Detections
+    bases: Tensor
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+    attentions: Tensor
+    pooled_bases: Tensor
+    masks: Tensor
+    class_names: list[str]
+
+
+def attention_maps(
+    top_feats: Tensor,
+    *,
+    num_bases: int,
+    attn_size: int,
+    resolution: int,
+    top_interp: str = "bilinear",
+    fixed_onehot: bool = False,
+) -> Tensor:
+    """The attention weights the blender applies to the cropped bases (Eq. 2-3).
+
+    Follows `blender.merge_bases`: resize K x M x M to R x R (bilinear with
+    align_corners=False, or nearest), then softmax over K; sigmoid when K = 1; with
+    `fixed_onehot` the FCIS one-hot cells resized with nearest interpolation.
+
+    Args:
+        top_feats (Tensor[D, K*M*M]): attention logits of each detection.
+
+    Returns:
+        Tensor[D, K, R, R].
+    """
+    from blendmask.modeling.blender import fcis_attention
+
+    d = top_feats.shape[0]
+    if fixed_onehot:
+        top_feats = fcis_attention(attn_size, d, top_feats.device).to(top_feats.dtype)
+    # (D, K*M*M) -> (D, K, M, M) -> (D, K, R, R)
+    coeffs = top_feats.reshape(d, num_bases, attn_size, attn_size)
+    if top_interp == "bilinear" and not fixed_onehot:
+        coeffs = F.interpolate(
+            coeffs, size=(resolution, resolution), mode="bilinear", align_corners=False
+        )
+    else:
+        coeffs = F.interpolate(coeffs, size=(resolution, resolution), mode="nearest")
+    if fixed_onehot:
+        return coeffs
+    if num_bases == 1:
+        return coeffs.sigmoid()
+    return coeffs.softmax(dim=1)
+
+
+@torch.no_grad()
+def explain_image(
+    predictor: Predictor, image: Any, *, top: int = 4, score_threshold: float = 0.0
+) -> Explanation:
+    """Run `predictor` on one image and keep the blender's intermediate tensors.
+
+    Args:
+        predictor: a `blendmask.Predictor` (its config sizes, network and post-processor).
+        image: path, PIL image, H x W x 3 uint8 array or float RGB Tensor[3, H0, W0] in [0, 1].
+        top: explain at most this many detections, the best first.
+        score_threshold: and only those with at least this score.
+
+    Returns:
+        an `Explanation` (tensors on the CPU).
+    """
+    from blendmask.data.batching import pad_images
+    from blendmask.data.transforms import resize_image
+    from blendmask.modeling.blender import pool_bases
+    from blendmask.predictor import to_image_tensor
+
+    if top < 0:
+        raise ValueError(f"top: expected a number of detections >= 0, got {top}")
+    post = predictor.postprocessor
+    image_t = to_image_tensor(image)
+    orig_size = (int(image_t.shape[1]), int(image_t.shape[2]))
+    resized = resize_image(image_t, predictor.min_size, predictor.max_size)
+    batch = pad_images([resized]).to(predictor.device)
+    outputs = predictor.model(batch.tensor, batch.image_sizes)
+
+    det = post.detect(outputs, batch.image_sizes)[0]
+    keep = (det["scores"] >= score_threshold).nonzero().flatten()[:top]
+    boxes = det["boxes"][keep].float()
+    top_feats = det["top_feats"][keep].float()
+    bases = outputs.bases.float()  # (1, K, Hb, Wb)
+    num_bases = bases.shape[1]
+    resolution = post.bottom_resolution
+    pooled = pool_bases(
+        bases,
+        [boxes],
+        resolution=resolution,
+        scale=post.pooler_scale,
+        sampling_ratio=post.pooler_sampling_ratio,
+        pooler_type=post.pooler_type,
+    )
+    attentions = attention_maps(
+        top_feats,
+        num_bases=num_bases,
+        attn_size=post.attn_size,
+        resolution=resolution,
+        top_interp=post.top_interp,
+        fixed_onehot=post.fixed_onehot_attention,
+    )
+    masks = post.blend(outputs.bases, [boxes], [top_feats])[0]
+
+    # The final detections come in the same order; the post-processor only drops the boxes
+    # that clipping to the image empties.
+    final = post(outputs, batch.image_sizes, [orig_size])[0].to("cpu")
+    n_final = min(int((final.scores >= score_threshold).sum()), top)
+    final = Detections(
+        final.boxes[:n_final], final.scores[:n_final], final.labels[:n_final], final.masks[:n_final]
+    )
+    h, w = batch.image_sizes[0]
+    stride = round(1 / post.pooler_scale)
+    return Explanation(
+        image=resized.cpu(),
+        detections=final,
+        # ceil(h / 4) x ceil(w / 4): the bases that see the image, not the padding
+        bases=bases[0, :, : -(-h // stride), : -(-w // stride)].cpu(),
+        boxes=boxes.cpu(),
+        scores=det["scores"][keep].cpu(),
+        labels=det["labels"][keep].cpu(),
+        attentions=attentions.cpu(),
+        pooled_bases=pooled.cpu(),
+        masks=masks.float().cpu(),
+        class_names=list(predictor.cfg.data.category_names),
+    )
+
+
+def draw_explanation(expl: Explanation, *, original_image: Tensor | None = None) -> Figure:
+    """The figure of an `Explanation` (matplotlib, Agg canvas, no pyplot state).
+
+    Row 0: the image with the detections, then the K bases. One row per detection: the box's
+    image crop, K attention maps (viridis, 0..1), K cropped bases (same colour scale as the
+    whole bases), and the blended mask probability (gray, 0..1).
+
+    Each attention axes has the label "attention/{detection}/{base}" (`Axes.get_label()`), so
+    tests and users can find the maps shown.
+
+    Args:
+        original_image (Tensor[3, H0, W0]): the image the detections refer to; default the
+            resized input (then the overlay skips the masks whose size differs).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from blendmask.visualization import class_name, draw_detections, to_uint8_image
+
+    num_bases = expl.bases.shape[0]
+    num_dets = expl.boxes.shape[0]
+    cols = 2 + 2 * num_bases if num_dets else 1 + num_bases
+    rows = 1 + num_dets
+    fig = Figure(figsize=(1.5 * cols, 1.6 * rows + 0.4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+
+    names = expl.class_names
+    background = original_image if original_image is not None else expl.image
+    dets = expl.detections
+    if tuple(dets.masks.shape[-2:]) != tuple(background.shape[-2:]):
+        dets = Detections(
+            dets.boxes, dets.scores, dets.labels, dets.masks.new_zeros((0, *background.shape[-2:]))
+        )
+    overlay = draw_detections(background, dets, class_names=names)
+    axes[0, 0].imshow(overlay.permute(1, 2, 0).numpy())
+    axes[0, 0].set_title("detections" if num_dets else "no detections", fontsize=7)
+
+    # One symmetric colour scale per base, shared by the whole map and its crops, so a crop
+    # reads as the same values as the base it came from.
+    limits = [float(expl.bases[k].abs().max().clamp(min=1e-6)) for k in range(num_bases)]
+    for k in range(num_bases):
+        ax = axes[0, 1 + k]
+        ax.imshow(expl.bases[k].numpy(), cmap="RdBu_r", vmin=-limits[k], vmax=limits[k])
+        ax.set_title(f"base {k + 1}", fontsize=7)
+
+    height, width = expl.image.shape[-2:]
+    for i in range(num_dets):
+        row = axes[1 + i]
+        x0, y0, x1, y1 = expl.boxes[i].tolist()
+        xa, xb = min(max(int(x0), 0), width - 1), min(max(int(round(x1)), 1), width)
+        ya, yb = min(max(int(y0), 0), height - 1), min(max(int(round(y1)), 1), height)
+        crop = expl.image[:, ya : max(yb, ya + 1), xa : max(xb, xa + 1)]
+        row[0].imshow(to_uint8_image(crop).permute(1, 2, 0).numpy())
+        label = class_name(int(expl.labels[i]), names)
+        row[0].set_title(f"{i + 1}: {label} {float(expl.scores[i]):.2f}", fontsize=7)
+        for k in range(num_bases):
+            ax = row[1 + k]
+            ax.imshow(expl.attentions[i, k].numpy(), cmap="viridis", vmin=0, vmax=1)
+            ax.set_title(f"attention {k + 1}", fontsize=6)
+            ax.set_label(f"attention/{i}/{k}")
+            ax = row[1 + num_bases + k]
+            ax.imshow(
+                expl.pooled_bases[i, k].numpy(), cmap="RdBu_r", vmin=-limits[k], vmax=limits[k]
+            )
+            ax.set_title(f"cropped base {k + 1}", fontsize=6)
+        row[-1].imshow(expl.masks[i].numpy(), cmap="gray", vmin=0, vmax=1)
+        row[-1].set_title("blended mask", fontsize=7)
+    fig.suptitle(
+        "BlendMask blender: cropped bases (Eq. 1) x softmax attentions (Eq. 2-3) -> mask (Eq. 4)",
+        fontsize=8,
+    )
+    fig.tight_layout()
+    return fig
+
+
+def explain_figure(
+    predictor: Predictor, image: Any, *, top: int = 4, score_threshold: float = 0.0
+) -> Figure:
+    """`explain_image` + `draw_explanation`: the figure for one image (see the module docs)."""
+    from blendmask.predictor import to_image_tensor
+
+    image_t = to_image_tensor(image)
+    expl = explain_image(predictor, image_t, top=top, score_threshold=score_threshold)
+    return draw_explanation(expl, original_image=image_t)
+
+
+def save_explanation(
+    weights_or_predictor: str | Path | Predictor,
+    image: Any,
+    out_png: str | Path,
+    *,
+    top: int = 4,
+    device: str = "cpu",
+    score_threshold: float = 0.0,
+    dpi: int = 110,
+) -> Path:
+    """Write the explanation figure of `image` to `out_png`.
+
+    Args:
+        weights_or_predictor: a model file (`model.pt`) or a `blendmask.Predictor`.
+        image: an image path (or anything `Predictor` accepts).
+        device: for a model file only.
+    Returns:
+        the PNG path (folders created).
+    """
+    from blendmask.predictor import Predictor
+
+    if isinstance(weights_or_predictor, (str, Path)):
+        predictor = Predictor.from_checkpoint(weights_or_predictor, device=device)
+    else:
+        predictor = weights_or_predictor
+    fig = explain_figure(predictor, image, top=top, score_threshold=score_threshold)
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=dpi)
+    return out_png
+
+
+def add_explain_args(parser: argparse.ArgumentParser) -> None:
+    """bases, attentions and blended masks of the top detections of one image (PNG)"""
+    parser.add_argument("--weights", required=True, help="model file (model.pt)")
+    parser.add_argument("image", metavar="IMAGE", help="an image file")
+    parser.add_argument("--out", required=True, help="output PNG")
+    parser.add_argument("--top", type=int, default=4, help="detections to explain")
+    parser.add_argument("--score-threshold", type=float, default=0.0)
+    parser.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    image = Path(args.image)
+    if not image.is_file():
+        raise FileNotFoundError(f"{image}: image not found")
+    path = save_explanation(
+        args.weights,
+        image,
+        args.out,
+        top=args.top,
+        device=args.device,
+        score_threshold=args.score_threshold,
+    )
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,167 @@
+"""Tests of the blender explanation figure (`blendmask explain`): PNG output with and without
+detections, the attention maps shown (softmax over K), consistency with the real blender, CLI.
+
+Tiny preset at random init; the post-processor's score threshold is lowered to 0 where
+detections are needed (at the reference init every score is ~0.01 < 0.05).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from blendmask.build import save_model_file
+from blendmask.explain import (
+    attention_maps,
+    draw_explanation,
+    explain_figure,
+    explain_image,
+    save_explanation,
+)
+from blendmask.modeling.blender import merge_bases
+from blendmask.predictor import Predictor
+from blendmask.presets import get_preset
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    torch.manual_seed(0)
+    pred = Predictor.from_config(get_preset("tiny"), device="cpu")
+    pred.postprocessor.score_thresh = 0.0
+    return pred
+
+
+@pytest.fixture(scope="module")
+def image() -> torch.Tensor:
+    # 50 x 70 resizes to 64 x 90 inside a 64 x 96 padded input.
+    return torch.rand(3, 50, 70, generator=torch.Generator().manual_seed(1))
+
+
+def test_attention_maps_shown_sum_to_one_over_bases(predictor: Predictor, image) -> None:
+    """Fails if the figure shows raw logits or a softmax over the wrong axis (Eq. 3: the K
+    attentions of a detection sum to 1 at every pixel), or if detection rows are missing."""
+    num_bases = predictor.cfg.model.basis_module.num_bases
+    assert num_bases > 1
+    fig = explain_figure(predictor, image, top=3)
+    shown: dict[int, dict[int, torch.Tensor]] = {}
+    for ax in fig.axes:
+        if ax.get_label().startswith("attention/"):
+            _, det, base = ax.get_label().split("/")
+            shown.setdefault(int(det), {})[int(base)] = torch.as_tensor(ax.images[0].get_array())
+    assert sorted(shown) == [0, 1, 2]
+    r = predictor.postprocessor.bottom_resolution
+    for maps in shown.values():
+        assert sorted(maps) == list(range(num_bases))
+        stack = torch.stack([maps[k] for k in range(num_bases)]).double()
+        assert stack.shape == (num_bases, r, r)
+        assert bool((stack >= 0).all())
+        torch.testing.assert_close(stack.sum(0), torch.ones(r, r, dtype=torch.float64))
+        # and not a constant 1/K: the maps carry the detection's attention
+        assert float(stack.std()) > 1e-4
+
+
+def test_explanation_recomposes_the_blenders_masks(predictor: Predictor, image) -> None:
+    """Fails if the shown attentions or crops are not what the blender uses: Eq. 4 applied
+    to them by hand must give the post-processor's blended masks."""
+    expl = explain_image(predictor, image, top=4)
+    assert expl.boxes.shape[0] == 4
+    # sum_k attention_k * cropped_base_k, written as a loop over k
+    logits = torch.zeros_like(expl.masks)
+    for k in range(expl.attentions.shape[1]):
+        logits += expl.attentions[:, k] * expl.pooled_bases[:, k]
+    torch.testing.assert_close(logits.sigmoid(), expl.masks, rtol=0, atol=1e-5)
+    # the bases shown are the image's part of the padded bases: ceil(64 / 4) x ceil(90 / 4)
+    assert expl.bases.shape[1:] == (16, 23)
+    assert torch.equal(expl.scores, expl.scores.sort(descending=True).values)
+    assert len(expl.detections) <= 4
+    assert expl.detections.masks.shape[1:] == image.shape[1:]
+
+
+@pytest.mark.parametrize(
+    ("num_bases", "attn_size", "top_interp", "fixed"),
+    [
+        (4, 3, "bilinear", False),
+        (3, 2, "nearest", False),
+        (1, 4, "bilinear", False),
+        (4, 2, "nearest", True),
+    ],
+)
+def test_attention_maps_match_merge_bases(num_bases, attn_size, top_interp, fixed) -> None:
+    """Fails if `attention_maps` drifts from `blender.merge_bases` (Eq. 2-4) for a setting:
+    softmax for K > 1, sigmoid for K = 1, the fixed FCIS cells."""
+    torch.manual_seed(0)
+    d, r = 5, 8
+    rois = torch.randn(d, num_bases, r, r)
+    attns = torch.randn(d, num_bases * attn_size * attn_size)
+    maps = attention_maps(
+        attns,
+        num_bases=num_bases,
+        attn_size=attn_size,
+        resolution=r,
+        top_interp=top_interp,
+        fixed_onehot=fixed,
+    )
+    logits = merge_bases(
+        rois, attns, attn_size=attn_size, top_interp=top_interp, fixed_onehot=fixed
+    )
+    if num_bases == 1:
+        # the blender's K = 1 mask is sigmoid(attention) * sigmoid(base)
+        expected = maps[:, 0] * rois[:, 0].sigmoid()
+        torch.testing.assert_close(logits.sigmoid(), expected, rtol=0, atol=1e-5)
+    else:
+        torch.testing.assert_close((maps * rois).sum(1), logits, rtol=0, atol=1e-5)
+    if fixed:
+        # each pixel reads exactly one base
+        assert torch.equal(maps.sum(1), torch.ones(d, r, r))
+
+
+def test_save_explanation_writes_png(predictor: Predictor, image, tmp_path: Path) -> None:
+    from PIL import Image
+
+    out = save_explanation(predictor, image, tmp_path / "sub" / "explain.png", top=2)
+    assert out.read_bytes()[:8] == PNG_SIGNATURE
+    with Image.open(out) as png:
+        with_dets = png.size
+    assert with_dets[0] > 300 and with_dets[1] > 200
+
+    # No detection passes: the figure still shows the image and the bases, one row only.
+    threshold = predictor.postprocessor.score_thresh
+    predictor.postprocessor.score_thresh = 1.1
+    try:
+        expl = explain_image(predictor, image)
+        assert expl.boxes.shape == (0, 4) and len(expl.detections) == 0
+        fig = draw_explanation(expl)
+        assert any(ax.get_title() == "no detections" for ax in fig.axes)
+        empty = save_explanation(predictor, image, tmp_path / "empty.png")
+    finally:
+        predictor.postprocessor.score_thresh = threshold
+    assert empty.read_bytes()[:8] == PNG_SIGNATURE
+    with Image.open(empty) as png:
+        assert png.size[1] < with_dets[1]
+
+
+def test_explain_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`blendmask explain --weights W IMAGE --out PNG` from a model file (random weights: at the
+    default threshold there may be no detection, which must not fail)."""
+    from PIL import Image
+
+    from blendmask.cli import main
+
+    torch.manual_seed(0)
+    pred = Predictor.from_config(get_preset("tiny"), device="cpu")
+    weights = tmp_path / "model.pt"
+    save_model_file(weights, pred.cfg, pred.model)
+    image_path = tmp_path / "image.png"
+    Image.new("RGB", (70, 50), (120, 30, 200)).save(image_path)
+    out = tmp_path / "explain.png"
+    argv = ["explain", "--weights", str(weights), str(image_path), "--out", str(out)]
+    assert main([*argv, "--top", "2", "--device", "cpu"]) == 0
+    assert out.read_bytes()[:8] == PNG_SIGNATURE
+    assert str(out) in capsys.readouterr().out
+    # a missing image is bad input: exit code 2 with the file named
+    assert main([*argv[:3], str(tmp_path / "nope.png"), *argv[4:]]) == 2
+    assert "nope.png" in capsys.readouterr().err
