@@ -229,8 +229,8 @@ def adelaidet_inference(
     gy = (img_y[None] - y0) / (y1 - y0) * 2 - 1  # (D, H0)
     gx = (img_x[None] - x0) / (x1 - x0) * 2 - 1  # (D, W0)
     grid = torch.stack([gx[:, None, :].expand(-1, out_h, -1), gy[:, :, None].expand(-1, -1, out_w)], dim=3)  # fmt: skip
-    pasted = F.grid_sample(masks[:, None], grid, align_corners=False)[:, 0] >= 0.5
-    return {"boxes": boxes, "scores": scores, "labels": labels, "masks": pasted}
+    soft = F.grid_sample(masks[:, None], grid, align_corners=False)[:, 0]
+    return {"boxes": boxes, "scores": scores, "labels": labels, "masks": soft >= 0.5, "soft": soft}
 
 
 def test_postprocessor_matches_adelaidet_inference_written_out():
@@ -284,4 +284,10 @@ def test_postprocessor_matches_adelaidet_inference_written_out():
     torch.testing.assert_close(ours.boxes, want["boxes"])
     assert torch.equal(ours.labels, want["labels"])
     assert ours.masks.shape == (len(ours), *orig_size)
-    assert torch.equal(ours.masks, want["masks"])
+    # Pasting is the same bilinear maths computed separably (two matmuls instead of
+    # grid_sample): only a pixel whose probability is within float rounding of 0.5 may flip.
+    differ = ours.masks != want["masks"]
+    assert ((want["soft"][differ] - 0.5).abs() < 1e-5).all()
+    # Random weights leave plateaus of exactly 0.5 (boxes outside the bases pool zeros) where
+    # either implementation's rounding decides; nothing else may differ.
+    assert int(differ.sum()) < 0.01 * ours.masks.sum()
