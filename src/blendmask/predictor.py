@@ -112,6 +112,7 @@ class Predictor:
         orig_sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
         resized = [resize_image(im, self.min_size, self.max_size) for im in images]
         batch = pad_images(resized).to(self.device)
-        outputs = self.model(batch.tensor, batch.image_sizes)
+        # Inference needs neither the dense attention map nor the semantic logits.
+        outputs = self.model(batch.tensor, batch.image_sizes, dense_top_feats=False, with_sem=False)
         dets = self.postprocessor(outputs, batch.image_sizes, orig_sizes)
         return [d.to("cpu") for d in dets]

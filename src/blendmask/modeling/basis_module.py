@@ -134,7 +134,9 @@ class ProtoNet(nn.Module):
             semantic_head(in_channels, convs_dim, num_classes, norm) if sem_loss_on else None
         )
 
-    def forward(self, features: list[Tensor]) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self, features: list[Tensor], with_sem: bool = True
+    ) -> tuple[Tensor, Tensor | None]:
         """features (list[Tensor[N, in_channels, Hl, Wl]]): P3, P4, ... (at least num_levels).
 
         Returns bases (Tensor[N, K, 2*H3, 2*W3]) = stride 4, and sem_logits
@@ -152,7 +154,8 @@ class ProtoNet(nn.Module):
             )
             x = x + y
         bases = self.tower(x)
-        sem_logits = self.seg_head(features[0]) if self.seg_head is not None else None
+        # The semantic head only feeds a training loss: inference may skip it (`with_sem`).
+        sem_logits = self.seg_head(features[0]) if self.seg_head is not None and with_sem else None
         return bases, sem_logits
 
 
@@ -212,7 +215,9 @@ class DeepLabBasis(nn.Module):
             semantic_head(low_channels, convs_dim, num_classes, norm) if sem_loss_on else None
         )
 
-    def forward(self, low: Tensor, high: Tensor) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self, low: Tensor, high: Tensor, with_sem: bool = True
+    ) -> tuple[Tensor, Tensor | None]:
         """low (Tensor[N, low_channels, H/8, W/8]), high (Tensor[N, high_channels, H/32, W/32]).
 
         Returns bases (Tensor[N, K, H/4, W/4]) and sem_logits (Tensor[N, C+1, H/8, W/8] | None).
@@ -225,5 +230,5 @@ class DeepLabBasis(nn.Module):
         x = F.interpolate(x, size=low.shape[-2:], mode="bilinear", align_corners=False)
         x = self.fuse(torch.cat([x, self.low_project(low)], dim=1))
         bases = self.tower(x)
-        sem_logits = self.seg_head(low) if self.seg_head is not None else None
+        sem_logits = self.seg_head(low) if self.seg_head is not None and with_sem else None
         return bases, sem_logits

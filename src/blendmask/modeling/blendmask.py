@@ -18,6 +18,7 @@ classes, K bases, M attention size, H/W padded input size (multiple of 32), Hl/W
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..structures import BlendMaskOutputs
@@ -198,10 +199,23 @@ class BlendMask(nn.Module):
         return self._points_cache[key]
 
     def forward(
-        self, images: Tensor, image_sizes: list[tuple[int, int]] | None = None
+        self,
+        images: Tensor,
+        image_sizes: list[tuple[int, int]] | None = None,
+        *,
+        dense_top_feats: bool = True,
+        with_sem: bool = True,
     ) -> BlendMaskOutputs:
         """images (Tensor[N, 3, H, W]): float RGB in [0, 1], H and W multiples of 32, zero padded
         at the bottom/right. image_sizes: optional (h, w) per image, see `normalize`.
+
+        The two switches skip work that only training needs; the defaults compute everything
+        (what the criterion needs), whatever `self.training` says:
+        - `dense_top_feats=False`: the top layer (a 3x3 conv to K*M*M channels, the largest
+          single layer of the model at P3) is not run densely; the outputs carry its input and
+          parameters instead and the post-processor evaluates it at the kept detections only
+          (`top_feats_at`). Same numbers, ~15% fewer FLOPs at 800 x 1333.
+        - `with_sem=False`: no auxiliary semantic logits.
 
         Returns BlendMaskOutputs: cls_logits (N, P, C), bbox_reg (N, P, 4) in stride units,
         ctrness (N, P), top_feats (N, P, K*M*M), bases (N, K, H/4, W/4), sem_logits
@@ -217,15 +231,15 @@ class BlendMask(nn.Module):
         c_features = self.body(x)
         p_features = self.fpn(c_features)
         cls_logits, bbox_reg, ctrness, bbox_towers = self.head(p_features)
-        top_feats = [self.top_layer(t) for t in bbox_towers]
+        top_feats = [self.top_layer(t) for t in bbox_towers] if dense_top_feats else None
 
         named = {f"c{3 + i}": f for i, f in enumerate(c_features)}
         named.update({f"p{3 + i}": f for i, f in enumerate(p_features)})
         basis_inputs = [named[name] for name in self.basis_in_features]
         if isinstance(self.basis_module, DeepLabBasis):
-            bases, sem_logits = self.basis_module(*basis_inputs)
+            bases, sem_logits = self.basis_module(*basis_inputs, with_sem=with_sem)
         else:
-            bases, sem_logits = self.basis_module(basis_inputs)
+            bases, sem_logits = self.basis_module(basis_inputs, with_sem=with_sem)
 
         # shape entries, not int(): they stay symbolic while tracing for export
         level_sizes = [(f.shape[-2], f.shape[-1]) for f in cls_logits]
@@ -235,10 +249,72 @@ class BlendMask(nn.Module):
             bbox_reg=_flatten(bbox_reg),
             # (N, P, 1) -> (N, P)
             ctrness=_flatten(ctrness).squeeze(2),
-            top_feats=_flatten(top_feats),
+            top_feats=_flatten(top_feats) if top_feats is not None else None,
             bases=bases,
             sem_logits=sem_logits,
             points=points,
             strides=strides,
             num_points_per_level=tuple(h * w for h, w in level_sizes),
+            bbox_towers=None if dense_top_feats else tuple(bbox_towers),
+            top_layer_params=None
+            if dense_top_feats
+            else (self.top_layer.weight, self.top_layer.bias),
         )
+
+
+def top_feats_at(
+    bbox_towers: tuple[Tensor, ...],
+    weight: Tensor,
+    bias: Tensor | None,
+    image_inds: Tensor,
+    point_inds: Tensor,
+) -> Tensor:
+    """The top layer (3x3 conv, padding 1) evaluated only at the given locations.
+
+    Equal to `top_layer(bbox_towers[l])[n, :, y, x]` for each (n, point) but costs
+    O(D * C_t * 9 * K*M*M) instead of a dense conv over every level.
+
+    Args:
+        bbox_towers (tuple[Tensor[N, C_t, Hl, Wl], ...]): per level, the top layer's input.
+        weight (Tensor[K*M*M, C_t, 3, 3]), bias (Tensor[K*M*M] | None): the top layer.
+        image_inds (Tensor[D]): int64 image of each location.
+        point_inds (Tensor[D]): int64 index in P (level-major, row-major within a level).
+
+    Returns:
+        Tensor[D, K*M*M]: attention logits.
+    """
+    device = bbox_towers[0].device
+    widths = torch.tensor([t.shape[-1] for t in bbox_towers], device=device)
+    counts = torch.tensor([t.shape[-2] * t.shape[-1] for t in bbox_towers], device=device)
+    padded_sizes = torch.tensor(
+        [(t.shape[-2] + 2) * (t.shape[-1] + 2) for t in bbox_towers], device=device
+    )
+    # Zero padding of 1, then all levels in one (N, Q, C_t) table of padded pixels.
+    # (N, C_t, Hl+2, Wl+2) -> (N, (Hl+2)*(Wl+2), C_t) per level, concatenated
+    table = torch.cat(
+        [F.pad(t, (1, 1, 1, 1)).flatten(2).transpose(1, 2) for t in bbox_towers], dim=1
+    )
+    level_starts = torch.cumsum(counts, 0) - counts
+    padded_starts = torch.cumsum(padded_sizes, 0) - padded_sizes
+    level = torch.searchsorted(torch.cumsum(counts, 0), point_inds, right=True)
+    local = point_inds - level_starts[level]
+    w = widths[level]
+    y, x = local // w, local % w
+    # Padded coordinates of the 3x3 neighbourhood: (y + dy, x + dx), dy, dx in 0..2.
+    dy = torch.arange(3, device=device).repeat_interleave(3)
+    dx = torch.arange(3, device=device).repeat(3)
+    flat = (
+        padded_starts[level, None]
+        + (y[:, None] + dy[None]) * (w[:, None] + 2)
+        + (x[:, None] + dx[None])
+    )
+    # (D, 9, C_t) -> (D, C_t, 9) -> (D, C_t*9), the order of weight.view(O, C_t*9)
+    patches = (
+        table[image_inds[:, None], flat]
+        .transpose(1, 2)
+        .reshape(len(point_inds), 9 * table.shape[2])
+    )
+    feats = patches @ weight.reshape(weight.shape[0], -1).t().to(patches.dtype)
+    if bias is not None:
+        feats = feats + bias.to(feats.dtype)
+    return feats

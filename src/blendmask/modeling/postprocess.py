@@ -22,6 +22,7 @@ from torchvision.ops import batched_nms
 
 from ..structures import BlendMaskOutputs, Detections
 from .blender import merge_bases, paste_masks, pool_bases
+from .blendmask import top_feats_at
 
 
 def top_k_per_group(scores: Tensor, groups: Tensor, k: int) -> Tensor:
@@ -154,10 +155,21 @@ class BlendMaskPostProcessor(nn.Module):
                     "labels": labels[keep],
                     "point_inds": point_inds[keep],
                     "levels": levels[keep],
-                    "top_feats": outputs.top_feats[i, point_inds[keep]],
+                    "top_feats": self._top_feats(outputs, i, point_inds[keep]),
                 }
             )
         return results
+
+    @staticmethod
+    def _top_feats(outputs: BlendMaskOutputs, image: int, point_inds: Tensor) -> Tensor:
+        """Attention logits (Tensor[D, K*M*M]) of the kept locations of one image."""
+        if outputs.top_feats is not None:
+            return outputs.top_feats[image, point_inds]
+        if outputs.bbox_towers is None or outputs.top_layer_params is None:
+            raise ValueError("outputs hold neither top_feats nor bbox_towers + top_layer_params")
+        weight, bias = outputs.top_layer_params
+        image_inds = torch.full_like(point_inds, image)
+        return top_feats_at(outputs.bbox_towers, weight, bias, image_inds, point_inds)
 
     @torch.no_grad()
     def blend(self, bases: Tensor, boxes: list[Tensor], top_feats: list[Tensor]) -> list[Tensor]:
