@@ -1,0 +1,134 @@
+"""Multi-process training helpers: `torchrun` set-up, rank queries and metric reductions.
+
+`torchrun --nproc_per_node N -m blendmask train ...` sets RANK / WORLD_SIZE / LOCAL_RANK /
+MASTER_ADDR / MASTER_PORT; `init_distributed` reads them and starts a process group (NCCL on
+CUDA, gloo on CPU). Without them everything runs as a single process (rank 0 of 1), and every
+helper here is then a no-op, so the training loop has one code path.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits: `rank` of `world_size` processes, `local_rank` on its node."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(device: str) -> torch.device:
+    """`cpu | cuda | auto` (auto: CUDA when available) -> a torch.device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: CUDA is not available on this machine (use cpu or auto)")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"--device: expected cpu, cuda or auto, got {device!r}")
+    return torch.device(device)
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
+    """Start the process group when launched by torchrun; return (info, this process's device).
+
+    On CUDA each process takes the GPU `LOCAL_RANK`. Calling it again reuses the group.
+    """
+    if not launched_by_torchrun():
+        return DistInfo(), device
+    rank = int(os.environ["RANK"])
+    world_size = int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        # A long timeout: rank 0 evaluates alone while the others wait at a barrier.
+        dist.init_process_group(
+            backend=backend,
+            rank=rank,
+            world_size=world_size,
+            timeout=datetime.timedelta(hours=2),
+        )
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank), device
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def get_rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def barrier() -> None:
+    if get_world_size() > 1:
+        dist.barrier()
+
+
+def reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """The mean of each named scalar over all ranks (for logging; every rank gets the result)."""
+    if get_world_size() == 1 or not values:
+        return dict(values)
+    # Every rank builds the same dicts (same keys, same order): pack the values in that order.
+    keys = list(values)
+    packed = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(packed)
+    packed /= get_world_size()
+    return {k: float(v) for k, v in zip(keys, packed.tolist())}
+
+
+def broadcast_object(obj: object, src: int = 0) -> object:
+    """`obj` of rank `src` on every rank (e.g. the resume decision or evaluation metrics)."""
+    if get_world_size() == 1:
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=src)
+    return holder[0]
+
+
+def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
+    """Copy rank `src`'s buffers (BN running statistics) to every rank.
+
+    DDP broadcasts buffers at the start of each forward, so after the last update each rank
+    holds its own statistics; evaluation and the saved model use rank 0's.
+    """
+    if get_world_size() == 1:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src=src)
+
+
+def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """BatchNorm layers of `module` -> SyncBatchNorm (statistics over all ranks' images).
+
+    Used for the parts whose config asks for "SyncBN" (the bottom module of the RT presets)
+    when more than one process trains; in a single process SyncBN equals BN.
+    """
+    return nn.SyncBatchNorm.convert_sync_batchnorm(module)

@@ -1,0 +1,222 @@
+"""Training records: a progress bar, `metrics.jsonl`, `curves.png` and optional TensorBoard.
+
+`metrics.jsonl` has one JSON object per line: `{"type": "train", "iteration", "lr",
+"images_per_s", "loss", "loss_fcos_cls", ...}` at each logging step (losses averaged over the
+steps since the previous line and over ranks) and `{"type": "eval", "iteration", "bbox_AP",
+"segm_AP", ...}` after each evaluation. `plot_curves` turns it into `curves.png`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+
+class MetricsFile:
+    """Appends JSON lines to `path` (rank 0 only; other ranks pass `path=None`)."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = Path(path) if path is not None else None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record, sort_keys=False) + "\n")
+
+    def truncate_after(self, iteration: int) -> None:
+        """Drop lines past `iteration`: a resumed run repeats the steps after the checkpoint,
+        and its lines replace those the interrupted run wrote."""
+        if self.path is None or not self.path.is_file():
+            return
+        kept = [r for r in read_metrics(self.path) if r.get("iteration", 0) <= iteration]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        tmp.replace(self.path)
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a `metrics.jsonl`; a torn last line (killed process) is skipped."""
+    records = []
+    for line in Path(path).read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+class LossAverager:
+    """Sums named scalars between two logging steps and returns their means."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = defaultdict(float)
+        self.count = 0
+
+    def update(self, values: dict[str, float]) -> None:
+        for k, v in values.items():
+            self.sums[k] += float(v)
+        self.count += 1
+
+    def pop(self) -> dict[str, float]:
+        means = {k: v / max(self.count, 1) for k, v in self.sums.items()}
+        self.sums.clear()
+        self.count = 0
+        return means
+
+
+class Progress:
+    """A tqdm bar over iterations with ETA, loss terms, lr and images/s (rank 0 only).
+
+    When stderr is not a terminal (CI logs, files) the bar is replaced by one printed line per
+    logging step, which reads better than carriage-return redraws.
+    """
+
+    def __init__(self, *, total: int, start: int, enabled: bool) -> None:
+        self.enabled = enabled
+        self.total = total
+        self.start_time = time.perf_counter()
+        self.start = start
+        self.interactive = enabled and sys.stderr.isatty()
+        self.bar = (
+            tqdm(total=total, initial=start, desc="train", dynamic_ncols=True, file=sys.stderr)
+            if self.interactive
+            else None
+        )
+        self.last = start
+
+    def update(self, iteration: int, stats: dict[str, float]) -> None:
+        """Report that `iteration` updates are done, with the latest averaged `stats`."""
+        if not self.enabled:
+            return
+        short = {k.removeprefix("loss_"): v for k, v in stats.items()}
+        if self.bar is not None:
+            self.bar.update(iteration - self.last)
+            self.bar.set_postfix({k: _fmt(v) for k, v in short.items()}, refresh=False)
+        else:
+            elapsed = time.perf_counter() - self.start_time
+            done = iteration - self.start
+            eta = elapsed / done * (self.total - iteration) if done else float("nan")
+            fields = " ".join(f"{k}={_fmt(v)}" for k, v in short.items())
+            print(f"[{iteration}/{self.total}] eta {format_seconds(eta)} {fields}", flush=True)
+        self.last = iteration
+
+    def set_total(self, total: int) -> None:
+        """A new end iteration (the time budget shrank the schedule)."""
+        self.total = total
+        if self.bar is not None:
+            self.bar.total = total
+            self.bar.refresh()
+
+    def write(self, message: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(message)
+        else:
+            print(message, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _fmt(v: float) -> str:
+    if v == 0 or 1e-3 <= abs(v) < 1e4:
+        return f"{v:.4g}"
+    return f"{v:.2e}"
+
+
+def format_seconds(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+class TensorBoard:
+    """Scalars to TensorBoard when asked for and installed (`pip install tensorboard`)."""
+
+    def __init__(self, log_dir: str | Path | None) -> None:
+        self.writer = None
+        if log_dir is None:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            print("note: --tensorboard needs the tensorboard package; skipping it", flush=True)
+            return
+        self.writer = SummaryWriter(str(log_dir))
+
+    def scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
+        if self.writer is None:
+            return
+        for k, v in values.items():
+            self.writer.add_scalar(f"{prefix}/{k}", v, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def plot_curves(metrics_path: str | Path, out_path: str | Path) -> Path | None:
+    """Loss terms (log scale) and validation AP against iterations, from `metrics.jsonl`.
+
+    Returns the written path, or None when there is nothing to plot.
+    """
+    metrics_path = Path(metrics_path)
+    if not metrics_path.is_file():
+        return None
+    records = read_metrics(metrics_path)
+    train = [r for r in records if r.get("type") == "train"]
+    evals = [r for r in records if r.get("type") == "eval"]
+    if not train and not evals:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on servers
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_ap) = plt.subplots(1, 2, figsize=(11, 4))
+    loss_keys = sorted({k for r in train for k in r if k.startswith("loss")})
+    for key in loss_keys:
+        pts = [(r["iteration"], r[key]) for r in train if key in r and r[key] > 0]
+        if pts:
+            xs, ys = zip(*pts)
+            ax_loss.plot(xs, ys, label=key, linewidth=2.0 if key == "loss" else 1.0)
+    ax_loss.set_yscale("log")
+    ax_loss.set_xlabel("iteration")
+    ax_loss.set_title("training losses")
+    if loss_keys:
+        ax_loss.legend(fontsize=7)
+    for key in ("bbox_AP", "segm_AP", "segm_AP50"):
+        pts = [(r["iteration"], r[key]) for r in evals if key in r]
+        if pts:
+            xs, ys = zip(*pts)
+            ax_ap.plot(xs, ys, marker="o", label=key)
+    ax_ap.set_xlabel("iteration")
+    ax_ap.set_ylim(0, 1)
+    ax_ap.set_title("validation AP")
+    if evals:
+        ax_ap.legend(fontsize=7)
+    else:
+        ax_ap.text(0.5, 0.5, "no evaluation", ha="center", va="center")
+    fig.tight_layout()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+    return out_path

@@ -1,0 +1,96 @@
+"""Two-process training with torchrun on CPU (gloo): DistributedDataParallel keeps the ranks'
+weights identical, each rank reads its own share of the data, and only rank 0 writes files.
+
+If the weights differ, gradients were not averaged (no DDP, or a rank skipped an update); if the
+rank-1 files appear, a non-zero rank wrote outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import torch
+
+# Goes through the real command line (`blendmask.cli.main(["train", ...])`), with `train`
+# wrapped so each rank also saves the weights it ended with.
+CHILD = textwrap.dedent(
+    """
+    import os, sys
+    import torch
+    torch.set_num_threads(1)
+    import blendmask.engine.train as train_lib
+    from blendmask.cli import main
+
+    original = train_lib.train
+
+    def train_and_dump(cfg, **kwargs):
+        result = original(cfg, **kwargs)
+        rank = int(os.environ["RANK"])
+        state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
+        torch.save(state, os.path.join(sys.argv[1], "..", f"rank{rank}.pt"))
+        return result
+
+    train_lib.train = train_and_dump
+    out, train_json, train_images = sys.argv[1:4]
+    sys.exit(main([
+        "train", "--preset", "tiny", "--device", "cpu", "--out", out,
+        "--train-json", train_json, "--train-images", train_images,
+        "--max-iter", "3", "--batch-size", "4", "--seed", "5",
+        "--set", "solver.checkpoint_period=2",
+    ]))
+    """
+)
+
+
+def test_two_process_training_keeps_ranks_identical(tmp_path, shapes_dataset):
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(script),
+            str(out),
+            str(shapes_dataset["train_json"]),
+            str(shapes_dataset["train_images"]),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert rank0.keys() == rank1.keys()
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+
+    # the model trained (not just broadcast at start) and the saved file is rank 0's
+    saved = torch.load(out / "model.pt", weights_only=True)["model"]
+    assert all(torch.equal(saved[k], rank0[k]) for k in saved)
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert last["iteration"] == 3
+    # 4 images per iteration over 2 processes = 2 per rank; the lr is the preset's scaled by
+    # the linear rule (batch 2 -> 4)
+    assert last["config"]["solver"]["ims_per_batch"] == 4
+    assert "linear scaling rule" in proc.stdout
+
+    # only rank 0 writes: exactly one line per iteration (metrics reduced over ranks)
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in lines if r["type"] == "train"] == [1, 2, 3]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "curves.png",
+        "last.pt",
+        "metrics.jsonl",
+        "model.pt",
+    ]

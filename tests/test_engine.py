@@ -1,0 +1,258 @@
+"""Engine pieces: optimiser groups, the lr schedule, checkpoints, RNG state, the data stream
+used for exact resumption, the time-budget plan, metrics records and drawing."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torchvision.ops import FrozenBatchNorm2d
+
+from blendmask.engine import checkpoint as ckpt
+from blendmask.engine.logging import MetricsFile, plot_curves, read_metrics
+from blendmask.engine.optim import (
+    build_lr_scheduler,
+    build_optimizer,
+    param_groups,
+    scale_lr,
+    warmup_multistep_factor,
+)
+from blendmask.engine.train import build_train_dataset, build_train_loader, plan_for_budget
+from blendmask.presets import get_preset
+from blendmask.structures import Detections
+from blendmask.visualization import class_color, draw_detections
+
+
+def _naive_factor(it: int, steps: list[int], gamma: float, warmup_iters: int, wf: float) -> float:
+    """detectron2's WarmupMultiStepLR written out: count the passed steps one by one."""
+    factor = 1.0
+    for s in steps:
+        if it >= s:
+            factor *= gamma
+    if it < warmup_iters:
+        alpha = it / warmup_iters
+        factor *= wf * (1 - alpha) + alpha
+    return factor
+
+
+def test_warmup_multistep_matches_the_definition():
+    steps, gamma, wi, wf = [7, 12], 0.1, 5, 0.001
+    for it in range(20):
+        expected = _naive_factor(it, steps, gamma, wi, wf)
+        got = warmup_multistep_factor(
+            it, steps=steps, gamma=gamma, warmup_iters=wi, warmup_factor=wf
+        )
+        assert got == pytest.approx(expected, rel=1e-12), it
+    # the first update runs at base_lr * warmup_factor, the plateau at base_lr
+    assert warmup_multistep_factor(0, steps=steps, warmup_iters=wi, warmup_factor=wf) == wf
+
+
+def _lr_sequence(scheduler: torch.optim.lr_scheduler.LRScheduler, n: int) -> list[float]:
+    lrs = []
+    for _ in range(n):
+        lrs.append(scheduler.optimizer.param_groups[0]["lr"])
+        scheduler.optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def test_scheduler_state_dict_resumes_the_same_curve():
+    def make() -> torch.optim.lr_scheduler.LRScheduler:
+        opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+        return build_lr_scheduler(opt, steps=[6, 9], warmup_iters=4, warmup_factor=0.01)
+
+    full = _lr_sequence(make(), 12)
+    assert full[0] == pytest.approx(0.1 * 0.01)
+    assert full[5] == pytest.approx(0.1) and full[6] == pytest.approx(0.01)
+    first = make()
+    head = _lr_sequence(first, 5)
+    state, opt_state = first.state_dict(), first.optimizer.state_dict()
+    resumed = make()
+    resumed.optimizer.load_state_dict(opt_state)  # holds the current lr, as in last.pt
+    resumed.load_state_dict(state)
+    assert head + _lr_sequence(resumed, 7) == pytest.approx(full, rel=1e-12)
+
+
+def test_param_groups_put_norm_parameters_without_decay():
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3),
+        nn.BatchNorm2d(8),
+        nn.Conv2d(8, 8, 3),
+        nn.GroupNorm(2, 8),
+        FrozenBatchNorm2d(8),  # buffers only: nothing to optimise
+        nn.Linear(8, 2),
+    )
+    model[0].weight.requires_grad_(False)  # a frozen weight is left out
+    groups = param_groups(model, weight_decay=1e-4, weight_decay_norm=0.0)
+    by_decay = {g["weight_decay"]: {id(p) for p in g["params"]} for g in groups}
+    norm_ids = {id(p) for m in (model[1], model[3]) for p in m.parameters()}
+    other_ids = {
+        id(p) for m in (model[0], model[2], model[5]) for p in m.parameters() if p.requires_grad
+    }
+    assert by_decay[0.0] == norm_ids
+    assert by_decay[1e-4] == other_ids  # biases keep the decay (reference)
+    opt = build_optimizer(model, base_lr=0.02, momentum=0.9, weight_decay=1e-4)
+    assert opt.defaults["momentum"] == 0.9 and opt.defaults["lr"] == 0.02
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(norm_ids | other_ids)
+
+
+def test_shared_parameter_appears_once():
+    conv = nn.Conv2d(2, 2, 1)
+    model = nn.ModuleList([conv, conv])
+    groups = param_groups(model, weight_decay=1e-4, weight_decay_norm=0.0)
+    assert sum(len(g["params"]) for g in groups) == 2
+
+
+def test_scale_lr_is_linear():
+    assert scale_lr(0.01, 16, 4) == pytest.approx(0.0025)
+    assert scale_lr(0.02, 8, 32) == pytest.approx(0.08)
+    with pytest.raises(ValueError):
+        scale_lr(0.01, 0, 4)
+
+
+def test_rng_state_round_trip_through_a_weights_only_file(tmp_path):
+    torch.manual_seed(3)
+    np.random.seed(3)
+    random.seed(3)
+    state = ckpt.get_rng_state()
+    expected = (torch.rand(4), np.random.rand(4), [random.random() for _ in range(4)])
+    path = tmp_path / "rng.pt"
+    ckpt.atomic_save({"rng": state}, path)
+    loaded = torch.load(path, weights_only=True)["rng"]
+    torch.manual_seed(99)
+    np.random.seed(99)
+    random.seed(99)
+    ckpt.set_rng_state(loaded)
+    got = (torch.rand(4), np.random.rand(4), [random.random() for _ in range(4)])
+    assert torch.equal(expected[0], got[0])
+    assert np.array_equal(expected[1], got[1])
+    assert expected[2] == got[2]
+    assert [p.name for p in tmp_path.iterdir()] == ["rng.pt"]  # no temp file left
+
+
+def test_training_state_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
+    opt = build_optimizer(model, base_lr=0.1)
+    sched = build_lr_scheduler(opt, steps=[3], warmup_iters=2)
+    for _ in range(3):
+        model(torch.randn(5, 3)).sum().backward()
+        opt.step()
+        sched.step()
+    path = tmp_path / "last.pt"
+    ckpt.save_training_state(
+        path, model=model, optimizer=opt, scheduler=sched, scaler=None, iteration=3, config={}
+    )
+    torch.manual_seed(1)
+    model2 = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
+    opt2 = build_optimizer(model2, base_lr=0.1)
+    sched2 = build_lr_scheduler(opt2, steps=[3], warmup_iters=2)
+    it = ckpt.restore_training_state(
+        ckpt.read_training_state(path), model=model2, optimizer=opt2, scheduler=sched2, scaler=None
+    )
+    assert it == 3
+    for a, b in zip(model.state_dict().values(), model2.state_dict().values()):
+        assert torch.equal(a, b)
+    m1 = [opt.state[p]["momentum_buffer"] for p in model.parameters()]
+    m2 = [opt2.state[p]["momentum_buffer"] for p in model2.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(m1, m2))
+    assert sched2.last_epoch == 3 and opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+
+
+def test_read_training_state_rejects_other_files(tmp_path):
+    bad = tmp_path / "model.pt"
+    torch.save({"model": {}}, bad)
+    with pytest.raises(ValueError, match="model.pt"):
+        ckpt.read_training_state(bad)
+    with pytest.raises(FileNotFoundError):
+        ckpt.read_training_state(tmp_path / "missing.pt")
+
+
+def _tiny_train_cfg(shapes_dataset):
+    cfg = get_preset("tiny")
+    cfg.data.train_json = str(shapes_dataset["train_json"])
+    cfg.data.train_images = str(shapes_dataset["train_images"])
+    cfg.data.min_size_train = [64, 80, 96]  # random sizes: the seeds must be reproduced
+    cfg.data.max_size_train = 128
+    return cfg
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_train_loader_resumes_the_same_batches(shapes_dataset, workers):
+    """Batches from start_iter=k equal batches k, k+1, ... of a stream started at 0, with random
+    resize + flip: what exact resumption needs. Fails if any augmentation used unseeded RNG."""
+    cfg = _tiny_train_cfg(shapes_dataset)
+    cfg.data.num_workers = workers
+    dataset = build_train_dataset(cfg)
+    kwargs = dict(rank=0, world_size=1, images_per_rank=2, device=torch.device("cpu"))
+    torch.manual_seed(0)
+    full_iter = iter(build_train_loader(cfg, dataset, start_iter=0, **kwargs))
+    full = [next(full_iter) for _ in range(6)]
+    torch.manual_seed(123)  # global RNG state must not matter
+    resumed_iter = iter(build_train_loader(cfg, dataset, start_iter=3, **kwargs))
+    resumed = [next(resumed_iter) for _ in range(3)]
+    sizes = {tuple(b[0].tensor.shape[-2:]) for b in full}
+    assert len(sizes) > 1, "the test needs random sizes to be meaningful"
+    for (img_a, tgt_a), (img_b, tgt_b) in zip(full[3:], resumed):
+        assert torch.equal(img_a.tensor, img_b.tensor)
+        assert img_a.image_sizes == img_b.image_sizes
+        for ta, tb in zip(tgt_a, tgt_b):
+            assert ta["image_id"] == tb["image_id"]
+            assert torch.equal(ta["boxes"], tb["boxes"])
+            assert torch.equal(ta["masks"], tb["masks"])
+
+
+def test_plan_for_budget_compresses_the_rest_of_the_schedule():
+    # 100 s left at 1 s/iteration from iteration 50: end at 150 instead of 1050
+    new_max, new_steps = plan_for_budget(
+        iteration=50, max_iter=1050, steps=[40, 850, 950], seconds_left=100, seconds_per_iter=1.0
+    )
+    assert new_max == 150
+    # steps already passed stay; the others keep their fraction of the remaining run
+    assert new_steps == [40, 50 + 80, 50 + 90]
+    # enough time: unchanged
+    assert plan_for_budget(
+        iteration=0, max_iter=10, steps=[5], seconds_left=100, seconds_per_iter=1.0
+    ) == (10, [5])
+
+
+def test_metrics_file_truncates_and_skips_torn_lines(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    writer = MetricsFile(path)
+    for it in (1, 2, 3, 4):
+        writer.write({"type": "train", "iteration": it, "loss": 1.0 / it})
+    with open(path, "a") as f:
+        f.write('{"type": "train", "iter')  # a line cut by a killed process
+    assert [r["iteration"] for r in read_metrics(path)] == [1, 2, 3, 4]
+    writer.truncate_after(2)
+    assert [r["iteration"] for r in read_metrics(path)] == [1, 2]
+    writer.write({"type": "eval", "iteration": 2, "bbox_AP": 0.5, "segm_AP": 0.4})
+    out = plot_curves(path, tmp_path / "curves.png")
+    assert out is not None and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads(path.read_text().splitlines()[-1])["segm_AP"] == 0.4
+
+
+def test_draw_detections_paints_masks_boxes_and_skips_low_scores():
+    image = torch.zeros(3, 40, 50)
+    masks = torch.zeros(2, 40, 50, dtype=torch.bool)
+    masks[0, 5:15, 5:20] = True
+    masks[1, 25:35, 30:45] = True
+    dets = Detections(
+        boxes=torch.tensor([[5.0, 5.0, 20.0, 15.0], [30.0, 25.0, 45.0, 35.0]]),
+        scores=torch.tensor([0.9, 0.2]),
+        labels=torch.tensor([0, 1]),
+        masks=masks,
+    )
+    out = draw_detections(image, dets, class_names=["a", "b"], score_threshold=0.5, alpha=0.5)
+    assert out.dtype == torch.uint8 and out.shape == (3, 40, 50)
+    # inside mask 0 (away from the box outline): half the class colour over black
+    expected = torch.tensor([round(c * 0.5) for c in class_color(0)], dtype=torch.float)
+    assert torch.allclose(out[:, 10, 12].float(), expected, atol=1)
+    # the low-score detection is not drawn at all
+    assert int(out[:, 26:34, 31:44].sum()) == 0
+    # the box outline is drawn in the class colour
+    assert tuple(out[:, 10, 5].tolist()) == class_color(0)
