@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import deform_conv2d
 
-from blendmask.build import build_network, read_model_file
 from blendmask.cli import main as cli_main
 from blendmask.config import MSRA_PIXEL_MEAN
+from blendmask.factory import build_network, read_model_file
 from blendmask.interop.adelaidet import (
     ADELAIDET_RENAMES,
     COCO_CATEGORIES,

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import blendmask
-from blendmask.build import load_model_file, read_model_file, save_model_file
+from blendmask.factory import load_model_file, read_model_file, save_model_file
 
 
 def tiny_cfg():
@@ -77,8 +77,16 @@ def test_torchvision_adapter_train_and_eval() -> None:
     masks2 = torch.zeros(1, 70, 50, dtype=torch.uint8)
     masks2[0, 5:30, 5:45] = 1
     targets = [
-        {"boxes": torch.tensor([[20.0, 10.0, 60.0, 40.0]]), "labels": torch.tensor([1]), "masks": masks},
-        {"boxes": torch.tensor([[5.0, 5.0, 45.0, 30.0]]), "labels": torch.tensor([3]), "masks": masks2},
+        {
+            "boxes": torch.tensor([[20.0, 10.0, 60.0, 40.0]]),
+            "labels": torch.tensor([1]),
+            "masks": masks,
+        },
+        {
+            "boxes": torch.tensor([[5.0, 5.0, 45.0, 30.0]]),
+            "labels": torch.tensor([3]),
+            "masks": masks2,
+        },
     ]
     det.train()
     losses = det(images, targets)

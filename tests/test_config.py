@@ -17,7 +17,11 @@ def test_every_preset_validates(name: str) -> None:
 
 def test_reference_defaults_of_r50() -> None:
     m = get_preset("R_50_1x").model
-    assert (m.blender.bottom_resolution, m.basis_module.num_bases, m.blender.attn_size) == (56, 4, 14)
+    assert (m.blender.bottom_resolution, m.basis_module.num_bases, m.blender.attn_size) == (
+        56,
+        4,
+        14,
+    )
     assert m.pixel_mean == [103.53, 116.28, 123.675] and m.input_format == "BGR"
     assert m.backbone.stride_in_1x1 and m.backbone.freeze_at == 2
     assert m.fcos.fpn_strides == [8, 16, 32, 64, 128] and not m.fcos.use_scale

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from blendmask.build import save_model_file
 from blendmask.explain import (
     attention_maps,
     draw_explanation,
@@ -20,6 +19,7 @@ from blendmask.explain import (
     explain_image,
     save_explanation,
 )
+from blendmask.factory import save_model_file
 from blendmask.modeling.blender import merge_bases
 from blendmask.predictor import Predictor
 from blendmask.presets import get_preset

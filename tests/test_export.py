@@ -18,7 +18,6 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from blendmask.build import build, save_model_file  # noqa: E402
 from blendmask.export.onnx import (  # noqa: E402
     OUTPUT_NAMES,
     OnnxPredictor,
@@ -27,6 +26,7 @@ from blendmask.export.onnx import (  # noqa: E402
     fcos_points,
     read_onnx_config,
 )
+from blendmask.factory import build, save_model_file  # noqa: E402
 from blendmask.predictor import Predictor  # noqa: E402
 from blendmask.presets import get_preset  # noqa: E402
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from blendmask.build import build
+from blendmask.factory import build
 from blendmask.modeling.blendmask import top_feats_at
 from blendmask.presets import get_preset
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from blendmask.build import build
+from blendmask.factory import build
 from blendmask.presets import PRESETS, get_preset
 
 
@@ -67,7 +67,9 @@ def test_forward_backward_every_parameter_gets_gradient(name: str) -> None:
     assert all(torch.isfinite(v) for v in losses.values()), losses
     sum(losses.values()).backward()
     missing = [
-        n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)
+        n
+        for n, p in model.named_parameters()
+        if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)
     ]
     assert not missing, f"{name}: parameters without gradient: {missing[:8]}"
 
@@ -118,7 +120,9 @@ def test_detections_at_each_original_size() -> None:
     model.eval()
     images, _ = make_batch()
     with torch.no_grad():
-        dets = post(model(images, [(96, 128), (64, 100)]), [(96, 128), (64, 100)], [(192, 256), (32, 50)])
+        dets = post(
+            model(images, [(96, 128), (64, 100)]), [(96, 128), (64, 100)], [(192, 256), (32, 50)]
+        )
     assert dets[0].masks.shape[1:] == (192, 256) and dets[1].masks.shape[1:] == (32, 50)
     assert len(dets[0]) > 0
     assert (dets[1].boxes[:, 2] <= 50).all() and (dets[1].boxes[:, 3] <= 32).all()

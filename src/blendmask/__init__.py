@@ -28,7 +28,7 @@ __all__ = [
 def __getattr__(name: str):
     # Heavy modules (torch models) load on first use so `import blendmask` stays cheap.
     if name == "build":
-        from blendmask.build import build
+        from blendmask.factory import build
 
         return build
     if name == "Predictor":

@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from blendmask.build import build
 from blendmask.config import Config
 from blendmask.data.batching import pad_images
 from blendmask.data.transforms import resize_image
+from blendmask.factory import build
 from blendmask.modeling.blendmask import BlendMask
 from blendmask.modeling.losses import BlendMaskCriterion
 from blendmask.modeling.postprocess import BlendMaskPostProcessor

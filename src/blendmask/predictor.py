@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from blendmask.build import build, load_model_file
 from blendmask.config import Config
 from blendmask.data.batching import pad_images
 from blendmask.data.coco import load_image
 from blendmask.data.transforms import resize_image
+from blendmask.factory import build, load_model_file
 from blendmask.modeling.blendmask import BlendMask
 from blendmask.modeling.postprocess import BlendMaskPostProcessor
 from blendmask.structures import Detections

@@ -8,7 +8,7 @@ re-creates the sampler and skips the batches already seen.
 
 Everything is stored as tensors, numbers, strings, lists and dicts, so the file also loads with
 `torch.load(weights_only=True)`. `DIR/model.pt` (config + weights only) is written by
-`blendmask.build.save_model_file`.
+`blendmask.factory.save_model_file`.
 """
 
 from __future__ import annotations

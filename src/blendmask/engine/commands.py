@@ -219,7 +219,7 @@ def evaluate(
 ) -> dict[str, float]:
     """`blendmask eval --weights W --json J --images D --out DIR`: COCO bbox/segm metrics of a
     model file; writes DIR/metrics.json and DIR/results.json (COCO results, RLE masks)."""
-    from blendmask.build import load_model_file
+    from blendmask.factory import load_model_file
 
     dev = resolve_device(device)
     cfg, model, _, postprocessor = load_model_file(weights, dev)

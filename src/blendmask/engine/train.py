@@ -311,7 +311,7 @@ def train(
         TrainResult with the trained (unwrapped) model, the final iteration and the last
         evaluation's metrics (empty without a val set).
     """
-    from blendmask.build import build, save_model_file
+    from blendmask.factory import build, save_model_file
 
     start_time = time.perf_counter()
     out_dir = Path(out_dir)

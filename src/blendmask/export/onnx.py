@@ -391,7 +391,7 @@ class OnnxPredictor:
         providers: Sequence[str] | None = None,
         batch_size: int = 1,
     ) -> None:
-        from blendmask.build import build_postprocessor
+        from blendmask.factory import build_postprocessor
 
         self.path = Path(onnx_path)
         if cfg is None:
@@ -475,7 +475,7 @@ def add_export_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from blendmask.build import load_model_file
+    from blendmask.factory import load_model_file
     from blendmask.predictor import resolve_device
 
     device = resolve_device(args.device)

@@ -542,7 +542,7 @@ def convert_adelaidet_model(
     trust_pickle: bool = False,
 ) -> tuple[Config, torch.nn.Module, ConversionReport]:
     """As `convert_adelaidet`, returning the loaded network (eval mode) instead of its state."""
-    from blendmask.build import build_network
+    from blendmask.factory import build_network
 
     path = Path(path)
     state, notes = _read_checkpoint(path, trust_pickle=trust_pickle)
@@ -751,7 +751,7 @@ def add_convert_args(parser: argparse.ArgumentParser) -> None:
 
 def run_convert(args: argparse.Namespace) -> int:
     """Convert, run the network once on a blank image, write the model file, print a summary."""
-    from blendmask.build import save_model_file
+    from blendmask.factory import save_model_file
     from blendmask.predictor import resolve_device
 
     device = resolve_device(args.device)

@@ -1,5 +1,5 @@
-"""`build(cfg)`: the one place that reads a Config and constructs the three modules, plus the
-`model.pt` file format (resolved config + weights + format version)."""
+"""`build(cfg)`, exported as `blendmask.build`: the one place that reads a Config and constructs
+the three modules, plus the `model.pt` file format (resolved config + weights + format version)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,259 @@
+"""The benchmark scripts run end to end on a tiny size and write the JSON they promise.
+
+They are measurement scripts, not timed tests: nothing here checks a speed. Each script runs in
+a subprocess (as `make bench` runs it) on 64 x 96 inputs with the `tiny` preset, one repeat.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+TINY = ["--size", "64", "96", "--repeats", "1", "--threads", "1"]
+
+
+def run_script(name: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def load_latency_module():
+    spec = importlib.util.spec_from_file_location("bench_latency", BENCH / "latency.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_latency_writes_json_and_readme(tmp_path: Path) -> None:
+    """Every model is timed at both detection counts, returns exactly that many detections,
+    and the ratios and README block are written; a wrong forcing of the detection count or a
+    missing figure fails here."""
+    out = tmp_path / "latency.json"
+    readme = tmp_path / "README.md"
+    readme.write_text("# title\n\n<!-- bench:start -->\nold\n<!-- bench:end -->\n\ntail\n")
+    run_script(
+        "latency.py",
+        *TINY,
+        "--presets",
+        "tiny",
+        "--detections",
+        "3",
+        "8",
+        "--json",
+        str(out),
+        "--update-readme",
+        str(readme),
+    )
+    data = json.loads(out.read_text())
+    assert data["machine"]["threads"] == 1
+    assert data["machine"]["torch"] and data["machine"]["cpu_model"]
+    assert set(data["models"]) == {
+        "blendmask_tiny",
+        "maskrcnn_resnet50_fpn",
+        "fcos_resnet50_fpn",
+    }
+    for name, per_n in data["models"].items():
+        for n in ("3", "8"):
+            assert per_n[n]["median_s"] > 0, name
+            assert per_n[n]["detections"] == int(n), (name, n, per_n[n]["detections"])
+    assert data["models"]["blendmask_tiny"]["8"]["network_median_s"] > 0
+    for n in ("3", "8"):
+        assert 0 < data["blender"][n]["median_s"]
+        assert {"pool", "merge", "paste", "total"} <= set(data["blender"][n])
+    ratios = data["ratios"]
+    for key in (
+        "blendmask_over_maskrcnn",
+        "blendmask_over_fcos",
+        "blendmask_scaling_8_over_3",
+        "maskrcnn_scaling_8_over_3",
+    ):
+        assert isinstance(ratios[key], float) and ratios[key] > 0, key
+    m = data["models"]
+    expected = m["blendmask_tiny"]["8"]["median_s"] / m["maskrcnn_resnet50_fpn"]["8"]["median_s"]
+    assert ratios["blendmask_over_maskrcnn"] == pytest.approx(expected)
+    text = readme.read_text()
+    assert "old" not in text and text.startswith("# title") and text.rstrip().endswith("tail")
+    assert "| BlendMask tiny (ours) |" in text and "blendmask_over_maskrcnn" in text
+
+
+def test_update_readme_appends_markers_and_rejects_bad_order(tmp_path: Path) -> None:
+    """A README without markers gets a section; markers in the wrong order are an error."""
+    latency = load_latency_module()
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n")
+    latency.update_readme(readme, "TABLE 1")
+    latency.update_readme(readme, "TABLE 2")
+    text = readme.read_text()
+    assert text.count(latency.README_START) == 1 and "TABLE 2" in text and "TABLE 1" not in text
+    readme.write_text(f"{latency.README_END}\n{latency.README_START}\n")
+    with pytest.raises(ValueError, match="bench:start"):
+        latency.update_readme(readme, "T")
+    with pytest.raises(FileNotFoundError):
+        latency.update_readme(tmp_path / "missing.md", "T")
+
+
+def test_flops_writes_parts_and_peak(tmp_path: Path) -> None:
+    """FLOPs by part add up to the counted total, the matmul peak and the part times exist."""
+    out = tmp_path / "flops.json"
+    profile = tmp_path / "profile.txt"
+    run_script(
+        "flops.py",
+        *TINY,
+        "--preset",
+        "tiny",
+        "--detections",
+        "5",
+        "--matmul-size",
+        "128",
+        "--peers",
+        "fcos_resnet50_fpn",
+        "--json",
+        str(out),
+        "--profile",
+        str(profile),
+    )
+    data = json.loads(out.read_text())
+    flops = data["flops"]
+    parts = [
+        "backbone",
+        "fpn",
+        "fcos_towers",
+        "fcos_predictors",
+        "top_layer",
+        "bottom_module",
+        "semantic_head",
+    ]
+    for part in parts:
+        assert flops[part] > 0, part
+    assert sum(flops[p] for p in parts) + flops["other"] == flops["total"]
+    assert flops["blender_analytic"] > 0
+    assert data["matmul_peak"]["fp32"]["gflops_best"] > 0
+    assert data["matmul_peak"]["bf16"]["gflops_best"] > 0
+    assert 0 < data["summary"]["fraction_of_matmul_peak"]
+    assert data["times"]["total"]["median_s"] > 0
+    assert data["peer_flops"]["fcos_resnet50_fpn"]["total"] > flops["total"]
+    assert data["profile_top_ops"] and "Name" in profile.read_text()
+
+
+def test_train_step_writes_time_and_memory(tmp_path: Path) -> None:
+    """Both models take a step in their own process and report time, RSS and the ratios."""
+    out = tmp_path / "train_step.json"
+    run_script(
+        "train_step.py",
+        *TINY,
+        "--warmup",
+        "0",
+        "--preset",
+        "tiny",
+        "--maskrcnn-box-batch",
+        "8",
+        "--json",
+        str(out),
+    )
+    data = json.loads(out.read_text())
+    for name in ("blendmask_tiny", "maskrcnn_resnet50_fpn"):
+        m = data["models"][name]
+        assert m["median_s"] > 0 and m["max_rss_bytes"] >= m["rss_after_build_bytes"] > 0
+        assert m["trainable_parameters"] > 0
+    assert data["ratios"]["blendmask_over_maskrcnn_time"] > 0
+    assert data["ratios"]["blendmask_over_maskrcnn_max_rss"] > 0
+
+
+def test_bf16_iou_writes_json(tmp_path: Path) -> None:
+    """fp32 vs bf16 mask IoUs are fractions in [0, 1] (random weights, tiny preset)."""
+    out = tmp_path / "bf16.json"
+    run_script(
+        "bf16_iou.py",
+        "--preset",
+        "tiny",
+        "--image-size",
+        "64",
+        "--num-images",
+        "2",
+        "--threads",
+        "1",
+        "--json",
+        str(out),
+    )
+    data = json.loads(out.read_text())
+    assert data["settings"]["random_weights"] is True
+    assert data["detections_above_min_score"]["fp32"] > 0
+    for key in ("mean_mask_iou", "mean_mask_iou_paired", "mean_mask_iou_symmetric"):
+        assert 0.0 <= data[key] <= 1.0, key
+
+
+def load_bench_module(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_mask_iou_and_matching_against_loops() -> None:
+    """bf16_iou's IoU matrix and same-class best match equal a naive per-pair loop."""
+    import torch
+
+    bf16_iou = load_bench_module("bf16_iou")
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand((4, 9, 11), generator=g) > 0.5
+    b = torch.rand((3, 9, 11), generator=g) > 0.6
+    a[3] = False  # an empty mask
+    b[2] = False
+    la = torch.tensor([0, 1, 1, 2])
+    lb = torch.tensor([1, 0, 2])
+    got = bf16_iou.mask_iou(a, b)
+    best = bf16_iou.matched_iou(a, la, b, lb)
+    for i in range(4):
+        expected_best = 0.0
+        for j in range(3):
+            inter = (a[i] & b[j]).sum().item()
+            union = (a[i] | b[j]).sum().item()
+            iou = inter / union if union else 1.0
+            assert got[i, j].item() == pytest.approx(iou)
+            if la[i] == lb[j]:
+                expected_best = max(expected_best, iou)
+        assert best[i].item() == pytest.approx(expected_best)
+    assert best[3].item() == 1.0  # empty vs empty of the same class agree
+
+
+def test_split_counts_attributes_modules_to_parts() -> None:
+    """Per-module flop counts go to the right part without double counting nested modules,
+    and the bottom module excludes the semantic head."""
+    flops = load_bench_module("flops")
+    counts = {
+        "Global": {"conv": 100},
+        "BlendMask": {"conv": 100},
+        "BlendMask.body": {"conv": 50},
+        "BlendMask.body.layer1": {"conv": 20},
+        "BlendMask.head": {"conv": 18},
+        "BlendMask.head.cls_tower.0": {"conv": 6},
+        "BlendMask.head.bbox_tower.3": {"conv": 6},
+        "BlendMask.head.cls_logits": {"conv": 6},
+        "BlendMask.top_layer": {"conv": 12},
+        "BlendMask.basis_module": {"conv": 15},
+        "BlendMask.basis_module.tower": {"conv": 10},
+        "BlendMask.basis_module.seg_head": {"conv": 5},
+    }
+    parts = flops.split_counts(counts, flops.OUR_PARTS)
+    assert parts["backbone"] == 50
+    assert parts["fcos_towers"] == 12
+    assert parts["fcos_predictors"] == 6
+    assert parts["top_layer"] == 12
+    assert parts["bottom_module"] == 10
+    assert parts["semantic_head"] == 5
+    assert parts["fpn"] == 0
+    assert parts["other"] == 100 - 95 and parts["total"] == 100
