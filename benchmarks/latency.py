@@ -1,0 +1,436 @@
+"""Inference latency of BlendMask against torchvision's Mask R-CNN and FCOS, in one process.
+
+Measures the claims of BlendMask Sec. 4.3 / Table 8 (faster than Mask R-CNN with the same
+backbone; the blender costs little; inference time does not grow with the number of
+detections, while Mask R-CNN's mask head runs once per detection):
+
+- our presets (default `R_50_1x` and `RT_R_50_4x`) and torchvision `maskrcnn_resnet50_fpn` /
+  `fcos_resnet50_fpn`, all with random weights (weights=None, weights_backbone=None), on the
+  same input, thread count and precision;
+- every model forced to exactly N detections (score threshold 0, NMS off, N per image; see
+  common.py), for N = 10 and 100;
+- our blender alone (RoIAlign pooling + attention interpolation + blend + paste) for 10 and 100
+  instances at the same image size;
+- warm-up, then the median of `--repeats` runs, the models interleaved run by run so that a
+  change of background load hits all of them alike.
+
+Timed per call: input padding, network, post-processing down to the final binary masks at the
+input size (torchvision's transform, heads and mask pasting; our network + post-processor).
+
+    python benchmarks/latency.py --json benchmarks/results/latency.json \
+        [--threads 2] [--device cpu|cuda] [--size 800 1333] [--repeats 3] [--precision fp32|bf16] \
+        [--update-readme README.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+TORCHVISION_MODELS = ("maskrcnn_resnet50_fpn", "fcos_resnet50_fpn")
+README_START = "<!-- bench:start -->"
+README_END = "<!-- bench:end -->"
+
+
+class BlendMaskRunner:
+    """Our network + post-processor on one image; records the network / post-processing split."""
+
+    def __init__(self, preset: str, num_detections: int, device: torch.device, box_bias: float):
+        self.model, self.post, self.cfg = common.build_blendmask(
+            preset, num_detections=num_detections, box_bias=box_bias
+        )
+        self.model.to(device)
+        self.post.to(device)
+        self.device = device
+        self.splits: list[tuple[float, float]] = []
+
+    def set_detections(self, n: int) -> None:
+        common.set_blendmask_detections(self.post, n)
+        self.splits.clear()
+
+    def __call__(self, image: Tensor) -> dict[str, Any]:
+        start = time.perf_counter()
+        batch, sizes = common.pad_to(image)
+        outputs = self.model(batch, sizes)
+        common.synchronize(self.device)
+        mid = time.perf_counter()
+        dets = self.post(outputs, sizes, sizes)
+        common.synchronize(self.device)
+        self.splits.append((mid - start, time.perf_counter() - mid))
+        return {"boxes": dets[0].boxes, "masks": dets[0].masks}
+
+
+class TorchvisionRunner:
+    def __init__(self, name: str, num_detections: int, size: tuple[int, int], device):
+        self.model = common.build_torchvision(name, num_detections=num_detections, size=size)
+        self.model.to(device)
+        self.splits: list[tuple[float, float]] = []
+
+    def set_detections(self, n: int) -> None:
+        common.set_torchvision_detections(self.model, n)
+
+    def __call__(self, image: Tensor) -> dict[str, Any]:
+        return self.model([image])[0]
+
+
+def time_models(
+    runners: dict[str, Any],
+    image: Tensor,
+    detections: list[int],
+    *,
+    device: torch.device,
+    precision: str,
+    warmup: int,
+    repeats: int,
+) -> dict[str, dict[str, Any]]:
+    """{model: {"N": {median_s, ..., detections, mean box size}}}, models interleaved."""
+    results: dict[str, dict[str, Any]] = {name: {} for name in runners}
+    for n in detections:
+        for runner in runners.values():
+            runner.set_detections(n)
+        with common.inference(device, precision):
+            # Warm-up also records what each model returns: the detection counts must be N.
+            for name, runner in runners.items():
+                for _ in range(max(warmup, 1)):
+                    out = runner(image)
+                entry = {"detections": int(out["boxes"].shape[0])}
+                entry.update(common.box_stats(out["boxes"]))
+                results[name][str(n)] = entry
+                runner.splits.clear()
+            times: dict[str, list[float]] = {name: [] for name in runners}
+            for _ in range(repeats):
+                for name, runner in runners.items():
+                    seconds, _ = common.time_once(lambda r=runner: r(image), device)
+                    times[name].append(seconds)
+        for name, runner in runners.items():
+            results[name][str(n)].update(common.summarize(times[name]))
+            if runner.splits:
+                net = sorted(s[0] for s in runner.splits)
+                post = sorted(s[1] for s in runner.splits)
+                results[name][str(n)]["network_median_s"] = net[len(net) // 2]
+                results[name][str(n)]["postprocess_median_s"] = post[len(post) // 2]
+            print(
+                f"  {name:28s} N={n:4d}: {results[name][str(n)]['median_s']:.3f} s "
+                f"({results[name][str(n)]['detections']} detections)",
+                flush=True,
+            )
+    return results
+
+
+def random_boxes(n: int, height: int, width: int, seed: int = 0) -> Tensor:
+    """Tensor[n, 4] xyxy inside the image: uniform centres, sides log-uniform in 32-512 px."""
+    g = torch.Generator().manual_seed(seed)
+    centre = torch.rand((n, 2), generator=g) * torch.tensor([width, height])
+    side = torch.exp(torch.empty((n, 2)).uniform_(math.log(32), math.log(512), generator=g))
+    boxes = torch.cat([centre - side / 2, centre + side / 2], dim=1)
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+    return boxes
+
+
+def time_blender(
+    post: torch.nn.Module,
+    num_bases: int,
+    padded_size: tuple[int, int],
+    image_size: tuple[int, int],
+    detections: list[int],
+    *,
+    device: torch.device,
+    precision: str,
+    warmup: int,
+    repeats: int,
+) -> dict[str, Any]:
+    """Our blender alone, stage by stage and in total: pool_bases (RoIAlign to R x R),
+    merge_bases (interpolate M -> R, softmax over K, blend), sigmoid, paste_masks (R x R into
+    the image, binarised), with the post-processor's settings."""
+    from blendmask.modeling.blender import merge_bases, paste_masks, pool_bases
+
+    height, width = image_size
+    g = torch.Generator().manual_seed(0)
+    bases = torch.randn((1, num_bases, padded_size[0] // 4, padded_size[1] // 4), generator=g).to(
+        device
+    )
+    results: dict[str, Any] = {
+        "bottom_resolution": post.bottom_resolution,
+        "attn_size": post.attn_size,
+        "num_bases": num_bases,
+        "bases_shape": list(bases.shape),
+        "boxes": "uniform centres, sides log-uniform 32-512 px, clipped to the image",
+    }
+    for n in detections:
+        boxes = random_boxes(n, height, width).to(device)
+        attns = torch.randn((n, num_bases * post.attn_size**2), generator=g).to(device)
+
+        def pool(boxes: Tensor = boxes) -> Tensor:
+            return pool_bases(
+                bases,
+                [boxes],
+                resolution=post.bottom_resolution,
+                scale=post.pooler_scale,
+                sampling_ratio=post.pooler_sampling_ratio,
+                pooler_type=post.pooler_type,
+            )
+
+        def merge(rois: Tensor, attns: Tensor = attns) -> Tensor:
+            return merge_bases(rois, attns, attn_size=post.attn_size, top_interp=post.top_interp)
+
+        def paste(probs: Tensor, boxes: Tensor = boxes) -> Tensor:
+            return paste_masks(probs, boxes, (height, width), threshold=post.mask_threshold)
+
+        def total() -> Tensor:
+            return paste(merge(pool()).sigmoid())
+
+        with common.inference(device, precision):
+            rois = pool()
+            probs = merge(rois).sigmoid()
+            stages = {
+                "pool": common.time_fn(pool, device, warmup=warmup, repeats=repeats),
+                "merge": common.time_fn(
+                    lambda r=rois: merge(r), device, warmup=warmup, repeats=repeats
+                ),
+                "paste": common.time_fn(
+                    lambda p=probs: paste(p), device, warmup=warmup, repeats=repeats
+                ),
+                "total": common.time_fn(total, device, warmup=warmup, repeats=repeats),
+            }
+        results[str(n)] = {k: v["median_s"] for k, v in stages.items()}
+        results[str(n)]["median_s"] = stages["total"]["median_s"]
+        results[str(n)]["runs_s"] = stages["total"]["runs_s"]
+        print(f"  blender N={n:4d}: {stages['total']['median_s'] * 1e3:.1f} ms", flush=True)
+    return results
+
+
+def compute_ratios(models: dict[str, Any], blender: dict[str, Any], ours: str, lo: str, hi: str):
+    """The headline ratios (None when a figure is missing)."""
+
+    def med(name: str, n: str) -> float:
+        return models.get(name, {}).get(n, {}).get("median_s", float("nan"))
+
+    def r(a: float, b: float) -> float | None:
+        return a / b if math.isfinite(a) and math.isfinite(b) and b > 0 else None
+
+    mrcnn, fcos = "maskrcnn_resnet50_fpn", "fcos_resnet50_fpn"
+    ratios = {
+        "blendmask_over_maskrcnn": r(med(ours, hi), med(mrcnn, hi)),
+        f"blendmask_over_maskrcnn_at_{lo}": r(med(ours, lo), med(mrcnn, lo)),
+        "blendmask_over_fcos": r(med(ours, hi), med(fcos, hi)),
+        f"blendmask_over_fcos_at_{lo}": r(med(ours, lo), med(fcos, lo)),
+        f"blendmask_scaling_{hi}_over_{lo}": r(med(ours, hi), med(ours, lo)),
+        f"maskrcnn_scaling_{hi}_over_{lo}": r(med(mrcnn, hi), med(mrcnn, lo)),
+        f"fcos_scaling_{hi}_over_{lo}": r(med(fcos, hi), med(fcos, lo)),
+    }
+    if hi in blender:
+        ratios[f"blender_{hi}_over_blendmask"] = r(blender[hi]["median_s"], med(ours, hi))
+    return ratios
+
+
+def readme_block(data: dict[str, Any]) -> str:
+    """The markdown between the README markers: setting, table and ratios."""
+    m = data["machine"]
+    s = data["settings"]
+    lo, hi = (str(n) for n in s["detections"][:2]) if len(s["detections"]) > 1 else ("", "")
+    label = {
+        "maskrcnn_resnet50_fpn": "torchvision Mask R-CNN R50-FPN",
+        "fcos_resnet50_fpn": "torchvision FCOS R50-FPN (boxes only)",
+    }
+    lines = [
+        f"Latest `make bench` ({m['time'][:10]}): {m['cpu_model']}, device {m['device']}, "
+        f"{m['threads']} threads, input {s['size'][0]}x{s['size'][1]}, {s['precision']}, "
+        f"torch {m['torch']}, random weights, median of {s['repeats']} runs after warm-up, "
+        f"load average at start {m['load_average_start'][0]:.1f}.",
+        "",
+        "| model | " + " | ".join(f"{n} detections (s)" for n in s["detections"]) + " | scaling |",
+        "|---|" + "---|" * (len(s["detections"]) + 1),
+    ]
+    ours = [f"blendmask_{p}" for p in s.get("presets", [])]
+    names = [n for n in ours if n in data["models"]]
+    names += [n for n in data["models"] if n not in names]
+    for name in names:
+        per_n = data["models"][name]
+        cells = [f"{per_n[str(n)]['median_s']:.3f}" for n in s["detections"]]
+        scale = per_n[hi]["median_s"] / per_n[lo]["median_s"] if lo else float("nan")
+        nice = label.get(name, f"BlendMask {name.removeprefix('blendmask_')} (ours)")
+        lines.append(f"| {nice} | " + " | ".join(cells) + f" | {scale:.2f} |")
+    if data.get("blender"):
+        cells = [f"{data['blender'][str(n)]['median_s']:.4f}" for n in s["detections"]]
+        lines.append(
+            "| our blender alone (pool + interpolate + blend + paste) | "
+            + " | ".join(cells)
+            + " | |"
+        )
+    if data.get("blender") and hi in data["blender"]:
+        b = data["blender"][hi]
+        lines.append("")
+        lines.append(
+            f"Blender at {hi} instances: RoIAlign {b['pool'] * 1e3:.1f} ms, interpolate + softmax "
+            f"+ blend {b['merge'] * 1e3:.1f} ms, paste into the image {b['paste'] * 1e3:.1f} ms."
+        )
+    lines.append("")
+    headline = [
+        "blendmask_over_maskrcnn",
+        "blendmask_over_fcos",
+        f"blendmask_scaling_{hi}_over_{lo}",
+        f"maskrcnn_scaling_{hi}_over_{lo}",
+    ]
+    keys = [k for k in headline if k in data["ratios"]]
+    keys += sorted(k for k in data["ratios"] if k not in keys)
+    ratio_text = ", ".join(
+        f"`{k}` {data['ratios'][k]:.2f}" if isinstance(data["ratios"][k], float) else f"`{k}` n/a"
+        for k in keys
+    )
+    lines.append(f"Ratios: {ratio_text}.")
+    lines.append("")
+    lines.append(
+        "Method, FLOPs by part, the profile and the planned speed-ups: `benchmarks/README.md`."
+    )
+    return "\n".join(lines)
+
+
+def update_readme(path: Path, block: str) -> None:
+    """Replace the text between the bench markers of `path` (appending a section with the
+    markers when the file has none)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--update-readme: {path} not found")
+    text = path.read_text(encoding="utf-8")
+    start, end = text.find(README_START), text.find(README_END)
+    if start == -1 and end == -1:
+        text = text.rstrip("\n") + "\n\n## Speed\n\n" + README_START + "\n" + README_END + "\n"
+        start, end = text.find(README_START), text.find(README_END)
+    if start == -1 or end == -1 or end < start:
+        raise ValueError(f"--update-readme: {path} must contain {README_START} before {README_END}")
+    new = text[: start + len(README_START)] + "\n" + block + "\n" + text[end:]
+    path.write_text(new, encoding="utf-8")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--json", type=Path, default=None, help="write the figures here")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--size", type=int, nargs=2, default=[800, 1333], metavar=("H", "W"))
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--precision", default="fp32", choices=list(common.PRECISIONS))
+    p.add_argument("--detections", type=int, nargs="+", default=[10, 100])
+    p.add_argument(
+        "--presets",
+        nargs="+",
+        default=["R_50_1x", "RT_R_50_4x"],
+        help="our presets to time; the first is the one in the ratios",
+    )
+    p.add_argument(
+        "--peers",
+        nargs="*",
+        default=list(TORCHVISION_MODELS),
+        choices=list(TORCHVISION_MODELS),
+        help="torchvision models to time beside ours",
+    )
+    p.add_argument("--box-bias", type=float, default=common.BOX_BIAS, help="see common.py")
+    p.add_argument("--no-blender", action="store_true", help="skip the blender-alone timing")
+    p.add_argument("--update-readme", type=Path, default=None, metavar="README")
+    p.add_argument(
+        "--from-json",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="measure nothing: rewrite the --update-readme block from an earlier --json output",
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.from_json is not None:
+        if args.update_readme is None:
+            raise SystemExit("--from-json needs --update-readme README")
+        if not args.from_json.is_file():
+            raise SystemExit(f"--from-json: {args.from_json} not found")
+        data = json.loads(args.from_json.read_text(encoding="utf-8"))
+        update_readme(args.update_readme, readme_block(data))
+        return 0
+    device = common.setup(args.threads, args.device)
+    height, width = args.size
+    detections = sorted(set(args.detections))
+    if detections[0] < 1:
+        raise SystemExit(f"--detections: expected positive counts, got {args.detections}")
+    lo, hi = str(detections[0]), str(detections[-1])
+    data: dict[str, Any] = {
+        "machine": common.machine_info(args.threads, device),
+        "settings": {
+            "size": [height, width],
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "precision": args.precision,
+            "detections": detections,
+            "presets": args.presets,
+            "box_bias_stride_units": args.box_bias,
+            "forcing": (
+                "every model: score threshold 0, NMS threshold 1.0 (nothing suppressed), "
+                "detections per image N; ours: inference_th_test=0, nms_th=1.0, "
+                "pre_nms_topk_test>=N, post_nms_topk_test=N, bbox_pred bias=box_bias; "
+                "Mask R-CNN: box_score_thresh=0, box_nms_thresh=1.0, box_detections_per_img=N; "
+                "FCOS: score_thresh=0, nms_thresh=1.0, detections_per_img=N; torchvision "
+                "min_size/max_size = the input's sides (identity resize)"
+            ),
+            "timed": "pad + network + post-processing to binary masks at the input size",
+        },
+    }
+    image = common.random_image(height, width).to(device)
+    print(f"latency: {height}x{width}, {args.threads} threads, {args.precision}", flush=True)
+    runners: dict[str, Any] = {}
+    for preset in args.presets:
+        runners[f"blendmask_{preset}"] = BlendMaskRunner(
+            preset, detections[0], device, args.box_bias
+        )
+    for name in args.peers:
+        runners[name] = TorchvisionRunner(name, detections[0], (height, width), device)
+    data["models"] = time_models(
+        runners,
+        image,
+        detections,
+        device=device,
+        precision=args.precision,
+        warmup=args.warmup,
+        repeats=args.repeats,
+    )
+    ours = f"blendmask_{args.presets[0]}"
+    data["blender"] = {}
+    if not args.no_blender:
+        first = runners[ours]
+        padded = common.pad_to(image)[0].shape[-2:]
+        data["blender"] = time_blender(
+            first.post,
+            first.cfg.model.basis_module.num_bases,
+            (int(padded[0]), int(padded[1])),
+            (height, width),
+            detections,
+            device=device,
+            precision=args.precision,
+            warmup=args.warmup,
+            repeats=args.repeats,
+        )
+    data["ratios"] = compute_ratios(data["models"], data["blender"], ours, lo, hi)
+    data["machine"]["load_average_end"] = list(os.getloadavg())
+    common.write_json(args.json, data)
+    for key, value in data["ratios"].items():
+        print(f"  {key}: {value:.3f}" if value is not None else f"  {key}: n/a")
+    if args.update_readme is not None:
+        update_readme(args.update_readme, readme_block(data))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
