@@ -123,6 +123,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-dets", type=int, default=20, help="detections per image, random weights")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument(
+        "--optimize",
+        action="store_true",
+        help="run both precisions on optimize_for_inference(model) (BN folded, channels-last), "
+        "as the Predictor does",
+    )
     return p.parse_args(argv)
 
 
@@ -150,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
         post.to(device).eval()
         min_score = 0.0 if args.min_score is None else args.min_score
         source = f"random weights, preset {args.preset}"
+    if args.optimize:
+        from blendmask.modeling.inference import optimize_for_inference
+
+        model = optimize_for_inference(model)
     if args.images is not None:
         images = folder_images(args.images, args.num_images)
     else:
@@ -162,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         orig = [(int(image.shape[1]), int(image.shape[2]))]
         resized = resize_image(image, cfg.data.min_size_test, cfg.data.max_size_test)
         batch, sizes = common.pad_to(resized.to(device))
+        if args.optimize:
+            batch = batch.contiguous(memory_format=torch.channels_last)
         dets = {}
         for precision in ("fp32", "bf16"):
             start = time.perf_counter()
@@ -195,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             "num_images": len(images),
             "image_size": args.image_size,
             "min_score": min_score,
+            "optimize_for_inference": args.optimize,
         },
         "detections_above_min_score": counts,
         "mean_mask_iou": fwd,

@@ -46,13 +46,27 @@ README_END = "<!-- bench:end -->"
 
 
 class BlendMaskRunner:
-    """Our network + post-processor on one image; records the network / post-processing split."""
+    """Our network + post-processor on one image, as `Predictor.predict_tensors` runs them:
+    `optimize_for_inference` (BatchNorm folded, channels-last; `optimize=False` skips it), a
+    channels-last input, no dense top layer and no semantic head. Records the network /
+    post-processing split."""
 
-    def __init__(self, preset: str, num_detections: int, device: torch.device, box_bias: float):
-        self.model, self.post, self.cfg = common.build_blendmask(
+    def __init__(
+        self,
+        preset: str,
+        num_detections: int,
+        device: torch.device,
+        box_bias: float,
+        optimize: bool = True,
+    ):
+        from blendmask.modeling.inference import optimize_for_inference
+
+        model, self.post, self.cfg = common.build_blendmask(
             preset, num_detections=num_detections, box_bias=box_bias
         )
-        self.model.to(device)
+        model.to(device)
+        self.model = optimize_for_inference(model) if optimize else model
+        self.optimize = optimize
         self.post.to(device)
         self.device = device
         self.splits: list[tuple[float, float]] = []
@@ -63,8 +77,12 @@ class BlendMaskRunner:
 
     def __call__(self, image: Tensor) -> dict[str, Any]:
         start = time.perf_counter()
+        from blendmask.modeling.inference import to_channels_last
+
         batch, sizes = common.pad_to(image)
-        outputs = self.model(batch, sizes)
+        if self.optimize:
+            batch = to_channels_last(batch)
+        outputs = self.model(batch, sizes, dense_top_feats=False, with_sem=False)
         common.synchronize(self.device)
         mid = time.perf_counter()
         dets = self.post(outputs, sizes, sizes)
@@ -340,6 +358,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--box-bias", type=float, default=common.BOX_BIAS, help="see common.py")
     p.add_argument("--no-blender", action="store_true", help="skip the blender-alone timing")
+    p.add_argument(
+        "--no-optimize",
+        action="store_true",
+        help="time our network without optimize_for_inference (BatchNorm folding, channels-last)",
+    )
     p.add_argument("--update-readme", type=Path, default=None, metavar="README")
     p.add_argument(
         "--from-json",
@@ -386,6 +409,15 @@ def main(argv: list[str] | None = None) -> int:
                 "min_size/max_size = the input's sides (identity resize)"
             ),
             "timed": "pad + network + post-processing to binary masks at the input size",
+            "ours": (
+                "the Predictor's path: "
+                + (
+                    ""
+                    if args.no_optimize
+                    else "optimize_for_inference (BN folded, channels-last), "
+                )
+                + "dense_top_feats=False, with_sem=False, torch.inference_mode"
+            ),
         },
     }
     image = common.random_image(height, width).to(device)
@@ -393,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     runners: dict[str, Any] = {}
     for preset in args.presets:
         runners[f"blendmask_{preset}"] = BlendMaskRunner(
-            preset, detections[0], device, args.box_bias
+            preset, detections[0], device, args.box_bias, optimize=not args.no_optimize
         )
     for name in args.peers:
         runners[name] = TorchvisionRunner(name, detections[0], (height, width), device)

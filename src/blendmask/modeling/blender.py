@@ -230,8 +230,10 @@ def paste_masks(
 
     Bilinear sampling with zero padding is separable, so each mask is resampled with two
     batched matmuls, and only inside a window around its own box (outside it no pixel centre
-    can reach a mask sample): all detections at once, a few chunks of similar-size boxes at
-    most, no per-instance loop. On a CPU this is ~30x faster than `grid_sample` over the image.
+    can reach a mask sample): the sampling runs for all detections at once (a few chunks of
+    similar-size boxes at most). Only the write of each finished window into its slice of the
+    (D, H, W) output is per detection: a slice copy, cheaper than a scatter of every window
+    pixel. On a CPU this is ~20x faster than `grid_sample` over the image.
 
     Args:
         masks (Tensor[D, R, R]): probabilities.
@@ -290,9 +292,13 @@ def paste_masks(
         # The separable sums round differently from grid_sample's (~1e-7): a probability of
         # exactly `threshold` (common: a box outside the bases pools zeros, sigmoid(0) = 0.5)
         # must stay inside, as `>=` keeps it in the reference.
-        out[idx[:, None, None], ys.long()[:, :, None], xs.long()[:, None, :]] = (
-            sampled >= threshold - _PASTE_EPS
-        )
+        # Each window is a rectangle of the output: comparing straight into its slice is
+        # several times cheaper than a 3-index scatter of every window pixel (one host sync
+        # per chunk for the window origins).
+        for d, x, y, window in zip(
+            idx.tolist(), x_start.long().tolist(), y_start.long().tolist(), sampled.unbind(0)
+        ):
+            torch.ge(window, threshold - _PASTE_EPS, out=out[d, y : y + h_max, x : x + w_max])
         start = stop
     return out
 

@@ -26,27 +26,58 @@ from .blendmask import top_feats_at
 
 
 def top_k_per_group(scores: Tensor, groups: Tensor, k: int) -> Tensor:
-    """Indices of the `k` highest scores within every group, without a loop over groups.
+    """Indices of the `k` highest scores within every group, without sorting all candidates.
+
+    Equal to a stable descending sort by score followed by a stable sort by group and the
+    first `k` of each group: ties at a group's k-th score keep the lowest indices, and each
+    group is listed by decreasing score, ties by increasing index. Each group costs one
+    `topk` plus a sort of at most `k` entries instead of two argsorts of all Q candidates
+    (1.8 M at score threshold 0 and 800 x 1333).
 
     Args:
         scores (Tensor[Q]): candidate scores.
-        groups (Tensor[Q]): int64 group id of each candidate (here its FPN level).
+        groups (Tensor[Q]): int64 group id (>= 0) of each candidate (here its FPN level).
         k: keep at most this many per group.
 
     Returns:
         Tensor[Q']: indices into `scores`, grouped by increasing group id, each group by
         decreasing score.
     """
-    if scores.numel() == 0:
-        return torch.zeros((0,), dtype=torch.int64, device=scores.device)
-    by_score = torch.argsort(scores, descending=True, stable=True)
-    # A stable sort by group keeps the score order inside each group.
-    order = by_score[torch.argsort(groups[by_score], stable=True)]
-    sorted_groups = groups[order]
-    counts = torch.bincount(sorted_groups)
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(order.numel(), device=scores.device) - starts[sorted_groups]
-    return order[rank < k]
+    empty = torch.zeros((0,), dtype=torch.int64, device=scores.device)
+    if scores.numel() == 0 or k <= 0:
+        return empty
+    # detect() passes candidates in location order, so the groups (levels) are contiguous
+    # runs: slice them. Any other order takes one mask + nonzero per group.
+    contiguous = bool((groups[1:] >= groups[:-1]).all())
+    counts = torch.bincount(groups).tolist()  # one host sync; nonzero below syncs anyway
+    kept = []
+    start = 0
+    for g, count in enumerate(counts):
+        if count == 0:
+            continue
+        if contiguous:
+            offset, idx = start, None
+            group_scores = scores[start : start + count]
+            start += count
+        else:
+            offset, idx = 0, (groups == g).nonzero().squeeze(1)  # increasing index
+            group_scores = scores[idx]
+        if count > k:
+            values, sel = group_scores.topk(k)
+            at_least = group_scores >= values[-1]
+            if int(at_least.sum()) > k:
+                # Ties straddle the cut: of the candidates tied with the k-th score, the
+                # lowest indices fill the remaining slots (as a stable sort would).
+                sel = at_least.nonzero().squeeze(1)
+                above = group_scores[sel] > values[-1]
+                sel = sel[above | (torch.cumsum(~above, 0) <= k - int(above.sum()))]
+            # increasing index first, so the stable sort below orders ties by index
+            sel = sel.sort().values
+        else:
+            sel = torch.arange(count, device=scores.device)
+        order = sel[torch.argsort(group_scores[sel], descending=True, stable=True)]
+        kept.append(order + offset if idx is None else idx[order])
+    return torch.cat(kept) if kept else empty
 
 
 class BlendMaskPostProcessor(nn.Module):
