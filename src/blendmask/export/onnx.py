@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from blendmask.config import Config
+from blendmask.modeling.blendmask import compute_points
 from blendmask.structures import BlendMaskOutputs, Detections
 
 INPUT_NAMES = ("images", "image_sizes")
@@ -307,23 +308,16 @@ def fcos_level_sizes(height: int, width: int, strides: Sequence[int]) -> list[tu
 def fcos_points(
     height: int, width: int, strides: Sequence[int]
 ) -> tuple[Tensor, Tensor, tuple[int, ...]]:
-    """The network's FCOS points, recomputed without the network (ADELAIDET.md §1.6).
+    """The network's FCOS points for a padded size, without running the network (§1.6).
 
     Returns:
         points (Tensor[P, 2]): float (x, y) = (j*s + s//2, i*s + s//2), level-major, row-major
             inside a level; strides (Tensor[P]): float stride of each point;
             num_points_per_level (tuple[int, ...]).
     """
-    points, point_strides, counts = [], [], []
-    for (h, w), s in zip(fcos_level_sizes(height, width, strides), strides, strict=True):
-        xs = torch.arange(w, dtype=torch.float32) * s + s // 2
-        ys = torch.arange(h, dtype=torch.float32) * s + s // 2
-        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-        # (Hl, Wl) x 2 -> (Hl*Wl, 2), x first
-        points.append(torch.stack([grid_x.reshape(-1), grid_y.reshape(-1)], dim=1))
-        point_strides.append(torch.full((h * w,), float(s)))
-        counts.append(h * w)
-    return torch.cat(points), torch.cat(point_strides), tuple(counts)
+    level_sizes = fcos_level_sizes(height, width, strides)
+    points, point_strides = compute_points(level_sizes, list(strides), torch.device("cpu"))
+    return points, point_strides, tuple(h * w for h, w in level_sizes)
 
 
 def outputs_from_onnx(
