@@ -15,6 +15,7 @@ from blendmask.config import Config
 from blendmask.data.batching import pad_images
 from blendmask.data.coco import load_image
 from blendmask.data.transforms import resize_image
+from blendmask.engine.distributed import resolve_device
 from blendmask.factory import build, load_model_file
 from blendmask.modeling.blendmask import BlendMask
 from blendmask.modeling.inference import optimize_for_inference, to_channels_last
@@ -22,19 +23,6 @@ from blendmask.modeling.postprocess import BlendMaskPostProcessor
 from blendmask.structures import Detections
 
 ImageInput = str | Path | Image.Image | np.ndarray | Tensor
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """`auto` -> cuda when available, else cpu; `cuda` without a GPU is a clear error."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available (use --device cpu)")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise ValueError(f"--device: expected cpu, cuda or auto, got {device!r}")
-    return torch.device(device)
 
 
 def to_image_tensor(image: ImageInput) -> Tensor:

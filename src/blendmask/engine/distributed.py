@@ -34,8 +34,11 @@ class DistInfo:
         return self.world_size > 1
 
 
-def resolve_device(device: str) -> torch.device:
-    """`cpu | cuda | auto` (auto: CUDA when available) -> a torch.device."""
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """`cpu | cuda | cuda:N | auto` (auto: CUDA when available) -> a torch.device; a
+    torch.device passes through."""
+    if isinstance(device, torch.device):
+        return device
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
