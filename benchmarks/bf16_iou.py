@@ -53,7 +53,7 @@ def shapes_val_images(num: int, seed: int, image_size: int) -> list[Tensor]:
 
 
 def folder_images(folder: Path, num: int) -> list[Tensor]:
-    from blendmask.data.coco import image_to_tensor, load_image
+    from blendmask.io import image_to_tensor, load_image
 
     if not folder.is_dir():
         raise FileNotFoundError(f"--images: {folder} is not a folder")
@@ -97,9 +97,9 @@ def paired_iou(model, post, batch: Tensor, sizes, device: torch.device) -> Tenso
         return torch.zeros((0,))
     h, w = sizes[0]
     boxes = dets["boxes"]
-    p32 = post.blend(out32.bases, [boxes], [dets["top_feats"]])[0]
+    p32 = post.blend(out32.bases, [boxes], [dets["attentions"]])[0]
     p16 = post.blend(
-        out16.bases.float(), [boxes], [out16.top_feats[0, dets["point_inds"]].float()]
+        out16.bases.float(), [boxes], [out16.attentions[0, dets["point_inds"]].float()]
     )[0]
     clipped = boxes.clone()
     clipped[:, 0::2] = clipped[:, 0::2].clamp(0, w)

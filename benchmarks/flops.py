@@ -197,7 +197,7 @@ def time_parts(
             t_detect, dets = common.time_once(lambda o=outputs: post.detect(o, sizes), device)
             t_blend, _ = common.time_once(
                 lambda o=outputs, d=dets: post.blend(
-                    o.bases, [x["boxes"] for x in d], [x["top_feats"] for x in d]
+                    o.bases, [x["boxes"] for x in d], [x["attentions"] for x in d]
                 ),
                 device,
             )

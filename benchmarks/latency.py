@@ -82,7 +82,7 @@ class BlendMaskRunner:
         batch, sizes = common.pad_to(image)
         if self.optimize:
             batch = to_channels_last(batch)
-        outputs = self.model(batch, sizes, dense_top_feats=False, with_sem=False)
+        outputs = self.model(batch, sizes, dense_attentions=False, with_sem=False)
         common.synchronize(self.device)
         mid = time.perf_counter()
         dets = self.post(outputs, sizes, sizes)
@@ -190,7 +190,7 @@ def time_blender(
     }
     for n in detections:
         boxes = random_boxes(n, height, width).to(device)
-        attns = torch.randn((n, num_bases * post.attn_size**2), generator=g).to(device)
+        attentions = torch.randn((n, num_bases * post.attn_size**2), generator=g).to(device)
 
         def pool(boxes: Tensor = boxes) -> Tensor:
             return pool_bases(
@@ -202,8 +202,10 @@ def time_blender(
                 pooler_type=post.pooler_type,
             )
 
-        def merge(rois: Tensor, attns: Tensor = attns) -> Tensor:
-            return merge_bases(rois, attns, attn_size=post.attn_size, top_interp=post.top_interp)
+        def merge(rois: Tensor, attentions: Tensor = attentions) -> Tensor:
+            return merge_bases(
+                rois, attentions, attn_size=post.attn_size, top_interp=post.top_interp
+            )
 
         def paste(probs: Tensor, boxes: Tensor = boxes) -> Tensor:
             return paste_masks(probs, boxes, (height, width), threshold=post.mask_threshold)
@@ -416,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
                     if args.no_optimize
                     else "optimize_for_inference (BN folded, channels-last), "
                 )
-                + "dense_top_feats=False, with_sem=False, torch.inference_mode"
+                + "dense_attentions=False, with_sem=False, torch.inference_mode"
             ),
         },
     }

@@ -693,7 +693,7 @@ def assert_matches_reference(model: torch.nn.Module, state: dict[str, Tensor]):
     _close(ours.cls_logits, _flat(ref["cls"]), "cls_logits")
     _close(ours.bbox_reg, _flat(ref["reg"]), "bbox_reg")
     _close(ours.ctrness, _flat(ref["ctr"]).squeeze(2), "ctrness")
-    _close(ours.top_feats, _flat(ref["top"]), "top_feats")
+    _close(ours.attentions, _flat(ref["top"]), "attentions")
     _close(ours.bases, ref["bases"], "bases")
     assert ours.num_points_per_level == tuple(t.shape[-2] * t.shape[-1] for t in ref["cls"])
     return ours

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from blendmask.data.coco import CocoDataset, load_image
+from blendmask.data.coco import CocoDataset
 from blendmask.evaluation.coco import evaluate_results_file
+from blendmask.io import load_image
 
 
 @pytest.fixture

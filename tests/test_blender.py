@@ -24,11 +24,11 @@ def _interp_source(dst: int, in_size: int, out_size: int, mode: str) -> list[tup
     return [(i0, 1.0 - frac), (i1, frac)]
 
 
-def _naive_merge(rois: torch.Tensor, attns: torch.Tensor, m: int, mode: str) -> torch.Tensor:
+def _naive_merge(rois: torch.Tensor, attentions: torch.Tensor, m: int, mode: str) -> torch.Tensor:
     """Per-instance, per-pixel blend: resize attention, softmax over K (sigmoids if K = 1)."""
     d, k, r, _ = rois.shape
     rois_l = rois.tolist()
-    att = attns.reshape(d, k, m, m).tolist()
+    att = attentions.reshape(d, k, m, m).tolist()
     out = torch.zeros(d, r, r, dtype=torch.float64)
     for n in range(d):
         for y in range(r):
@@ -60,10 +60,10 @@ def test_merge_bases_matches_naive_loop(k: int, m: int, mode: str) -> None:
     g = torch.Generator().manual_seed(k * 100 + m)
     d, r = 2, 28
     rois = torch.randn(d, k, r, r, generator=g) * 2
-    attns = torch.randn(d, k * m * m, generator=g) * 2
-    got = merge_bases(rois, attns, attn_size=m, top_interp=mode)
+    attentions = torch.randn(d, k * m * m, generator=g) * 2
+    got = merge_bases(rois, attentions, attn_size=m, top_interp=mode)
     assert got.shape == (d, r, r)
-    expected = _naive_merge(rois.double(), attns.double(), m, mode)
+    expected = _naive_merge(rois.double(), attentions.double(), m, mode)
     if k == 1:
         got = got.sigmoid()  # K = 1 returns logit(sigmoid(attn) * sigmoid(base))
     assert (got.double() - expected).abs().max().item() <= 1e-5
@@ -72,21 +72,21 @@ def test_merge_bases_matches_naive_loop(k: int, m: int, mode: str) -> None:
 def test_merge_bases_k1_logit_is_finite_when_saturated() -> None:
     # Fails if the K = 1 logit is computed as log(p / (1 - p)) directly (inf at p = 1).
     rois = torch.full((1, 1, 4, 4), 200.0, requires_grad=True)
-    attns = torch.full((1, 1), 200.0, requires_grad=True)
-    out = merge_bases(rois, attns, attn_size=1)
+    attentions = torch.full((1, 1), 200.0, requires_grad=True)
+    out = merge_bases(rois, attentions, attn_size=1)
     assert torch.isfinite(out).all()
     out.sum().backward()
-    assert torch.isfinite(rois.grad).all() and torch.isfinite(attns.grad).all()
+    assert torch.isfinite(rois.grad).all() and torch.isfinite(attentions.grad).all()
 
 
 def test_m1_is_yolact_weighted_sum() -> None:
     # M = 1: one coefficient per base for the whole box; a softmax-weighted sum of the crops.
     g = torch.Generator().manual_seed(1)
     rois = torch.randn(3, 4, 8, 8, generator=g)
-    attns = torch.randn(3, 4, generator=g)
+    attentions = torch.randn(3, 4, generator=g)
     for mode in ("bilinear", "nearest"):
-        got = merge_bases(rois, attns, attn_size=1, top_interp=mode)
-        expected = (attns.softmax(dim=1)[:, :, None, None] * rois).sum(dim=1)
+        got = merge_bases(rois, attentions, attn_size=1, top_interp=mode)
+        expected = (attentions.softmax(dim=1)[:, :, None, None] * rois).sum(dim=1)
         torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
 
 
@@ -95,8 +95,8 @@ def test_fcis_setting_assembles_position_sensitive_crops() -> None:
     m, r, d = 3, 12, 2
     g = torch.Generator().manual_seed(2)
     rois = torch.randn(d, m * m, r, r, generator=g)
-    attns = torch.randn(d, m * m * m * m, generator=g)  # values must be ignored
-    got = merge_bases(rois, attns, attn_size=m, fixed_onehot=True, top_interp="bilinear")
+    attentions = torch.randn(d, m * m * m * m, generator=g)  # values must be ignored
+    got = merge_bases(rois, attentions, attn_size=m, fixed_onehot=True, top_interp="bilinear")
     cell = r // m
     expected = torch.zeros(d, r, r)
     for i in range(m):
@@ -104,10 +104,10 @@ def test_fcis_setting_assembles_position_sensitive_crops() -> None:
             rows, cols = slice(i * cell, (i + 1) * cell), slice(j * cell, (j + 1) * cell)
             expected[:, rows, cols] = rois[:, i * m + j, rows, cols]
     torch.testing.assert_close(got, expected, atol=0, rtol=0)
-    other = merge_bases(rois, attns * 5 - 3, attn_size=m, fixed_onehot=True)
+    other = merge_bases(rois, attentions * 5 - 3, attn_size=m, fixed_onehot=True)
     torch.testing.assert_close(got, other, atol=0, rtol=0)
     with pytest.raises(ValueError, match="num_bases"):
-        merge_bases(rois[:, :4], attns, attn_size=m, fixed_onehot=True)
+        merge_bases(rois[:, :4], attentions, attn_size=m, fixed_onehot=True)
 
 
 def test_fcis_attention_is_one_hot() -> None:
@@ -121,7 +121,7 @@ def test_fcis_attention_is_one_hot() -> None:
 
 
 def test_merge_bases_rejects_wrong_attention_length() -> None:
-    with pytest.raises(ValueError, match="attns"):
+    with pytest.raises(ValueError, match="attentions"):
         merge_bases(torch.zeros(2, 4, 8, 8), torch.zeros(2, 4 * 9), attn_size=2)
 
 

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_util
 
-from blendmask.data.coco import CocoDataset, decode_segmentation, load_image
+from blendmask.data.coco import CocoDataset, decode_segmentation
+from blendmask.io import load_image
 
 
 def naive_uncompressed_rle(counts: list[int], height: int, width: int) -> np.ndarray:

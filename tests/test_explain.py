@@ -71,8 +71,8 @@ def test_explanation_recomposes_the_blenders_masks(predictor: Predictor, image) 
     assert expl.boxes.shape[0] == 4
     # sum_k attention_k * cropped_base_k, written as a loop over k
     logits = torch.zeros_like(expl.masks)
-    for k in range(expl.attentions.shape[1]):
-        logits += expl.attentions[:, k] * expl.pooled_bases[:, k]
+    for k in range(expl.attention_weights.shape[1]):
+        logits += expl.attention_weights[:, k] * expl.pooled_bases[:, k]
     torch.testing.assert_close(logits.sigmoid(), expl.masks, rtol=0, atol=1e-5)
     # the bases shown are the image's part of the padded bases: ceil(64 / 4) x ceil(90 / 4)
     assert expl.bases.shape[1:] == (16, 23)
@@ -96,9 +96,9 @@ def test_attention_maps_match_merge_bases(num_bases, attn_size, top_interp, fixe
     torch.manual_seed(0)
     d, r = 5, 8
     rois = torch.randn(d, num_bases, r, r)
-    attns = torch.randn(d, num_bases * attn_size * attn_size)
+    attentions = torch.randn(d, num_bases * attn_size * attn_size)
     maps = attention_maps(
-        attns,
+        attentions,
         num_bases=num_bases,
         attn_size=attn_size,
         resolution=r,
@@ -106,7 +106,7 @@ def test_attention_maps_match_merge_bases(num_bases, attn_size, top_interp, fixe
         fixed_onehot=fixed,
     )
     logits = merge_bases(
-        rois, attns, attn_size=attn_size, top_interp=top_interp, fixed_onehot=fixed
+        rois, attentions, attn_size=attn_size, top_interp=top_interp, fixed_onehot=fixed
     )
     if num_bases == 1:
         # the blender's K = 1 mask is sigmoid(attention) * sigmoid(base)

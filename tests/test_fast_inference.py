@@ -54,8 +54,8 @@ def _check(preset: str, size: tuple[int, int]) -> None:
     images = torch.rand(2, 3, *size)
     sizes = [size, (size[0] - 16, size[1] - 32)]
     with torch.inference_mode():
-        want = model(images, sizes, dense_top_feats=False, with_sem=False)
-        got = fast(to_channels_last(images), sizes, dense_top_feats=False, with_sem=False)
+        want = model(images, sizes, dense_attentions=False, with_sem=False)
+        got = fast(to_channels_last(images), sizes, dense_attentions=False, with_sem=False)
         for name in ("cls_logits", "bbox_reg", "ctrness", "bases"):
             assert _relative(getattr(got, name), getattr(want, name)) < 1e-4, name
         for t_got, t_want in zip(got.bbox_towers, want.bbox_towers):

@@ -49,7 +49,7 @@ def make_outputs(
         cls_logits=leaf(n, p, num_classes, offset=-2.0),
         bbox_reg=(torch.rand(n, p, 4, generator=g) * 4 + 0.1).requires_grad_(),
         ctrness=leaf(n, p),
-        top_feats=leaf(n, p, num_bases * attn_size * attn_size),
+        attentions=leaf(n, p, num_bases * attn_size * attn_size),
         bases=leaf(n, num_bases, hh // 4, ww // 4),
         sem_logits=leaf(n, num_classes + 1, hh // 8, ww // 8) if sem else None,
         points=torch.cat(points),
@@ -157,7 +157,7 @@ def test_losses_match_naive_loops_with_two_images() -> None:
         gi = int(fcos.gt_inds[i, p])
         box = targets[i]["boxes"][gi : gi + 1]
         roi = pool_bases(out.bases[i : i + 1].detach(), [box], resolution=r)
-        logits = merge_bases(roi, out.top_feats[i, p][None].detach(), attn_size=m)
+        logits = merge_bases(roi, out.attentions[i, p][None].detach(), attn_size=m)
         tgt = project_masks_on_boxes(targets[i]["masks"][gi : gi + 1], box, r)
         mask += F.binary_cross_entropy_with_logits(logits, tgt).item() * ctr
         ctr_sum += ctr
@@ -174,7 +174,7 @@ def test_gradients_reach_every_output() -> None:
     targets = make_targets([(64, 64), (48, 60)], [2, 1], c)
     losses = criterion(c)(out, targets)
     sum(losses.values()).backward()
-    for name in ("cls_logits", "bbox_reg", "ctrness", "top_feats", "bases", "sem_logits"):
+    for name in ("cls_logits", "bbox_reg", "ctrness", "attentions", "bases", "sem_logits"):
         grad = getattr(out, name).grad
         assert grad is not None, name
         assert torch.isfinite(grad).all(), name
@@ -199,7 +199,7 @@ def test_blender_variants_train(kw: dict) -> None:
     losses = criterion(c, **kw)(out, make_targets([(64, 64)], [2], c))
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
-    assert out.bases.grad.abs().sum() > 0 and out.top_feats.grad is not None
+    assert out.bases.grad.abs().sum() > 0 and out.attentions.grad is not None
 
 
 def test_empty_images_give_finite_zero_losses_with_gradients() -> None:
@@ -214,7 +214,7 @@ def test_empty_images_give_finite_zero_losses_with_gradients() -> None:
     )
     assert losses["loss_fcos_cls"] > 0 and losses["loss_basis_sem"] > 0
     sum(losses.values()).backward()
-    for name in ("cls_logits", "bbox_reg", "ctrness", "top_feats", "bases", "sem_logits"):
+    for name in ("cls_logits", "bbox_reg", "ctrness", "attentions", "bases", "sem_logits"):
         grad = getattr(out, name).grad
         assert grad is not None and torch.isfinite(grad).all(), name
 

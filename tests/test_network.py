@@ -112,7 +112,7 @@ def test_output_shapes(top_levels, cls_convs, box_convs, share_convs, head_norm)
     assert out.bbox_reg.shape == (n, p, 4)
     assert (out.bbox_reg >= 0).all()  # ReLU regression
     assert out.ctrness.shape == (n, p)
-    assert out.top_feats.shape == (n, p, 2 * 4 * 4)
+    assert out.attentions.shape == (n, p, 2 * 4 * 4)
     assert out.bases.shape == (n, 2, h // 4, w // 4)
     assert out.sem_logits.shape == (n, 3 + 1, h // 8, w // 8)
     assert out.points.shape == (p, 2) and out.strides.shape == (p,)

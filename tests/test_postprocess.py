@@ -36,7 +36,7 @@ def make_outputs(n: int = 1, padded: tuple[int, int] = (64, 64), seed: int = 0) 
         cls_logits=torch.full((n, p, C), -20.0),
         bbox_reg=torch.ones(n, p, 4),
         ctrness=torch.full((n, p), 20.0),
-        top_feats=torch.randn(n, p, K * M * M, generator=g),
+        attentions=torch.randn(n, p, K * M * M, generator=g),
         bases=torch.randn(n, K, padded[0] // 4, padded[1] // 4, generator=g) * 3,
         sem_logits=None,
         points=torch.cat(points),
@@ -77,12 +77,12 @@ def test_boxes_decoded_in_stride_units_and_not_clipped_before_pooling() -> None:
     post = processor()
     det = post.detect(out, [(64, 64)])[0]
     assert det["boxes"].tolist() == [[4 - 16.0, 4 - 8.0, 4 + 24.0, 4 + 32.0]]
-    probs = post.blend(out.bases, [det["boxes"]], [det["top_feats"]])[0]
+    probs = post.blend(out.bases, [det["boxes"]], [det["attentions"]])[0]
     unclipped = pool_bases(out.bases, [det["boxes"]], resolution=R)
-    expected = merge_bases(unclipped, out.top_feats[0, [p]], attn_size=M).sigmoid()
+    expected = merge_bases(unclipped, out.attentions[0, [p]], attn_size=M).sigmoid()
     torch.testing.assert_close(probs, expected)
     clipped = pool_bases(out.bases, [det["boxes"].clamp(min=0)], resolution=R)
-    other = merge_bases(clipped, out.top_feats[0, [p]], attn_size=M).sigmoid()
+    other = merge_bases(clipped, out.attentions[0, [p]], attn_size=M).sigmoid()
     assert (probs - other).abs().max() > 1e-3
 
 
@@ -95,7 +95,7 @@ def test_boxes_rescaled_clipped_before_pasting() -> None:
     det = post(out, [image_size], [orig])[0]
     assert det.boxes.tolist() == [[0.0, 0.0, 84.0, 72.0]]
     raw = post.detect(out, [image_size])[0]
-    probs = post.blend(out.bases, [raw["boxes"]], [raw["top_feats"]])[0]
+    probs = post.blend(out.bases, [raw["boxes"]], [raw["attentions"]])[0]
     expected = paste_masks(probs, torch.tensor([[0.0, 0.0, 84.0, 72.0]]), orig)
     assert torch.equal(det.masks, expected)
     unclipped = paste_masks(probs, torch.tensor([[-36.0, -8.0, 84.0, 72.0]]), orig)

@@ -198,19 +198,24 @@ def adelaidet_inference(
         boxes_l.append(torch.stack([xy[:, 0] - reg[:, 0], xy[:, 1] - reg[:, 1], xy[:, 0] + reg[:, 2], xy[:, 1] + reg[:, 3]], dim=1))  # fmt: skip
         scores_l.append(torch.sqrt(per_box_cls))
         labels_l.append(label)
-        attns_l.append(out.top_feats[0, sl][loc])
+        attns_l.append(out.attentions[0, sl][loc])
     boxes, scores = torch.cat(boxes_l), torch.cat(scores_l)
-    labels, attns = torch.cat(labels_l), torch.cat(attns_l)
+    labels, attentions = torch.cat(labels_l), torch.cat(attns_l)
     keep = batched_nms(boxes, scores, labels, nms_thresh)  # ml_nms
-    boxes, scores, labels, attns = boxes[keep], scores[keep], labels[keep], attns[keep]
+    boxes, scores, labels, attentions = boxes[keep], scores[keep], labels[keep], attentions[keep]
     if len(scores) > post_nms_top_n > 0:
         image_thresh, _ = torch.kthvalue(scores.cpu(), len(scores) - post_nms_top_n + 1)
         keep = torch.nonzero(scores >= image_thresh.item()).squeeze(1)
-        boxes, scores, labels, attns = boxes[keep], scores[keep], labels[keep], attns[keep]
+        boxes, scores, labels, attentions = (
+            boxes[keep],
+            scores[keep],
+            labels[keep],
+            attentions[keep],
+        )
     # Blender: pool with the unclipped boxes, attention resized then softmax over K.
     rois = torch.cat([torch.zeros(len(boxes), 1), boxes], dim=1)
     pooled = roi_align(out.bases, rois, resolution, 0.25, 1, aligned=True)
-    coeffs = attns.view(len(boxes), -1, attn_size, attn_size)
+    coeffs = attentions.view(len(boxes), -1, attn_size, attn_size)
     coeffs = F.interpolate(coeffs, (resolution, resolution), mode="bilinear", align_corners=False)
     masks = (pooled * coeffs.softmax(dim=1)).sum(dim=1).sigmoid()
     # detector_postprocess
@@ -253,7 +258,7 @@ def test_postprocessor_matches_adelaidet_inference_written_out():
         cls_logits=torch.randn(1, p, num_classes, generator=g) * 1.5,
         bbox_reg=torch.rand(1, p, 4, generator=g) * 2.0,
         ctrness=torch.randn(1, p, generator=g),
-        top_feats=torch.randn(1, p, k * m * m, generator=g) * 2,
+        attentions=torch.randn(1, p, k * m * m, generator=g) * 2,
         bases=torch.randn(1, k, padded[0] // 4, padded[1] // 4, generator=g) * 3,
         sem_logits=None,
         points=torch.cat(points),

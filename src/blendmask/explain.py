@@ -47,7 +47,7 @@ class Explanation:
     bases (Tensor[K, hb, wb]): the bases inside the padding, hb = ceil(h / 4).
     boxes (Tensor[D, 4]): xyxy in resized-input pixels, unclipped (what the blender pools).
     scores (Tensor[D]), labels (Tensor[D]): by decreasing score.
-    attentions (Tensor[D, K, R, R]): attention after resizing and softmax over K (Eq. 2-3).
+    attention_weights (Tensor[D, K, R, R]): attention after resizing and softmax over K (Eq. 2-3).
     pooled_bases (Tensor[D, K, R, R]): the bases cropped to each box (Eq. 1).
     masks (Tensor[D, R, R]): the blended mask probabilities (Eq. 4, after the sigmoid).
     class_names (list[str]): names of the contiguous labels (may be empty).
@@ -59,14 +59,14 @@ class Explanation:
     boxes: Tensor
     scores: Tensor
     labels: Tensor
-    attentions: Tensor
+    attention_weights: Tensor
     pooled_bases: Tensor
     masks: Tensor
     class_names: list[str]
 
 
 def attention_maps(
-    top_feats: Tensor,
+    attentions: Tensor,
     *,
     num_bases: int,
     attn_size: int,
@@ -81,18 +81,18 @@ def attention_maps(
     `fixed_onehot` the FCIS one-hot cells resized with nearest interpolation.
 
     Args:
-        top_feats (Tensor[D, K*M*M]): attention logits of each detection.
+        attentions (Tensor[D, K*M*M]): attention logits of each detection.
 
     Returns:
         Tensor[D, K, R, R].
     """
     from blendmask.modeling.blender import fcis_attention
 
-    d = top_feats.shape[0]
+    d = attentions.shape[0]
     if fixed_onehot:
-        top_feats = fcis_attention(attn_size, d, top_feats.device).to(top_feats.dtype)
+        attentions = fcis_attention(attn_size, d, attentions.device).to(attentions.dtype)
     # (D, K*M*M) -> (D, K, M, M) -> (D, K, R, R)
-    coeffs = top_feats.reshape(d, num_bases, attn_size, attn_size)
+    coeffs = attentions.reshape(d, num_bases, attn_size, attn_size)
     if top_interp == "bilinear" and not fixed_onehot:
         coeffs = F.interpolate(
             coeffs, size=(resolution, resolution), mode="bilinear", align_corners=False
@@ -138,7 +138,7 @@ def explain_image(
     det = post.detect(outputs, batch.image_sizes)[0]
     keep = (det["scores"] >= score_threshold).nonzero().flatten()[:top]
     boxes = det["boxes"][keep].float()
-    top_feats = det["top_feats"][keep].float()
+    attentions = det["attentions"][keep].float()
     bases = outputs.bases.float()  # (1, K, Hb, Wb)
     num_bases = bases.shape[1]
     resolution = post.bottom_resolution
@@ -150,15 +150,15 @@ def explain_image(
         sampling_ratio=post.pooler_sampling_ratio,
         pooler_type=post.pooler_type,
     )
-    attentions = attention_maps(
-        top_feats,
+    attention_weights = attention_maps(
+        attentions,
         num_bases=num_bases,
         attn_size=post.attn_size,
         resolution=resolution,
         top_interp=post.top_interp,
         fixed_onehot=post.fixed_onehot_attention,
     )
-    masks = post.blend(outputs.bases, [boxes], [top_feats])[0]
+    masks = post.blend(outputs.bases, [boxes], [attentions])[0]
 
     # The final detections come in the same order; the post-processor only drops the boxes
     # that clipping to the image empties.
@@ -177,7 +177,7 @@ def explain_image(
         boxes=boxes.cpu(),
         scores=det["scores"][keep].cpu(),
         labels=det["labels"][keep].cpu(),
-        attentions=attentions.cpu(),
+        attention_weights=attention_weights.cpu(),
         pooled_bases=pooled.cpu(),
         masks=masks.float().cpu(),
         class_names=list(predictor.cfg.data.category_names),
@@ -244,7 +244,7 @@ def draw_explanation(expl: Explanation, *, original_image: Tensor | None = None)
         row[0].set_title(f"{i + 1}: {label} {float(expl.scores[i]):.2f}", fontsize=7)
         for k in range(num_bases):
             ax = row[1 + k]
-            ax.imshow(expl.attentions[i, k].numpy(), cmap="viridis", vmin=0, vmax=1)
+            ax.imshow(expl.attention_weights[i, k].numpy(), cmap="viridis", vmin=0, vmax=1)
             ax.set_title(f"attention {k + 1}", fontsize=6)
             ax.set_label(f"attention/{i}/{k}")
             ax = row[1 + num_bases + k]

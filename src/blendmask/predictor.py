@@ -13,10 +13,9 @@ from torch import Tensor, nn
 
 from blendmask.config import Config
 from blendmask.data.batching import pad_images
-from blendmask.data.coco import load_image
 from blendmask.data.transforms import resize_image
-from blendmask.engine.distributed import resolve_device
 from blendmask.factory import build, load_model_file
+from blendmask.io import load_image, resolve_device
 from blendmask.modeling.blendmask import BlendMask
 from blendmask.modeling.inference import optimize_for_inference, to_channels_last
 from blendmask.modeling.postprocess import BlendMaskPostProcessor
@@ -138,7 +137,7 @@ class Predictor:
         images = to_channels_last(batch.tensor) if self.optimize else batch.tensor
         # Inference needs neither the dense attention map nor the semantic logits.
         outputs = self.inference_model()(
-            images, batch.image_sizes, dense_top_feats=False, with_sem=False
+            images, batch.image_sizes, dense_attentions=False, with_sem=False
         )
         dets = self.postprocessor(outputs, batch.image_sizes, orig_sizes)
         return [d.to("cpu") for d in dets]

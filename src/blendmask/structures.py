@@ -36,8 +36,8 @@ class BlendMaskOutputs(NamedTuple):
     cls_logits (Tensor[N, P, C]): classification logits (C foreground classes).
     bbox_reg (Tensor[N, P, 4]): ltrb distances in units of each point's stride (after ReLU).
     ctrness (Tensor[N, P]): centerness logits.
-    top_feats (Tensor[N, P, K*M*M] | None): attention logits from the top layer; None when the
-        network was asked for `dense_top_feats=False` (inference: the post-processor then
+    attentions (Tensor[N, P, K*M*M] | None): attention logits from the top layer; None when the
+        network was asked for `dense_attentions=False` (inference: the post-processor then
         evaluates the top layer only at the detections, from `bbox_towers`).
     bases (Tensor[N, K, H/4, W/4]): bases from the bottom module.
     sem_logits (Tensor[N, C+1, H/8, W/8] | None): auxiliary semantic logits (None when off).
@@ -45,15 +45,15 @@ class BlendMaskOutputs(NamedTuple):
     strides (Tensor[P]): stride of each point's level.
     num_points_per_level (tuple[int, ...]): for `split` along P.
     bbox_towers (tuple[Tensor[N, C_t, Hl, Wl], ...] | None): per level, the tower output the
-        top layer reads; only with `dense_top_feats=False`.
+        top layer reads; only with `dense_attentions=False`.
     top_layer_params (tuple[Tensor[K*M*M, C_t, 3, 3], Tensor[K*M*M]] | None): the top layer's
-        weight and bias; only with `dense_top_feats=False`.
+        weight and bias; only with `dense_attentions=False`.
     """
 
     cls_logits: Tensor
     bbox_reg: Tensor
     ctrness: Tensor
-    top_feats: Tensor | None
+    attentions: Tensor | None
     bases: Tensor
     sem_logits: Tensor | None
     points: Tensor

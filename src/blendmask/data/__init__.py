@@ -1,7 +1,7 @@
 """Data: the COCO-format dataset, transforms, batching, training samplers and synthetic shapes."""
 
 from blendmask.data.batching import collate, pad_images
-from blendmask.data.coco import CocoDataset, load_image
+from blendmask.data.coco import CocoDataset
 from blendmask.data.samplers import GroupedBatchSampler, TrainingSampler
 from blendmask.data.shapes import SHAPE_CLASSES, write_shapes_dataset
 from blendmask.data.transforms import (
@@ -13,6 +13,7 @@ from blendmask.data.transforms import (
     get_output_size,
     resize_image,
 )
+from blendmask.io import load_image
 
 __all__ = [
     "SHAPE_CLASSES",

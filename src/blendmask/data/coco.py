@@ -33,72 +33,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from blendmask.io import image_to_tensor, load_image
 from blendmask.structures import Target
 
 # detectron2's filter_empty_instances threshold for boxes.
 _MIN_BOX_SIDE = 1e-5
-
-
-# ---------------------------------------------------------------------------------------------
-# Images
-# ---------------------------------------------------------------------------------------------
-
-
-def load_image(path: str | Path) -> Image.Image:
-    """Read an image file as 8-bit RGB with its EXIF orientation applied.
-
-    Gray, gray+alpha, palette, RGBA and CMYK images are converted to RGB (alpha is dropped, as
-    `PIL.Image.convert("RGB")` does). 16-bit images (mode "I;16" / "I") are scaled to 8 bits by
-    dividing by 257 (65535 -> 255), not clipped; float images ("F") are clipped to [0, 255].
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file is empty, corrupt, truncated or not an image; the message names it.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
-    if path.stat().st_size == 0:
-        raise ValueError(f"cannot read image {path}: the file is empty (0 bytes)")
-    try:
-        with Image.open(path) as opened:
-            # load() decodes the pixels now, so truncated or corrupt data fails here, inside
-            # the try, rather than later in some conversion.
-            opened.load()
-            image = ImageOps.exif_transpose(opened)
-            return _to_rgb(image)
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, zlib errors, ...
-        raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """(any PIL mode) -> "RGB", scaling 16-bit data instead of clipping it."""
-    if image.mode.startswith("I"):
-        array = np.asarray(image).astype(np.float64)
-        # "I;16*" is 16-bit by definition; "I" (32-bit int) holds 16-bit PNGs on some Pillow
-        # versions, so scale it too unless it already fits in 8 bits.
-        if image.mode.startswith("I;16") or array.max(initial=0) > 255:
-            array = array / 257.0
-        image = Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), mode="L")
-    elif image.mode == "F":
-        array = np.asarray(image, dtype=np.float64)
-        image = Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), mode="L")
-    elif image.mode == "P":
-        # Going through RGBA avoids PIL's warning for palettes with transparency.
-        image = image.convert("RGBA")
-    return image.convert("RGB")
-
-
-def image_to_tensor(image: Image.Image) -> Tensor:
-    """PIL RGB image -> Tensor[3, H, W] float in [0, 1]."""
-    array = np.asarray(image, dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,8 +18,8 @@ import torch
 
 from blendmask.config import Config, from_dict, load_config
 from blendmask.engine import train as train_lib
-from blendmask.engine.distributed import resolve_device
 from blendmask.engine.optim import scale_lr
+from blendmask.io import resolve_device
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 METRIC_KEYS = (

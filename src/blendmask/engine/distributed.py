@@ -34,20 +34,6 @@ class DistInfo:
         return self.world_size > 1
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """`cpu | cuda | cuda:N | auto` (auto: CUDA when available) -> a torch.device; a
-    torch.device passes through."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: CUDA is not available on this machine (use cpu or auto)")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"--device: expected cpu, cuda or auto, got {device!r}")
-    return torch.device(device)
-
-
 def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 

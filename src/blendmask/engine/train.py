@@ -36,6 +36,7 @@ from blendmask.engine import checkpoint as ckpt
 from blendmask.engine import distributed as dist_utils
 from blendmask.engine.logging import LossAverager, MetricsFile, Progress, TensorBoard, plot_curves
 from blendmask.engine.optim import build_lr_scheduler, build_optimizer
+from blendmask.io import resolve_device
 
 LAST_CHECKPOINT = "last.pt"
 MODEL_FILE = "model.pt"
@@ -315,7 +316,7 @@ def train(
 
     start_time = time.perf_counter()
     out_dir = Path(out_dir)
-    info, dev = dist_utils.init_distributed(dist_utils.resolve_device(device))
+    info, dev = dist_utils.init_distributed(resolve_device(device))
     main = info.is_main
     s = cfg.solver
     if s.ims_per_batch % info.world_size:

@@ -13,7 +13,7 @@ The graph (ONNX opset 17 by default, traced with the TorchScript exporter):
     outputs  cls_logits   float32 [N, P, C]     classification logits
              bbox_reg     float32 [N, P, 4]     ltrb in units of each point's stride
              ctrness      float32 [N, P]        centerness logits
-             top_feats    float32 [N, P, K*M*M] attention logits
+             attentions    float32 [N, P, K*M*M] attention logits
              bases        float32 [N, K, H/4, W/4]
 
 N, H and W are dynamic axes (P follows H and W). The FCOS points are not outputs: they depend
@@ -45,7 +45,7 @@ from blendmask.modeling.blendmask import compute_points
 from blendmask.structures import BlendMaskOutputs, Detections
 
 INPUT_NAMES = ("images", "image_sizes")
-OUTPUT_NAMES = ("cls_logits", "bbox_reg", "ctrness", "top_feats", "bases")
+OUTPUT_NAMES = ("cls_logits", "bbox_reg", "ctrness", "attentions", "bases")
 CONFIG_METADATA_KEY = "blendmask_config"
 STRIDES_METADATA_KEY = "blendmask_fpn_strides"
 SIZE_DIVISIBILITY = 32
@@ -78,10 +78,10 @@ class ExportableBlendMask(nn.Module):
         image_sizes (Tensor[N, 2]): int64 (h, w) inside the padding; the network zeroes the
         padding after normalising, as the reference.
 
-        Returns (cls_logits, bbox_reg, ctrness, top_feats, bases), see the module docstring.
+        Returns (cls_logits, bbox_reg, ctrness, attentions, bases), see the module docstring.
         """
         out = self.model(images, image_sizes)
-        return out.cls_logits, out.bbox_reg, out.ctrness, out.top_feats, out.bases
+        return out.cls_logits, out.bbox_reg, out.ctrness, out.attentions, out.bases
 
 
 def _check_size(height: int, width: int) -> None:
@@ -156,7 +156,7 @@ def export_onnx(
             "cls_logits": points,
             "bbox_reg": points,
             "ctrness": points,
-            "top_feats": points,
+            "attentions": points,
             "bases": {0: "batch", 2: "bases_height", 3: "bases_width"},
         }
     try:
@@ -194,7 +194,7 @@ def export_onnx(
     proto.doc_string = (
         "BlendMask network: images float32[N,3,H,W] RGB [0,1] padded to /32, image_sizes "
         "int64[N,2] -> cls_logits[N,P,C], bbox_reg[N,P,4] (stride units), ctrness[N,P], "
-        "top_feats[N,P,K*M*M], bases[N,K,H/4,W/4]"
+        "attentions[N,P,K*M*M], bases[N,K,H/4,W/4]"
     )
     onnx.save(proto, str(path))
     return path
@@ -325,7 +325,7 @@ def outputs_from_onnx(
 ) -> BlendMaskOutputs:
     """onnxruntime outputs (in OUTPUT_NAMES order) of a height x width batch ->
     BlendMaskOutputs for the post-processor (sem_logits None, points recomputed)."""
-    cls_logits, bbox_reg, ctrness, top_feats, bases = (torch.from_numpy(a) for a in arrays)
+    cls_logits, bbox_reg, ctrness, attentions, bases = (torch.from_numpy(a) for a in arrays)
     points, point_strides, counts = fcos_points(height, width, strides)
     if cls_logits.shape[1] != points.shape[0]:
         raise ValueError(
@@ -336,7 +336,7 @@ def outputs_from_onnx(
         cls_logits=cls_logits,
         bbox_reg=bbox_reg,
         ctrness=ctrness,
-        top_feats=top_feats,
+        attentions=attentions,
         bases=bases,
         sem_logits=None,
         points=points,
@@ -470,7 +470,7 @@ def add_export_args(parser: argparse.ArgumentParser) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     from blendmask.factory import load_model_file
-    from blendmask.predictor import resolve_device
+    from blendmask.io import resolve_device
 
     device = resolve_device(args.device)
     cfg, model, _, _ = load_model_file(args.weights, device)

@@ -752,7 +752,7 @@ def add_convert_args(parser: argparse.ArgumentParser) -> None:
 def run_convert(args: argparse.Namespace) -> int:
     """Convert, run the network once on a blank image, write the model file, print a summary."""
     from blendmask.factory import save_model_file
-    from blendmask.predictor import resolve_device
+    from blendmask.io import resolve_device
 
     device = resolve_device(args.device)
     cfg, model, report = convert_adelaidet_model(

@@ -132,7 +132,7 @@ def fcis_attention(attn_size: int, num_detections: int, device: torch.device | s
 
     Returns:
         Tensor[D, M*M*M*M]: the (K, M, M) one-hot maps of each detection, flattened like the
-        network's `top_feats`.
+        network's `attentions`.
     """
     num_bases = attn_size * attn_size
     # (K, K) identity, row k one-hot at cell k = i*M + j -> (K*M*M,)
@@ -150,7 +150,7 @@ def _logit_of_sigmoid_product(a: Tensor, b: Tensor) -> Tensor:
 
 def merge_bases(
     rois: Tensor,
-    attns: Tensor,
+    attentions: Tensor,
     *,
     attn_size: int,
     top_interp: str = "bilinear",
@@ -167,13 +167,13 @@ def merge_bases(
     sigmoid(attn) * sigmoid(base) is returned as its logit so that the loss (BCE with logits)
     and post-processing (sigmoid) treat every K the same.
 
-    `fixed_onehot=True` is the FCIS assembly: the values of `attns` are ignored, K must be M*M,
+    `fixed_onehot=True` is the FCIS assembly: the values of `attentions` are ignored, K must be M*M,
     the one-hot attention of `fcis_attention` is resized with nearest interpolation (whatever
     `top_interp` says) and no softmax is applied, so each pixel reads exactly one base.
 
     Args:
         rois (Tensor[D, K, R, R]): cropped bases from `pool_bases`.
-        attns (Tensor[D, K*M*M]): attention logits of each detection (`top_feats`).
+        attentions (Tensor[D, K*M*M]): attention logits of each detection (`attentions`).
         attn_size: M.
         top_interp: "bilinear" or "nearest".
         fixed_onehot: FCIS position-sensitive assembly.
@@ -199,13 +199,13 @@ def merge_bases(
         return (rois * weights).sum(dim=1)
 
     expected = k * attn_size * attn_size
-    if attns.dim() != 2 or attns.shape != (d, expected):
+    if attentions.dim() != 2 or attentions.shape != (d, expected):
         raise ValueError(
-            f"expected attns of shape [{d}, {expected}] (K*M*M with K={k}, M={attn_size}), "
-            f"got {tuple(attns.shape)}"
+            f"expected attentions of shape [{d}, {expected}] (K*M*M with K={k}, M={attn_size}), "
+            f"got {tuple(attentions.shape)}"
         )
     # (D, K*M*M) -> (D, K, M, M) -> (D, K, R, R)
-    coeffs = attns.reshape(d, k, attn_size, attn_size)
+    coeffs = attentions.reshape(d, k, attn_size, attn_size)
     if top_interp == "bilinear":
         coeffs = F.interpolate(coeffs, size=(r_h, r_w), mode="bilinear", align_corners=False)
     else:

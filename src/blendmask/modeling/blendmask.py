@@ -203,7 +203,7 @@ class BlendMask(nn.Module):
         images: Tensor,
         image_sizes: list[tuple[int, int]] | None = None,
         *,
-        dense_top_feats: bool = True,
+        dense_attentions: bool = True,
         with_sem: bool = True,
     ) -> BlendMaskOutputs:
         """images (Tensor[N, 3, H, W]): float RGB in [0, 1], H and W multiples of 32, zero padded
@@ -211,14 +211,14 @@ class BlendMask(nn.Module):
 
         The two switches skip work that only training needs; the defaults compute everything
         (what the criterion needs), whatever `self.training` says:
-        - `dense_top_feats=False`: the top layer (a 3x3 conv to K*M*M channels, the largest
+        - `dense_attentions=False`: the top layer (a 3x3 conv to K*M*M channels, the largest
           single layer of the model at P3) is not run densely; the outputs carry its input and
           parameters instead and the post-processor evaluates it at the kept detections only
-          (`top_feats_at`). Same numbers, ~15% fewer FLOPs at 800 x 1333.
+          (`attentions_at`). Same numbers, ~15% fewer FLOPs at 800 x 1333.
         - `with_sem=False`: no auxiliary semantic logits.
 
         Returns BlendMaskOutputs: cls_logits (N, P, C), bbox_reg (N, P, 4) in stride units,
-        ctrness (N, P), top_feats (N, P, K*M*M), bases (N, K, H/4, W/4), sem_logits
+        ctrness (N, P), attentions (N, P, K*M*M), bases (N, K, H/4, W/4), sem_logits
         (N, C+1, H/8, W/8) or None, points (P, 2), strides (P,), num_points_per_level.
         """
         if images.dim() != 4 or images.shape[1] != 3:
@@ -231,7 +231,7 @@ class BlendMask(nn.Module):
         c_features = self.body(x)
         p_features = self.fpn(c_features)
         cls_logits, bbox_reg, ctrness, bbox_towers = self.head(p_features)
-        top_feats = [self.top_layer(t) for t in bbox_towers] if dense_top_feats else None
+        attentions = [self.top_layer(t) for t in bbox_towers] if dense_attentions else None
 
         named = {f"c{3 + i}": f for i, f in enumerate(c_features)}
         named.update({f"p{3 + i}": f for i, f in enumerate(p_features)})
@@ -249,20 +249,20 @@ class BlendMask(nn.Module):
             bbox_reg=_flatten(bbox_reg),
             # (N, P, 1) -> (N, P)
             ctrness=_flatten(ctrness).squeeze(2),
-            top_feats=_flatten(top_feats) if top_feats is not None else None,
+            attentions=_flatten(attentions) if attentions is not None else None,
             bases=bases,
             sem_logits=sem_logits,
             points=points,
             strides=strides,
             num_points_per_level=tuple(h * w for h, w in level_sizes),
-            bbox_towers=None if dense_top_feats else tuple(bbox_towers),
+            bbox_towers=None if dense_attentions else tuple(bbox_towers),
             top_layer_params=None
-            if dense_top_feats
+            if dense_attentions
             else (self.top_layer.weight, self.top_layer.bias),
         )
 
 
-def top_feats_at(
+def attentions_at(
     bbox_towers: tuple[Tensor, ...],
     weight: Tensor,
     bias: Tensor | None,

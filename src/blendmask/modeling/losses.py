@@ -180,7 +180,7 @@ class BlendMaskCriterion(nn.Module):
         cls_logits = outputs.cls_logits.float()
         bbox_reg = outputs.bbox_reg.float()
         ctrness = outputs.ctrness.float()
-        top_feats = outputs.top_feats.float()
+        attentions = outputs.attentions.float()
         bases = bases.float()
 
         pos = fcos.labels != self.num_classes  # (N, P)
@@ -211,7 +211,7 @@ class BlendMaskCriterion(nn.Module):
             # graph (as the reference's `x.sum() * 0`), so backward and DDP still work.
             losses["loss_fcos_loc"] = bbox_reg.sum() * 0
             losses["loss_fcos_ctr"] = ctrness.sum() * 0
-            losses["loss_mask"] = top_feats.sum() * 0 + bases.sum() * 0
+            losses["loss_mask"] = attentions.sum() * 0 + bases.sum() * 0
         else:
             _, gious = compute_ious_ltrb(
                 bbox_reg[img_idx, point_idx], fcos.reg_targets[img_idx, point_idx]
@@ -226,7 +226,7 @@ class BlendMaskCriterion(nn.Module):
             losses["loss_mask"] = (
                 self._mask_loss(
                     bases,
-                    top_feats,
+                    attentions,
                     targets,
                     gt_boxes,
                     img_idx,
@@ -258,7 +258,7 @@ class BlendMaskCriterion(nn.Module):
     def _mask_loss(
         self,
         bases: Tensor,
-        top_feats: Tensor,
+        attentions: Tensor,
         targets: list[Target],
         gt_boxes: list[Tensor],
         img_idx: Tensor,
@@ -275,7 +275,7 @@ class BlendMaskCriterion(nn.Module):
         centerness target and normalised by loss_denorm.
 
         Args:
-            bases (Tensor[N, K, Hb, Wb]), top_feats (Tensor[N, P, K*M*M]).
+            bases (Tensor[N, K, Hb, Wb]), attentions (Tensor[N, P, K*M*M]).
             img_idx, point_idx, gt_inds, ctr_targets (Tensor[Npos]): the positives.
         """
         resolution = self.bottom_resolution
@@ -294,7 +294,7 @@ class BlendMaskCriterion(nn.Module):
 
         logits = merge_bases(
             rois[global_inds],
-            top_feats[img_idx, point_idx],
+            attentions[img_idx, point_idx],
             attn_size=self.attn_size,
             top_interp=self.top_interp,
             fixed_onehot=self.fixed_onehot_attention,
@@ -311,5 +311,5 @@ class BlendMaskCriterion(nn.Module):
         loss = (per_location * ctr_targets).sum() / loss_denorm
         if self.fixed_onehot_attention:
             # The FCIS assembly ignores the attention; keep it in the graph for DDP.
-            loss = loss + top_feats.sum() * 0
+            loss = loss + attentions.sum() * 0
         return loss

@@ -22,7 +22,7 @@ from torchvision.ops import batched_nms
 
 from ..structures import BlendMaskOutputs, Detections
 from .blender import merge_bases, paste_masks, pool_bases
-from .blendmask import top_feats_at
+from .blendmask import attentions_at
 
 
 def top_k_per_group(scores: Tensor, groups: Tensor, k: int) -> Tensor:
@@ -137,7 +137,7 @@ class BlendMaskPostProcessor(nn.Module):
             "labels" (Tensor[D]): int64 in [0, C);
             "point_inds" (Tensor[D]): int64 index of the location in P (for its attention);
             "levels" (Tensor[D]): int64 FPN level of the location (0 = P3);
-            "top_feats" (Tensor[D, K*M*M]): the location's attention logits.
+            "attentions" (Tensor[D, K*M*M]): the location's attention logits.
         """
         num_images = outputs.cls_logits.shape[0]
         if len(image_sizes) != num_images:
@@ -186,30 +186,30 @@ class BlendMaskPostProcessor(nn.Module):
                     "labels": labels[keep],
                     "point_inds": point_inds[keep],
                     "levels": levels[keep],
-                    "top_feats": self._top_feats(outputs, i, point_inds[keep]),
+                    "attentions": self._attentions(outputs, i, point_inds[keep]),
                 }
             )
         return results
 
     @staticmethod
-    def _top_feats(outputs: BlendMaskOutputs, image: int, point_inds: Tensor) -> Tensor:
+    def _attentions(outputs: BlendMaskOutputs, image: int, point_inds: Tensor) -> Tensor:
         """Attention logits (Tensor[D, K*M*M]) of the kept locations of one image."""
-        if outputs.top_feats is not None:
-            return outputs.top_feats[image, point_inds]
+        if outputs.attentions is not None:
+            return outputs.attentions[image, point_inds]
         if outputs.bbox_towers is None or outputs.top_layer_params is None:
-            raise ValueError("outputs hold neither top_feats nor bbox_towers + top_layer_params")
+            raise ValueError("outputs hold neither attentions nor bbox_towers + top_layer_params")
         weight, bias = outputs.top_layer_params
         image_inds = torch.full_like(point_inds, image)
-        return top_feats_at(outputs.bbox_towers, weight, bias, image_inds, point_inds)
+        return attentions_at(outputs.bbox_towers, weight, bias, image_inds, point_inds)
 
     @torch.no_grad()
-    def blend(self, bases: Tensor, boxes: list[Tensor], top_feats: list[Tensor]) -> list[Tensor]:
+    def blend(self, bases: Tensor, boxes: list[Tensor], attentions: list[Tensor]) -> list[Tensor]:
         """R x R mask probabilities of every detection (ADELAIDET.md §1.8, inference).
 
         Args:
             bases (Tensor[N, K, Hb, Wb]): the network's bases.
             boxes (list[Tensor[D_i, 4]]): unclipped xyxy in resized input pixels.
-            top_feats (list[Tensor[D_i, K*M*M]]): attention logits.
+            attentions (list[Tensor[D_i, K*M*M]]): attention logits.
 
         Returns:
             list[Tensor[D_i, R, R]]: sigmoid of the blended logits.
@@ -228,7 +228,7 @@ class BlendMaskPostProcessor(nn.Module):
         )
         logits = merge_bases(
             rois,
-            torch.cat(top_feats).float(),
+            torch.cat(attentions).float(),
             attn_size=self.attn_size,
             top_interp=self.top_interp,
             fixed_onehot=self.fixed_onehot_attention,
@@ -258,7 +258,7 @@ class BlendMaskPostProcessor(nn.Module):
             raise ValueError(f"got {len(image_sizes)} image sizes but {len(orig_sizes)} orig sizes")
         dets = self.detect(outputs, image_sizes)
         probs = self.blend(
-            outputs.bases, [d["boxes"] for d in dets], [d["top_feats"] for d in dets]
+            outputs.bases, [d["boxes"] for d in dets], [d["attentions"] for d in dets]
         )
         results = []
         for det, prob, (h, w), (h0, w0) in zip(dets, probs, image_sizes, orig_sizes):
