@@ -44,9 +44,10 @@ def test_targets_of_every_mask_format(tiny_coco):
     ds = CocoDataset(json_path, images_dir)
     assert ds.image_ids == [1, 2, 5, 7]
     image, target = ds[0]
-    assert image.shape == (3, 32, 48) and image.dtype == torch.float32
-    expected_pixels = torch.from_numpy(pattern(32, 48, 10)).permute(2, 0, 1).float() / 255
-    assert torch.allclose(image, expected_pixels)
+    # The decoded uint8 values, untouched: resizing and the float conversion come later.
+    assert image.shape == (3, 32, 48) and image.dtype == torch.uint8
+    expected_pixels = torch.from_numpy(pattern(32, 48, 10)).permute(2, 0, 1)
+    assert torch.equal(image, expected_pixels)
     assert target["image_id"] == 1 and target["orig_size"] == (32, 48)
     # Crowd annotation 14 is excluded; 11 polygon, 12 uncompressed RLE, 13 compressed RLE.
     assert target["labels"].tolist() == [0, 1, 2]
@@ -139,7 +140,7 @@ def test_shapes_dataset_loads_with_disjoint_masks(shapes_dataset):
     for index in range(len(ds)):
         image, target = ds[index]
         assert image.shape == (3, 128, 128)
-        assert 0 <= image.min() and image.max() <= 1
+        assert image.dtype == torch.uint8 and image.max() > image.min()
         masks = target["masks"]
         assert len(masks) >= 1
         # Visible parts: no pixel belongs to two instances.

@@ -71,6 +71,6 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def image_to_tensor(image: Image.Image) -> Tensor:
-    """PIL RGB image -> Tensor[3, H, W] float in [0, 1]."""
+    """PIL RGB image -> Tensor[3, H, W] uint8 (the decoded values; `pad_images` makes them float)."""
     array = np.asarray(image, dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()

@@ -2,14 +2,13 @@
 
 from blendmask.data.batching import collate, pad_images
 from blendmask.data.coco import CocoDataset
+from blendmask.data.preprocess import preprocess, to_image_tensor
 from blendmask.data.samplers import GroupedBatchSampler, TrainingSampler
 from blendmask.data.shapes import SHAPE_CLASSES, write_shapes_dataset
 from blendmask.data.transforms import (
     Compose,
     RandomHorizontalFlip,
     ResizeShortestEdge,
-    build_test_transforms,
-    build_train_transforms,
     get_output_size,
     resize_image,
 )
@@ -23,12 +22,12 @@ __all__ = [
     "RandomHorizontalFlip",
     "ResizeShortestEdge",
     "TrainingSampler",
-    "build_test_transforms",
-    "build_train_transforms",
     "collate",
     "get_output_size",
     "load_image",
     "pad_images",
+    "preprocess",
     "resize_image",
+    "to_image_tensor",
     "write_shapes_dataset",
 ]

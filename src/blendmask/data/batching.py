@@ -7,6 +7,7 @@ inside the padding so the post-processor can crop and rescale.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from blendmask.structures import ImageBatch, Target
@@ -16,11 +17,13 @@ def pad_images(images: list[Tensor], size_divisibility: int = 32) -> ImageBatch:
     """Stack images into one zero-padded batch.
 
     Args:
-        images (list[Tensor[3, Hi, Wi]]): at least one image, all with the same channels/dtype.
+        images (list[Tensor[3, Hi, Wi]]): at least one image, all with the same channels; uint8
+            (0-255) or float (0-1).
         size_divisibility: the padded H and W are rounded up to a multiple of this (<= 1: none).
 
     Returns:
-        ImageBatch with tensor (Tensor[N, 3, H, W]) and image_sizes [(Hi, Wi), ...].
+        ImageBatch with tensor (Tensor[N, 3, H, W] float in [0, 1]; float64 stays float64)
+        and image_sizes [(Hi, Wi), ...].
     """
     if not images:
         raise ValueError("pad_images: expected at least one image, got an empty list")
@@ -37,9 +40,15 @@ def pad_images(images: list[Tensor], size_divisibility: int = 32) -> ImageBatch:
         # Round up to the next multiple: -(-a // b) is ceil(a / b).
         max_h = -(-max_h // size_divisibility) * size_divisibility
         max_w = -(-max_w // size_divisibility) * size_divisibility
-    batch = images[0].new_zeros((len(images), channels, max_h, max_w))
+    dtype = images[0].dtype if images[0].is_floating_point() else torch.float32
+    batch = images[0].new_zeros((len(images), channels, max_h, max_w), dtype=dtype)
     for padded, image in zip(batch, images):
-        padded[:, : image.shape[1], : image.shape[2]].copy_(image)
+        window = padded[:, : image.shape[1], : image.shape[2]]
+        if image.dtype == torch.uint8:
+            # The one place decoded images become float [0, 1] (training and inference).
+            torch.div(image, 255.0, out=window)
+        else:
+            window.copy_(image)
     sizes = [(int(image.shape[1]), int(image.shape[2])) for image in images]
     return ImageBatch(batch, sizes)
 

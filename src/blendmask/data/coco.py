@@ -155,7 +155,8 @@ class CocoDataset(Dataset):
     """A COCO instances json and its image folder as (image, target) pairs.
 
     `dataset[i]` returns `(image, target)`:
-        image (Tensor[3, H, W]): float RGB in [0, 1] (after `transforms`).
+        image (Tensor[3, H, W]): uint8 RGB as decoded (after `transforms`; `pad_images` turns
+            it into float [0, 1]).
         target: "boxes" (Tensor[G, 4] float32, xyxy pixels), "labels" (Tensor[G] int64,
             contiguous 0-based), "masks" (Tensor[G, H, W] uint8), "image_id" (int),
             "orig_size" ((h, w) of the file). Crowd annotations are excluded; instances whose

@@ -1,22 +1,27 @@
 """Training and test transforms on (image, target) pairs: shortest-edge resize and horizontal flip.
 
 These reproduce the reference's input pipeline (detectron2's `ResizeShortestEdge` then
-`RandomFlip`, BlendMask Sec. 4 "Implementation details", see reference/ADELAIDET.md Sec. 1.2 and
-3.5). Each transform is a callable `(image, target) -> (image, target)` with
+`RandomFlip`, BlendMask Sec. 4 "Implementation details", docs/reference.md §1.2 and §3.5),
+including its resize: a uint8 image is resized with PIL's bilinear filter and rounded back to
+uint8, exactly as the reference does before normalising. Each transform is a callable
+`(image, target) -> (image, target)` with
 
-    image (Tensor[3, H, W]): float RGB in [0, 1].
+    image (Tensor[3, H, W]): uint8 RGB (as decoded) or float RGB in [0, 1]; the dtype is kept.
     target: "boxes" (Tensor[G, 4] float32, xyxy pixels of `image`), "labels" (Tensor[G]),
         "masks" (Tensor[G, H, W] uint8); other keys ("image_id", "orig_size") pass through.
 
-Randomness comes from the global torch RNG (`torch.randint` / `torch.rand`), so
-`torch.manual_seed` makes a run reproducible.
+`data/batching.py` turns the images into float [0, 1] when it pads them. Randomness comes from
+the global torch RNG (`torch.randint` / `torch.rand`), so `torch.manual_seed` makes a run
+reproducible.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
@@ -43,18 +48,28 @@ def get_output_size(height: int, width: int, min_size: int, max_size: int) -> tu
 
 
 def resize_image(image: Tensor, min_size: int, max_size: int) -> Tensor:
-    """Resize `image` (Tensor[3, H, W] float) by the shortest-edge rule (bilinear, antialiased).
-
-    Antialiasing matches the reference's PIL bilinear resize when shrinking; bilinear weights
-    are convex, so values stay in the input's range.
-    """
+    """Resize `image` (Tensor[3, H, W], uint8 or float) by the shortest-edge rule, keeping its
+    dtype (see `resize_to`)."""
     new_size = get_output_size(image.shape[-2], image.shape[-1], min_size, max_size)
-    return _resize_to(image, new_size)
+    return resize_to(image, new_size)
 
 
-def _resize_to(image: Tensor, size: tuple[int, int]) -> Tensor:
-    if tuple(image.shape[-2:]) == size:
+def resize_to(image: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinear resize of Tensor[C, H, W] (or [G, 1, H, W] float) to `size` = (h, w).
+
+    uint8 RGB images go through PIL's bilinear filter, which is what the reference applies to its
+    uint8 images: torchvision's antialiased uint8 resize differs from it by one grey level on
+    ~1% of the pixels, enough to change detections of converted checkpoints. Float tensors use
+    torchvision's antialiased bilinear resize (same filter, no rounding); its weights are
+    convex, so values stay in the input's range.
+    """
+    if tuple(image.shape[-2:]) == tuple(size):
         return image
+    if image.dtype == torch.uint8 and image.dim() == 3 and image.shape[0] == 3:
+        # (3, H, W) -> (H, W, 3) for PIL; PIL takes (width, height).
+        pil = Image.fromarray(image.permute(1, 2, 0).contiguous().numpy())
+        resized = np.asarray(pil.resize((size[1], size[0]), Image.Resampling.BILINEAR))
+        return torch.from_numpy(resized.copy()).permute(2, 0, 1).contiguous()
     return TF.resize(image, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True)
 
 
@@ -68,7 +83,7 @@ def resize_masks(masks: Tensor, size: tuple[int, int]) -> Tensor:
         return masks
     if masks.shape[0] == 0:
         return masks.new_zeros((0, *size))
-    resized = _resize_to(masks[:, None].float(), size)[:, 0]
+    resized = resize_to(masks[:, None].float(), size)[:, 0]
     return (resized >= 0.5).to(torch.uint8)
 
 
@@ -107,7 +122,7 @@ class ResizeShortestEdge:
             min_size = self.min_sizes[int(torch.randint(len(self.min_sizes), ()).item())]
         height, width = image.shape[-2:]
         new_size = get_output_size(height, width, min_size, self.max_size)
-        image = _resize_to(image, new_size)
+        image = resize_to(image, new_size)
         scale = torch.tensor(
             [new_size[1] / width, new_size[0] / height] * 2, dtype=target["boxes"].dtype
         )
@@ -145,18 +160,3 @@ class RandomHorizontalFlip:
 
     def __repr__(self) -> str:
         return f"RandomHorizontalFlip(p={self.p})"
-
-
-def build_train_transforms(min_sizes: Sequence[int] | int, max_size: int, hflip: bool) -> Compose:
-    """The reference's training pipeline: multi-scale shortest-edge resize, then flip."""
-    transforms: list[Callable[[Tensor, Target], tuple[Tensor, Target]]] = [
-        ResizeShortestEdge(min_sizes, max_size)
-    ]
-    if hflip:
-        transforms.append(RandomHorizontalFlip(0.5))
-    return Compose(transforms)
-
-
-def build_test_transforms(min_size: int, max_size: int) -> Compose:
-    """The reference's test pipeline: a single shortest-edge resize."""
-    return Compose([ResizeShortestEdge(min_size, max_size)])

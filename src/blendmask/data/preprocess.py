@@ -1,0 +1,75 @@
+"""The one preprocessing path from user images to a network batch (predict, eval, explain,
+export and the torchvision adapter all call `preprocess`).
+
+Images are decoded to uint8 RGB and resized the reference's way (`resize_image`: PIL bilinear on
+uint8, see docs/reference.md §1.2), then padded and turned into float [0, 1] by `pad_images`.
+Float tensors given by a caller are taken as RGB in [0, 1] and resized in float.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from blendmask.data.batching import pad_images
+from blendmask.data.transforms import resize_image
+from blendmask.io import load_image
+from blendmask.structures import ImageBatch
+
+ImageInput = str | Path | Image.Image | np.ndarray | Tensor
+
+
+def to_image_tensor(image: ImageInput) -> Tensor:
+    """Any supported image input -> RGB Tensor[3, H, W]: uint8 for decoded images, float in
+    [0, 1] for float inputs.
+
+    Paths and PIL images are decoded with `blendmask.io.load_image` (EXIF, modes); numpy arrays
+    are H x W x 3 RGB (uint8 in [0, 255], float in [0, 1]); tensors are [3, H, W] RGB (uint8 in
+    [0, 255], float in [0, 1]).
+    """
+    if isinstance(image, (str, Path)):
+        image = load_image(Path(image))
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected an H x W x 3 RGB array, got shape {image.shape}")
+        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    if not isinstance(image, Tensor) or image.ndim != 3 or image.shape[0] != 3:
+        shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+        raise ValueError(f"expected an image tensor of shape [3, H, W], got {shape}")
+    if image.dtype == torch.uint8:
+        return image
+    return image.float()
+
+
+def preprocess(
+    images: Sequence[ImageInput],
+    min_size: int,
+    max_size: int,
+    *,
+    size_divisibility: int = 32,
+    device: torch.device | str | None = None,
+) -> tuple[ImageBatch, list[tuple[int, int]]]:
+    """Images -> (padded float batch at the test size, original (H0, W0) of each image).
+
+    Args:
+        images: paths, PIL images, H x W x 3 arrays or Tensor[3, H0, W0] (see
+            `to_image_tensor`).
+        min_size, max_size: the shortest-edge resize (`data.min_size_test` / `max_size_test`).
+        size_divisibility: pad H and W up to a multiple of this.
+        device: where the batch goes (None: stays on the CPU).
+
+    Returns:
+        (ImageBatch with tensor Tensor[N, 3, H, W] float RGB in [0, 1], [(H0, W0), ...]).
+    """
+    tensors = [to_image_tensor(image) for image in images]
+    orig_sizes = [(int(t.shape[1]), int(t.shape[2])) for t in tensors]
+    resized = [resize_image(t, min_size, max_size) for t in tensors]
+    batch = pad_images(resized, size_divisibility)
+    return (batch if device is None else batch.to(device)), orig_sizes
