@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from blendmask.data.coco import CocoDataset
-from blendmask.evaluation.coco import evaluate_results_file
+from blendmask.evaluation.results import evaluate_results_file
 from blendmask.io import load_image
 
 

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_util
 
-from blendmask.data.coco import CocoDataset, decode_segmentation
+from blendmask.data.coco import CocoDataset
+from blendmask.data.coco_json import decode_segmentation
 from blendmask.io import load_image
 
 

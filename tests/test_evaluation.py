@@ -18,10 +18,10 @@ from blendmask.evaluation.coco import (
     COCOEvaluator,
     detections_to_coco_results,
     evaluate_coco,
-    evaluate_results_file,
     metric_keys,
     run_coco_eval,
 )
+from blendmask.evaluation.results import evaluate_results_file
 from blendmask.structures import Detections
 
 KEYS = [f"{t}_{n}" for t in ("bbox", "segm") for n in ("AP", "AP50", "AP75", "APs", "APm", "APl")]

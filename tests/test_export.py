@@ -18,15 +18,14 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from blendmask.export.onnx import (  # noqa: E402
-    OUTPUT_NAMES,
+from blendmask.checkpoint_io import save_model_file  # noqa: E402
+from blendmask.export.onnx import OUTPUT_NAMES, check_onnx, export_onnx  # noqa: E402
+from blendmask.export.onnx_predictor import (  # noqa: E402
     OnnxPredictor,
-    check_onnx,
-    export_onnx,
     fcos_points,
     read_onnx_config,
 )
-from blendmask.factory import build, save_model_file  # noqa: E402
+from blendmask.factory import build  # noqa: E402
 from blendmask.predictor import Predictor  # noqa: E402
 from blendmask.presets import get_preset  # noqa: E402
 

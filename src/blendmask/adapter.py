@@ -12,12 +12,12 @@ import torch
 from torch import Tensor, nn
 
 from blendmask.config import Config
-from blendmask.data.batching import pad_images
-from blendmask.data.transforms import resize_image
+from blendmask.data.preprocess import preprocess
 from blendmask.factory import build
 from blendmask.modeling.blendmask import BlendMask
 from blendmask.modeling.losses import BlendMaskCriterion
 from blendmask.modeling.postprocess import BlendMaskPostProcessor
+from blendmask.predictor import infer
 
 
 class TorchvisionDetector(nn.Module):
@@ -58,16 +58,14 @@ class TorchvisionDetector(nn.Module):
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         if self.training and targets is None:
             raise ValueError("In training mode, targets should be passed")
-        orig_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
-        resized = [resize_image(im, self.min_size, self.max_size) for im in images]
-        batch = pad_images(resized)
-        outputs = self.model(batch.tensor, batch.image_sizes)
+        batch, orig_sizes = preprocess(images, self.min_size, self.max_size)
         if targets is not None and self.training:
+            outputs = self.model(batch.tensor, batch.image_sizes)
             ours = [
                 _resize_target(t, o, s) for t, o, s in zip(targets, orig_sizes, batch.image_sizes)
             ]
             return self.criterion(outputs, ours)
-        dets = self.postprocessor(outputs, batch.image_sizes, orig_sizes)
+        dets = infer(self.model, self.postprocessor, batch, orig_sizes)
         return [
             {
                 "boxes": d.boxes,

@@ -1,49 +1,45 @@
-"""Inference on user images: load, resize to the test size, run the network, post-process to the
-original image size. Resizing lives here, never inside the network (STYLE.md)."""
+"""Inference on user images: the one path from images to detections at the original size.
+
+`preprocess` (data/preprocess.py: decode, the reference's resize, pad) -> `infer` (network with
+the sparse top layer, then the post-processor). `Predictor`, `blendmask eval`, `explain`, the
+ONNX predictor and the torchvision adapter all go through these two functions; resizing never
+happens inside the network (STYLE.md).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
-from torch import Tensor, nn
+from torch import nn
 
+from blendmask.checkpoint_io import load_model_file
 from blendmask.config import Config
-from blendmask.data.batching import pad_images
-from blendmask.data.transforms import resize_image
-from blendmask.factory import build, load_model_file
-from blendmask.io import load_image, resolve_device
+from blendmask.data.preprocess import ImageInput, preprocess, to_image_tensor
+from blendmask.factory import build
+from blendmask.io import resolve_device
 from blendmask.modeling.blendmask import BlendMask
 from blendmask.modeling.inference import optimize_for_inference, to_channels_last
 from blendmask.modeling.postprocess import BlendMaskPostProcessor
-from blendmask.structures import Detections
+from blendmask.structures import Detections, ImageBatch
 
-ImageInput = str | Path | Image.Image | np.ndarray | Tensor
+__all__ = ["ImageInput", "Predictor", "infer", "to_image_tensor"]
 
 
-def to_image_tensor(image: ImageInput) -> Tensor:
-    """Any supported image input -> float RGB Tensor[3, H, W] in [0, 1].
+def infer(
+    model: nn.Module,
+    postprocessor: BlendMaskPostProcessor,
+    batch: ImageBatch,
+    orig_sizes: list[tuple[int, int]],
+) -> list[Detections]:
+    """The one inference step: network -> post-processor, detections at `orig_sizes`.
 
-    Tensors are taken as already RGB in [0, 1] (float) or [0, 255] (uint8), shape [3, H, W];
-    numpy arrays as H x W x 3 uint8 RGB.
+    Inference needs neither the dense attention map (the post-processor evaluates the top layer
+    only at the kept detections) nor the semantic logits, so the network skips both.
     """
-    if isinstance(image, (str, Path)):
-        image = load_image(Path(image))
-    if isinstance(image, Image.Image):
-        image = np.array(image.convert("RGB"))
-    if isinstance(image, np.ndarray):
-        if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"expected an H x W x 3 RGB array, got shape {image.shape}")
-        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
-    if not isinstance(image, Tensor) or image.ndim != 3 or image.shape[0] != 3:
-        shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
-        raise ValueError(f"expected an image tensor of shape [3, H, W], got {shape}")
-    if image.dtype == torch.uint8:
-        return image.float() / 255.0
-    return image.float()
+    outputs = model(batch.tensor, batch.image_sizes, dense_attentions=False, with_sem=False)
+    return postprocessor(outputs, batch.image_sizes, orig_sizes)
 
 
 class Predictor:
@@ -124,20 +120,19 @@ class Predictor:
             images = [images]
         results: list[Detections] = []
         for start in range(0, len(images), self.batch_size):
-            chunk = [to_image_tensor(im) for im in images[start : start + self.batch_size]]
-            results.extend(self.predict_tensors(chunk))
+            results.extend(self.predict_tensors(images[start : start + self.batch_size]))
         return results
 
+    def preprocess(self, images: Sequence[ImageInput]) -> tuple[ImageBatch, list[tuple[int, int]]]:
+        """Images -> (padded batch on `self.device` at the test size, original sizes)."""
+        return preprocess(images, self.min_size, self.max_size, device=self.device)
+
     @torch.inference_mode()
-    def predict_tensors(self, images: list[Tensor]) -> list[Detections]:
-        """Float RGB [0, 1] tensors at original size -> detections at original size."""
-        orig_sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
-        resized = [resize_image(im, self.min_size, self.max_size) for im in images]
-        batch = pad_images(resized).to(self.device)
-        images = to_channels_last(batch.tensor) if self.optimize else batch.tensor
-        # Inference needs neither the dense attention map nor the semantic logits.
-        outputs = self.inference_model()(
-            images, batch.image_sizes, dense_attentions=False, with_sem=False
-        )
-        dets = self.postprocessor(outputs, batch.image_sizes, orig_sizes)
+    def predict_tensors(self, images: Sequence[ImageInput]) -> list[Detections]:
+        """One batch of images (uint8 or float [0, 1] RGB tensors at original size, or anything
+        `to_image_tensor` takes) -> detections at original size, on the CPU."""
+        batch, orig_sizes = self.preprocess(images)
+        if self.optimize:
+            batch = ImageBatch(to_channels_last(batch.tensor), batch.image_sizes)
+        dets = infer(self.inference_model(), self.postprocessor, batch, orig_sizes)
         return [d.to("cpu") for d in dets]

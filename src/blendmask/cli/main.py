@@ -12,61 +12,13 @@ import sys
 from collections.abc import Sequence
 
 
-def _add_shapes(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("shapes", help="write the synthetic shapes dataset (COCO json + PNGs)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--train", type=int, default=200, help="number of training images")
-    p.add_argument("--val", type=int, default=50, help="number of validation images")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image-size", type=int, default=256)
-    p.set_defaults(func=_run_shapes)
-
-
-def _run_shapes(args: argparse.Namespace) -> int:
-    from blendmask.data.shapes import write_shapes_dataset
-
-    paths = write_shapes_dataset(
-        args.out, args.train, args.val, seed=args.seed, image_size=args.image_size
-    )
-    for key, value in paths.items():
-        print(f"{key}: {value}")
-    return 0
-
-
-def _add_presets(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("presets", help="list the presets")
-    p.set_defaults(func=_run_presets)
-    c = sub.add_parser("config", help="print a resolved config as YAML")
-    c.add_argument("--preset", default=None)
-    c.add_argument("--config", default=None, help="YAML file: `preset:` plus overrides")
-    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    c.set_defaults(func=_run_config)
-
-
-def _run_presets(args: argparse.Namespace) -> int:
-    from blendmask.presets import PRESETS
-
-    for name, fn in PRESETS.items():
-        doc = (fn.__doc__ or "").strip().splitlines()[0]
-        print(f"{name:20s} {doc}")
-    return 0
-
-
-def _run_config(args: argparse.Namespace) -> int:
-    from blendmask.config import load_config
-
-    cfg = load_config(args.preset, args.config, args.set)
-    print(cfg.to_yaml(), end="")
-    return 0
-
-
 def _add_eval_results(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", default=None, help="score a COCO results json without a model")
 
 
 def _run_eval(args: argparse.Namespace) -> int:
     if getattr(args, "results", None):
-        from blendmask.evaluation.coco import evaluate_results_file
+        from blendmask.evaluation.results import evaluate_results_file
 
         if not args.json:
             raise ValueError("eval --results needs --json (the ground-truth COCO json)")
@@ -91,8 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
     cli_args.add_demo_args(p)
     p.set_defaults(func=cli_args.run_demo)
 
-    _add_shapes(sub)
-
     p = sub.add_parser("train", help="train a model (resumes from OUT/last.pt)")
     cli_args.add_train_args(p)
     p.set_defaults(func=cli_args.run_train)
@@ -106,12 +56,30 @@ def build_parser() -> argparse.ArgumentParser:
     cli_args.add_predict_args(p)
     p.set_defaults(func=cli_args.run_predict)
 
+    from blendmask.cli import config as config_cmd
+    from blendmask.cli import convert as convert_cmd
+    from blendmask.cli import explain as explain_cmd
+    from blendmask.cli import export as export_cmd
+    from blendmask.cli import presets as presets_cmd
+    from blendmask.cli import shapes as shapes_cmd
+
+    for name, module in (
+        ("explain", explain_cmd),
+        ("export", export_cmd),
+        ("shapes", shapes_cmd),
+        ("presets", presets_cmd),
+        ("config", config_cmd),
+        ("convert", convert_cmd),
+    ):
+        p = sub.add_parser(name, help=module.__doc__.strip().splitlines()[0])
+        module.add_arguments(p)
+        p.set_defaults(func=module.run)
+
     for name, adder, runner in _optional_commands():
         p = sub.add_parser(name, help=adder.__doc__)
         adder(p)
         p.set_defaults(func=runner)
 
-    _add_presets(sub)
     return parser
 
 
@@ -119,9 +87,6 @@ def _optional_commands() -> list[tuple]:
     """explain / export / convert register themselves when their modules exist."""
     out = []
     for module, name in (
-        ("blendmask.explain", "explain"),
-        ("blendmask.export.onnx", "export"),
-        ("blendmask.interop.adelaidet", "convert"),
     ):
         try:
             mod = __import__(module, fromlist=["add_args", "run"])

@@ -35,11 +35,13 @@ def to_image_tensor(image: ImageInput) -> Tensor:
     if isinstance(image, (str, Path)):
         image = load_image(Path(image))
     if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
+        image = np.array(image.convert("RGB"))
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an H x W x 3 RGB array, got shape {image.shape}")
-        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        if not image.flags.writeable or not image.flags.c_contiguous:
+            image = image.copy()  # torch cannot share a read-only or strided buffer
+        image = torch.from_numpy(image).permute(2, 0, 1)
     if not isinstance(image, Tensor) or image.ndim != 3 or image.shape[0] != 3:
         shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
         raise ValueError(f"expected an image tensor of shape [3, H, W], got {shape}")

@@ -1,0 +1,24 @@
+"""write the synthetic shapes dataset (COCO json + PNGs)"""
+
+from __future__ import annotations
+
+import argparse
+
+from blendmask.data.shapes import write_shapes_dataset
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--train", type=int, default=200, help="number of training images")
+    parser.add_argument("--val", type=int, default=50, help="number of validation images")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image-size", type=int, default=256)
+
+
+def run(args: argparse.Namespace) -> int:
+    paths = write_shapes_dataset(
+        args.out, args.train, args.val, seed=args.seed, image_size=args.image_size
+    )
+    for key, value in paths.items():
+        print(f"{key}: {value}")
+    return 0

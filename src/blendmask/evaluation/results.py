@@ -1,0 +1,154 @@
+"""COCO results files: reading and validating a results json against its ground truth, scoring
+it without a model (`blendmask eval --results`), and writing metrics.json / results.json."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pycocotools import mask as mask_util
+from pycocotools.coco import COCO
+
+from blendmask.data.coco_json import segmentation_to_rle
+from blendmask.evaluation.coco import IOU_TYPES, evaluate_coco, load_coco_gt
+
+
+def load_results_json(results_json: str | Path, coco_gt: COCO) -> list[dict[str, Any]]:
+    """Read and validate a COCO results json against `coco_gt`.
+
+    Each result needs image_id (a ground-truth image), category_id (a ground-truth category),
+    a finite score, and a bbox [x, y, w, h] (w, h >= 0) and/or a segmentation (RLE or
+    polygons; converted to compressed RLE with str counts). Either every result has a
+    segmentation or none has.
+
+    Raises:
+        FileNotFoundError / ValueError naming the file and the offending result.
+    """
+    path = Path(results_json)
+    if not path.is_file():
+        raise FileNotFoundError(f"results json not found: {path}")
+    try:
+        with path.open("rb") as f:
+            results = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid json: {e}") from e
+    if not isinstance(results, list):
+        raise ValueError(
+            f"{path} is not a COCO results json: expected a list of result objects, "
+            f"got a {type(results).__name__}"
+        )
+    image_ids = set(coco_gt.getImgIds())
+    category_ids = set(coco_gt.getCatIds())
+    checked: list[dict[str, Any]] = []
+    with_masks = 0
+    for k, result in enumerate(results):
+        where = f"result {k} of {path}"
+        if not isinstance(result, dict):
+            raise ValueError(f"{where}: expected an object, got {type(result).__name__}")
+        for key in ("image_id", "category_id", "score"):
+            if key not in result:
+                raise ValueError(f"{where}: missing '{key}'")
+        if result["image_id"] not in image_ids:
+            raise ValueError(
+                f"{where}: image_id {result['image_id']!r} is not an image of the ground truth"
+            )
+        if result["category_id"] not in category_ids:
+            raise ValueError(
+                f"{where}: category_id {result['category_id']!r} is not a ground-truth category "
+                f"(expected one of {sorted(category_ids)})"
+            )
+        score = result["score"]
+        if (
+            not isinstance(score, (int, float))
+            or isinstance(score, bool)
+            or not math.isfinite(score)
+        ):
+            raise ValueError(f"{where}: expected a finite number 'score', got {score!r}")
+        item = {
+            "image_id": result["image_id"],
+            "category_id": result["category_id"],
+            "score": float(score),
+        }
+        if "bbox" in result:
+            bbox = result["bbox"]
+            if (
+                not isinstance(bbox, list)
+                or len(bbox) != 4
+                or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)
+                or bbox[2] < 0
+                or bbox[3] < 0
+            ):
+                raise ValueError(
+                    f"{where}: expected 'bbox' [x, y, w, h] with w, h >= 0, got {bbox!r}"
+                )
+            item["bbox"] = [float(v) for v in bbox]
+        if "segmentation" in result:
+            image = coco_gt.imgs[result["image_id"]]
+            try:
+                rle = segmentation_to_rle(result["segmentation"], image["height"], image["width"])
+                size = list(rle["size"])
+                mask_util.area(rle)  # decodes the counts: fails on garbage
+            except Exception as e:
+                raise ValueError(f"{where}: unreadable 'segmentation' ({e})") from e
+            if size != [image["height"], image["width"]]:
+                raise ValueError(
+                    f"{where}: segmentation size {size} is not the image's "
+                    f"[{image['height']}, {image['width']}]"
+                )
+            counts = rle["counts"]
+            item["segmentation"] = {
+                "size": size,
+                "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts,
+            }
+            with_masks += 1
+        elif "bbox" not in item:
+            raise ValueError(f"{where}: needs a 'bbox' or a 'segmentation'")
+        checked.append(item)
+    if 0 < with_masks < len(checked):
+        raise ValueError(
+            f"{path}: {with_masks} of {len(checked)} results have a 'segmentation'; "
+            f"expected all or none"
+        )
+    return checked
+
+
+def write_evaluation(
+    out_dir: str | Path, metrics: dict[str, Any], results: Sequence[dict[str, Any]]
+) -> None:
+    """Write `out_dir/metrics.json` and `out_dir/results.json`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    with (out_dir / "results.json").open("w", encoding="utf-8") as f:
+        json.dump(list(results), f)
+
+
+def evaluate_results_file(
+    gt_json: str | Path,
+    results_json: str | Path,
+    out_dir: str | Path,
+    *,
+    max_detections: int = 100,
+) -> dict[str, Any]:
+    """Score a COCO results json against a ground-truth json, no model needed.
+
+    Evaluates `segm` too when the results have masks. Writes `out_dir/metrics.json` (the
+    metric keys plus "images", the number of ground-truth images, and "seconds", the time
+    taken) and `out_dir/results.json` (the validated results), and returns the metrics.
+    """
+    start = time.perf_counter()
+    coco_gt = load_coco_gt(gt_json)
+    results = load_results_json(results_json, coco_gt)
+    # Box-only results get box AP only; an empty file scores 0 for both.
+    iou_types = ("bbox",) if results and "segmentation" not in results[0] else IOU_TYPES
+    metrics: dict[str, Any] = evaluate_coco(
+        coco_gt, results, iou_types, max_detections=max_detections
+    )
+    metrics["images"] = len(coco_gt.getImgIds())
+    metrics["seconds"] = round(time.perf_counter() - start, 3)
+    write_evaluation(out_dir, metrics, results)
+    return metrics

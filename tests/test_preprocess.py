@@ -1,0 +1,103 @@
+"""The one preprocessing path (data/preprocess.py): the reference's resize, padding, float
+conversion, and the same batch for every kind of image input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from blendmask.data.preprocess import preprocess, to_image_tensor
+from blendmask.data.transforms import ResizeShortestEdge, resize_image
+
+
+def reference_resize(array: np.ndarray, min_size: int, max_size: int) -> np.ndarray:
+    """What the reference does to a uint8 H x W x 3 image at test time: the shortest-edge size
+    rule, then PIL's bilinear resize on the uint8 image (values stay uint8)."""
+    h, w = array.shape[:2]
+    scale = min_size / min(h, w)
+    newh, neww = (min_size, scale * w) if h < w else (scale * h, min_size)
+    if max(newh, neww) > max_size:
+        s = max_size / max(newh, neww)
+        newh, neww = newh * s, neww * s
+    size = (int(neww + 0.5), int(newh + 0.5))
+    return np.array(Image.fromarray(array).resize(size, Image.BILINEAR))
+
+
+def photo() -> np.ndarray:
+    """A natural photo when scikit-image's test data is there, a textured image otherwise."""
+    try:
+        from skimage import data
+
+        return data.coffee()  # 400 x 600 x 3 uint8
+    except ImportError:
+        rng = np.random.default_rng(0)
+        base = rng.integers(0, 256, (25, 38, 3), dtype=np.uint8)
+        return np.array(Image.fromarray(base).resize((600, 400), Image.BICUBIC))
+
+
+@pytest.mark.parametrize("sizes", [(800, 1333), (300, 1000), (1000, 1100)])
+def test_uint8_resize_is_the_references_pil_bilinear(sizes):
+    """Fails if the test-time resize differs from the reference's by even one grey level (an
+    antialiased torch resize differs on ~1% of the pixels, which moves detections)."""
+    array = photo()
+    got = resize_image(torch.from_numpy(array).permute(2, 0, 1), *sizes)
+    assert got.dtype == torch.uint8
+    assert np.array_equal(got.permute(1, 2, 0).numpy(), reference_resize(array, *sizes))
+
+
+def test_training_resize_is_the_same_resize():
+    """Fails if training resizes images differently from inference."""
+    array = photo()
+    image = torch.from_numpy(array).permute(2, 0, 1)
+    target = {
+        "boxes": torch.tensor([[10.0, 20.0, 100.0, 200.0]]),
+        "labels": torch.tensor([0]),
+        "masks": torch.zeros((1, *array.shape[:2]), dtype=torch.uint8),
+    }
+    out, out_target = ResizeShortestEdge(800, 1333)(image, target)
+    assert np.array_equal(out.permute(1, 2, 0).numpy(), reference_resize(array, 800, 1333))
+    assert torch.allclose(out_target["boxes"], torch.tensor([[20.0, 40.0, 200.0, 400.0]]))
+
+
+def test_preprocess_pads_converts_and_keeps_original_sizes():
+    array = photo()
+    batch, orig = preprocess([array, array[:300]], 200, 1000)
+    assert orig == [(400, 600), (300, 600)]
+    assert batch.image_sizes == [(200, 300), (200, 400)]
+    assert batch.tensor.dtype == torch.float32 and batch.tensor.shape == (2, 3, 224, 416)
+    expected = torch.from_numpy(reference_resize(array, 200, 1000)).permute(2, 0, 1) / 255.0
+    assert torch.equal(batch.tensor[0, :, :200, :300], expected)
+    assert (
+        batch.tensor[0, :, 200:].abs().sum() == 0 and batch.tensor[0, :, :, 300:].abs().sum() == 0
+    )
+
+
+def test_every_input_kind_gives_the_same_batch(tmp_path):
+    """Fails if a path, a PIL image, an array and a uint8 tensor of the same pixels are
+    preprocessed differently (before, tensors took another resize than files)."""
+    array = photo()
+    path = tmp_path / "photo.png"
+    Image.fromarray(array).save(path)
+    inputs = [path, str(path), Image.open(path), array, torch.from_numpy(array).permute(2, 0, 1)]
+    batches = [preprocess([x], 240, 1000)[0].tensor for x in inputs]
+    for other in batches[1:]:
+        assert torch.equal(batches[0], other)
+
+
+def test_float_input_is_taken_as_zero_to_one():
+    array = photo()
+    as_float = torch.from_numpy(array).permute(2, 0, 1).float() / 255.0
+    assert to_image_tensor(as_float).dtype == torch.float32
+    batch, _ = preprocess([as_float], 400, 1000)  # no resize: values pass through
+    assert torch.equal(batch.tensor[0, :, :400, :600], as_float)
+    resized, _ = preprocess([as_float], 200, 1000)
+    assert 0.0 <= float(resized.tensor.min()) and float(resized.tensor.max()) <= 1.0
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(ValueError, match="H x W x 3"):
+        to_image_tensor(np.zeros((4, 4), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"\[3, H, W\]"):
+        to_image_tensor(torch.zeros(1, 4, 4))
