@@ -174,38 +174,31 @@ def time_blender(
     """Our blender alone, stage by stage and in total: pool_bases (RoIAlign to R x R),
     merge_bases (interpolate M -> R, softmax over K, blend), sigmoid, paste_masks (R x R into
     the image, binarised), with the post-processor's settings."""
-    from blendmask.modeling.blender import merge_bases, paste_masks, pool_bases
+    from blendmask.modeling.blender import merge_bases, pool_bases
+    from blendmask.modeling.paste import paste_masks
 
     height, width = image_size
     g = torch.Generator().manual_seed(0)
     bases = torch.randn((1, num_bases, padded_size[0] // 4, padded_size[1] // 4), generator=g).to(
         device
     )
+    spec = post.blender
     results: dict[str, Any] = {
-        "bottom_resolution": post.bottom_resolution,
-        "attn_size": post.attn_size,
+        "bottom_resolution": spec.resolution,
+        "attn_size": spec.attn_size,
         "num_bases": num_bases,
         "bases_shape": list(bases.shape),
         "boxes": "uniform centres, sides log-uniform 32-512 px, clipped to the image",
     }
     for n in detections:
         boxes = random_boxes(n, height, width).to(device)
-        attentions = torch.randn((n, num_bases * post.attn_size**2), generator=g).to(device)
+        attentions = torch.randn((n, num_bases * spec.attn_size**2), generator=g).to(device)
 
         def pool(boxes: Tensor = boxes) -> Tensor:
-            return pool_bases(
-                bases,
-                [boxes],
-                resolution=post.bottom_resolution,
-                scale=post.pooler_scale,
-                sampling_ratio=post.pooler_sampling_ratio,
-                pooler_type=post.pooler_type,
-            )
+            return pool_bases(bases, [boxes], spec)
 
-        def merge(rois: Tensor, attentions: Tensor = attentions) -> Tensor:
-            return merge_bases(
-                rois, attentions, attn_size=post.attn_size, top_interp=post.top_interp
-            )
+        def merge(pooled_bases: Tensor, attentions: Tensor = attentions) -> Tensor:
+            return merge_bases(pooled_bases, attentions, spec)
 
         def paste(probs: Tensor, boxes: Tensor = boxes) -> Tensor:
             return paste_masks(probs, boxes, (height, width), threshold=post.mask_threshold)

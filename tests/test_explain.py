@@ -1,5 +1,6 @@
 """Tests of the blender explanation figure (`blendmask explain`): PNG output with and without
-detections, the attention maps shown (softmax over K), consistency with the real blender, CLI.
+detections, the attention maps shown (softmax over K), consistency with the real blender (K > 1
+and K = 1), CLI.
 
 Tiny preset at random init; the post-processor's score threshold is lowered to 0 where
 detections are needed (at the reference init every score is ~0.01 < 0.05).
@@ -13,14 +14,12 @@ import pytest
 import torch
 
 from blendmask.explain import (
-    attention_maps,
     draw_explanation,
     explain_figure,
     explain_image,
     save_explanation,
 )
 from blendmask.factory import save_model_file
-from blendmask.modeling.blender import merge_bases
 from blendmask.predictor import Predictor
 from blendmask.presets import get_preset
 
@@ -53,7 +52,7 @@ def test_attention_maps_shown_sum_to_one_over_bases(predictor: Predictor, image)
             _, det, base = ax.get_label().split("/")
             shown.setdefault(int(det), {})[int(base)] = torch.as_tensor(ax.images[0].get_array())
     assert sorted(shown) == [0, 1, 2]
-    r = predictor.postprocessor.bottom_resolution
+    r = predictor.postprocessor.blender.resolution
     for maps in shown.values():
         assert sorted(maps) == list(range(num_bases))
         stack = torch.stack([maps[k] for k in range(num_bases)]).double()
@@ -81,42 +80,20 @@ def test_explanation_recomposes_the_blenders_masks(predictor: Predictor, image) 
     assert expl.detections.masks.shape[1:] == image.shape[1:]
 
 
-@pytest.mark.parametrize(
-    ("num_bases", "attn_size", "top_interp", "fixed"),
-    [
-        (4, 3, "bilinear", False),
-        (3, 2, "nearest", False),
-        (1, 4, "bilinear", False),
-        (4, 2, "nearest", True),
-    ],
-)
-def test_attention_maps_match_merge_bases(num_bases, attn_size, top_interp, fixed) -> None:
-    """Fails if `attention_maps` drifts from `blender.merge_bases` (Eq. 2-4) for a setting:
-    softmax for K > 1, sigmoid for K = 1, the fixed FCIS cells."""
+def test_explanation_with_one_base_shows_the_sigmoid_blend(image) -> None:
+    """K = 1 blends sigmoid(attention) * sigmoid(base) (no softmax): fails if the figure shows
+    a softmax over one base (all ones) or the masks are not that product."""
+    cfg = get_preset("tiny")
+    cfg.model.basis_module.num_bases = 1
     torch.manual_seed(0)
-    d, r = 5, 8
-    rois = torch.randn(d, num_bases, r, r)
-    attentions = torch.randn(d, num_bases * attn_size * attn_size)
-    maps = attention_maps(
-        attentions,
-        num_bases=num_bases,
-        attn_size=attn_size,
-        resolution=r,
-        top_interp=top_interp,
-        fixed_onehot=fixed,
-    )
-    logits = merge_bases(
-        rois, attentions, attn_size=attn_size, top_interp=top_interp, fixed_onehot=fixed
-    )
-    if num_bases == 1:
-        # the blender's K = 1 mask is sigmoid(attention) * sigmoid(base)
-        expected = maps[:, 0] * rois[:, 0].sigmoid()
-        torch.testing.assert_close(logits.sigmoid(), expected, rtol=0, atol=1e-5)
-    else:
-        torch.testing.assert_close((maps * rois).sum(1), logits, rtol=0, atol=1e-5)
-    if fixed:
-        # each pixel reads exactly one base
-        assert torch.equal(maps.sum(1), torch.ones(d, r, r))
+    pred = Predictor.from_config(cfg, device="cpu")
+    pred.postprocessor.score_thresh = 0.0
+    expl = explain_image(pred, image, top=2)
+    assert expl.attention_weights.shape[:2] == (2, 1)
+    weights = expl.attention_weights[:, 0]
+    assert bool(((weights > 0) & (weights < 1)).all()) and float(weights.std()) > 1e-4
+    expected = weights * expl.pooled_bases[:, 0].sigmoid()
+    torch.testing.assert_close(expl.masks, expected, rtol=0, atol=1e-5)
 
 
 def test_save_explanation_writes_png(predictor: Predictor, image, tmp_path: Path) -> None:

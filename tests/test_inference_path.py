@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from blendmask.factory import build
-from blendmask.modeling.blendmask import attentions_at
+from blendmask.modeling.postprocess import attentions_at
 from blendmask.presets import get_preset
 
 
@@ -19,7 +19,7 @@ def _model(preset: str = "tiny"):
     return model.eval(), post
 
 
-def test_top_feats_at_equals_dense_top_layer() -> None:
+def test_attentions_at_equals_dense_top_layer() -> None:
     model, _ = _model()
     images = torch.rand(2, 3, 96, 128)
     with torch.no_grad():
@@ -51,7 +51,7 @@ def test_sparse_and_dense_outputs_give_the_same_detections() -> None:
         assert (da.masks != db.masks).float().mean() < 1e-3
 
 
-def test_top_feats_at_no_locations() -> None:
+def test_attentions_at_no_locations() -> None:
     model, _ = _model()
     with torch.no_grad():
         out = model(torch.rand(1, 3, 64, 64), dense_attentions=False)

@@ -13,7 +13,7 @@ from torchvision.ops import generalized_box_iou_loss
 from blendmask.modeling.blender import merge_bases, pool_bases
 from blendmask.modeling.losses import BlendMaskCriterion, compute_ious_ltrb, reduce_mean
 from blendmask.modeling.targets import assign_fcos_targets, project_masks_on_boxes
-from blendmask.structures import BlendMaskOutputs
+from blendmask.structures import BlenderSpec, BlendMaskOutputs
 
 STRIDES = [8, 16, 32]
 SOI = [32, 64]
@@ -86,12 +86,10 @@ def make_targets(image_sizes, counts, num_classes, seed=1):
     return targets
 
 
-def criterion(num_classes: int, **kw) -> BlendMaskCriterion:
-    defaults = dict(
-        num_classes=num_classes, sizes_of_interest=SOI, bottom_resolution=14, attn_size=7
-    )
-    defaults.update(kw)
-    return BlendMaskCriterion(**defaults)
+def criterion(num_classes: int, *, blender: dict | None = None, **kw) -> BlendMaskCriterion:
+    """R = 14, M = 7 unless `blender` (BlenderSpec fields) says otherwise; `kw` for the rest."""
+    spec = BlenderSpec(**{"resolution": 14, "attn_size": 7, **(blender or {})})
+    return BlendMaskCriterion(num_classes=num_classes, sizes_of_interest=SOI, blender=spec, **kw)
 
 
 def focal_naive(logit: float, target: float, alpha: float = 0.25, gamma: float = 2.0) -> float:
@@ -156,8 +154,9 @@ def test_losses_match_naive_loops_with_two_images() -> None:
         )
         gi = int(fcos.gt_inds[i, p])
         box = targets[i]["boxes"][gi : gi + 1]
-        roi = pool_bases(out.bases[i : i + 1].detach(), [box], resolution=r)
-        logits = merge_bases(roi, out.attentions[i, p][None].detach(), attn_size=m)
+        spec = BlenderSpec(resolution=r, attn_size=m)
+        pooled = pool_bases(out.bases[i : i + 1].detach(), [box], spec)
+        logits = merge_bases(pooled, out.attentions[i, p][None].detach(), spec)
         tgt = project_masks_on_boxes(targets[i]["masks"][gi : gi + 1], box, r)
         mask += F.binary_cross_entropy_with_logits(logits, tgt).item() * ctr
         ctr_sum += ctr
@@ -186,7 +185,7 @@ def test_gradients_reach_every_output() -> None:
     [
         dict(num_bases=1, attn_size=7),
         dict(num_bases=4, attn_size=1),
-        dict(num_bases=4, attn_size=2, fixed_onehot_attention=True, top_interp="nearest"),
+        dict(num_bases=4, attn_size=2, fixed_onehot=True, top_interp="nearest"),
         dict(num_bases=4, attn_size=7, pooler_type="ROIPool", top_interp="nearest"),
     ],
 )
@@ -196,7 +195,7 @@ def test_blender_variants_train(kw: dict) -> None:
     c = 2
     num_bases = kw.pop("num_bases")
     out = make_outputs(1, (64, 64), c, num_bases, kw["attn_size"], seed=5)
-    losses = criterion(c, **kw)(out, make_targets([(64, 64)], [2], c))
+    losses = criterion(c, blender=kw)(out, make_targets([(64, 64)], [2], c))
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
     assert out.bases.grad.abs().sum() > 0 and out.attentions.grad is not None

@@ -7,12 +7,14 @@ import math
 
 import torch
 
-from blendmask.modeling.blender import merge_bases, paste_masks, pool_bases
+from blendmask.modeling.blender import merge_bases, pool_bases
+from blendmask.modeling.paste import paste_masks
 from blendmask.modeling.postprocess import BlendMaskPostProcessor, top_k_per_group
-from blendmask.structures import BlendMaskOutputs
+from blendmask.structures import BlenderSpec, BlendMaskOutputs
 
 STRIDES = [8, 16, 32]
 C, K, M, R = 3, 4, 2, 8
+SPEC = BlenderSpec(resolution=R, attn_size=M)
 
 
 def logit(p: float) -> float:
@@ -46,7 +48,7 @@ def make_outputs(n: int = 1, padded: tuple[int, int] = (64, 64), seed: int = 0) 
 
 
 def processor(**kw) -> BlendMaskPostProcessor:
-    args = dict(num_classes=C, bottom_resolution=R, attn_size=M)
+    args = dict(num_classes=C, blender=SPEC)
     args.update(kw)
     return BlendMaskPostProcessor(**args)
 
@@ -78,11 +80,11 @@ def test_boxes_decoded_in_stride_units_and_not_clipped_before_pooling() -> None:
     det = post.detect(out, [(64, 64)])[0]
     assert det["boxes"].tolist() == [[4 - 16.0, 4 - 8.0, 4 + 24.0, 4 + 32.0]]
     probs = post.blend(out.bases, [det["boxes"]], [det["attentions"]])[0]
-    unclipped = pool_bases(out.bases, [det["boxes"]], resolution=R)
-    expected = merge_bases(unclipped, out.attentions[0, [p]], attn_size=M).sigmoid()
+    unclipped = pool_bases(out.bases, [det["boxes"]], SPEC)
+    expected = merge_bases(unclipped, out.attentions[0, [p]], SPEC).sigmoid()
     torch.testing.assert_close(probs, expected)
-    clipped = pool_bases(out.bases, [det["boxes"].clamp(min=0)], resolution=R)
-    other = merge_bases(clipped, out.attentions[0, [p]], attn_size=M).sigmoid()
+    clipped = pool_bases(out.bases, [det["boxes"].clamp(min=0)], SPEC)
+    other = merge_bases(clipped, out.attentions[0, [p]], SPEC).sigmoid()
     assert (probs - other).abs().max() > 1e-3
 
 

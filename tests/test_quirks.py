@@ -42,7 +42,7 @@ from blendmask.modeling.backbone import DeformBottleneck, ResNetBody
 from blendmask.modeling.postprocess import BlendMaskPostProcessor
 from blendmask.predictor import Predictor
 from blendmask.presets import get_preset
-from blendmask.structures import BlendMaskOutputs
+from blendmask.structures import BlenderSpec, BlendMaskOutputs
 
 
 def _randomise_frozen_bn(module: torch.nn.Module, g: torch.Generator) -> None:
@@ -272,8 +272,7 @@ def test_postprocessor_matches_adelaidet_inference_written_out():
         pre_nms_topk=settings["pre_nms_top_n"],
         nms_thresh=settings["nms_thresh"],
         post_nms_topk=settings["post_nms_top_n"],
-        bottom_resolution=r,
-        attn_size=m,
+        blender=BlenderSpec(resolution=r, attn_size=m),
     )
     ours = post(out, [image_size], [orig_size])[0]
     want = adelaidet_inference(out, image_size, orig_size, **settings, attn_size=m, resolution=r)

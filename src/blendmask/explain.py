@@ -10,9 +10,10 @@ For the top detections of an image the figure shows the four steps of the blende
   does the figure; with the FCIS assembly the maps are the fixed one-hot cells);
 - Eq. 4: the blended mask, sigmoid(sum_k attention_k * cropped base_k).
 
-`explain_image` computes these tensors (an `Explanation`), `explain_figure` draws them,
-`save_explanation` writes the PNG, and `add_explain_args` / `run_explain` are the
-`blendmask explain --weights W IMAGE --out PNG` command.
+`explain_image` collects these tensors (an `Explanation`) from the blender itself
+(`modeling/blender.py`: `pool_bases`, `attention_weights`) and the post-processor; this module
+only draws them: `draw_explanation` / `explain_figure` make the figure, `save_explanation` writes
+the PNG. The `blendmask explain --weights W IMAGE --out PNG` command is `cli/explain.py`.
 
 Glossary: K bases, M attention size, R bottom (RoI) resolution, D explained detections,
 h/w resized (network input) size, hb/wb bases size inside the padding, H0/W0 original size.
@@ -20,13 +21,11 @@ h/w resized (network input) size, hb/wb bases size inside the padding, H0/W0 ori
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from blendmask.structures import Detections
@@ -65,47 +64,6 @@ class Explanation:
     class_names: list[str]
 
 
-def attention_maps(
-    attentions: Tensor,
-    *,
-    num_bases: int,
-    attn_size: int,
-    resolution: int,
-    top_interp: str = "bilinear",
-    fixed_onehot: bool = False,
-) -> Tensor:
-    """The attention weights the blender applies to the cropped bases (Eq. 2-3).
-
-    Follows `blender.merge_bases`: resize K x M x M to R x R (bilinear with
-    align_corners=False, or nearest), then softmax over K; sigmoid when K = 1; with
-    `fixed_onehot` the FCIS one-hot cells resized with nearest interpolation.
-
-    Args:
-        attentions (Tensor[D, K*M*M]): attention logits of each detection.
-
-    Returns:
-        Tensor[D, K, R, R].
-    """
-    from blendmask.modeling.blender import fcis_attention
-
-    d = attentions.shape[0]
-    if fixed_onehot:
-        attentions = fcis_attention(attn_size, d, attentions.device).to(attentions.dtype)
-    # (D, K*M*M) -> (D, K, M, M) -> (D, K, R, R)
-    coeffs = attentions.reshape(d, num_bases, attn_size, attn_size)
-    if top_interp == "bilinear" and not fixed_onehot:
-        coeffs = F.interpolate(
-            coeffs, size=(resolution, resolution), mode="bilinear", align_corners=False
-        )
-    else:
-        coeffs = F.interpolate(coeffs, size=(resolution, resolution), mode="nearest")
-    if fixed_onehot:
-        return coeffs
-    if num_bases == 1:
-        return coeffs.sigmoid()
-    return coeffs.softmax(dim=1)
-
-
 @torch.no_grad()
 def explain_image(
     predictor: Predictor, image: Any, *, top: int = 4, score_threshold: float = 0.0
@@ -114,25 +72,25 @@ def explain_image(
 
     Args:
         predictor: a `blendmask.Predictor` (its config sizes, network and post-processor).
-        image: path, PIL image, H x W x 3 uint8 array or float RGB Tensor[3, H0, W0] in [0, 1].
+        image: one image as `blendmask.data.preprocess.preprocess` takes it (path, PIL image,
+            H x W x 3 array, uint8 or float [0, 1] RGB Tensor[3, H0, W0]); resized and padded
+            there, as the Predictor does.
         top: explain at most this many detections, the best first.
         score_threshold: and only those with at least this score.
 
     Returns:
         an `Explanation` (tensors on the CPU).
     """
-    from blendmask.data.batching import pad_images
-    from blendmask.data.transforms import resize_image
-    from blendmask.modeling.blender import pool_bases
-    from blendmask.predictor import to_image_tensor
+    from blendmask.data.preprocess import preprocess
+    from blendmask.modeling.blender import attention_weights, pool_bases
 
     if top < 0:
         raise ValueError(f"top: expected a number of detections >= 0, got {top}")
     post = predictor.postprocessor
-    image_t = to_image_tensor(image)
-    orig_size = (int(image_t.shape[1]), int(image_t.shape[2]))
-    resized = resize_image(image_t, predictor.min_size, predictor.max_size)
-    batch = pad_images([resized]).to(predictor.device)
+    spec = post.blender
+    batch, orig_sizes = preprocess(
+        [image], predictor.min_size, predictor.max_size, device=predictor.device
+    )
     outputs = predictor.model(batch.tensor, batch.image_sizes)
 
     det = post.detect(outputs, batch.image_sizes)[0]
@@ -140,45 +98,29 @@ def explain_image(
     boxes = det["boxes"][keep].float()
     attentions = det["attentions"][keep].float()
     bases = outputs.bases.float()  # (1, K, Hb, Wb)
-    num_bases = bases.shape[1]
-    resolution = post.bottom_resolution
-    pooled = pool_bases(
-        bases,
-        [boxes],
-        resolution=resolution,
-        scale=post.pooler_scale,
-        sampling_ratio=post.pooler_sampling_ratio,
-        pooler_type=post.pooler_type,
-    )
-    attention_weights = attention_maps(
-        attentions,
-        num_bases=num_bases,
-        attn_size=post.attn_size,
-        resolution=resolution,
-        top_interp=post.top_interp,
-        fixed_onehot=post.fixed_onehot_attention,
-    )
+    pooled_bases = pool_bases(bases, [boxes], spec)
+    weights = attention_weights(attentions, spec, num_bases=bases.shape[1])
     masks = post.blend(outputs.bases, [boxes], [attentions])[0]
 
     # The final detections come in the same order; the post-processor only drops the boxes
     # that clipping to the image empties.
-    final = post(outputs, batch.image_sizes, [orig_size])[0].to("cpu")
+    final = post(outputs, batch.image_sizes, orig_sizes)[0].to("cpu")
     n_final = min(int((final.scores >= score_threshold).sum()), top)
     final = Detections(
         final.boxes[:n_final], final.scores[:n_final], final.labels[:n_final], final.masks[:n_final]
     )
     h, w = batch.image_sizes[0]
-    stride = round(1 / post.pooler_scale)
+    stride = spec.bases_stride
     return Explanation(
-        image=resized.cpu(),
+        image=batch.tensor[0, :, :h, :w].cpu(),
         detections=final,
         # ceil(h / 4) x ceil(w / 4): the bases that see the image, not the padding
         bases=bases[0, :, : -(-h // stride), : -(-w // stride)].cpu(),
         boxes=boxes.cpu(),
         scores=det["scores"][keep].cpu(),
         labels=det["labels"][keep].cpu(),
-        attention_weights=attention_weights.cpu(),
-        pooled_bases=pooled.cpu(),
+        attention_weights=weights.cpu(),
+        pooled_bases=pooled_bases.cpu(),
         masks=masks.float().cpu(),
         class_names=list(predictor.cfg.data.category_names),
     )
@@ -195,8 +137,9 @@ def draw_explanation(expl: Explanation, *, original_image: Tensor | None = None)
     tests and users can find the maps shown.
 
     Args:
-        original_image (Tensor[3, H0, W0]): the image the detections refer to; default the
-            resized input (then the overlay skips the masks whose size differs).
+        original_image (Tensor[3, H0, W0]): uint8 or float [0, 1] RGB, the image the
+            detections refer to; default the resized input (then the overlay skips the masks
+            whose size differs).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -266,7 +209,7 @@ def explain_figure(
     predictor: Predictor, image: Any, *, top: int = 4, score_threshold: float = 0.0
 ) -> Figure:
     """`explain_image` + `draw_explanation`: the figure for one image (see the module docs)."""
-    from blendmask.predictor import to_image_tensor
+    from blendmask.data.preprocess import to_image_tensor
 
     image_t = to_image_tensor(image)
     expl = explain_image(predictor, image_t, top=top, score_threshold=score_threshold)
@@ -303,29 +246,3 @@ def save_explanation(
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=dpi)
     return out_png
-
-
-def add_explain_args(parser: argparse.ArgumentParser) -> None:
-    """bases, attentions and blended masks of the top detections of one image (PNG)"""
-    parser.add_argument("--weights", required=True, help="model file (model.pt)")
-    parser.add_argument("image", metavar="IMAGE", help="an image file")
-    parser.add_argument("--out", required=True, help="output PNG")
-    parser.add_argument("--top", type=int, default=4, help="detections to explain")
-    parser.add_argument("--score-threshold", type=float, default=0.0)
-    parser.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
-
-
-def run_explain(args: argparse.Namespace) -> int:
-    image = Path(args.image)
-    if not image.is_file():
-        raise FileNotFoundError(f"{image}: image not found")
-    path = save_explanation(
-        args.weights,
-        image,
-        args.out,
-        top=args.top,
-        device=args.device,
-        score_threshold=args.score_threshold,
-    )
-    print(f"wrote {path}")
-    return 0

@@ -17,6 +17,7 @@ from blendmask.modeling.fcos_head import FCOSHead
 from blendmask.modeling.fpn import FPN
 from blendmask.modeling.losses import BlendMaskCriterion
 from blendmask.modeling.postprocess import BlendMaskPostProcessor
+from blendmask.structures import BlenderSpec
 
 MODEL_FORMAT_VERSION = 1
 
@@ -116,6 +117,20 @@ def build_network(cfg: Config, *, load_pretrained: bool = True) -> BlendMask:
     )
 
 
+def blender_spec(cfg: Config) -> BlenderSpec:
+    """The blender's settings of `cfg.model.blender`, one value for criterion and post-processor."""
+    b = cfg.model.blender
+    return BlenderSpec(
+        resolution=b.bottom_resolution,
+        attn_size=b.attn_size,
+        top_interp=b.top_interp,
+        pooler_type=b.pooler_type,
+        pooler_sampling_ratio=b.pooler_sampling_ratio,
+        pooler_scale=b.pooler_scale,
+        fixed_onehot=b.fixed_onehot_attention,
+    )
+
+
 def build_criterion(cfg: Config) -> BlendMaskCriterion:
     m = cfg.model
     return BlendMaskCriterion(
@@ -125,13 +140,7 @@ def build_criterion(cfg: Config) -> BlendMaskCriterion:
         pos_radius=m.fcos.pos_radius,
         focal_alpha=m.fcos.loss_alpha,
         focal_gamma=m.fcos.loss_gamma,
-        bottom_resolution=m.blender.bottom_resolution,
-        attn_size=m.blender.attn_size,
-        top_interp=m.blender.top_interp,
-        pooler_type=m.blender.pooler_type,
-        pooler_sampling_ratio=m.blender.pooler_sampling_ratio,
-        pooler_scale=m.blender.pooler_scale,
-        fixed_onehot_attention=m.blender.fixed_onehot_attention,
+        blender=blender_spec(cfg),
         instance_loss_weight=m.blender.instance_loss_weight,
         sem_loss_on=m.basis_module.loss_on,
         sem_loss_weight=m.basis_module.loss_weight,
@@ -148,13 +157,7 @@ def build_postprocessor(cfg: Config) -> BlendMaskPostProcessor:
         nms_thresh=m.fcos.nms_th,
         post_nms_topk=m.fcos.post_nms_topk_test,
         thresh_with_ctr=m.fcos.thresh_with_ctr,
-        bottom_resolution=m.blender.bottom_resolution,
-        attn_size=m.blender.attn_size,
-        top_interp=m.blender.top_interp,
-        pooler_type=m.blender.pooler_type,
-        pooler_sampling_ratio=m.blender.pooler_sampling_ratio,
-        pooler_scale=m.blender.pooler_scale,
-        fixed_onehot_attention=m.blender.fixed_onehot_attention,
+        blender=blender_spec(cfg),
     )
 
 

@@ -2,17 +2,82 @@
 post-processor.
 
 Glossary: N images, P points over all FPN levels (level-major, P3 first), C foreground classes,
-K bases, M attention size, G gt instances, D detections, H/W padded input size, H0/W0 original
-image size.
+K bases, M attention size, R bottom (RoI) resolution, G gt instances, D detections, H/W padded
+input size, H0/W0 original image size.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
+
+# The blender's choices (BlendMask Table 2): bottom pooling and top-layer interpolation.
+POOLER_TYPES = ("ROIAlignV2", "ROIPool")
+TOP_INTERPS = ("bilinear", "nearest")
+
+
+@dataclass(frozen=True)
+class BlenderSpec:
+    """The blender's settings (BlendMask Sec. 3.2, Eq. 1-4), shared by training and inference.
+
+    One frozen value built from `cfg.model.blender`, handed to the criterion, the
+    post-processor and `blendmask.explain`, so the three always blend the same way.
+
+    resolution: R, side of the pooled bases and of the blended mask (56).
+    attn_size: M, side of each detection's K attention maps (14).
+    top_interp: how the attention is resized M -> R (Eq. 2): "bilinear" (align_corners=False)
+        or "nearest".
+    pooler_type: how the bases are cropped (Eq. 1): "ROIAlignV2" (`roi_align`, aligned=True)
+        or "ROIPool" (nearest base pixel at each bin centre).
+    pooler_sampling_ratio: RoIAlign samples per bin side (1; 0 = adaptive, as `roi_align`).
+    pooler_scale: bases size / input size (0.25: the bases are at stride 4).
+    fixed_onehot: FCIS assembly (Table 1): K = M*M fixed one-hot attentions, values ignored.
+    """
+
+    resolution: int = 56
+    attn_size: int = 14
+    top_interp: str = "bilinear"
+    pooler_type: str = "ROIAlignV2"
+    pooler_sampling_ratio: int = 1
+    pooler_scale: float = 0.25
+    fixed_onehot: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("resolution", "attn_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"BlenderSpec.{name}: expected an integer >= 1, got {value!r}")
+        if self.top_interp not in TOP_INTERPS:
+            raise ValueError(
+                f"BlenderSpec.top_interp: expected one of {TOP_INTERPS}, got {self.top_interp!r}"
+            )
+        if self.pooler_type not in POOLER_TYPES:
+            raise ValueError(
+                f"BlenderSpec.pooler_type: expected one of {POOLER_TYPES}, got {self.pooler_type!r}"
+            )
+        ratio = self.pooler_sampling_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, int) or ratio < 0:
+            raise ValueError(
+                f"BlenderSpec.pooler_sampling_ratio: expected an integer >= 0, got {ratio!r}"
+            )
+        scale = self.pooler_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+            raise ValueError(f"BlenderSpec.pooler_scale: expected a number, got {scale!r}")
+        if not (math.isfinite(scale) and 0 < scale <= 1):
+            raise ValueError(f"BlenderSpec.pooler_scale: expected a number in (0, 1], got {scale}")
+        if not isinstance(self.fixed_onehot, bool):
+            raise ValueError(
+                f"BlenderSpec.fixed_onehot: expected a bool, got {self.fixed_onehot!r}"
+            )
+
+    @property
+    def bases_stride(self) -> int:
+        """Input pixels per base pixel (4 for `pooler_scale` 0.25)."""
+        return round(1 / self.pooler_scale)
 
 
 class ImageBatch(NamedTuple):

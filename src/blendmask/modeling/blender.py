@@ -1,21 +1,23 @@
-"""The blender: BlendMask Sec. 3.2 (Eq. 1-4), plus mask pasting into the image.
+"""The blender: BlendMask Sec. 3.2, Eq. 1-4, as pure functions of a `BlenderSpec`.
 
-Pure functions without parameters (the reference's `Blender` is a plain object too, ADELAIDET.md
-§1.8). The paper's three steps:
+No parameters (the reference's `Blender` is a plain object too, ADELAIDET.md §1.8). The paper's
+steps, each one function:
 
 1. `pool_bases`: crop every detection's box out of the bases with RoIAlign (Eq. 1), R x R.
-2. `merge_bases`: resize the detection's K x M x M attention to R x R (Eq. 2), softmax over K
-   (Eq. 3), multiply with the cropped bases and sum over K (Eq. 4): one R x R mask logit map.
-3. `paste_masks`: put the R x R probabilities back into the image at each box (detectron2's
-   `paste_masks_in_image`, ADELAIDET.md §1.9).
+2. `attention_weights`: resize the detection's K x M x M attention to R x R (Eq. 2) and
+   normalise it with a softmax over K (Eq. 3).
+3. `merge_bases`: weight the K pooled bases with those and sum over K (Eq. 4): one R x R mask
+   logit map per detection.
 
-The paper's Table 1 baselines are special cases of `merge_bases`:
-- YOLACT: M = 1 (one scalar coefficient per base, a weighted sum of the cropped bases);
+Pasting the masks into the image is not the blender's: see paste.py.
+
+The paper's Table 1 baselines are special cases of the same functions:
+- YOLACT: M = 1 (one scalar coefficient per base, a weighted sum of the pooled bases);
 - FCIS: K = M*M bases, `fixed_onehot=True` and nearest interpolation: cell (i, j) of the box
   reads base k = i*M + j (position-sensitive assembly).
 
 Shapes: N images, K bases, M attention size, R bottom (RoI) resolution, D detections,
-Hb/Wb bases size (input / 4), H/W output image size.
+Hb/Wb bases size (input / 4).
 """
 
 from __future__ import annotations
@@ -25,14 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import roi_align
 
-POOLER_TYPES = ("ROIAlignV2", "ROIPool")
-TOP_INTERPS = ("bilinear", "nearest")
-
-# Pasting builds a (D, h, w, 2) sampling grid; above this many grid points it works in chunks
-# of detections so memory stays bounded (~2 x 4 B x 2**24 = 128 MiB for the grid).
-_PASTE_MAX_GRID_POINTS = 2**24
-# Float32 rounding of the separable interpolation in `paste_masks` (measured <= 2e-7).
-_PASTE_EPS = 1e-6
+from ..structures import BlenderSpec
 
 
 def _boxes_to_rois(boxes: list[Tensor], dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -78,51 +73,42 @@ def _roi_nearest(bases: Tensor, rois: Tensor, resolution: int, scale: float) -> 
     return pooled.permute(0, 3, 1, 2).reshape(n_rois, k, resolution, resolution)
 
 
-def pool_bases(
-    bases: Tensor,
-    boxes: list[Tensor],
-    *,
-    resolution: int = 56,
-    scale: float = 0.25,
-    sampling_ratio: int = 1,
-    pooler_type: str = "ROIAlignV2",
-) -> Tensor:
+def pool_bases(bases: Tensor, boxes: list[Tensor], spec: BlenderSpec) -> Tensor:
     """Crop the bases of every box to R x R (BlendMask Eq. 1; ADELAIDET.md §1.8).
 
+    `spec.pooler_type` "ROIAlignV2" is `torchvision.ops.roi_align` with aligned=True (the box
+    is shifted by -0.5 px after scaling by `spec.pooler_scale`), `spec.pooler_sampling_ratio`
+    samples per bin side; "ROIPool" takes the nearest base pixel at each bin centre, no
+    interpolation (see `_roi_nearest`).
+
     Args:
-        bases (Tensor[N, K, Hb, Wb]): bases of the padded batch, stride 1/scale.
+        bases (Tensor[N, K, Hb, Wb]): bases of the padded batch, stride 1 / spec.pooler_scale.
         boxes (list[Tensor[Di, 4]]): per image, xyxy in input pixels. Not clipped: the
             reference pools predicted boxes as they are.
-        resolution: R.
-        scale: bases size / input size (0.25).
-        sampling_ratio: RoIAlign samples per bin side (the reference uses 1).
-        pooler_type: "ROIAlignV2" (`torchvision.ops.roi_align`, aligned=True: the box is
-            shifted by -0.5 px after scaling) or "ROIPool" (nearest pixel at each bin centre,
-            no interpolation; see `_roi_nearest`).
+        spec: the blender's settings (R = spec.resolution).
 
     Returns:
-        Tensor[D, K, R, R]: D = sum(Di), images in order.
+        Tensor[D, K, R, R]: the pooled bases, D = sum(Di), images in order.
     """
     if bases.dim() != 4:
         raise ValueError(f"expected bases of shape [N, K, Hb, Wb], got {tuple(bases.shape)}")
     if len(boxes) != bases.shape[0]:
         raise ValueError(f"expected {bases.shape[0]} box lists (one per image), got {len(boxes)}")
-    if pooler_type not in POOLER_TYPES:
-        raise ValueError(f"expected pooler_type in {POOLER_TYPES}, got {pooler_type!r}")
+    resolution = spec.resolution
     rois = _boxes_to_rois(boxes, bases.dtype, bases.device)
     if rois.shape[0] == 0:
         # Keep the result attached to the graph so callers can still backpropagate through it.
         return bases.new_zeros((0, bases.shape[1], resolution, resolution)) + 0 * bases.sum()
-    if pooler_type == "ROIAlignV2":
+    if spec.pooler_type == "ROIAlignV2":
         return roi_align(
             bases,
             rois,
             output_size=resolution,
-            spatial_scale=scale,
-            sampling_ratio=sampling_ratio,
+            spatial_scale=spec.pooler_scale,
+            sampling_ratio=spec.pooler_sampling_ratio,
             aligned=True,
         )
-    return _roi_nearest(bases, rois, resolution, scale)
+    return _roi_nearest(bases, rois, resolution, spec.pooler_scale)
 
 
 def fcis_attention(attn_size: int, num_detections: int, device: torch.device | str) -> Tensor:
@@ -148,175 +134,104 @@ def _logit_of_sigmoid_product(a: Tensor, b: Tensor) -> Tensor:
     return log_p - torch.log(-torch.expm1(log_p))
 
 
-def merge_bases(
-    rois: Tensor,
-    attentions: Tensor,
-    *,
-    attn_size: int,
-    top_interp: str = "bilinear",
-    fixed_onehot: bool = False,
-) -> Tensor:
-    """Blend the cropped bases with each detection's attention (BlendMask Eq. 2-4).
+def _resize_attentions(attentions: Tensor, spec: BlenderSpec, num_bases: int) -> Tensor:
+    """Eq. 2: each detection's K x M x M attention resized to R x R, before normalising.
 
-    The attention (K, M, M) is resized to R x R with `F.interpolate` (align_corners=False for
-    bilinear), normalised with a softmax over K and used to weight the K cropped bases, which
-    are summed over K (ADELAIDET.md §1.8).
-
-    K = 1: a softmax over one base is always 1, so the reference would ignore the attention.
-    Following the paper, K = 1 uses sigmoid on both instead; the probability
-    sigmoid(attn) * sigmoid(base) is returned as its logit so that the loss (BCE with logits)
-    and post-processing (sigmoid) treat every K the same.
-
-    `fixed_onehot=True` is the FCIS assembly: the values of `attentions` are ignored, K must be M*M,
-    the one-hot attention of `fcis_attention` is resized with nearest interpolation (whatever
-    `top_interp` says) and no softmax is applied, so each pixel reads exactly one base.
+    With `spec.fixed_onehot` the values of `attentions` are ignored and the FCIS one-hot cells
+    of `fcis_attention` are resized with nearest interpolation, whatever `spec.top_interp`
+    says, so that each pixel keeps reading exactly one base.
 
     Args:
-        rois (Tensor[D, K, R, R]): cropped bases from `pool_bases`.
-        attentions (Tensor[D, K*M*M]): attention logits of each detection (`attentions`).
-        attn_size: M.
-        top_interp: "bilinear" or "nearest".
-        fixed_onehot: FCIS position-sensitive assembly.
+        attentions (Tensor[D, K*M*M]): attention logits of each detection.
+
+    Returns:
+        Tensor[D, K, R, R].
+    """
+    m, size = spec.attn_size, (spec.resolution, spec.resolution)
+    if spec.fixed_onehot and num_bases != m * m:
+        raise ValueError(
+            f"fixed one-hot (FCIS) attention needs num_bases = attn_size**2 = {m * m}, "
+            f"got {num_bases} bases"
+        )
+    if attentions.dim() != 2 or attentions.shape[1] != num_bases * m * m:
+        raise ValueError(
+            f"expected attentions of shape [D, {num_bases * m * m}] (K*M*M with K={num_bases}, "
+            f"M={m}), got {tuple(attentions.shape)}"
+        )
+    d = attentions.shape[0]
+    if spec.fixed_onehot:
+        attentions = fcis_attention(m, d, attentions.device).to(attentions.dtype)
+    # (D, K*M*M) -> (D, K, M, M) -> (D, K, R, R)
+    resized = attentions.reshape(d, num_bases, m, m)
+    if spec.top_interp == "bilinear" and not spec.fixed_onehot:
+        return F.interpolate(resized, size=size, mode="bilinear", align_corners=False)
+    return F.interpolate(resized, size=size, mode="nearest")
+
+
+def attention_weights(attentions: Tensor, spec: BlenderSpec, num_bases: int) -> Tensor:
+    """The weights the blender gives each pooled base (BlendMask Eq. 2-3; ADELAIDET.md §1.8).
+
+    The attention (K, M, M) is resized to R x R with `F.interpolate` (bilinear with
+    align_corners=False, or nearest: `spec.top_interp`) and normalised with a softmax over K,
+    so the K weights of a pixel sum to 1.
+
+    K = 1: a softmax over one base is always 1, so the reference would ignore the attention;
+    following the paper, the weight is sigmoid(attention) instead (and `merge_bases` uses
+    sigmoid(base)). `spec.fixed_onehot`: the FCIS one-hot cells, resized with nearest
+    interpolation, no softmax (see `_resize_attentions`).
+
+    Args:
+        attentions (Tensor[D, K*M*M]): attention logits of each detection (the top layer's
+            `attentions` at its location).
+        spec: the blender's settings (M = spec.attn_size, R = spec.resolution).
+        num_bases: K.
+
+    Returns:
+        Tensor[D, K, R, R]: the weights, in [0, 1].
+    """
+    resized = _resize_attentions(attentions, spec, num_bases)
+    if spec.fixed_onehot:
+        return resized
+    if num_bases == 1:
+        return resized.sigmoid()
+    return resized.softmax(dim=1)
+
+
+def merge_bases(pooled_bases: Tensor, attentions: Tensor, spec: BlenderSpec) -> Tensor:
+    """Blend each detection's pooled bases with its attention (BlendMask Eq. 4).
+
+    mask logit = sum over K of `attention_weights` * pooled base (ADELAIDET.md §1.8).
+
+    K = 1 (no softmax, see `attention_weights`): the probability sigmoid(attention) *
+    sigmoid(base) is returned as its logit, so that the loss (BCE with logits) and
+    post-processing (sigmoid) treat every K the same. It is computed from the resized attention
+    logits in log space, not from the weight, so it stays finite where a sigmoid saturates.
+
+    Args:
+        pooled_bases (Tensor[D, K, R, R]): from `pool_bases` with the same `spec`.
+        attentions (Tensor[D, K*M*M]): attention logits of each detection.
+        spec: the blender's settings.
 
     Returns:
         Tensor[D, R, R]: mask logits.
     """
-    if rois.dim() != 4:
-        raise ValueError(f"expected rois of shape [D, K, R, R], got {tuple(rois.shape)}")
-    if top_interp not in TOP_INTERPS:
-        raise ValueError(f"expected top_interp in {TOP_INTERPS}, got {top_interp!r}")
-    d, k, r_h, r_w = rois.shape
-    if fixed_onehot:
-        if k != attn_size * attn_size:
-            raise ValueError(
-                f"fixed one-hot (FCIS) attention needs num_bases = attn_size**2 = "
-                f"{attn_size * attn_size}, got {k} bases"
-            )
-        weights = fcis_attention(attn_size, d, rois.device).to(rois.dtype)
-        # (D, K*M*M) -> (D, K, M, M) -> (D, K, R, R)
-        weights = weights.reshape(d, k, attn_size, attn_size)
-        weights = F.interpolate(weights, size=(r_h, r_w), mode="nearest")
-        return (rois * weights).sum(dim=1)
-
-    expected = k * attn_size * attn_size
-    if attentions.dim() != 2 or attentions.shape != (d, expected):
+    r = spec.resolution
+    if pooled_bases.dim() != 4 or pooled_bases.shape[-2:] != (r, r):
         raise ValueError(
-            f"expected attentions of shape [{d}, {expected}] (K*M*M with K={k}, M={attn_size}), "
+            f"expected pooled_bases of shape [D, K, {r}, {r}] (R = spec.resolution), "
+            f"got {tuple(pooled_bases.shape)}"
+        )
+    d, k = pooled_bases.shape[:2]
+    if attentions.shape[0] != d:
+        raise ValueError(
+            f"expected attentions for {d} detections (one per pooled box), "
             f"got {tuple(attentions.shape)}"
         )
-    # (D, K*M*M) -> (D, K, M, M) -> (D, K, R, R)
-    coeffs = attentions.reshape(d, k, attn_size, attn_size)
-    if top_interp == "bilinear":
-        coeffs = F.interpolate(coeffs, size=(r_h, r_w), mode="bilinear", align_corners=False)
-    else:
-        coeffs = F.interpolate(coeffs, size=(r_h, r_w), mode="nearest")
-    if k == 1:
-        return _logit_of_sigmoid_product(coeffs[:, 0], rois[:, 0])
-    return (rois * coeffs.softmax(dim=1)).sum(dim=1)
-
-
-def paste_masks(
-    masks: Tensor,
-    boxes: Tensor,
-    image_size: tuple[int, int],
-    threshold: float = 0.5,
-) -> Tensor:
-    """Paste R x R mask probabilities into the image and binarise (ADELAIDET.md §1.9).
-
-    Same maths as detectron2's `paste_masks_in_image`: the centre (x + 0.5, y + 0.5) of every
-    image pixel is normalised into its box as 2 * (c - x0) / (x1 - x0) - 1 and the mask is
-    sampled there bilinearly (`grid_sample(align_corners=False)`, zero outside), then
-    `>= threshold`.
-
-    Bilinear sampling with zero padding is separable, so each mask is resampled with two
-    batched matmuls, and only inside a window around its own box (outside it no pixel centre
-    can reach a mask sample): the sampling runs for all detections at once (a few chunks of
-    similar-size boxes at most). Only the write of each finished window into its slice of the
-    (D, H, W) output is per detection: a slice copy, cheaper than a scatter of every window
-    pixel. On a CPU this is ~20x faster than `grid_sample` over the image.
-
-    Args:
-        masks (Tensor[D, R, R]): probabilities.
-        boxes (Tensor[D, 4]): xyxy in output pixels (already clipped by the caller, as the
-            reference does).
-        image_size: (H, W) of the output.
-        threshold: binarisation threshold (`>=`).
-
-    Returns:
-        Tensor[D, H, W]: bool.
-    """
-    if masks.dim() != 3:
-        raise ValueError(f"expected masks of shape [D, R, R], got {tuple(masks.shape)}")
-    if boxes.shape != (masks.shape[0], 4):
-        raise ValueError(f"expected boxes of shape [{masks.shape[0]}, 4], got {tuple(boxes.shape)}")
-    height, width = int(image_size[0]), int(image_size[1])
-    num = masks.shape[0]
-    out = torch.zeros((num, height, width), dtype=torch.bool, device=masks.device)
-    if num == 0 or height == 0 or width == 0:
-        return out
-    masks = masks.float()
-    boxes = boxes.float()
-    # Window of each box with a one-pixel margin (as detectron2's skip_empty), capped to the
-    # image; grouping boxes of similar size keeps the padded windows of a chunk tight.
-    lo = torch.floor(boxes[:, :2]) - 1
-    hi = torch.ceil(boxes[:, 2:]) + 1
-    extent = (hi - lo).clamp(min=1)
-    extent = torch.minimum(extent, torch.tensor([width, height], device=extent.device))
-    order = torch.argsort(extent[:, 0] * extent[:, 1])
-    extent_cpu = extent[order].long().cpu()
-    start = 0
-    while start < num:
-        # Grow the chunk while its padded windows stay within the memory budget.
-        stop = start + 1
-        while stop < num:
-            w_max, h_max = extent_cpu[start : stop + 1].max(dim=0).values.tolist()
-            if (stop + 1 - start) * w_max * h_max > _PASTE_MAX_GRID_POINTS:
-                break
-            stop += 1
-        idx = order[start:stop]
-        w_max, h_max = extent_cpu[start:stop].max(dim=0).values.tolist()
-        # Window origins, shifted so that every window lies inside the image.
-        x_start = lo[idx, 0].clamp(min=0, max=width - w_max)
-        y_start = lo[idx, 1].clamp(min=0, max=height - h_max)
-        xs = x_start[:, None] + torch.arange(w_max, device=masks.device, dtype=torch.float32)
-        ys = y_start[:, None] + torch.arange(h_max, device=masks.device, dtype=torch.float32)
-        x0, y0, x1, y1 = boxes[idx].unbind(1)
-        # (Dc, w) and (Dc, h) normalised pixel-centre coordinates; empty boxes are the
-        # caller's to drop, the clamp only keeps them from producing NaN.
-        gx = (xs + 0.5 - x0[:, None]) / (x1 - x0).clamp(min=1e-6)[:, None] * 2 - 1
-        gy = (ys + 0.5 - y0[:, None]) / (y1 - y0).clamp(min=1e-6)[:, None] * 2 - 1
-        wx = _bilinear_weights(gx, masks.shape[2])  # (Dc, w, R)
-        wy = _bilinear_weights(gy, masks.shape[1])  # (Dc, h, R)
-        # grid_sample(m, grid)[y, x] = sum_ij wy[y, i] * m[i, j] * wx[x, j]
-        sampled = torch.bmm(wy, torch.bmm(masks[idx], wx.transpose(1, 2)))  # (Dc, h, w)
-        # The separable sums round differently from grid_sample's (~1e-7): a probability of
-        # exactly `threshold` (common: a box outside the bases pools zeros, sigmoid(0) = 0.5)
-        # must stay inside, as `>=` keeps it in the reference.
-        # Each window is a rectangle of the output: comparing straight into its slice is
-        # several times cheaper than a 3-index scatter of every window pixel (one host sync
-        # per chunk for the window origins).
-        for d, x, y, window in zip(
-            idx.tolist(), x_start.long().tolist(), y_start.long().tolist(), sampled.unbind(0)
-        ):
-            torch.ge(window, threshold - _PASTE_EPS, out=out[d, y : y + h_max, x : x + w_max])
-        start = stop
-    return out
-
-
-def _bilinear_weights(coords: Tensor, size: int) -> Tensor:
-    """Interpolation matrix of `F.grid_sample(mode="bilinear", align_corners=False,
-    padding_mode="zeros")` along one axis.
-
-    Args:
-        coords (Tensor[D, n]): normalised sample coordinates in [-1, 1] (outside reads 0).
-        size: length of the sampled axis (R).
-
-    Returns:
-        Tensor[D, n, size]: the weights of each sample's two neighbouring taps.
-    """
-    # align_corners=False: -1 and 1 are the outer edges of the first and last pixel.
-    src = ((coords + 1) * size - 1) / 2
-    taps = torch.arange(size, device=coords.device, dtype=coords.dtype)
-    # The bilinear "hat" max(0, 1 - |k - src|); taps outside [0, size) do not exist, which is
-    # the zero padding.
-    return (1 - (taps - src[..., None]).abs()).clamp(min=0)
+    if k == 1 and not spec.fixed_onehot:
+        resized = _resize_attentions(attentions, spec, k)
+        return _logit_of_sigmoid_product(resized[:, 0], pooled_bases[:, 0])
+    weights = attention_weights(attentions, spec, k)
+    if spec.fixed_onehot:
+        # A pure selection: it keeps the bases' dtype, whatever the (ignored) attentions' is.
+        weights = weights.to(pooled_bases.dtype)
+    return (pooled_bases * weights).sum(dim=1)

@@ -10,15 +10,37 @@ H/W padded input size.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import sigmoid_focal_loss
 
-from ..structures import BlendMaskOutputs, Target
+from ..structures import BlenderSpec, BlendMaskOutputs, Target
 from .blender import merge_bases, pool_bases
-from .targets import assign_fcos_targets, compute_semantic_targets, project_masks_on_boxes
+from .targets import (
+    FCOSTargets,
+    assign_fcos_targets,
+    compute_semantic_targets,
+    project_masks_on_boxes,
+)
+
+
+class _Positives(NamedTuple):
+    """The positive locations of a batch (Npos of them) and the GIoU / mask loss normaliser.
+
+    img_idx, point_idx, gt_inds (Tensor[Npos]): int64 image, location in P, gt of that image.
+    ctr_targets (Tensor[Npos]): centerness targets, the per-location loss weights.
+    loss_denorm (Tensor[]): max(mean over ranks of sum(ctr_targets), 1e-6).
+    """
+
+    img_idx: Tensor
+    point_idx: Tensor
+    gt_inds: Tensor
+    ctr_targets: Tensor
+    loss_denorm: Tensor
 
 
 def reduce_mean(tensor: Tensor) -> Tensor:
@@ -111,13 +133,7 @@ class BlendMaskCriterion(nn.Module):
         pos_radius: float = 1.5,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
-        bottom_resolution: int = 56,
-        attn_size: int = 14,
-        top_interp: str = "bilinear",
-        pooler_type: str = "ROIAlignV2",
-        pooler_sampling_ratio: int = 1,
-        pooler_scale: float = 0.25,
-        fixed_onehot_attention: bool = False,
+        blender: BlenderSpec = BlenderSpec(),
         instance_loss_weight: float = 1.0,
         sem_loss_on: bool = True,
         sem_loss_weight: float = 0.3,
@@ -130,13 +146,7 @@ class BlendMaskCriterion(nn.Module):
         self.pos_radius = pos_radius
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
-        self.bottom_resolution = bottom_resolution
-        self.attn_size = attn_size
-        self.top_interp = top_interp
-        self.pooler_type = pooler_type
-        self.pooler_sampling_ratio = pooler_sampling_ratio
-        self.pooler_scale = pooler_scale
-        self.fixed_onehot_attention = fixed_onehot_attention
+        self.blender = blender
         self.instance_loss_weight = instance_loss_weight
         self.sem_loss_on = sem_loss_on
         self.sem_loss_weight = sem_loss_weight
@@ -155,10 +165,9 @@ class BlendMaskCriterion(nn.Module):
             dict of scalar losses.
         """
         num_images = outputs.cls_logits.shape[0]
-        bases = outputs.bases
         padded_size = (
-            round(bases.shape[-2] / self.pooler_scale),
-            round(bases.shape[-1] / self.pooler_scale),
+            round(outputs.bases.shape[-2] / self.blender.pooler_scale),
+            round(outputs.bases.shape[-1] / self.blender.pooler_scale),
         )
         _check_targets(targets, num_images, padded_size)
         device = outputs.cls_logits.device
@@ -176,16 +185,35 @@ class BlendMaskCriterion(nn.Module):
             center_sample=self.center_sample,
             pos_radius=self.pos_radius,
         )
+        losses, pos = self._detection_losses(outputs, fcos)
+        # Losses in float32 even under autocast.
+        attentions = outputs.attentions.float()
+        bases = outputs.bases.float()
+        if pos.img_idx.numel() == 0:
+            # No positive anywhere in this batch: a zero loss that keeps the attentions and the
+            # bases in the graph (as the reference's `x.sum() * 0`), so backward and DDP work.
+            losses["loss_mask"] = attentions.sum() * 0 + bases.sum() * 0
+        else:
+            losses["loss_mask"] = (
+                self._mask_loss(bases, attentions, targets, gt_boxes, pos)
+                * self.instance_loss_weight
+            )
+        if self.sem_loss_on and outputs.sem_logits is not None:
+            losses["loss_basis_sem"] = self._semantic_loss(outputs.sem_logits, targets, gt_labels)
+        return losses
+
+    def _detection_losses(
+        self, outputs: BlendMaskOutputs, fcos: FCOSTargets
+    ) -> tuple[dict[str, Tensor], _Positives]:
+        """FCOS losses (ADELAIDET.md §3.2): loss_fcos_cls, loss_fcos_loc, loss_fcos_ctr, and the
+        positive locations with their normaliser for the mask loss."""
         # Losses in float32 even under autocast.
         cls_logits = outputs.cls_logits.float()
         bbox_reg = outputs.bbox_reg.float()
         ctrness = outputs.ctrness.float()
-        attentions = outputs.attentions.float()
-        bases = bases.float()
 
         pos = fcos.labels != self.num_classes  # (N, P)
-        num_pos = pos.sum()
-        num_pos_avg = reduce_mean(num_pos.float()).clamp(min=1.0)
+        num_pos_avg = reduce_mean(pos.sum().float()).clamp(min=1.0)
 
         # Focal loss on one-hot targets (all zero for background), / num_pos_avg.
         # (N, P) -> (N, P, C+1) -> drop the background column
@@ -204,6 +232,9 @@ class BlendMaskCriterion(nn.Module):
         img_idx, point_idx = pos.nonzero(as_tuple=True)
         ctr_targets = fcos.ctr_targets[img_idx, point_idx]
         loss_denorm = reduce_mean(ctr_targets.sum()).clamp(min=1e-6)
+        positives = _Positives(
+            img_idx, point_idx, fcos.gt_inds[img_idx, point_idx], ctr_targets, loss_denorm
+        )
 
         losses: dict[str, Tensor] = {"loss_fcos_cls": loss_cls}
         if img_idx.numel() == 0:
@@ -211,49 +242,39 @@ class BlendMaskCriterion(nn.Module):
             # graph (as the reference's `x.sum() * 0`), so backward and DDP still work.
             losses["loss_fcos_loc"] = bbox_reg.sum() * 0
             losses["loss_fcos_ctr"] = ctrness.sum() * 0
-            losses["loss_mask"] = attentions.sum() * 0 + bases.sum() * 0
-        else:
-            _, gious = compute_ious_ltrb(
-                bbox_reg[img_idx, point_idx], fcos.reg_targets[img_idx, point_idx]
+            return losses, positives
+        _, gious = compute_ious_ltrb(
+            bbox_reg[img_idx, point_idx], fcos.reg_targets[img_idx, point_idx]
+        )
+        losses["loss_fcos_loc"] = ((1 - gious) * ctr_targets).sum() / loss_denorm
+        losses["loss_fcos_ctr"] = (
+            F.binary_cross_entropy_with_logits(
+                ctrness[img_idx, point_idx], ctr_targets, reduction="sum"
             )
-            losses["loss_fcos_loc"] = ((1 - gious) * ctr_targets).sum() / loss_denorm
-            losses["loss_fcos_ctr"] = (
-                F.binary_cross_entropy_with_logits(
-                    ctrness[img_idx, point_idx], ctr_targets, reduction="sum"
-                )
-                / num_pos_avg
-            )
-            losses["loss_mask"] = (
-                self._mask_loss(
-                    bases,
-                    attentions,
-                    targets,
-                    gt_boxes,
-                    img_idx,
-                    point_idx,
-                    fcos.gt_inds[img_idx, point_idx],
-                    ctr_targets,
-                    loss_denorm,
-                )
-                * self.instance_loss_weight
-            )
+            / num_pos_avg
+        )
+        return losses, positives
 
-        if self.sem_loss_on and outputs.sem_logits is not None:
-            sem_logits = outputs.sem_logits.float()
-            sem_targets = compute_semantic_targets(
-                [t["masks"] for t in targets],
-                gt_labels,
-                (
-                    sem_logits.shape[-2] * self.common_stride,
-                    sem_logits.shape[-1] * self.common_stride,
-                ),
-                self.common_stride,
-            )
-            # Mean over every pixel of the padded batch; padding is background (label 0).
-            losses["loss_basis_sem"] = (
-                F.cross_entropy(sem_logits, sem_targets.to(device)) * self.sem_loss_weight
-            )
-        return losses
+    def _semantic_loss(
+        self, sem_logits: Tensor, targets: list[Target], gt_labels: list[Tensor]
+    ) -> Tensor:
+        """Auxiliary basis semantic loss (ADELAIDET.md §3.4), weighted.
+
+        Args:
+            sem_logits (Tensor[N, C+1, H/8, W/8]): the bottom module's semantic logits.
+        """
+        sem_logits = sem_logits.float()
+        sem_targets = compute_semantic_targets(
+            [t["masks"] for t in targets],
+            gt_labels,
+            (
+                sem_logits.shape[-2] * self.common_stride,
+                sem_logits.shape[-1] * self.common_stride,
+            ),
+            self.common_stride,
+        )
+        # Mean over every pixel of the padded batch; padding is background (label 0).
+        return F.cross_entropy(sem_logits, sem_targets.to(sem_logits.device)) * self.sem_loss_weight
 
     def _mask_loss(
         self,
@@ -261,11 +282,7 @@ class BlendMaskCriterion(nn.Module):
         attentions: Tensor,
         targets: list[Target],
         gt_boxes: list[Tensor],
-        img_idx: Tensor,
-        point_idx: Tensor,
-        gt_inds: Tensor,
-        ctr_targets: Tensor,
-        loss_denorm: Tensor,
+        pos: _Positives,
     ) -> Tensor:
         """Blended mask loss of every positive location (ADELAIDET.md §3.3).
 
@@ -276,40 +293,29 @@ class BlendMaskCriterion(nn.Module):
 
         Args:
             bases (Tensor[N, K, Hb, Wb]), attentions (Tensor[N, P, K*M*M]).
-            img_idx, point_idx, gt_inds, ctr_targets (Tensor[Npos]): the positives.
+            pos: the positive locations (at least one).
         """
-        resolution = self.bottom_resolution
-        rois = pool_bases(
-            bases,
-            gt_boxes,
-            resolution=resolution,
-            scale=self.pooler_scale,
-            sampling_ratio=self.pooler_sampling_ratio,
-            pooler_type=self.pooler_type,
-        )  # (G, K, R, R), images in order
+        spec = self.blender
+        pooled_bases = pool_bases(bases, gt_boxes, spec)  # (G, K, R, R), images in order
         # gt_inds index each image's own gt list: offset them into the concatenation.
         counts = torch.tensor([b.shape[0] for b in gt_boxes], device=bases.device)
         offsets = torch.cumsum(counts, 0) - counts
-        global_inds = gt_inds + offsets[img_idx]
+        global_inds = pos.gt_inds + offsets[pos.img_idx]
 
         logits = merge_bases(
-            rois[global_inds],
-            attentions[img_idx, point_idx],
-            attn_size=self.attn_size,
-            top_interp=self.top_interp,
-            fixed_onehot=self.fixed_onehot_attention,
+            pooled_bases[global_inds], attentions[pos.img_idx, pos.point_idx], spec
         )  # (Npos, R, R)
         mask_targets = torch.cat(
             [
-                project_masks_on_boxes(t["masks"].to(bases.device), b, resolution)
+                project_masks_on_boxes(t["masks"].to(bases.device), b, spec.resolution)
                 for t, b in zip(targets, gt_boxes)
             ]
         )[global_inds]
         per_location = F.binary_cross_entropy_with_logits(
             logits, mask_targets, reduction="none"
         ).mean(dim=(1, 2))
-        loss = (per_location * ctr_targets).sum() / loss_denorm
-        if self.fixed_onehot_attention:
+        loss = (per_location * pos.ctr_targets).sum() / pos.loss_denorm
+        if spec.fixed_onehot:
             # The FCIS assembly ignores the attention; keep it in the graph for DDP.
             loss = loss + attentions.sum() * 0
         return loss

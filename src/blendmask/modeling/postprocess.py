@@ -1,5 +1,6 @@
-"""Inference post-processing: FCOS decoding, top-k, NMS (FCOS Sec. 3), the blender at test
-time (BlendMask Sec. 3.2) and pasting into the original image.
+"""Inference post-processing: FCOS decoding, top-k, NMS (FCOS Sec. 3), the top layer at the
+kept locations (`attentions_at`), the blender at test time (BlendMask Sec. 3.2) and pasting
+into the original image.
 
 Numbers and quirks in ADELAIDET.md §4 (selection), §1.8 (blending) and §1.9 (pasting):
 - candidates are (location, class) pairs with cls * ctr > 0.05 (or cls > 0.05 when
@@ -11,18 +12,20 @@ Numbers and quirks in ADELAIDET.md §4 (selection), §1.8 (blending) and §1.9 (
   clipped, emptied ones dropped, and the masks pasted into the clipped boxes at `>= 0.5`.
 
 Shapes: N images, L levels, P points, C foreground classes, K bases, M attention size,
-R bottom resolution, D detections of one image, h/w resized unpadded size, H0/W0 original size.
+R bottom resolution, D detections of one image, h/w resized unpadded size, H0/W0 original size,
+C_t top-layer input channels, Hl/Wl level size.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
-from ..structures import BlendMaskOutputs, Detections
-from .blender import merge_bases, paste_masks, pool_bases
-from .blendmask import attentions_at
+from ..structures import BlenderSpec, BlendMaskOutputs, Detections
+from .blender import merge_bases, pool_bases
+from .paste import paste_masks
 
 
 def top_k_per_group(scores: Tensor, groups: Tensor, k: int) -> Tensor:
@@ -80,11 +83,76 @@ def top_k_per_group(scores: Tensor, groups: Tensor, k: int) -> Tensor:
     return torch.cat(kept) if kept else empty
 
 
+def attentions_at(
+    bbox_towers: tuple[Tensor, ...],
+    weight: Tensor,
+    bias: Tensor | None,
+    image_inds: Tensor,
+    point_inds: Tensor,
+) -> Tensor:
+    """The top layer (3x3 conv, padding 1) evaluated only at the given locations.
+
+    Equal to `top_layer(bbox_towers[l])[n, :, y, x]` for each (n, point) up to float rounding
+    (one matmul over the 3 x 3 patches instead of a conv), but costs O(D * C_t * 9 * K*M*M)
+    instead of a dense conv over every level. The network leaves the top layer unevaluated
+    with `dense_attentions=False`; the post-processor calls this for its kept detections.
+
+    Args:
+        bbox_towers (tuple[Tensor[N, C_t, Hl, Wl], ...]): per level, the top layer's input.
+        weight (Tensor[K*M*M, C_t, 3, 3]), bias (Tensor[K*M*M] | None): the top layer.
+        image_inds (Tensor[D]): int64 image of each location.
+        point_inds (Tensor[D]): int64 index in P (level-major, row-major within a level).
+
+    Returns:
+        Tensor[D, K*M*M]: attention logits.
+    """
+    device = bbox_towers[0].device
+    widths = torch.tensor([t.shape[-1] for t in bbox_towers], device=device)
+    counts = torch.tensor([t.shape[-2] * t.shape[-1] for t in bbox_towers], device=device)
+    padded_sizes = torch.tensor(
+        [(t.shape[-2] + 2) * (t.shape[-1] + 2) for t in bbox_towers], device=device
+    )
+    # Zero padding of 1, then all levels in one (N, Q, C_t) table of padded pixels.
+    # (N, C_t, Hl+2, Wl+2) -> (N, (Hl+2)*(Wl+2), C_t) per level, concatenated
+    table = torch.cat(
+        [F.pad(t, (1, 1, 1, 1)).flatten(2).transpose(1, 2) for t in bbox_towers], dim=1
+    )
+    level_starts = torch.cumsum(counts, 0) - counts
+    padded_starts = torch.cumsum(padded_sizes, 0) - padded_sizes
+    level = torch.searchsorted(torch.cumsum(counts, 0), point_inds, right=True)
+    local = point_inds - level_starts[level]
+    w = widths[level]
+    y, x = local // w, local % w
+    # Padded coordinates of the 3x3 neighbourhood: (y + dy, x + dx), dy, dx in 0..2.
+    dy = torch.arange(3, device=device).repeat_interleave(3)
+    dx = torch.arange(3, device=device).repeat(3)
+    flat = (
+        padded_starts[level, None]
+        + (y[:, None] + dy[None]) * (w[:, None] + 2)
+        + (x[:, None] + dx[None])
+    )
+    # (D, 9, C_t) -> (D, C_t, 9) -> (D, C_t*9), the order of weight.view(O, C_t*9)
+    patches = (
+        table[image_inds[:, None], flat]
+        .transpose(1, 2)
+        .reshape(len(point_inds), 9 * table.shape[2])
+    )
+    feats = patches @ weight.reshape(weight.shape[0], -1).t().to(patches.dtype)
+    if bias is not None:
+        feats = feats + bias.to(feats.dtype)
+    return feats
+
+
 class BlendMaskPostProcessor(nn.Module):
     """Raw BlendMaskOutputs -> `Detections` per image, in original-image pixels.
 
     `detect` (selection and NMS) and `blend` (R x R mask probabilities) are public so the
     explanation / visualisation code can reuse the intermediate results.
+
+    Args:
+        blender: the blender's settings for `pool_bases` / `merge_bases` (R, M, pooling,
+            interpolation, FCIS assembly); the criterion gets the same value.
+        mask_threshold: pasted probabilities `>=` this are foreground (see `paste_masks`).
     """
 
     def __init__(
@@ -96,13 +164,7 @@ class BlendMaskPostProcessor(nn.Module):
         nms_thresh: float = 0.6,
         post_nms_topk: int = 100,
         thresh_with_ctr: bool = True,
-        bottom_resolution: int = 56,
-        attn_size: int = 14,
-        top_interp: str = "bilinear",
-        pooler_type: str = "ROIAlignV2",
-        pooler_sampling_ratio: int = 1,
-        pooler_scale: float = 0.25,
-        fixed_onehot_attention: bool = False,
+        blender: BlenderSpec = BlenderSpec(),
         mask_threshold: float = 0.5,
     ) -> None:
         super().__init__()
@@ -112,13 +174,7 @@ class BlendMaskPostProcessor(nn.Module):
         self.nms_thresh = nms_thresh
         self.post_nms_topk = post_nms_topk
         self.thresh_with_ctr = thresh_with_ctr
-        self.bottom_resolution = bottom_resolution
-        self.attn_size = attn_size
-        self.top_interp = top_interp
-        self.pooler_type = pooler_type
-        self.pooler_sampling_ratio = pooler_sampling_ratio
-        self.pooler_scale = pooler_scale
-        self.fixed_onehot_attention = fixed_onehot_attention
+        self.blender = blender
         self.mask_threshold = mask_threshold
 
     @torch.no_grad()
@@ -215,24 +271,11 @@ class BlendMaskPostProcessor(nn.Module):
             list[Tensor[D_i, R, R]]: sigmoid of the blended logits.
         """
         counts = [b.shape[0] for b in boxes]
-        resolution = self.bottom_resolution
         if sum(counts) == 0:
-            return [bases.new_zeros((0, resolution, resolution)) for _ in counts]
-        rois = pool_bases(
-            bases.float(),
-            boxes,
-            resolution=resolution,
-            scale=self.pooler_scale,
-            sampling_ratio=self.pooler_sampling_ratio,
-            pooler_type=self.pooler_type,
-        )
-        logits = merge_bases(
-            rois,
-            torch.cat(attentions).float(),
-            attn_size=self.attn_size,
-            top_interp=self.top_interp,
-            fixed_onehot=self.fixed_onehot_attention,
-        )
+            r = self.blender.resolution
+            return [bases.new_zeros((0, r, r)) for _ in counts]
+        pooled_bases = pool_bases(bases.float(), boxes, self.blender)
+        logits = merge_bases(pooled_bases, torch.cat(attentions).float(), self.blender)
         return list(logits.sigmoid().split(counts))
 
     @torch.no_grad()

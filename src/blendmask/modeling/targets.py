@@ -49,6 +49,17 @@ def size_ranges(sizes_of_interest: Sequence[int], num_levels: int) -> list[tuple
     return list(zip(bounds[:-1], bounds[1:]))
 
 
+def _check_points(points: Tensor, strides: Tensor, num_points_per_level: Sequence[int]) -> None:
+    if points.dim() != 2 or points.shape[-1] != 2:
+        raise ValueError(f"expected points of shape [P, 2], got {tuple(points.shape)}")
+    num_points = points.shape[0]
+    if sum(num_points_per_level) != num_points or strides.shape != (num_points,):
+        raise ValueError(
+            f"expected num_points_per_level summing to P = {num_points} and strides of shape "
+            f"[{num_points}], got {list(num_points_per_level)} and {tuple(strides.shape)}"
+        )
+
+
 def _check_gt(boxes: Tensor, labels: Tensor, index: int, num_classes: int) -> None:
     if boxes.dim() != 2 or boxes.shape[-1] != 4:
         raise ValueError(
@@ -102,17 +113,10 @@ def assign_fcos_targets(
     Returns:
         FCOSTargets for the N = len(gt_boxes) images.
     """
-    if points.dim() != 2 or points.shape[-1] != 2:
-        raise ValueError(f"expected points of shape [P, 2], got {tuple(points.shape)}")
-    num_points = points.shape[0]
-    if sum(num_points_per_level) != num_points or strides.shape != (num_points,):
-        raise ValueError(
-            f"expected num_points_per_level summing to P = {num_points} and strides of shape "
-            f"[{num_points}], got {list(num_points_per_level)} and {tuple(strides.shape)}"
-        )
+    _check_points(points, strides, num_points_per_level)
     if len(gt_boxes) != len(gt_labels):
         raise ValueError(f"got {len(gt_boxes)} gt box lists but {len(gt_labels)} label lists")
-
+    num_points = points.shape[0]
     device = points.device
     points = points.float()
     strides = strides.to(device=device, dtype=torch.float32)
@@ -123,86 +127,131 @@ def assign_fcos_targets(
         torch.as_tensor(list(num_points_per_level), device=device),
     )
     point_ranges = ranges[level_of_point]
-    xs, ys = points[:, 0], points[:, 1]
 
-    labels_all, reg_all, ctr_all, inds_all = [], [], [], []
+    per_image = []
     for i, (boxes, labels) in enumerate(zip(gt_boxes, gt_labels)):
         _check_gt(boxes, labels, i, num_classes)
-        boxes = boxes.to(device=device, dtype=torch.float32)
-        labels = labels.to(device=device, dtype=torch.int64)
-        if boxes.shape[0] == 0:
-            labels_all.append(
-                torch.full((num_points,), num_classes, dtype=torch.int64, device=device)
+        per_image.append(
+            _assign_image(
+                points,
+                strides,
+                point_ranges,
+                boxes.to(device=device, dtype=torch.float32),
+                labels.to(device=device, dtype=torch.int64),
+                num_classes=num_classes,
+                center_sample=center_sample,
+                pos_radius=pos_radius,
             )
-            reg_all.append(points.new_zeros((num_points, 4)))
-            ctr_all.append(points.new_zeros((num_points,)))
-            inds_all.append(torch.full((num_points,), -1, dtype=torch.int64, device=device))
-            continue
-
-        # (P, G, 4) ltrb from every location to every full gt box, input pixels
-        reg = torch.stack(
-            [
-                xs[:, None] - boxes[None, :, 0],
-                ys[:, None] - boxes[None, :, 1],
-                boxes[None, :, 2] - xs[:, None],
-                boxes[None, :, 3] - ys[:, None],
-            ],
-            dim=2,
         )
-        if center_sample:
-            # Box centre +- radius * stride, clipped to the box (never the mask centroid).
-            cx = (boxes[:, 0] + boxes[:, 2]) * 0.5
-            cy = (boxes[:, 1] + boxes[:, 3]) * 0.5
-            radius = strides[:, None] * pos_radius  # (P, 1)
-            sub_x0 = torch.maximum(cx[None] - radius, boxes[None, :, 0])
-            sub_y0 = torch.maximum(cy[None] - radius, boxes[None, :, 1])
-            sub_x1 = torch.minimum(cx[None] + radius, boxes[None, :, 2])
-            sub_y1 = torch.minimum(cy[None] + radius, boxes[None, :, 3])
-            sub = torch.stack(
-                [
-                    xs[:, None] - sub_x0,
-                    ys[:, None] - sub_y0,
-                    sub_x1 - xs[:, None],
-                    sub_y1 - ys[:, None],
-                ],
-                dim=2,
-            )
-            in_region = sub.min(dim=2).values > 0
-        else:
-            in_region = reg.min(dim=2).values > 0
-        max_reg = reg.max(dim=2).values
-        in_level = (max_reg >= point_ranges[:, :1]) & (max_reg <= point_ranges[:, 1:])
-
-        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-        # (P, G) area of each admissible gt, inf elsewhere; argmin takes the first on ties.
-        cand_area = torch.where(in_region & in_level, area[None].expand(num_points, -1), torch.inf)
-        min_area, inds = cand_area.min(dim=1)
-        positive = torch.isfinite(min_area)
-
-        reg = reg[torch.arange(num_points, device=device), inds] / strides[:, None]
-        lr, tb = reg[:, [0, 2]], reg[:, [1, 3]]
-        ctr = torch.sqrt(
-            (lr.min(dim=1).values / lr.max(dim=1).values).clamp(min=0)
-            * (tb.min(dim=1).values / tb.max(dim=1).values).clamp(min=0)
-        )
-        labels_all.append(torch.where(positive, labels[inds], num_classes))
-        reg_all.append(reg)
-        ctr_all.append(torch.where(positive, ctr, torch.zeros_like(ctr)))
-        inds_all.append(torch.where(positive, inds, -1))
-
-    if not labels_all:
+    if not per_image:
         return FCOSTargets(
             labels=torch.zeros((0, num_points), dtype=torch.int64, device=device),
             reg_targets=torch.zeros((0, num_points, 4), device=device),
             ctr_targets=torch.zeros((0, num_points), device=device),
             gt_inds=torch.zeros((0, num_points), dtype=torch.int64, device=device),
         )
-    return FCOSTargets(
-        labels=torch.stack(labels_all),
-        reg_targets=torch.stack(reg_all),
-        ctr_targets=torch.stack(ctr_all),
-        gt_inds=torch.stack(inds_all),
+    # per image (labels, reg, ctr, inds) -> each field stacked over N
+    return FCOSTargets(*(torch.stack(field) for field in zip(*per_image)))
+
+
+def _assign_image(
+    points: Tensor,
+    strides: Tensor,
+    point_ranges: Tensor,
+    boxes: Tensor,
+    labels: Tensor,
+    *,
+    num_classes: int,
+    center_sample: bool,
+    pos_radius: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """`FCOSTargets` fields (labels, reg_targets, ctr_targets, gt_inds) of one image, each
+    without the N axis: Tensor[P], Tensor[P, 4], Tensor[P], Tensor[P]."""
+    num_points, device = points.shape[0], points.device
+    if boxes.shape[0] == 0:
+        return (
+            torch.full((num_points,), num_classes, dtype=torch.int64, device=device),
+            points.new_zeros((num_points, 4)),
+            points.new_zeros((num_points,)),
+            torch.full((num_points,), -1, dtype=torch.int64, device=device),
+        )
+    positive, inds, reg = _match_locations(
+        points, strides, point_ranges, boxes, center_sample, pos_radius
     )
+    lr, tb = reg[:, [0, 2]], reg[:, [1, 3]]
+    ctr = torch.sqrt(
+        (lr.min(dim=1).values / lr.max(dim=1).values).clamp(min=0)
+        * (tb.min(dim=1).values / tb.max(dim=1).values).clamp(min=0)
+    )
+    return (
+        torch.where(positive, labels[inds], num_classes),
+        reg,
+        torch.where(positive, ctr, torch.zeros_like(ctr)),
+        torch.where(positive, inds, -1),
+    )
+
+
+def _match_locations(
+    points: Tensor,
+    strides: Tensor,
+    point_ranges: Tensor,
+    boxes: Tensor,
+    center_sample: bool,
+    pos_radius: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The gt box of every location of one image (rules in `assign_fcos_targets`).
+
+    Args:
+        points (Tensor[P, 2]), strides (Tensor[P]): float, input pixels.
+        point_ranges (Tensor[P, 2]): size range of each location's level.
+        boxes (Tensor[G, 4]): float xyxy, G >= 1.
+
+    Returns:
+        positive (Tensor[P]): bool; inds (Tensor[P]): int64 chosen gt (argmin area, meaningful
+        where positive); reg (Tensor[P, 4]): ltrb to that gt in units of the stride.
+    """
+    num_points = points.shape[0]
+    xs, ys = points[:, 0], points[:, 1]
+    # (P, G, 4) ltrb from every location to every full gt box, input pixels
+    reg = torch.stack(
+        [
+            xs[:, None] - boxes[None, :, 0],
+            ys[:, None] - boxes[None, :, 1],
+            boxes[None, :, 2] - xs[:, None],
+            boxes[None, :, 3] - ys[:, None],
+        ],
+        dim=2,
+    )
+    if center_sample:
+        # Box centre +- radius * stride, clipped to the box (never the mask centroid).
+        cx = (boxes[:, 0] + boxes[:, 2]) * 0.5
+        cy = (boxes[:, 1] + boxes[:, 3]) * 0.5
+        radius = strides[:, None] * pos_radius  # (P, 1)
+        sub_x0 = torch.maximum(cx[None] - radius, boxes[None, :, 0])
+        sub_y0 = torch.maximum(cy[None] - radius, boxes[None, :, 1])
+        sub_x1 = torch.minimum(cx[None] + radius, boxes[None, :, 2])
+        sub_y1 = torch.minimum(cy[None] + radius, boxes[None, :, 3])
+        sub = torch.stack(
+            [
+                xs[:, None] - sub_x0,
+                ys[:, None] - sub_y0,
+                sub_x1 - xs[:, None],
+                sub_y1 - ys[:, None],
+            ],
+            dim=2,
+        )
+        in_region = sub.min(dim=2).values > 0
+    else:
+        in_region = reg.min(dim=2).values > 0
+    max_reg = reg.max(dim=2).values
+    in_level = (max_reg >= point_ranges[:, :1]) & (max_reg <= point_ranges[:, 1:])
+
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    # (P, G) area of each admissible gt, inf elsewhere; argmin takes the first on ties.
+    cand_area = torch.where(in_region & in_level, area[None].expand(num_points, -1), torch.inf)
+    min_area, inds = cand_area.min(dim=1)
+    reg = reg[torch.arange(num_points, device=points.device), inds] / strides[:, None]
+    return torch.isfinite(min_area), inds, reg
 
 
 def project_masks_on_boxes(gt_masks: Tensor, boxes: Tensor, resolution: int) -> Tensor:
@@ -247,8 +296,18 @@ def compute_semantic_targets(
     The reference reads maps pre-generated by `prepare_thing_sem_from_instance.py`: 0 is
     background, class c is c + 1, later annotations overwrite earlier ones; padding is
     background. It then downsamples with `F.interpolate(scale_factor=1/stride)` (nearest), i.e.
-    takes the top-left pixel of every stride x stride cell. We build the same map on the fly,
-    sampling the masks at those pixels only.
+    takes the top-left pixel of every stride x stride cell. We paint the same labels in the
+    same order on the fly from the training targets' instance masks, sampled at those pixels
+    only. The map differs from the reference's in two ways:
+
+    - Only the instances in the targets are painted. The dataset excludes crowd annotations
+      and zero-size boxes and drops instances the transforms empty; the reference paints every
+      annotation. Crowd regions are background here unless another instance covers them.
+    - Resizing: the reference resizes the painted label map with the image (nearest
+      neighbour, detectron2's `apply_segmentation`); our masks are resized one instance at a
+      time (bilinear, then `>= 0.5`, `data.transforms.resize_masks`) and painted afterwards,
+      so boundaries can move by about one resized pixel and overlaps are resolved after
+      resizing instead of before.
 
     Args:
         gt_masks (list[Tensor[G_i, h_i, w_i]]): per image, at its resized unpadded size.
