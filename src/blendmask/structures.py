@@ -96,7 +96,8 @@ class ImageBatch(NamedTuple):
 
 
 class BlendMaskOutputs(NamedTuple):
-    """Raw network outputs, identical in train and eval mode.
+    """Raw network outputs, the same fields and shapes in train and eval mode (only layers
+    that themselves depend on the mode, e.g. non-frozen BatchNorm, change the values).
 
     cls_logits (Tensor[N, P, C]): classification logits (C foreground classes).
     bbox_reg (Tensor[N, P, 4]): ltrb distances in units of each point's stride (after ReLU).

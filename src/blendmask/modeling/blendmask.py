@@ -4,7 +4,7 @@ BlendMask (Chen et al., CVPR 2020) Sec. 3 / Fig. 2: a detector tower (FCOS, Sec.
 layer predicting K x M x M attentions per location (Sec. 3.2, "top layer"), and a bottom module
 predicting K bases at stride 4 (Sec. 3.2, "bottom module"). The blender (Sec. 3.2, Eq. 1-4)
 is pure functions in blender.py; losses and post-processing are separate modules, so
-`BlendMask.forward` returns the same raw `BlendMaskOutputs` in train and eval mode.
+`BlendMask.forward` returns the same kind of raw `BlendMaskOutputs` in train and eval mode.
 
 Reference facts reproduced (ADELAIDET.md Sec. 1.1, 1.5, 1.6): the top layer is one 3x3 conv
 shared by all levels, applied to the **bbox-tower** output (the share tower when the cls/bbox
@@ -72,7 +72,7 @@ def _flatten(per_level: list[Tensor]) -> Tensor:
 
 
 class BlendMask(nn.Module):
-    """The network: images -> BlendMaskOutputs (raw tensors, same in train and eval).
+    """The network: images -> BlendMaskOutputs (raw tensors, same fields in train and eval).
 
     Args:
         body: returns [C3, C4, C5] (ResNetBody / EfficientNetLite0Body).
@@ -163,7 +163,9 @@ class BlendMask(nn.Module):
         Channel order, scale and mean/std follow the weights' convention. The reference pads
         with 0 **after** normalising; our batches are padded with 0 before, so with
         `image_sizes` ((h, w) of each image inside the padding) the padding is zeroed again
-        after normalising, which reproduces the reference's input exactly.
+        after normalising, as in the reference's input. Inside the image the values equal the
+        reference's up to float rounding: it normalises 0-255 floats, we rescale [0, 1] floats
+        by `input_scale` first.
         """
         x = images
         if self.input_format == "BGR":
