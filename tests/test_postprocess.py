@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from blendmask.modeling.blender import merge_bases, pool_bases
 from blendmask.modeling.paste import paste_masks
@@ -86,6 +87,26 @@ def test_boxes_decoded_in_stride_units_and_not_clipped_before_pooling() -> None:
     clipped = pool_bases(out.bases, [det["boxes"].clamp(min=0)], SPEC)
     other = merge_bases(clipped, out.attentions[0, [p]], SPEC).sigmoid()
     assert (probs - other).abs().max() > 1e-3
+
+
+def test_blend_follows_its_blender_spec() -> None:
+    # Fails if the post-processor blends with settings other than the BlenderSpec it was given
+    # (another R, the default pooler or interpolation).
+    out = make_outputs()
+    out.cls_logits[0, 0, 0] = 5.0
+    out.bbox_reg[0, 0] = torch.tensor([2.0, 1.0, 3.0, 4.0])
+    nearest = BlenderSpec(resolution=6, attn_size=M, pooler_type="ROIPool", top_interp="nearest")
+    probs = {}
+    for spec in (SPEC, nearest):
+        post = processor(blender=spec)
+        det = post.detect(out, [(64, 64)])[0]
+        probs[spec] = post.blend(out.bases, [det["boxes"]], [det["attentions"]])[0]
+        pooled = pool_bases(out.bases, [det["boxes"]], spec)
+        expected = merge_bases(pooled, det["attentions"], spec).sigmoid()
+        assert probs[spec].shape == (1, spec.resolution, spec.resolution)
+        torch.testing.assert_close(probs[spec], expected, rtol=0, atol=0)
+    resized = F.interpolate(probs[SPEC][None], size=(6, 6), mode="bilinear", align_corners=False)
+    assert (resized[0] - probs[nearest]).abs().max() > 1e-3
 
 
 def test_boxes_rescaled_clipped_before_pasting() -> None:
