@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     from blendmask.data.transforms import resize_image
 
     if args.weights is not None:
-        from blendmask.factory import load_model_file
+        from blendmask.checkpoint_io import load_model_file
 
         cfg, model, _, post = load_model_file(args.weights, device)
         min_score = 0.3 if args.min_score is None else args.min_score

@@ -1,6 +1,6 @@
 """AdelaiDet checkpoint import: file formats, the rename table, strictness, and numerical fidelity.
 
-Synthetic checkpoints are built under AdelaiDet's names from `reference/keys/*.json` (the key
+Synthetic checkpoints are built under AdelaiDet's names from `tests/data/keys/*.json` (the key
 lists read from the built reference models) or, where no list exists, from the key patterns of
 ADELAIDET.md Sec. 5.2, written out below and checked against the lists. The expected place of
 every key in our model is written here independently of the module's regex table
@@ -11,6 +11,7 @@ forward pass that reads the checkpoint under its own names (`ReferenceForward`).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import pickle
 from collections import OrderedDict
@@ -23,24 +24,25 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import deform_conv2d
 
+from blendmask.checkpoint_io import read_model_file
 from blendmask.cli import main as cli_main
-from blendmask.config import MSRA_PIXEL_MEAN
-from blendmask.factory import build_network, read_model_file
+from blendmask.engine.convert import convert_adelaidet, convert_adelaidet_model
+from blendmask.factory import build_network
 from blendmask.interop.adelaidet import (
     ADELAIDET_RENAMES,
     COCO_CATEGORIES,
+    adelaidet_config,
     adelaidet_to_blendmask_key,
     blendmask_to_adelaidet_key,
     checkpoint_architecture,
-    convert_adelaidet,
-    convert_adelaidet_model,
     read_adelaidet_checkpoint,
 )
 from blendmask.predictor import Predictor
 from blendmask.presets import get_preset
 
-_REPO = Path(__file__).resolve().parents[1]
-KEY_DIRS = [_REPO.parent / "shared" / "reference" / "keys", _REPO / "tests" / "data" / "keys"]
+KEY_DIRS = [Path(__file__).resolve().parent / "data" / "keys"]
+# detectron2's cfg.MODEL.PIXEL_MEAN for MSRA weights (BGR, 0-255), written out here.
+DETECTRON2_PIXEL_MEAN = [103.53, 116.28, 123.675]
 
 Entry = tuple[str, list[int], str]
 
@@ -177,7 +179,7 @@ def entries(name: str) -> list[Entry]:
 def test_key_patterns_reproduce_the_reference_key_lists(name):
     listed = key_list(name)
     if listed is None:
-        pytest.skip(f"reference/keys/{name}.json not available")
+        pytest.skip(f"tests/data/keys/{name}.json not available")
     assert {k: (s, t) for k, s, t in pattern_entries(**FAMILIES[name])} == {
         k: (s, t) for k, s, t in listed
     }
@@ -327,10 +329,10 @@ def test_r50_checkpoint_lands_value_for_value_runs_and_equals_adelaidet(tmp_path
     # MSRA conventions and the class count come with the conversion.
     m = cfg.model
     assert (m.input_format, m.input_scale, m.pixel_mean, m.pixel_std) == (
-        "BGR", 255.0, MSRA_PIXEL_MEAN, [1.0, 1.0, 1.0]
+        "BGR", 255.0, DETECTRON2_PIXEL_MEAN, [1.0, 1.0, 1.0]
     )  # fmt: skip
     assert m.backbone.stride_in_1x1 and m.backbone.weights == "" and m.fcos.num_classes == 80
-    assert torch.equal(state["pixel_mean"].flatten(), torch.tensor(MSRA_PIXEL_MEAN))
+    assert torch.equal(state["pixel_mean"].flatten(), torch.tensor(DETECTRON2_PIXEL_MEAN))
     assert cfg.data.category_ids == [cid for _, cid in COCO_CATEGORIES]
     assert_matches_reference(model.eval(), r50_state)
 
@@ -400,6 +402,32 @@ def test_wrong_preset_names_the_fitting_preset(tmp_path):
     assert "550_R_50_3x" in message  # the hint
     assert "backbone.top_block.p7.weight" in message  # missing, under the reference name
     assert "proposal_generator.fcos_head.share_tower.0.weight" in message  # unexpected
+    # Long lists are counted, with the first keys named. The counts, from the key lists: our
+    # keys the file lacks (BN batch counters are filled, not missing), the file's keys we lack.
+    ours = build_network(get_preset("R_50_1x"), load_pretrained=False).state_dict()
+    theirs = {_our_name(k) for k, _, _ in entries("550_r50")}
+    missing = [
+        k
+        for k in ours
+        if k not in theirs
+        and k not in ("pixel_mean", "pixel_std")
+        and not k.endswith("num_batches_tracked")
+    ]
+    unexpected = [k for k in theirs if k not in ours]
+    assert f"{len(missing)} missing, {len(unexpected)} unexpected keys" in message.splitlines()[0]
+    assert f"... and {len(missing) - 5} more" in message
+
+
+def test_adelaidet_config_returns_a_new_config(r50_state):
+    base = get_preset("R_50_1x")
+    base.model.input_format, base.model.backbone.stride_in_1x1 = "RGB", False
+    base.model.backbone.weights = "resnet50.pth"
+    before = copy.deepcopy(base)
+    cfg = adelaidet_config(base, r50_state, source="R_50_1x.pth")
+    assert base == before  # the caller's config is not changed
+    m = cfg.model
+    assert (m.input_format, m.backbone.stride_in_1x1, m.backbone.weights) == ("BGR", True, "")
+    assert m.fcos.num_classes == 80 and cfg.data.category_ids[:3] == [1, 2, 3]
 
 
 def test_num_classes_from_the_file_and_fine_tuning_override(tmp_path):
@@ -427,7 +455,7 @@ def test_num_classes_from_the_file_and_fine_tuning_override(tmp_path):
 def test_panoptic_checkpoint_needs_allow_partial_and_keeps_the_instance_branch(tmp_path):
     listed = key_list("panoptic_r50")
     if listed is None:
-        pytest.skip("reference/keys/panoptic_r50.json not available")
+        pytest.skip("tests/data/keys/panoptic_r50.json not available")
     state = synthetic_state(listed)
     path = save(state, tmp_path / "panoptic.pth")
     with pytest.raises(ValueError, match="panoptic"):
@@ -663,7 +691,7 @@ class ReferenceForward:
 
     def __call__(self, images_rgb01: Tensor) -> dict[str, Tensor | list[Tensor]]:
         # detectron2: BGR 0-255, (x - mean) / std with std 1; padding (none here) after that.
-        mean = torch.tensor(MSRA_PIXEL_MEAN).view(1, 3, 1, 1)
+        mean = torch.tensor(DETECTRON2_PIXEL_MEAN).view(1, 3, 1, 1)
         x = images_rgb01.flip(1) * 255.0 - mean
         p = self.fpn(self.resnet(x))
         out: dict[str, Tensor | list[Tensor]] = dict(self.head(p))

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import blendmask
-from blendmask.factory import load_model_file, read_model_file, save_model_file
+from blendmask.checkpoint_io import load_model_file, read_model_file, save_model_file
 
 
 def tiny_cfg():

@@ -6,6 +6,7 @@ and detectron2 names written out by hand (independently of the module's regexes)
 
 from __future__ import annotations
 
+import copy
 import pickle
 from pathlib import Path
 
@@ -16,12 +17,15 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from blendmask.config import ModelConfig
+from blendmask.config import Config, ModelConfig
+from blendmask.factory import build
 from blendmask.interop.torchvision_weights import (
     apply_weight_conventions,
     load_backbone_weights,
     read_backbone_weights,
+    resolve_weight_conventions,
 )
+from blendmask.presets import get_preset
 
 
 def _resnet_state(depth: int, seed: int = 0) -> dict[str, Tensor]:
@@ -331,3 +335,67 @@ def test_apply_weight_conventions(tmp_path, r18_state):
     cfg.backbone.name = "resnet101"
     with pytest.raises(ValueError, match="holds a ResNet-18, preset asks for ResNet-101"):
         apply_weight_conventions(cfg, read_backbone_weights(tv_path))
+
+
+# ---------------------------------------------------------------- configs and build()
+
+
+def _tiny_with_weights(path: Path) -> Config:
+    cfg = get_preset("tiny")
+    cfg.model.backbone.weights = str(path)
+    return cfg
+
+
+def test_resolve_weight_conventions_returns_a_new_config(tmp_path, r18_state):
+    pkl = tmp_path / "R-18.pkl"
+    pkl.write_bytes(pickle.dumps({"blobs": _msra_blobs(r18_state)}))
+    cfg = _tiny_with_weights(pkl)  # tiny: RGB, scale 1, ImageNet mean/std, stride in the 3x3
+    before = copy.deepcopy(cfg)
+    resolved = resolve_weight_conventions(cfg)
+    assert cfg == before  # the argument is not changed
+    m = resolved.model
+    assert (m.input_format, m.input_scale, m.backbone.stride_in_1x1) == ("BGR", 255.0, True)
+    assert m.pixel_mean == [103.53, 116.28, 123.675] and m.pixel_std == [1.0, 1.0, 1.0]
+    # Everything else is the input's.
+    m.input_format, m.input_scale, m.backbone.stride_in_1x1 = "RGB", 1.0, False
+    m.pixel_mean, m.pixel_std = before.model.pixel_mean, before.model.pixel_std
+    assert resolved == before
+
+    # No file, or a body that is not a ResNet: an equal copy, not the same object.
+    for other in (get_preset("tiny"), get_preset("shapes_R_18")):
+        copied = resolve_weight_conventions(other)
+        assert copied == other and copied is not other and copied.model is not other.model
+
+
+def test_build_refuses_conventions_other_than_the_files_and_never_changes_cfg(tmp_path, r18_state):
+    pkl = tmp_path / "R-18.pkl"
+    pkl.write_bytes(pickle.dumps({"blobs": _msra_blobs(r18_state)}))
+    cfg = _tiny_with_weights(pkl)
+    before = copy.deepcopy(cfg)
+    with pytest.raises(ValueError) as info:
+        build(cfg)
+    message = str(info.value)
+    assert "R-18.pkl" in message and "resolve_weight_conventions" in message
+    assert "model.input_format is RGB, the file needs BGR" in message
+    assert cfg == before
+
+    resolved = resolve_weight_conventions(cfg)
+    resolved_before = copy.deepcopy(resolved)
+    model, _, _ = build(resolved)
+    assert resolved == resolved_before
+    # The MSRA stem scale landed in the body, and the normalisation is the file's.
+    assert torch.equal(model.body.bn1.weight, r18_state["bn1.weight"])
+    assert model.pixel_mean.flatten().tolist() == pytest.approx([103.53, 116.28, 123.675])
+
+
+def test_build_with_a_consistent_torchvision_file_loads_it(tmp_path, r18_state):
+    path = tmp_path / "resnet18.pth"
+    torch.save(r18_state, path)
+    cfg = _tiny_with_weights(path)  # tiny already has torchvision's conventions
+    before = copy.deepcopy(cfg)
+    model, _, _ = build(cfg)
+    assert cfg == before
+    assert torch.equal(model.body.layer3[1].bn2.running_var, r18_state["layer3.1.bn2.running_var"])
+    cfg.model.backbone.name = "resnet34"
+    with pytest.raises(ValueError, match="holds a ResNet-18, preset asks for ResNet-34"):
+        build(cfg)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from blendmask.config import ConfigError, apply_overrides, load_config
-from blendmask.presets import PRESETS, get_preset
+import blendmask
+from blendmask.config import ConfigError, apply_overrides
+from blendmask.presets import PRESETS, get_preset, load_config
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -25,6 +26,39 @@ def test_reference_defaults_of_r50() -> None:
     assert m.pixel_mean == [103.53, 116.28, 123.675] and m.input_format == "BGR"
     assert m.backbone.stride_in_1x1 and m.backbone.freeze_at == 2
     assert m.fcos.fpn_strides == [8, 16, 32, 64, 128] and not m.fcos.use_scale
+    # BASIS_MODULE.NORM of AdelaiDet's defaults (ADELAIDET.md Sec. 2.1), not overridden by any
+    # BlendMask config file.
+    assert m.basis_module.norm == "SyncBN"
+
+
+REFERENCE_PRESETS = [
+    "R_50_1x", "R_50_3x", "R_101_3x", "R_101_dcni3_5x", "550_R_50_3x", "RT_R_50_4x",
+    "RT_R_50_4x_bn_head",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", REFERENCE_PRESETS)
+def test_reference_presets_differ_from_adelaidet_only_where_documented(name: str) -> None:
+    """The presets module docstring lists what differs from the AdelaiDet configs: no ImageNet
+    file, AMP on, 2 loader workers. Fails when a preset changes one of these silently."""
+    cfg = get_preset(name)
+    assert cfg.model.backbone.weights == ""
+    assert cfg.solver.amp is True and cfg.data.num_workers == 2
+    assert cfg.model.basis_module.norm == "SyncBN"
+    # MSRA input conventions (detectron2 defaults for R-50.pkl / R-101.pkl).
+    m = cfg.model
+    assert (m.input_format, m.input_scale, m.backbone.stride_in_1x1) == ("BGR", 255.0, True)
+
+
+def test_load_config_is_exported_and_takes_the_yaml_preset(tmp_path) -> None:
+    assert blendmask.load_config is load_config and blendmask.get_preset is get_preset
+    path = tmp_path / "c.yaml"
+    path.write_text("preset: RT_R_50_4x\nsolver:\n  max_iter: 7\n")
+    assert load_config(None, path).preset == "RT_R_50_4x"
+    explicit = load_config("550_R_50_3x", path)  # an explicit preset wins over the file's
+    assert explicit.preset == "550_R_50_3x" and explicit.solver.max_iter == 7
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_config(None, tmp_path / "nope.yaml")
 
 
 def test_set_converts_types() -> None:

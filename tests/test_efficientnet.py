@@ -15,12 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from blendmask.config import IMAGENET_PIXEL_MEAN
+from blendmask import config
 from blendmask.modeling import efficientnet as eff
 from blendmask.modeling.efficientnet import (
-    LITE0_INPUT_SCALE,
-    LITE0_PIXEL_MEAN,
-    LITE0_PIXEL_STD,
     EfficientNetLite0Body,
     EfficientNetLite0Classifier,
     SameConv2d,
@@ -31,6 +28,9 @@ from blendmask.modeling.efficientnet import (
 CAT_CLASSES = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 COFFEE_CLASSES = {504, 967}  # coffee mug, espresso
 HEAD_PREFIXES = ("_conv_head.", "_bn1.", "_fc.")
+# The TF Lite EfficientNet preprocessing, written out: RGB in 0-255, (x - 127) / 128.
+TFLITE_MEAN, TFLITE_STD = 127.0, 128.0
+IMAGENET_RGB_MEAN = [0.485, 0.456, 0.406]  # torchvision's ImageNet statistics
 
 
 def _weights_path():
@@ -57,9 +57,7 @@ def _imagenet_eval_input(image) -> torch.Tensor:
     h, w = x.shape[-2:]
     top, left = (h - 224) // 2, (w - 224) // 2
     x = x[..., top : top + 224, left : left + 224]
-    mean = torch.tensor(LITE0_PIXEL_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(LITE0_PIXEL_STD).view(1, 3, 1, 1)
-    return (x * LITE0_INPUT_SCALE - mean) / std
+    return (x * 255.0 - TFLITE_MEAN) / TFLITE_STD
 
 
 # ---------------------------------------------------------------- pretrained weights
@@ -102,7 +100,9 @@ def test_input_normalisation_agrees_with_stem_batchnorm_statistics():
     """The stem conv has no bias, so its BN running mean is W_sum @ E[input]: solving for E[input]
     recovers the mean of the normalised training images. With (x*255 - 127) / 128 an ImageNet
     image averages (255 * mean_rgb - 127) / 128; with ImageNet mean/std it would average 0, and
-    with BGR input the channels would be reversed. If this fails, LITE0_* constants are wrong."""
+    with BGR input the channels would be reversed. If this fails, the weights do not expect the
+    TF Lite preprocessing (`test_lite0_conventions_are_the_tf_lite_preprocessing` pins the
+    config's constants to it)."""
     path = _weights_path()
     state = torch.load(path, map_location="cpu", weights_only=True)
     w_sum = state["_conv_stem.weight"].sum(dim=(2, 3))  # (32, 3)
@@ -111,10 +111,8 @@ def test_input_normalisation_agrees_with_stem_batchnorm_statistics():
     # the relation is linear: the fit must explain the 32 running means almost exactly
     assert (w_sum @ fitted - running_mean).norm() < 0.02 * running_mean.norm()
 
-    imagenet_rgb = torch.tensor(IMAGENET_PIXEL_MEAN)
-    ours = (imagenet_rgb * LITE0_INPUT_SCALE - torch.tensor(LITE0_PIXEL_MEAN)) / torch.tensor(
-        LITE0_PIXEL_STD
-    )
+    imagenet_rgb = torch.tensor(IMAGENET_RGB_MEAN)
+    ours = (imagenet_rgb * 255.0 - TFLITE_MEAN) / TFLITE_STD
     alternatives = {
         "imagenet mean/std": torch.zeros(3),
         "BGR": ours.flip(0),
@@ -122,6 +120,17 @@ def test_input_normalisation_agrees_with_stem_batchnorm_statistics():
     d_ours = (fitted - ours).norm()
     for name, predicted in alternatives.items():
         assert d_ours < 0.6 * (fitted - predicted).norm(), (name, fitted, ours)
+
+
+def test_lite0_conventions_are_the_tf_lite_preprocessing():
+    """The config constants the presets use describe (x * 255 - 127) / 128 on RGB: for any
+    [0, 1] RGB value the network's normalisation gives the TF Lite value."""
+    assert config.LITE0_INPUT_FORMAT == "RGB"
+    x = torch.tensor([0.0, 0.5, 1.0])
+    for c in range(3):
+        scaled = x * config.LITE0_INPUT_SCALE - config.LITE0_PIXEL_MEAN[c]
+        ours = scaled / config.LITE0_PIXEL_STD[c]
+        torch.testing.assert_close(ours, (x * 255.0 - TFLITE_MEAN) / TFLITE_STD)
 
 
 def test_frozen_bn_body_loads_and_matches_batchnorm_body():

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from blendmask.checkpoint_io import save_model_file
 from blendmask.explain import (
     draw_explanation,
     explain_figure,
     explain_image,
     save_explanation,
 )
-from blendmask.factory import save_model_file
 from blendmask.predictor import Predictor
 from blendmask.presets import get_preset
 

@@ -37,7 +37,6 @@ from torch import Tensor
 from torchvision.models.resnet import Bottleneck
 from torchvision.ops import FrozenBatchNorm2d, batched_nms, roi_align
 
-from blendmask.config import MSRA_PIXEL_MEAN
 from blendmask.modeling.backbone import DeformBottleneck, ResNetBody
 from blendmask.modeling.postprocess import BlendMaskPostProcessor
 from blendmask.predictor import Predictor
@@ -148,7 +147,7 @@ def test_predictor_pads_with_zero_after_normalisation():
     cfg = get_preset("tiny")
     cfg.data.min_size_test, cfg.data.max_size_test = 64, 96
     cfg.model.input_format, cfg.model.input_scale = "BGR", 255.0
-    cfg.model.pixel_mean, cfg.model.pixel_std = list(MSRA_PIXEL_MEAN), [1.0, 1.0, 1.0]
+    cfg.model.pixel_mean, cfg.model.pixel_std = [103.53, 116.28, 123.675], [1.0, 1.0, 1.0]
     predictor = Predictor.from_config(cfg, device="cpu")
     seen: list[Tensor] = []
     predictor.model.body.register_forward_pre_hook(lambda m, i: seen.append(i[0]))

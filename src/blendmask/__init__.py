@@ -7,8 +7,8 @@
 
 from __future__ import annotations
 
-from blendmask.config import Config, ConfigError, load_config
-from blendmask.presets import PRESETS, get_preset
+from blendmask.config import Config, ConfigError
+from blendmask.presets import PRESETS, get_preset, load_config
 
 __version__ = "0.1.0"
 

@@ -1,9 +1,13 @@
 """Nested dataclass configuration, YAML files and `--set a.b=value` overrides.
 
-Field names are the snake_case of the reference's keys (`MODEL.BLENDMASK.ATTN_SIZE` ->
-`model.blender.attn_size`). Presets live in `presets.py`; a YAML file names one `preset:` and
-overrides fields of it. Only `build(cfg)`, the engine and the CLI read a Config: modules take
-explicit keyword arguments.
+Where a field has a reference (AdelaiDet / detectron2) key, its name is that key snake_cased
+and filed under the part it configures (`MODEL.BLENDMASK.ATTN_SIZE` -> `model.blender.attn_size`,
+`MODEL.FCOS.TOP_LEVELS` -> `model.fpn.top_levels`); fields such as `input_scale`,
+`fcos.tower_channels`, `blender.fixed_onehot_attention` or `solver.amp` have none. The defaults
+here are not a preset: the presets (`presets.py`, which imports this module, never the reverse)
+set what each one needs, and `presets.load_config` resolves a preset name, a YAML file naming a
+`preset:`, and `--set` overrides. Modules under modeling/ never read a Config: `factory.build`
+turns one into explicit keyword arguments.
 """
 
 from __future__ import annotations
@@ -21,6 +25,14 @@ MSRA_PIXEL_MEAN = [103.53, 116.28, 123.675]
 MSRA_PIXEL_STD = [1.0, 1.0, 1.0]
 IMAGENET_PIXEL_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_PIXEL_STD = [0.229, 0.224, 0.225]
+# The EfficientNet-Lite0 weights expect RGB in 0-255 with (x - 127) / 128 (the TF Lite
+# preprocessing): the network multiplies its [0, 1] RGB input by the scale, then subtracts the
+# mean and divides by the std. Here, not in modeling/efficientnet.py, so that presets can use
+# them without importing a model module.
+LITE0_INPUT_FORMAT = "RGB"
+LITE0_INPUT_SCALE = 255.0
+LITE0_PIXEL_MEAN = [127.0, 127.0, 127.0]
+LITE0_PIXEL_STD = [128.0, 128.0, 128.0]
 
 
 class ConfigError(ValueError):
@@ -31,9 +43,10 @@ class ConfigError(ValueError):
 class BackboneConfig:
     # resnet18 | resnet34 | resnet50 | resnet101 | efficientnet_lite0
     name: str = "resnet50"
-    # FrozenBN | BN | SyncBN | GN (ResNet bodies); EfficientNet uses BN, frozen with freeze_at
+    # FrozenBN | BN | SyncBN | GN (ResNet bodies); EfficientNet-Lite0 has BatchNorms, frozen
+    # when this is FrozenBN and trained otherwise
     norm: str = "FrozenBN"
-    # 0: train everything; 1: freeze stem; 2: stem + res2 (reference default); -1: no freezing
+    # 0 or -1: train everything; 1: freeze stem; 2: stem + res2 (reference default); up to 5
     freeze_at: int = 2
     # MSRA/Caffe2 weights put the stride on the first 1x1 of block 0; torchvision on the 3x3
     stride_in_1x1: bool = True
@@ -97,7 +110,9 @@ class BasisModuleConfig:
     in_features: list[str] = field(default_factory=lambda: ["p3", "p4", "p5"])
     convs_dim: int = 128
     num_convs: int = 3
-    # BN | SyncBN (used only when torch.distributed is initialised) | GN | none
+    # BN | SyncBN | GN | none. SyncBN builds a BatchNorm2d (equal to BN in one process) that the
+    # engine converts to SyncBatchNorm when several CUDA processes train. The reference's
+    # default is SyncBN, which its presets here set; BN is the default of the CPU presets.
     norm: str = "BN"
     loss_on: bool = True
     loss_weight: float = 0.3
@@ -305,31 +320,30 @@ def from_dict(data: dict[str, Any]) -> Config:
     return cfg
 
 
-def load_config(
-    preset: str | None = None, yaml_path: str | Path | None = None, overrides: list[str] = ()
-) -> Config:
-    """preset -> YAML file (which may name its own `preset:`) -> `--set` overrides -> validate."""
-    from blendmask.presets import get_preset
+def read_config_file(path: str | Path) -> tuple[str | None, dict[str, Any]]:
+    """(the `preset:` it names or None, its other fields as a nested dict) of a YAML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    preset = data.pop("preset", None)
+    return (str(preset) if preset else None), data
 
-    data: dict[str, Any] = {}
-    if yaml_path is not None:
-        path = Path(yaml_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: config file not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-        file_preset = data.pop("preset", None)
-        if preset is None:
-            preset = file_preset
-    cfg = get_preset(preset) if preset else Config()
+
+def apply_config_file_data(
+    cfg: Config, data: dict[str, Any], source: str | Path, overrides: list[str] = ()
+) -> Config:
+    """Apply a YAML file's fields (`source` names it in errors), then `--set` overrides, then
+    validate; `cfg` is changed and returned."""
     try:
         apply_dict(cfg, data)
     except ConfigError as exc:
-        raise ConfigError(f"{yaml_path}: {exc}") from None
+        raise ConfigError(f"{source}: {exc}") from None
     apply_overrides(cfg, list(overrides))
     return validate(cfg)
 

@@ -1,15 +1,20 @@
 """`build(cfg)`, exported as `blendmask.build`: the one place that reads a Config and constructs
-the three modules, plus the `model.pt` file format (resolved config + weights + format version)."""
+the three modules. It never changes the Config it is given. The `model.pt` file format lives in
+`checkpoint_io.py`, which imports this module (never the reverse); the ImageNet weight readers
+in `interop/` are imported from here, and never import it."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import torch
 from torch import nn
 
-from blendmask.config import Config, ConfigError, from_dict
+from blendmask.config import Config, ConfigError
+from blendmask.interop.torchvision_weights import (
+    check_weight_conventions,
+    load_backbone_weights,
+    read_backbone_weights,
+)
 from blendmask.modeling.backbone import build_body
 from blendmask.modeling.basis_module import DeepLabBasis, ProtoNet
 from blendmask.modeling.blendmask import BlendMask
@@ -19,39 +24,18 @@ from blendmask.modeling.losses import BlendMaskCriterion
 from blendmask.modeling.postprocess import BlendMaskPostProcessor
 from blendmask.structures import BlenderSpec
 
-MODEL_FORMAT_VERSION = 1
-
 
 def build_network(cfg: Config, *, load_pretrained: bool = True) -> BlendMask:
     """The BlendMask network of `cfg.model`; loads the body's ImageNet weights when configured
-    (`model.backbone.weights`) and `load_pretrained`."""
+    (`model.backbone.weights`) and `load_pretrained`.
+
+    Raises:
+        ValueError: a ResNet weight file whose input conventions (channel order, scale, mean /
+            std, stride placement) or depth differ from the config's; resolve the config first
+            with `interop.torchvision_weights.resolve_weight_conventions`.
+    """
     m = cfg.model
-    resnet_weights = None
-    if load_pretrained and m.backbone.weights and m.backbone.name.startswith("resnet"):
-        from blendmask.interop.torchvision_weights import (
-            apply_weight_conventions,
-            read_backbone_weights,
-        )
-
-        # The file decides the conventions (RGB/ImageNet stats and stride in 3x3 for
-        # torchvision files, BGR-255 and stride in 1x1 for MSRA): set them before building so
-        # the normalisation buffers and the stride placement follow the weights.
-        resnet_weights = read_backbone_weights(m.backbone.weights)
-        apply_weight_conventions(m, resnet_weights)
-    body = build_body(
-        m.backbone.name,
-        norm=m.backbone.norm,
-        freeze_at=m.backbone.freeze_at,
-        stride_in_1x1=m.backbone.stride_in_1x1,
-        deform_interval=m.backbone.deform_interval,
-    )
-    if resnet_weights is not None:
-        from blendmask.interop.torchvision_weights import load_backbone_weights
-
-        depth = int(m.backbone.name.removeprefix("resnet"))
-        load_backbone_weights(body, resnet_weights, depth=depth)
-    elif load_pretrained and m.backbone.weights:
-        _load_lite0_weights(body, m.backbone.weights)
+    body = _build_body(cfg, load_pretrained=load_pretrained)
     fpn = FPN(
         in_channels_list=list(body.out_channels),
         out_channels=m.fpn.out_channels,
@@ -72,6 +56,26 @@ def build_network(cfg: Config, *, load_pretrained: bool = True) -> BlendMask:
     )
     num_attn = m.basis_module.num_bases * m.blender.attn_size**2
     top_layer = nn.Conv2d(tower_channels, num_attn, kernel_size=3, padding=1)
+    basis_in = list(m.basis_module.in_features)
+    basis = _build_basis(cfg, list(body.out_channels))
+    return BlendMask(
+        body=body,
+        fpn=fpn,
+        head=head,
+        top_layer=top_layer,
+        basis_module=basis,
+        fpn_strides=list(m.fcos.fpn_strides),
+        basis_in_features=basis_in,
+        input_format=m.input_format,
+        input_scale=m.input_scale,
+        pixel_mean=list(m.pixel_mean),
+        pixel_std=list(m.pixel_std),
+    )
+
+
+def _build_basis(cfg: Config, body_channels: list[int]) -> nn.Module:
+    """The bottom module: ProtoNet on FPN levels or DeepLab on two features."""
+    m = cfg.model
     b = m.basis_module
     basis_in = list(b.in_features)
     if b.name == "ProtoNet":
@@ -91,7 +95,7 @@ def build_network(cfg: Config, *, load_pretrained: bool = True) -> BlendMask:
                 "model.basis_module.in_features: DeepLab takes two features "
                 f"(low, high), e.g. ['c3', 'c5'] or ['p3', 'p5'], got {basis_in}"
             )
-        channels = {f"c{i + 3}": c for i, c in enumerate(body.out_channels)}
+        channels = {f"c{i + 3}": c for i, c in enumerate(body_channels)}
         channels.update({f"p{i}": m.fpn.out_channels for i in range(3, 8)})
         basis = DeepLabBasis(
             low_channels=channels[basis_in[0]],
@@ -102,19 +106,7 @@ def build_network(cfg: Config, *, load_pretrained: bool = True) -> BlendMask:
             sem_loss_on=b.loss_on,
             num_classes=m.fcos.num_classes,
         )
-    return BlendMask(
-        body=body,
-        fpn=fpn,
-        head=head,
-        top_layer=top_layer,
-        basis_module=basis,
-        fpn_strides=list(m.fcos.fpn_strides),
-        basis_in_features=basis_in,
-        input_format=m.input_format,
-        input_scale=m.input_scale,
-        pixel_mean=list(m.pixel_mean),
-        pixel_std=list(m.pixel_std),
-    )
+    return basis
 
 
 def blender_spec(cfg: Config) -> BlenderSpec:
@@ -173,6 +165,31 @@ def build(
     )
 
 
+def _build_body(cfg: Config, *, load_pretrained: bool) -> nn.Module:
+    m = cfg.model
+    resnet_weights = None
+    if load_pretrained and m.backbone.weights and m.backbone.name.startswith("resnet"):
+        # The file decides the conventions (RGB/ImageNet stats and stride in 3x3 for
+        # torchvision files, BGR-255 and stride in 1x1 for MSRA). The config must already
+        # say so: building from a silently adjusted copy would leave the caller saving a config
+        # that does not describe the network.
+        resnet_weights = read_backbone_weights(m.backbone.weights)
+        check_weight_conventions(m, resnet_weights)
+    body = build_body(
+        m.backbone.name,
+        norm=m.backbone.norm,
+        freeze_at=m.backbone.freeze_at,
+        stride_in_1x1=m.backbone.stride_in_1x1,
+        deform_interval=m.backbone.deform_interval,
+    )
+    if resnet_weights is not None:
+        depth = int(m.backbone.name.removeprefix("resnet"))
+        load_backbone_weights(body, resnet_weights, depth=depth)
+    elif load_pretrained and m.backbone.weights:
+        _load_lite0_weights(body, m.backbone.weights)
+    return body
+
+
 def _load_lite0_weights(body: nn.Module, weights: str) -> None:
     from blendmask.modeling.efficientnet import (
         load_lite0_imagenet,
@@ -184,62 +201,3 @@ def _load_lite0_weights(body: nn.Module, weights: str) -> None:
         load_lite0_imagenet_if_available(body)
     else:
         load_lite0_imagenet(body, Path(weights))
-
-
-def save_model_file(path: str | Path, cfg: Config, model: nn.Module) -> None:
-    """Write `{"format_version", "config", "model"}` atomically; loads with weights_only=True."""
-    model = getattr(model, "module", model)  # unwrap DDP
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format_version": MODEL_FORMAT_VERSION,
-        "config": cfg.to_dict(),
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-
-
-def read_model_file(path: str | Path) -> tuple[Config, dict[str, torch.Tensor]]:
-    """Config and state dict of a `model.pt`, upgrading older format versions."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: model file not found")
-    try:
-        payload: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not our file"
-        raise ValueError(f"{path}: not a readable blendmask model file ({exc})") from None
-    if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
-        hint = ""
-        if isinstance(payload, dict) and any(".fcos_head." in k for k in payload):
-            hint = "; it looks like an AdelaiDet checkpoint: run `blendmask convert` first"
-        raise ValueError(
-            f"{path}: not a blendmask model file (expected keys format_version, config, model){hint}"
-        )
-    version = payload.get("format_version", 0)
-    if version > MODEL_FORMAT_VERSION:
-        raise ValueError(
-            f"{path}: model file format {version} is newer than this blendmask supports "
-            f"({MODEL_FORMAT_VERSION}); upgrade blendmask"
-        )
-    # Format 0 (no version key) had the same layout: nothing to upgrade yet.
-    try:
-        cfg = from_dict(payload["config"]).validate()
-    except ConfigError as exc:
-        raise ValueError(f"{path}: stored config is invalid: {exc}") from None
-    return cfg, payload["model"]
-
-
-def load_model_file(
-    path: str | Path, device: str | torch.device = "cpu"
-) -> tuple[Config, BlendMask, BlendMaskCriterion, BlendMaskPostProcessor]:
-    """Build the modules of a `model.pt` and load its weights (strict)."""
-    cfg, state = read_model_file(path)
-    model, criterion, post = build(cfg, load_pretrained=False)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"{path}: weights do not fit the stored config: {exc}") from None
-    model.eval()
-    return cfg, model.to(device), criterion.to(device), post.to(device)

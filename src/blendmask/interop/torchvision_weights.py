@@ -27,14 +27,11 @@ files the user names are read.
 
 from __future__ import annotations
 
-import pickle
-import re
-from collections.abc import Callable
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -43,18 +40,23 @@ from blendmask.config import (
     IMAGENET_PIXEL_STD,
     MSRA_PIXEL_MEAN,
     MSRA_PIXEL_STD,
+    Config,
     ModelConfig,
 )
-
-# (bottleneck, blocks per stage res2..res5) -> depth
-_DEPTHS: dict[tuple[bool, tuple[int, ...]], int] = {
-    (False, (2, 2, 2, 2)): 18,
-    (False, (3, 4, 6, 3)): 34,
-    (True, (3, 4, 6, 3)): 50,
-    (True, (3, 4, 23, 3)): 101,
-    (True, (3, 8, 36, 3)): 152,
-}
-_BN_FIELDS = ("weight", "bias", "running_mean", "running_var")
+from blendmask.interop.pickles import read_weight_pickle
+from blendmask.interop.resnet_names import (
+    IGNORE_D2,
+    IGNORE_MSRA,
+    IGNORE_TV,
+    d2_name,
+    fill_folded_bn,
+    infer_depth,
+    is_folded,
+    msra_name,
+    rename_body_keys,
+    tv_name,
+)
+from blendmask.modeling.state_dict import load_state_dict_checked
 
 
 @dataclass
@@ -84,40 +86,10 @@ class BackboneWeights:
     source: str = ""
 
 
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickler for weight pickles: builds numpy arrays and containers, nothing else."""
-
-    _ALLOWED = {
-        ("collections", "OrderedDict"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy._core.numeric", "_frombuffer"),
-        # Python 3 writes bytes into protocol-2 pickles as _codecs.encode(text, "latin1")
-        ("_codecs", "encode"),
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a weight pickle")
-        if module.startswith("numpy.core"):
-            # numpy 2 moved numpy.core to numpy._core; old pickles still name the former
-            module = "numpy._core" + module[len("numpy.core") :]
-        return super().find_class(module, name)
-
-
 def _read_raw(path: Path) -> dict[str, Any]:
     """Load the file's top-level dict: pickle for .pkl, torch.load(weights_only) otherwise."""
     if path.suffix == ".pkl":
-        try:
-            with path.open("rb") as f:
-                data = _ArrayUnpickler(f, encoding="latin1").load()
-        except Exception as exc:  # any unreadable pickle is the same user error
-            raise ValueError(f"{path}: not a readable weight pickle ({exc})") from None
+        data = read_weight_pickle(path)
     else:
         try:
             data = torch.load(path, map_location="cpu", weights_only=True)
@@ -126,154 +98,6 @@ def _read_raw(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a dict of weights, got {type(data).__name__}")
     return data
-
-
-def _to_tensor(path: Path, key: str, value: Any) -> Tensor:
-    if isinstance(value, Tensor):
-        return value.detach().clone()
-    if isinstance(value, np.ndarray):
-        return torch.from_numpy(np.array(value, copy=True))
-    raise ValueError(f"{path}: entry '{key}' is a {type(value).__name__}, expected an array")
-
-
-_MSRA_STAGE = re.compile(r"^res(\d)_(\d+)_branch(1|2[abc])_(w|b|bn_s|bn_b|bn_rm|bn_riv)$")
-_MSRA_BN = {"bn_s": "weight", "bn_b": "bias", "bn_rm": "running_mean", "bn_riv": "running_var"}
-_MSRA_STEM = {
-    "conv1_w": "conv1.weight",
-    "res_conv1_bn_s": "bn1.weight",
-    "res_conv1_bn_b": "bn1.bias",
-    "res_conv1_bn_rm": "bn1.running_mean",
-    "res_conv1_bn_riv": "bn1.running_var",
-}
-
-
-def _msra_name(blob: str) -> str | None:
-    """Caffe2 blob name -> torchvision name; None if it is not a body blob."""
-    if blob in _MSRA_STEM:
-        return _MSRA_STEM[blob]
-    m = _MSRA_STAGE.match(blob)
-    if m is None:
-        return None
-    stage, block, branch, kind = int(m[1]), int(m[2]), m[3], m[4]
-    if not 2 <= stage <= 5 or kind == "b":  # the body's convolutions have no bias
-        return None
-    prefix = f"layer{stage - 1}.{block}"
-    if branch == "1":
-        conv, norm = f"{prefix}.downsample.0", f"{prefix}.downsample.1"
-    else:
-        k = "abc".index(branch[1]) + 1
-        conv, norm = f"{prefix}.conv{k}", f"{prefix}.bn{k}"
-    return f"{conv}.weight" if kind == "w" else f"{norm}.{_MSRA_BN[kind]}"
-
-
-_D2_STEM = re.compile(r"^stem\.conv1\.(weight|norm\.(weight|bias|running_mean|running_var))$")
-_D2_STAGE = re.compile(
-    r"^res(\d)\.(\d+)\.(conv[123]|shortcut)\.(weight|norm\.(weight|bias|running_mean|running_var))$"
-)
-
-
-def _d2_name(key: str) -> str | None:
-    """detectron2 name -> torchvision name; None if it is not a body key."""
-    m = _D2_STEM.match(key)
-    if m is not None:
-        return "conv1.weight" if m[2] is None else f"bn1.{m[2]}"
-    m = _D2_STAGE.match(key)
-    if m is None or not 2 <= int(m[1]) <= 5:
-        return None
-    prefix = f"layer{int(m[1]) - 1}.{m[2]}"
-    if m[3] == "shortcut":
-        conv, norm = f"{prefix}.downsample.0", f"{prefix}.downsample.1"
-    else:
-        conv, norm = f"{prefix}.{m[3]}", f"{prefix}.bn{m[3][-1]}"
-    return f"{conv}.weight" if m[5] is None else f"{norm}.{m[5]}"
-
-
-_TV_KEY = re.compile(
-    r"^(conv1\.weight|bn1\.(weight|bias|running_mean|running_var)"
-    r"|layer[1-4]\.\d+\.(conv[123]\.weight|bn[123]\.(weight|bias|running_mean|running_var)"
-    r"|downsample\.0\.weight|downsample\.1\.(weight|bias|running_mean|running_var)))$"
-)
-
-
-def _tv_name(key: str) -> str | None:
-    return key if _TV_KEY.match(key) else None
-
-
-def _rename(
-    path: Path,
-    raw: dict[str, Any],
-    rename: Callable[[str], str | None],
-    ignore: re.Pattern[str],
-    what: str,
-) -> dict[str, Tensor]:
-    state: dict[str, Tensor] = {}
-    unknown: list[str] = []
-    for key, value in raw.items():
-        if ignore.search(key):
-            continue
-        name = rename(key)
-        if name is None:
-            unknown.append(key)
-            continue
-        state[name] = _to_tensor(path, key, value)
-    if unknown:
-        raise ValueError(
-            f"{path}: {len(unknown)} keys are not part of a {what} ResNet body, e.g. "
-            f"{sorted(unknown)[:5]}"
-        )
-    return state
-
-
-def _fill_folded_bn(state: dict[str, Tensor]) -> bool:
-    """Add running_mean 0 / running_var 1 to BN layers that have only weight and bias.
-
-    Returns True if every BN layer of the file was folded (no running statistics at all)."""
-    prefixes = {k[: -len(".weight")] for k in state if k.endswith(".weight")}
-    bn_prefixes = [p for p in prefixes if state[f"{p}.weight"].dim() == 1]
-    folded = True
-    for p in bn_prefixes:
-        w = state[f"{p}.weight"]
-        if f"{p}.running_mean" in state or f"{p}.running_var" in state:
-            folded = False
-            continue
-        state[f"{p}.running_mean"] = torch.zeros_like(w)
-        state[f"{p}.running_var"] = torch.ones_like(w)
-    return folded and bool(bn_prefixes)
-
-
-def _is_folded(state: dict[str, Tensor]) -> bool:
-    means = [v for k, v in state.items() if k.endswith("running_mean")]
-    variances = [v for k, v in state.items() if k.endswith("running_var")]
-    return all(torch.all(m == 0) for m in means) and all(torch.all(v == 1) for v in variances)
-
-
-def _infer_depth(path: Path, state: dict[str, Tensor]) -> int:
-    counts = []
-    for stage in range(1, 5):
-        blocks = {int(k.split(".")[1]) for k in state if k.startswith(f"layer{stage}.")}
-        if blocks != set(range(len(blocks))):
-            raise ValueError(f"{path}: layer{stage} has blocks {sorted(blocks)}, expected 0..n-1")
-        counts.append(len(blocks))
-    bottleneck = any(".conv3." in k for k in state)
-    depth = _DEPTHS.get((bottleneck, tuple(counts)))
-    if depth is None:
-        kind = "bottleneck" if bottleneck else "basic"
-        raise ValueError(
-            f"{path}: {kind} blocks per stage {counts} match no ResNet "
-            f"(18: basic 2-2-2-2, 34: basic 3-4-6-3, 50/101/152: bottleneck 3-4-6-3 / 3-4-23-3 / "
-            f"3-8-36-3)"
-        )
-    if "conv1.weight" not in state or tuple(state["conv1.weight"].shape) != (64, 3, 7, 7):
-        found = tuple(state["conv1.weight"].shape) if "conv1.weight" in state else "none"
-        raise ValueError(f"{path}: stem conv1.weight should be (64, 3, 7, 7), found {found}")
-    # ResNeXt and wide ResNets share these names but have other widths; they would not load
-    conv2 = state.get("layer1.0.conv2.weight")
-    if conv2 is not None and tuple(conv2.shape) != (64, 64, 3, 3):
-        raise ValueError(
-            f"{path}: layer1.0.conv2.weight has shape {tuple(conv2.shape)}, expected "
-            "(64, 64, 3, 3) for a plain ResNet (ResNeXt and wide ResNets are not supported)"
-        )
-    return depth
 
 
 def _torchvision_weights(state: dict[str, Tensor], depth: int, path: Path) -> BackboneWeights:
@@ -302,11 +126,6 @@ def _msra_weights(state: dict[str, Tensor], depth: int, path: Path) -> BackboneW
         pixel_std=list(MSRA_PIXEL_STD),
         source=str(path),
     )
-
-
-_IGNORE_TV = re.compile(r"(^fc\.|num_batches_tracked$)")
-_IGNORE_MSRA = re.compile(r"(^fc1000_|_momentum$|^pred_|^__)")
-_IGNORE_D2 = re.compile(r"(^fc\.|^linear\.|num_batches_tracked$)")
 
 
 def read_backbone_weights(path: str | Path) -> BackboneWeights:
@@ -341,21 +160,21 @@ def read_backbone_weights(path: str | Path) -> BackboneWeights:
         keys = list(raw)
 
     if "conv1_w" in raw:
-        state = _rename(path, raw, _msra_name, _IGNORE_MSRA, "MSRA/Caffe2")
-        _fill_folded_bn(state)
-        return _msra_weights(state, _infer_depth(path, state), path)
+        state = rename_body_keys(path, raw, msra_name, IGNORE_MSRA, "MSRA/Caffe2")
+        fill_folded_bn(state)
+        return _msra_weights(state, infer_depth(path, state), path)
     if "stem.conv1.weight" in raw:
-        state = _rename(path, raw, _d2_name, _IGNORE_D2, "detectron2")
-        folded = _fill_folded_bn(state) or _is_folded(state)
-        depth = _infer_depth(path, state)
+        state = rename_body_keys(path, raw, d2_name, IGNORE_D2, "detectron2")
+        folded = fill_folded_bn(state) or is_folded(state)
+        depth = infer_depth(path, state)
         torchvision_like = author == "torchvision" if author is not None else not folded
         if torchvision_like:
             return _torchvision_weights(state, depth, path)
         return _msra_weights(state, depth, path)
     if "conv1.weight" in raw and any(k.startswith("layer1.") for k in keys):
         # torchvision files always hold running statistics: none are invented here
-        state = _rename(path, raw, _tv_name, _IGNORE_TV, "torchvision")
-        return _torchvision_weights(state, _infer_depth(path, state), path)
+        state = rename_body_keys(path, raw, tv_name, IGNORE_TV, "torchvision")
+        return _torchvision_weights(state, infer_depth(path, state), path)
     raise ValueError(
         f"{path}: not a ResNet weight file: found none of 'conv1.weight' (torchvision), "
         f"'conv1_w' (MSRA/Caffe2), 'stem.conv1.weight' (detectron2); first keys: {keys[:5]}"
@@ -381,7 +200,8 @@ def load_backbone_weights(body: nn.Module, weights: BackboneWeights, *, depth: i
         depth: the depth the model was built with.
 
     Raises:
-        ValueError: wrong depth, or missing / unexpected / mis-shaped keys (all listed at once).
+        ValueError: wrong depth, or missing / unexpected / mis-shaped keys (counted, the first
+            of each named, in one message).
     """
     check_depth(weights, depth)
     expected = body.state_dict()
@@ -390,37 +210,80 @@ def load_backbone_weights(body: nn.Module, weights: BackboneWeights, *, depth: i
         # BatchNorm2d counts batches; the file has no count to give it
         if key.endswith("num_batches_tracked") and key not in state:
             state[key] = torch.zeros((), dtype=torch.long)
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in expected
-        if k in state and state[k].shape != expected[k].shape
-    ]
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} keys {missing[:5]}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} keys {unexpected[:5]}")
-        if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatches {mismatched[:5]}")
-        raise ValueError(
-            f"{weights.source}: ResNet-{weights.depth} weights do not fit the body: "
-            + "; ".join(parts)
-        )
-    body.load_state_dict(state, strict=True)
+    load_state_dict_checked(
+        body,
+        state,
+        source=weights.source,
+        what=f"ResNet-{weights.depth} weights do not fit the body",
+    )
 
 
 def apply_weight_conventions(cfg_model: ModelConfig, weights: BackboneWeights) -> None:
     """Set input_format, input_scale, pixel_mean, pixel_std and backbone.stride_in_1x1 of
-    `cfg_model` to what `weights` were trained with; checks the ResNet depth when the config
-    names one."""
+    `cfg_model` (changed in place) to what `weights` were trained with; checks the ResNet depth
+    when the config names one. `resolve_weight_conventions` does the same on a copy."""
     name = cfg_model.backbone.name
     if name.startswith("resnet"):
         check_depth(weights, int(name[len("resnet") :]))
-    cfg_model.input_format = weights.input_format
-    cfg_model.input_scale = weights.input_scale
-    cfg_model.pixel_mean = list(weights.pixel_mean)
-    cfg_model.pixel_std = list(weights.pixel_std)
-    cfg_model.backbone.stride_in_1x1 = weights.stride_in_1x1
+    for field_name, value in _conventions(weights).items():
+        target = cfg_model.backbone if field_name == "stride_in_1x1" else cfg_model
+        setattr(target, field_name, value)
+
+
+def _conventions(weights: BackboneWeights) -> dict[str, Any]:
+    """The ModelConfig fields (backbone.stride_in_1x1 as stride_in_1x1) the weights decide."""
+    return {
+        "input_format": weights.input_format,
+        "input_scale": weights.input_scale,
+        "pixel_mean": list(weights.pixel_mean),
+        "pixel_std": list(weights.pixel_std),
+        "stride_in_1x1": weights.stride_in_1x1,
+    }
+
+
+def convention_mismatches(cfg_model: ModelConfig, weights: BackboneWeights) -> list[str]:
+    """The fields of `cfg_model` that differ from what `weights` need, e.g.
+    "model.input_format is BGR, the file needs RGB" (empty when consistent)."""
+    out = []
+    for field_name, wanted in _conventions(weights).items():
+        if field_name == "stride_in_1x1":
+            key, have = "model.backbone.stride_in_1x1", cfg_model.backbone.stride_in_1x1
+        else:
+            key, have = f"model.{field_name}", getattr(cfg_model, field_name)
+        if have != wanted:
+            out.append(f"{key} is {have}, the file needs {wanted}")
+    return out
+
+
+def check_weight_conventions(cfg_model: ModelConfig, weights: BackboneWeights) -> None:
+    """Raise ValueError when `cfg_model` does not describe a network these weights fit: another
+    ResNet depth, or input conventions (channel order, scale, mean / std, stride placement)
+    other than the file's. The fix is to resolve the config before building."""
+    name = cfg_model.backbone.name
+    if name.startswith("resnet"):
+        check_depth(weights, int(name[len("resnet") :]))
+    problems = convention_mismatches(cfg_model, weights)
+    if problems:
+        raise ValueError(
+            f"{weights.source}: model.backbone.weights is a {weights.convention} ResNet file and "
+            f"the config does not follow its conventions ({'; '.join(problems)}); resolve the "
+            "config first with blendmask.interop.torchvision_weights.resolve_weight_conventions"
+            "(cfg) (`blendmask train --backbone-weights FILE` does it), so that the config you "
+            "save describes the network you build"
+        )
+
+
+def resolve_weight_conventions(cfg: Config) -> Config:
+    """A new Config whose input format, scale, pixel mean / std and backbone.stride_in_1x1 are
+    those the ImageNet ResNet file in `cfg.model.backbone.weights` was trained with; an
+    unchanged copy when no file is named or the body is not a ResNet. `cfg` is not changed.
+
+    Raises:
+        FileNotFoundError / ValueError: as `read_backbone_weights`, or the file's ResNet depth
+            differs from the body's.
+    """
+    out = copy.deepcopy(cfg)
+    m = out.model
+    if m.backbone.weights and m.backbone.name.startswith("resnet"):
+        apply_weight_conventions(m, read_backbone_weights(m.backbone.weights))
+    return out

