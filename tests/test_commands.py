@@ -4,7 +4,8 @@
   metrics (same weights, same evaluation path) and its detections;
 - `predict` on a folder writes COCO results whose RLE masks decode (pycocotools) to the masks
   drawn in the overlays, with original category ids;
-- `train` flags: the linear scaling rule and bad input."""
+- `eval --results` scores a results json without a model, as `eval --weights` did;
+- `train` flags: the linear scaling rule, bad input, the warning about a random ResNet body."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from pycocotools import mask as mask_util
 from torchvision.utils import draw_segmentation_masks
 
 from blendmask.cli import main
-from blendmask.engine.commands import METRIC_KEYS, demo, resolve_train_config
+from blendmask.engine.demo import run_demo
+from blendmask.engine.evaluate import METRIC_KEYS
+from blendmask.engine.train_config import resolve_train_config
 from blendmask.visualization import class_color
 
 # A low threshold so that a barely trained tiny model still yields detections to compare.
@@ -28,7 +31,7 @@ TINY_OVERRIDES = ["model.fcos.inference_th_test=0.0", "data.min_size_test=96"]
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    metrics = demo(
+    metrics = run_demo(
         out=out,
         device="cpu",
         minutes=2.0,
@@ -91,6 +94,27 @@ def test_eval_weights_reproduces_the_demo(demo_run, capsys):
     results = json.loads((eval_dir / "results.json").read_text())
     assert len(results) > 0  # non-vacuous: there were detections to score
     assert {r["category_id"] for r in results} <= {1, 2, 3, 4}
+
+    # the same results scored without the model give the same metrics
+    scored_dir = out / "eval_results"
+    code = main(
+        [
+            "eval",
+            "--results",
+            str(eval_dir / "results.json"),
+            "--json",
+            str(data / "annotations" / "instances_val.json"),
+            "--out",
+            str(scored_dir),
+        ]
+    )
+    assert code == 0
+    scored = json.loads((scored_dir / "metrics.json").read_text())
+    for key in ("bbox_AP", "segm_AP"):
+        assert scored[key] == pytest.approx(metrics[key]), key
+    capsys.readouterr()
+    assert main(["eval", "--results", str(eval_dir / "results.json"), "--out", "x"]) == 2
+    assert "needs --json" in capsys.readouterr().err
 
 
 def test_predict_folder_rle_matches_overlays(demo_run):
@@ -164,6 +188,31 @@ def test_batch_size_scales_lr_linearly(tmp_path, capsys):
     longer = resolve_train_config(out=tmp_path, preset="tiny", max_iter=20)
     # the lr steps keep their fraction of the run
     assert longer.solver.steps == [round(s * 20 / base.solver.max_iter) for s in base.solver.steps]
+
+
+def test_train_warns_about_a_random_resnet_body(tmp_path, shapes_dataset, capsys):
+    args = [
+        "train",
+        "--preset",
+        "tiny",
+        "--out",
+        str(tmp_path / "run"),
+        "--train-json",
+        str(shapes_dataset["train_json"]),
+        "--train-images",
+        str(shapes_dataset["train_images"]),
+        "--device",
+        "cpu",
+        "--max-iter",
+        "1",
+    ]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "RANDOM weights" in err and "--backbone-weights" in err
+    # a resumed run continues trained weights: no warning
+    assert main([*args[:-1], "2"]) == 0
+    captured = capsys.readouterr()
+    assert "resuming from" in captured.out and "RANDOM" not in captured.err
 
 
 def test_train_bad_input_exits_2(tmp_path, capsys):

@@ -14,17 +14,17 @@ import textwrap
 
 import torch
 
-# Goes through the real command line (`blendmask.cli.main(["train", ...])`), with `train`
-# wrapped so each rank also saves the weights it ended with.
+# Goes through the real command line (`blendmask.cli.main(["train", ...])`), with the loop
+# (`run_training`) wrapped so each rank also saves the weights it ended with.
 CHILD = textwrap.dedent(
     """
     import os, sys
     import torch
     torch.set_num_threads(1)
-    import blendmask.engine.train as train_lib
+    from blendmask.engine import loop
     from blendmask.cli import main
 
-    original = train_lib.train
+    original = loop.run_training
 
     def train_and_dump(cfg, **kwargs):
         result = original(cfg, **kwargs)
@@ -33,7 +33,7 @@ CHILD = textwrap.dedent(
         torch.save(state, os.path.join(sys.argv[1], "..", f"rank{rank}.pt"))
         return result
 
-    train_lib.train = train_and_dump
+    loop.run_training = train_and_dump
     out, train_json, train_images = sys.argv[1:4]
     sys.exit(main([
         "train", "--preset", "tiny", "--device", "cpu", "--out", out,

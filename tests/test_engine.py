@@ -13,15 +13,18 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from blendmask.engine import checkpoint as ckpt
+from blendmask.engine.budget import TimeBudget, affordable_max_iter
+from blendmask.engine.loaders import build_train_dataset, build_train_loader
 from blendmask.engine.logging import MetricsFile, plot_curves, read_metrics
 from blendmask.engine.optim import (
-    build_lr_scheduler,
+    WarmupMultiStepSchedule,
     build_optimizer,
+    compress_steps,
     param_groups,
     scale_lr,
     warmup_multistep_factor,
 )
-from blendmask.engine.train import build_train_dataset, build_train_loader, plan_for_budget
+from blendmask.engine.train_config import resolve_dataset_classes
 from blendmask.presets import get_preset
 from blendmask.structures import Detections
 from blendmask.visualization import class_color, draw_detections
@@ -51,7 +54,7 @@ def test_warmup_multistep_matches_the_definition():
     assert warmup_multistep_factor(0, steps=steps, warmup_iters=wi, warmup_factor=wf) == wf
 
 
-def _lr_sequence(scheduler: torch.optim.lr_scheduler.LRScheduler, n: int) -> list[float]:
+def _lr_sequence(scheduler: WarmupMultiStepSchedule, n: int) -> list[float]:
     lrs = []
     for _ in range(n):
         lrs.append(scheduler.optimizer.param_groups[0]["lr"])
@@ -61,9 +64,11 @@ def _lr_sequence(scheduler: torch.optim.lr_scheduler.LRScheduler, n: int) -> lis
 
 
 def test_scheduler_state_dict_resumes_the_same_curve():
-    def make() -> torch.optim.lr_scheduler.LRScheduler:
+    def make() -> WarmupMultiStepSchedule:
         opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
-        return build_lr_scheduler(opt, steps=[6, 9], warmup_iters=4, warmup_factor=0.01)
+        return WarmupMultiStepSchedule(
+            opt, max_iter=12, steps=[6, 9], warmup_iters=4, warmup_factor=0.01
+        )
 
     full = _lr_sequence(make(), 12)
     assert full[0] == pytest.approx(0.1 * 0.01)
@@ -75,6 +80,21 @@ def test_scheduler_state_dict_resumes_the_same_curve():
     resumed.optimizer.load_state_dict(opt_state)  # holds the current lr, as in last.pt
     resumed.load_state_dict(state)
     assert head + _lr_sequence(resumed, 7) == pytest.approx(full, rel=1e-12)
+    # the state is the iteration count only (the plan is saved beside it): files written by
+    # earlier versions, whose schedule was a functools.partial, hold the same keys
+    assert state["lr_lambdas"] == [{}] and state["last_epoch"] == 5
+
+
+def test_schedule_replan_moves_the_steps_ahead():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = WarmupMultiStepSchedule(opt, max_iter=20, steps=[4, 16], warmup_iters=0)
+    _lr_sequence(schedule, 10)
+    schedule.replan(15, iteration=10)  # 10 iterations left -> 5: the step at 16 moves to 13
+    assert schedule.plan() == {"max_iter": 15, "steps": [4, 13]}
+    lrs = _lr_sequence(schedule, 5)
+    assert lrs == pytest.approx([0.1, 0.1, 0.1, 0.01, 0.01])
+    schedule.restore_plan(20, [4, 16])
+    assert schedule.factor(14) == pytest.approx(0.1)
 
 
 def test_param_groups_put_norm_parameters_without_decay():
@@ -138,7 +158,7 @@ def test_training_state_round_trip(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
     opt = build_optimizer(model, base_lr=0.1)
-    sched = build_lr_scheduler(opt, steps=[3], warmup_iters=2)
+    sched = WarmupMultiStepSchedule(opt, max_iter=10, steps=[3], warmup_iters=2)
     for _ in range(3):
         model(torch.randn(5, 3)).sum().backward()
         opt.step()
@@ -150,7 +170,7 @@ def test_training_state_round_trip(tmp_path):
     torch.manual_seed(1)
     model2 = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
     opt2 = build_optimizer(model2, base_lr=0.1)
-    sched2 = build_lr_scheduler(opt2, steps=[3], warmup_iters=2)
+    sched2 = WarmupMultiStepSchedule(opt2, max_iter=10, steps=[3], warmup_iters=2)
     it = ckpt.restore_training_state(
         ckpt.read_training_state(path), model=model2, optimizer=opt2, scheduler=sched2, scaler=None
     )
@@ -160,7 +180,7 @@ def test_training_state_round_trip(tmp_path):
     m1 = [opt.state[p]["momentum_buffer"] for p in model.parameters()]
     m2 = [opt2.state[p]["momentum_buffer"] for p in model2.parameters()]
     assert all(torch.equal(a, b) for a, b in zip(m1, m2))
-    assert sched2.last_epoch == 3 and opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+    assert sched2.last_iteration == 3 and opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
 
 
 def test_read_training_state_rejects_other_files(tmp_path):
@@ -206,18 +226,63 @@ def test_train_loader_resumes_the_same_batches(shapes_dataset, workers):
             assert torch.equal(ta["masks"], tb["masks"])
 
 
-def test_plan_for_budget_compresses_the_rest_of_the_schedule():
+def test_budget_plan_compresses_the_rest_of_the_schedule():
     # 100 s left at 1 s/iteration from iteration 50: end at 150 instead of 1050
-    new_max, new_steps = plan_for_budget(
-        iteration=50, max_iter=1050, steps=[40, 850, 950], seconds_left=100, seconds_per_iter=1.0
+    new_max = affordable_max_iter(
+        iteration=50, max_iter=1050, seconds_left=100, seconds_per_iter=1.0
     )
     assert new_max == 150
     # steps already passed stay; the others keep their fraction of the remaining run
-    assert new_steps == [40, 50 + 80, 50 + 90]
-    # enough time: unchanged
-    assert plan_for_budget(
-        iteration=0, max_iter=10, steps=[5], seconds_left=100, seconds_per_iter=1.0
-    ) == (10, [5])
+    steps = compress_steps([40, 850, 950], iteration=50, max_iter=1050, new_max_iter=new_max)
+    assert steps == [40, 50 + 80, 50 + 90]
+    # enough time: unchanged; no time: the update in flight still completes
+    assert affordable_max_iter(iteration=0, max_iter=10, seconds_left=100, seconds_per_iter=1) == 10
+    assert affordable_max_iter(iteration=7, max_iter=10, seconds_left=0, seconds_per_iter=1) == 8
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_time_budget_plans_after_the_timing_window_and_each_evaluation():
+    clock = _Clock()
+    budget = TimeBudget(60.0, clock=clock)
+    budget.begin(0)
+    due = []
+    for it in range(1, 14):
+        clock.now += 2.0 if it <= 3 else 1.0  # slow first iterations are not timed
+        budget.iteration_done(it)
+        due.append(budget.plan_due(it))
+    # timing starts after 3 iterations and runs over 10 before the first plan
+    assert due == [False] * 12 + [True]
+    assert budget.seconds_per_iteration(13, eval_period=0) == pytest.approx(1.0)
+    # 60 - 16 = 44 s left, 97% of it at 1 s/iteration: 42 more iterations
+    assert budget.plan(13, max_iter=1000, eval_period=0) == (13 + 42, pytest.approx(1.0))
+    assert budget.planned and not budget.plan_due(14)
+    # an evaluation of 5 s: left out of the timing, spread over its period, and plan again
+    clock.now += 5.0
+    budget.evaluation_done(5.0)
+    clock.now += 1.0
+    budget.iteration_done(14)
+    assert budget.plan_due(14)
+    assert budget.seconds_per_iteration(14, eval_period=10) == pytest.approx(1.0 + 0.5)
+    assert not budget.expired()
+    clock.now += 40.0
+    assert budget.expired()
+
+
+def test_resolve_dataset_classes_returns_a_new_config(shapes_dataset):
+    cfg = _tiny_train_cfg(shapes_dataset)
+    before = cfg.to_dict()
+    resolved = resolve_dataset_classes(cfg, build_train_dataset(cfg), quiet=True)
+    assert cfg.to_dict() == before  # the input is not changed
+    assert resolved.model.fcos.num_classes == 4  # the shapes categories, not tiny's 3
+    assert resolved.data.category_names == ["circle", "rectangle", "triangle", "star"]
+    assert resolved.data.category_ids == [1, 2, 3, 4]
 
 
 def test_metrics_file_truncates_and_skips_torn_lines(tmp_path):

@@ -18,7 +18,7 @@ import torch
 ITERATIONS = 6
 KILL_AFTER = 3
 
-# Runs `commands.train`; with a kill iteration it stops (sleeps) right after writing that
+# Runs `train_command`; with a kill iteration it stops (sleeps) right after writing that
 # checkpoint, so the parent can SIGKILL it there, mid-run, as a crash would.
 CHILD = (
     textwrap.dedent(
@@ -26,7 +26,8 @@ CHILD = (
     import sys, time
     import torch
     torch.set_num_threads(1)
-    from blendmask.engine import checkpoint, commands
+    from blendmask.engine import checkpoint
+    from blendmask.engine.train import train_command
 
     out, train_json, train_images, kill_at = sys.argv[1:5]
     kill_at = int(kill_at)
@@ -39,7 +40,7 @@ CHILD = (
             time.sleep(600)
 
     checkpoint.save_training_state = save_then_hang
-    commands.train(
+    train_command(
         out=out, preset="tiny", device="cpu", train_json=train_json, train_images=train_images,
         max_iter=ITERATIONS, seed=7,
         overrides=["solver.checkpoint_period=KILL_AFTER", "solver.steps=[4]",

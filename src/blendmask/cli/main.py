@@ -7,54 +7,31 @@ Exit codes: 0 success, 2 bad usage or bad input (one line naming the file and th
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 
 
-def _add_eval_results(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--results", default=None, help="score a COCO results json without a model")
-
-
-def _run_eval(args: argparse.Namespace) -> int:
-    if getattr(args, "results", None):
-        from blendmask.evaluation.results import evaluate_results_file
-
-        if not args.json:
-            raise ValueError("eval --results needs --json (the ground-truth COCO json)")
-        metrics = evaluate_results_file(args.json, args.results, args.out)
-        print(json.dumps(metrics, indent=2))
-        return 0
-    from blendmask.engine.cli_args import run_eval
-
-    return run_eval(args) or 0
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from blendmask.engine import cli_args
-
     parser = argparse.ArgumentParser(
         prog="blendmask",
         description="BlendMask instance segmentation: train, evaluate, predict, export.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="shapes data -> train on CPU -> evaluate -> draw")
-    cli_args.add_demo_args(p)
-    p.set_defaults(func=cli_args.run_demo)
+    from blendmask.cli import demo as demo_cmd
+    from blendmask.cli import eval as eval_cmd
+    from blendmask.cli import predict as predict_cmd
+    from blendmask.cli import train as train_cmd
 
-    p = sub.add_parser("train", help="train a model (resumes from OUT/last.pt)")
-    cli_args.add_train_args(p)
-    p.set_defaults(func=cli_args.run_train)
-
-    p = sub.add_parser("eval", help="COCO evaluation of a model or of a results json")
-    cli_args.add_eval_args(p)
-    _add_eval_results(p)
-    p.set_defaults(func=_run_eval)
-
-    p = sub.add_parser("predict", help="predict on images or folders")
-    cli_args.add_predict_args(p)
-    p.set_defaults(func=cli_args.run_predict)
+    for name, module in (
+        ("demo", demo_cmd),
+        ("train", train_cmd),
+        ("eval", eval_cmd),
+        ("predict", predict_cmd),
+    ):
+        p = sub.add_parser(name, help=module.__doc__.strip().splitlines()[0])
+        module.add_arguments(p)
+        p.set_defaults(func=module.run)
 
     from blendmask.cli import config as config_cmd
     from blendmask.cli import convert as convert_cmd

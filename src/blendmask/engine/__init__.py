@@ -1,11 +1,16 @@
-"""Training and the train / eval / predict / demo commands.
+"""Training and the train / eval / predict / demo commands as functions.
 
-- `train.py`: the training loop (`train`) and COCO evaluation of a model (`evaluate_model`);
-- `optim.py`: SGD param groups and the WarmupMultiStepLR schedule;
+- `loop.py`: the training loop (`run_training`, `train_step`);
+- `training_run.py`: `TrainingRun`, the state of one process, and its set-up (build, resume, DDP);
+- `train_config.py`: the Config a run uses, resolved before anything is built;
+- `budget.py`: `TimeBudget`, the iterations that fit in a time limit;
+- `optim.py`: SGD param groups and `WarmupMultiStepSchedule`;
+- `loaders.py`: the training dataset and its deterministic loader;
 - `checkpoint.py`: `last.pt` (atomic, exact resume);
+- `evaluate.py`: COCO evaluation of a model, during training and from a model file;
 - `distributed.py`: torchrun / DDP helpers;
-- `logging.py`: progress bar, metrics.jsonl, curves.png, TensorBoard;
-- `commands.py`: the commands as functions; `cli_args.py`: their flags.
+- `logging.py`: progress output, metrics.jsonl, curves.png, TensorBoard;
+- `train.py`, `predict.py`, `demo.py`: the commands (their flags live in `blendmask.cli`).
 """
 
 from __future__ import annotations

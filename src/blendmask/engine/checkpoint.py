@@ -1,14 +1,15 @@
-"""Training checkpoints: `DIR/last.pt`, written atomically, from which `train` resumes exactly.
+"""Training checkpoints: `DIR/last.pt`, written atomically, from which training resumes exactly.
 
 `last.pt` holds everything that decides the next iterations: model, optimiser (momentum
 buffers), scheduler (iteration count), AMP scaler, the iteration, the RNG states of torch
-(CPU and CUDA), numpy and Python, and the resolved config. The data order needs no state:
-batches are a pure function of (seed, rank, iteration) (see engine/train.py), so resuming
-re-creates the sampler and skips the batches already seen.
+(CPU and CUDA), numpy and Python, the resolved config, and the schedule in force (a time budget
+may have shortened it). The data order needs no state: batches are a pure function of
+(seed, rank, iteration) (see engine/loaders.py), so resuming re-creates the sampler and skips
+the batches already seen.
 
 Everything is stored as tensors, numbers, strings, lists and dicts, so the file also loads with
 `torch.load(weights_only=True)`. `DIR/model.pt` (config + weights only) is written by
-`blendmask.factory.save_model_file`.
+`blendmask.checkpoint_io.save_model_file`.
 """
 
 from __future__ import annotations
@@ -16,13 +17,26 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
+from blendmask.config import Config, from_dict
+from blendmask.engine.optim import WarmupMultiStepSchedule
+
 CHECKPOINT_FORMAT_VERSION = 1
+LAST_CHECKPOINT = "last.pt"
+
+
+class Stateful(Protocol):
+    """A scheduler (`WarmupMultiStepSchedule` or a torch LRScheduler), as far as a checkpoint
+    is concerned."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -89,7 +103,7 @@ def save_training_state(
     *,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scheduler: Stateful,
     scaler: torch.amp.GradScaler | None,
     iteration: int,
     config: dict[str, Any],
@@ -134,7 +148,7 @@ def restore_training_state(
     *,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scheduler: Stateful,
     scaler: torch.amp.GradScaler | None,
     restore_rng: bool = True,
 ) -> int:
@@ -147,3 +161,94 @@ def restore_training_state(
     if restore_rng:
         set_rng_state(payload["rng"])
     return int(payload["iteration"])
+
+
+# --------------------------------------------------------------------------------------------
+# Resuming a run and saving its progress
+
+
+def check_resume_config(path: str | Path, saved: dict[str, Any], cfg: Config) -> None:
+    """A checkpoint of another architecture cannot continue: say which field differs."""
+    old = from_dict(saved).to_dict()["model"]
+    new = cfg.to_dict()["model"]
+
+    def diff(a: Any, b: Any, prefix: str) -> str | None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in a:
+                found = diff(a[k], b.get(k), f"{prefix}.{k}")
+                if found:
+                    return found
+            return None
+        return None if a == b else f"{prefix}: {a!r} in the checkpoint, {b!r} now"
+
+    found = diff(old, new, "model")
+    if found:
+        raise ValueError(
+            f"{path}: written for a different model ({found}); "
+            "use another --out folder or delete the checkpoint to start over"
+        )
+
+
+def resume_training(
+    path: str | Path,
+    cfg: Config,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: WarmupMultiStepSchedule,
+    scaler: torch.amp.GradScaler | None,
+    restore_rng: bool = True,
+) -> tuple[int, int]:
+    """Continue the run saved in `path` (a `last.pt` of the same model as `cfg`).
+
+    Loads the states into the objects and, when the run was saved with the schedule `cfg`
+    asks for, the plan in force then (`schedule.restore_plan`): a schedule shrunk by a time
+    budget continues as planned, unless the user asked for another one (e.g. a larger
+    --max-iter to train longer). Returns (the iteration to run next, the evaluation period).
+    """
+    payload = read_training_state(path)
+    check_resume_config(path, payload["config"], cfg)
+    s = cfg.solver
+    eval_period = s.eval_period
+    plan = payload.get("extra", {}).get("schedule")
+    saved_solver = payload["config"].get("solver", {})
+    same_schedule = saved_solver.get("max_iter") == s.max_iter and list(
+        saved_solver.get("steps", [])
+    ) == list(s.steps)
+    if plan and same_schedule:
+        schedule.restore_plan(int(plan["max_iter"]), [int(x) for x in plan["steps"]])
+        eval_period = int(plan.get("eval_period", eval_period))
+    iteration = restore_training_state(
+        payload,
+        model=model,
+        optimizer=optimizer,
+        scheduler=schedule,
+        scaler=scaler,
+        restore_rng=restore_rng,
+    )
+    return iteration, eval_period
+
+
+def save_checkpoint(
+    path: str | Path,
+    cfg: Config,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: WarmupMultiStepSchedule,
+    scaler: torch.amp.GradScaler | None,
+    iteration: int,
+    eval_period: int,
+) -> None:
+    """`save_training_state` plus the schedule in force (`schedule.plan()`) and the
+    evaluation period, which a time budget may have changed."""
+    save_training_state(
+        path,
+        model=model,
+        optimizer=optimizer,
+        scheduler=schedule,
+        scaler=scaler,
+        iteration=iteration,
+        config=cfg.to_dict(),
+        extra={"schedule": {**schedule.plan(), "eval_period": eval_period}},
+    )

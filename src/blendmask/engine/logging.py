@@ -1,4 +1,5 @@
-"""Training records: a progress bar, `metrics.jsonl`, `curves.png` and optional TensorBoard.
+"""Training records: a progress bar, `metrics.jsonl`, `curves.png` and optional TensorBoard,
+bundled for the loop by `TrainingLog`; and `write_json` for the commands' outputs.
 
 `metrics.jsonl` has one JSON object per line: `{"type": "train", "iteration", "lr",
 "images_per_s", "loss", "loss_fcos_cls", ...}` at each logging step (losses averaged over the
@@ -16,7 +17,23 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm import tqdm
+
+from blendmask.engine import distributed as dist_utils
+
+METRICS_FILE = "metrics.jsonl"
+CURVES_FILE = "curves.png"
+EVAL_SUMMARY_KEYS = ("bbox_AP", "segm_AP", "segm_AP50")
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write `data` as indented JSON through a temp file, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
 
 
 class MetricsFile:
@@ -220,3 +237,87 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path) -> Path | None:
     fig.savefig(out_path, dpi=100)
     plt.close(fig)
     return out_path
+
+
+class TrainingLog:
+    """The records of one training run: `metrics.jsonl`, TensorBoard and the progress output
+    (rank 0 only), and the losses averaged between logging steps (every rank: the logged
+    values are means over ranks).
+
+    A resumed run starts at `start`; the lines past it in `metrics.jsonl` belong to iterations
+    that will run again and are dropped.
+    """
+
+    def __init__(
+        self,
+        out_dir: Path,
+        *,
+        main: bool,
+        start: int,
+        total: int,
+        start_time: float,
+        ims_per_batch: int,
+        device: torch.device,
+        tensorboard: bool = False,
+        verbose: bool = True,
+    ) -> None:
+        self.metrics = MetricsFile(out_dir / METRICS_FILE if main else None)
+        if main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            self.metrics.truncate_after(start)
+        self.board = TensorBoard(out_dir / "tensorboard" if tensorboard and main else None)
+        self.progress = Progress(total=total, start=start, enabled=main and verbose)
+        self.averager = LossAverager()
+        self.start_time = start_time
+        self.ims_per_batch = ims_per_batch
+        self.device = device
+        self.restart_window()
+
+    def restart_window(self) -> None:
+        """Images/s counts from here (after an evaluation, which is not training time)."""
+        self.window_start, self.window_iters = time.perf_counter(), 0
+
+    def step(self, losses: dict[str, float]) -> None:
+        """One update done with these (scalar) losses."""
+        self.averager.update(losses)
+        self.window_iters += 1
+
+    def log(self, iteration: int, lr: float) -> None:
+        """A `train` record of the losses averaged since the last one (a collective call)."""
+        elapsed = time.perf_counter() - self.window_start
+        stats = dist_utils.reduce_mean(self.averager.pop(), self.device)
+        images_per_s = self.window_iters * self.ims_per_batch / max(elapsed, 1e-9)
+        record = {
+            "type": "train",
+            "iteration": iteration,
+            "lr": lr,
+            "images_per_s": round(images_per_s, 3),
+            "seconds": round(time.perf_counter() - self.start_time, 2),
+            **{k: round(v, 6) for k, v in stats.items()},
+        }
+        self.metrics.write(record)
+        self.board.scalars("train", {k: v for k, v in record.items() if k != "type"}, iteration)
+        shown = {
+            "loss": stats.get("loss", math.nan),
+            **{k: v for k, v in stats.items() if k.startswith("loss_")},
+            "lr": record["lr"],
+            "img/s": record["images_per_s"],
+        }
+        self.progress.update(iteration, shown)
+        self.restart_window()
+
+    def evaluation(self, iteration: int, metrics: dict[str, float]) -> None:
+        """An `eval` record and a one-line summary (rank 0)."""
+        if self.metrics.path is None:
+            return
+        self.metrics.write({"type": "eval", "iteration": iteration, **metrics})
+        self.board.scalars("val", metrics, iteration)
+        summary = ", ".join(f"{k}={metrics[k]:.4f}" for k in EVAL_SUMMARY_KEYS if k in metrics)
+        self.progress.write(f"iteration {iteration}: {summary}")
+
+    def write(self, message: str) -> None:
+        self.progress.write(message)
+
+    def close(self) -> None:
+        self.progress.close()
+        self.board.close()

@@ -3,16 +3,18 @@
 - SGD with momentum 0.9 and weight decay 1e-4 on every parameter except those of norm layers
   (BN, SyncBN, GN, LayerNorm), which use `weight_decay_norm` (0 in the reference). Biases keep
   the full decay and learning rate (BIAS_LR_FACTOR 1, WEIGHT_DECAY_BIAS = WEIGHT_DECAY).
-- WarmupMultiStepLR: a linear warm-up from `warmup_factor` to 1 over `warmup_iters`, then a
-  factor `gamma` at each entry of `steps`. Written as a `LambdaLR` over iterations so that its
-  `state_dict` (the iteration count) resumes exactly.
+- WarmupMultiStepLR (`WarmupMultiStepSchedule`): a linear warm-up from `warmup_factor` to 1
+  over `warmup_iters`, then a factor `gamma` at each entry of `steps`. A `LambdaLR` over
+  iterations underneath, so that its `state_dict` (the iteration count) resumes exactly; the
+  plan (`max_iter`, `steps`) changes only through `replan` / `restore_plan`.
 - The linear scaling rule (Goyal et al. 2017): the learning rate scales with the batch size.
 """
 
 from __future__ import annotations
 
 import bisect
-import functools
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -87,25 +89,97 @@ def warmup_multistep_factor(
     return factor
 
 
-def build_lr_scheduler(
-    optimizer: torch.optim.Optimizer,
-    *,
-    steps: list[int],
-    gamma: float = 0.1,
-    warmup_iters: int = 1000,
-    warmup_factor: float = 0.001,
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """WarmupMultiStepLR stepped once per iteration (`scheduler.step()` after each update)."""
-    # The schedule itself is rebuilt from the config; the state dict only carries the
-    # iteration count (`last_epoch`), so resuming continues the same curve.
-    fn = functools.partial(
-        warmup_multistep_factor,
-        steps=list(steps),
-        gamma=gamma,
-        warmup_iters=warmup_iters,
-        warmup_factor=warmup_factor,
-    )
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=fn)
+def compress_steps(
+    steps: Sequence[int], *, iteration: int, max_iter: int, new_max_iter: int
+) -> list[int]:
+    """The lr steps of a schedule ending at `max_iter`, moved to end at `new_max_iter` instead.
+
+    Steps still ahead of `iteration` keep their fraction of the remaining run (so the decay
+    happens at the same point of training); steps already passed stay where they were.
+    """
+    if max_iter <= iteration:  # nothing left to rescale
+        return list(steps)
+    scale = (new_max_iter - iteration) / (max_iter - iteration)
+    return [
+        s if s <= iteration else iteration + max(1, int(round((s - iteration) * scale)))
+        for s in steps
+    ]
+
+
+class WarmupMultiStepSchedule:
+    """WarmupMultiStepLR stepped once per iteration, with a plan (`max_iter`, `steps`) that
+    `replan` can change mid-run (the time budget does).
+
+    `step()` after each update. `state_dict()` is the underlying `LambdaLR`'s: only the
+    iteration count (`last_epoch`), since the factor is rebuilt from the plan; the plan itself is
+    saved next to it (`plan()`, `restore_plan`), so resuming continues the same curve.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        max_iter: int,
+        steps: Sequence[int],
+        gamma: float = 0.1,
+        warmup_iters: int = 1000,
+        warmup_factor: float = 0.001,
+    ) -> None:
+        self.max_iter = int(max_iter)
+        self.steps = [int(s) for s in steps]
+        self.gamma = gamma
+        self.warmup_iters = warmup_iters
+        self.warmup_factor = warmup_factor
+        # A bound method reads the plan in force at each step; LambdaLR stores a callable's
+        # __dict__ in its state dict, and a method's is empty: the state stays the count only.
+        self._scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=self.factor)
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self._scheduler.optimizer
+
+    @property
+    def last_iteration(self) -> int:
+        """The number of `step()` calls so far (the iteration whose rate is in force)."""
+        return int(self._scheduler.last_epoch)
+
+    def factor(self, iteration: int) -> float:
+        """The multiplier of the base learning rate at `iteration` under the current plan."""
+        return warmup_multistep_factor(
+            iteration,
+            steps=self.steps,
+            gamma=self.gamma,
+            warmup_iters=self.warmup_iters,
+            warmup_factor=self.warmup_factor,
+        )
+
+    def step(self) -> None:
+        self._scheduler.step()
+
+    def replan(self, max_iter: int, *, iteration: int) -> None:
+        """End at `max_iter` instead, from `iteration` on: the lr steps still ahead keep their
+        fraction of the remaining run (`compress_steps`); works for a longer run too."""
+        if max_iter == self.max_iter:
+            return
+        self.steps = compress_steps(
+            self.steps, iteration=iteration, max_iter=self.max_iter, new_max_iter=max_iter
+        )
+        self.max_iter = int(max_iter)
+
+    def plan(self) -> dict[str, Any]:
+        """`{"max_iter", "steps"}`, for the checkpoint."""
+        return {"max_iter": self.max_iter, "steps": list(self.steps)}
+
+    def restore_plan(self, max_iter: int, steps: Sequence[int]) -> None:
+        """Continue a saved plan exactly (see `plan`)."""
+        self.max_iter = int(max_iter)
+        self.steps = [int(s) for s in steps]
+
+    def state_dict(self) -> dict[str, Any]:
+        return self._scheduler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._scheduler.load_state_dict(state)
 
 
 def scale_lr(base_lr: float, base_batch: int, batch: int) -> float:

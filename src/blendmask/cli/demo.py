@@ -1,0 +1,41 @@
+"""shapes data -> train on CPU -> evaluate -> draw
+
+The whole demo within --minutes (`engine.demo.run_demo`).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from blendmask.cli.arguments import DEVICES, positive_float, positive_int
+from blendmask.engine.demo import run_demo
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    parser.add_argument("--device", default="cpu", choices=DEVICES)
+    parser.add_argument(
+        "--minutes",
+        type=positive_float,
+        default=9.0,
+        help="time budget for the whole demo (default 9); training stops early to fit",
+    )
+    parser.add_argument("--train", type=positive_int, default=1000, help="training images")
+    parser.add_argument("--val", type=positive_int, default=100, help="validation images")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--preset", default="shapes_R_18")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+
+def run(args: argparse.Namespace) -> int:
+    run_demo(
+        out=args.out,
+        device=args.device,
+        minutes=args.minutes,
+        num_train=args.train,
+        num_val=args.val,
+        seed=args.seed,
+        preset=args.preset,
+        overrides=args.overrides,
+    )
+    return 0

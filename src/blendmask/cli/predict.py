@@ -1,0 +1,44 @@
+"""predict on images or folders
+
+Writes OUT/results.json (COCO results) and OUT/overlays/ (`engine.predict.predict_images`).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from blendmask.cli.arguments import DEVICES, positive_int
+from blendmask.engine.predict import predict_images
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", required=True, help="model file (model.pt)")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    parser.add_argument("--out", required=True, help="writes OUT/results.json, OUT/overlays/")
+    parser.add_argument("--device", default="auto", choices=DEVICES)
+    parser.add_argument(
+        "--score-threshold",
+        type=float,
+        default=0.3,
+        help="keep detections scoring at least this (results and overlays)",
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=1)
+    parser.add_argument("--no-overlays", action="store_true", help="write results.json only")
+
+
+def run(args: argparse.Namespace) -> int:
+    summary = predict_images(
+        weights=args.weights,
+        inputs=args.inputs,
+        out=args.out,
+        device=args.device,
+        score_threshold=args.score_threshold,
+        batch_size=args.batch_size,
+        overlays=not args.no_overlays,
+    )
+    print(
+        f"{summary['images']} image(s), {summary['detections']} detection(s): "
+        f"wrote {summary['results']}"
+        + (f" and {summary['overlays']}/" if summary["overlays"] else "")
+    )
+    return 0

@@ -1,0 +1,103 @@
+"""The training data: the dataset with its augmentations, and a deterministic infinite loader.
+
+The batch of iteration i on rank r is a pure function of (seed, r, i), which is what exact
+resumption needs (see `engine/loop.py`): the sampler is re-created from the seed and skips the
+batches before the checkpoint (indices only, see data/samplers.py), and each sample's random
+resize and flip draw from an RNG seeded by (seed, rank, i, position in the batch), not from a
+worker's global RNG, so any number of workers gives the same batches.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from blendmask.config import Config
+from blendmask.data.coco import CocoDataset
+
+
+def rank_seed(seed: int, rank: int, iteration: int) -> int:
+    """A seed for the global RNGs of `rank` when (re)starting at `iteration` (31-bit)."""
+    from blendmask.data.samplers import mix_seed
+
+    return mix_seed(seed, rank, iteration) >> 1
+
+
+def worker_init(_: int) -> None:
+    """DataLoader `worker_init_fn`: one thread per worker."""
+    # Workers decode and resize; one thread each keeps them from fighting the main process.
+    torch.set_num_threads(1)
+
+
+def build_train_dataset(cfg: Config) -> CocoDataset:
+    """The training CocoDataset with multi-scale resize and horizontal flip (ADELAIDET.md 3.5)."""
+    from blendmask.data.transforms import Compose, RandomHorizontalFlip, ResizeShortestEdge
+
+    d = cfg.data
+    if not d.train_json or not d.train_images:
+        raise ValueError("train: needs --train-json and --train-images (data.train_json/_images)")
+    transforms = [ResizeShortestEdge(list(d.min_size_train), d.max_size_train)]
+    if d.hflip_train:
+        transforms.append(RandomHorizontalFlip(0.5))
+    return CocoDataset(
+        d.train_json, d.train_images, transforms=Compose(transforms), skip_empty=d.filter_empty
+    )
+
+
+def build_train_loader(
+    cfg: Config,
+    dataset: CocoDataset,
+    *,
+    rank: int,
+    world_size: int,
+    start_iter: int,
+    images_per_rank: int,
+    device: torch.device,
+) -> DataLoader:
+    """An infinite DataLoader of (ImageBatch, targets) for this rank, from iteration `start_iter`.
+
+    Aspect-ratio grouping (landscape / portrait batches) as the reference when
+    `data.aspect_ratio_grouping`; each rank reads its own shard of the shuffled stream.
+    """
+    from blendmask.data.batching import collate
+    from blendmask.data.samplers import GroupedBatchSampler, TrainingSampler, mix_seed
+
+    seed = cfg.solver.seed
+    sampler = TrainingSampler(
+        len(dataset), shuffle=True, seed=seed, rank=rank, world_size=world_size
+    )
+    if cfg.data.aspect_ratio_grouping:
+        group_ids = [dataset.get_aspect_ratio_group(i) for i in range(len(dataset))]
+    else:
+        group_ids = [0] * len(dataset)
+    # Batches as (index, sample seed) pairs: the dataset seeds each sample's resize and flip
+    # from its position in the stream (see the module docstring).
+    batch_sampler = GroupedBatchSampler(
+        sampler,
+        group_ids,
+        images_per_rank,
+        start_iter=start_iter,
+        augmentation_seed=mix_seed(seed, rank),
+    )
+    workers = cfg.data.num_workers
+    return DataLoader(
+        dataset,
+        batch_sampler=batch_sampler,
+        collate_fn=collate,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        worker_init_fn=worker_init if workers > 0 else None,
+        persistent_workers=False,
+        prefetch_factor=2 if workers > 0 else None,
+    )
+
+
+def targets_to(targets: list[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
+    """Move the tensors of each target to `device` (image_id / orig_size stay as they are)."""
+    return [
+        {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in t.items()}
+        for t in targets
+    ]

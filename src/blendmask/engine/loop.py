@@ -1,0 +1,232 @@
+"""The training loop, `run_training`, in the style of DETR's `train_one_epoch`.
+
+It reproduces the reference trainer (AdelaiDet `tools/train_net.py` on detectron2, ADELAIDET.md
+Sec. 3.5): SGD + WarmupMultiStepLR over iterations, batches from an infinite sampler with
+aspect-ratio grouping, multi-scale ResizeShortestEdge + horizontal flip, periodic checkpoints
+and COCO evaluation. Additions: AMP and cudnn.benchmark on CUDA, gradient clipping, a time
+budget (the CPU demo), and exact resumption.
+
+Exact resumption. A run resumed from `DIR/last.pt` continues bit-for-bit (on CPU) as if it had
+not stopped, because nothing in the data path depends on hidden state: the batch of iteration
+i on rank r is a pure function of (seed, r, i) (engine/loaders.py), and model, optimiser,
+scheduler, AMP scaler and global RNG states come from the checkpoint (engine/checkpoint.py).
+
+The Config is resolved before it gets here (engine/train_config.py) and is never changed.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from blendmask.config import Config
+from blendmask.data.coco import CocoDataset
+from blendmask.engine import distributed as dist_utils
+from blendmask.engine.budget import TimeBudget
+from blendmask.engine.loaders import build_train_dataset, targets_to
+from blendmask.engine.logging import CURVES_FILE, METRICS_FILE, TrainingLog, plot_curves
+from blendmask.engine.training_run import TrainingRun, prepare_run, start_batches
+
+MODEL_FILE = "model.pt"
+
+
+@dataclass
+class TrainResult:
+    """What `run_training` hands back: the trained network (unwrapped, on its device) and
+    records."""
+
+    cfg: Config
+    model: nn.Module
+    postprocessor: nn.Module
+    iteration: int
+    start_iteration: int
+    seconds: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    out_dir: Path | None = None
+
+
+def run_training(
+    cfg: Config,
+    *,
+    out_dir: str | Path,
+    dataset: CocoDataset | None = None,
+    device: str = "auto",
+    resume: bool = True,
+    time_budget: TimeBudget | None = None,
+    tensorboard: bool = False,
+    eval_batch_size: int = 1,
+    verbose: bool = True,
+) -> TrainResult:
+    """Train `cfg` and write `out_dir/{last.pt, model.pt, metrics.jsonl, curves.png}`.
+
+    Args:
+        cfg: a resolved Config (see engine/train_config.py), not changed here. `solver` is the
+            schedule, with `ims_per_batch` the total over all processes; a val set is
+            evaluated every `solver.eval_period` iterations and at the end.
+        out_dir: the run folder; when it holds `last.pt` and `resume`, training continues from it.
+        dataset: the training set of `cfg` when already built (`loaders.build_train_dataset`).
+        device: cpu | cuda | auto. Under torchrun each process takes GPU LOCAL_RANK.
+        time_budget: stop training when it runs out, with the schedule shrunk to fit (so the lr
+            decay still happens); then evaluate.
+        tensorboard: also write scalars to `out_dir/tensorboard` (needs `tensorboard`).
+    """
+    start_time = time.perf_counter()
+    dataset = build_train_dataset(cfg) if dataset is None else dataset
+    run = prepare_run(cfg, dataset, out_dir=Path(out_dir), device=device, resume=resume)
+    log = open_log(run, start_time, tensorboard=tensorboard, verbose=verbose)
+    batches = start_batches(run, dataset)
+    log.restart_window()
+    if time_budget is not None:
+        time_budget.begin(run.iteration)
+    s, stopped = cfg.solver, False
+    while run.iteration < run.schedule.max_iter:
+        losses, lr = train_step(run, *next(batches))
+        run.iteration += 1
+        log.step(losses)
+        if time_budget is not None:
+            time_budget.iteration_done(run.iteration)
+            if time_budget.plan_due(run.iteration):
+                plan_time_budget(run, time_budget, log)
+        if run.iteration % s.log_period == 0 or run.iteration == run.schedule.max_iter:
+            log.log(run.iteration, lr)
+        if _out_of_time(time_budget) and run.iteration < run.schedule.max_iter:
+            stopped = True
+            break
+        if s.checkpoint_period > 0 and run.iteration % s.checkpoint_period == 0:
+            run.save_checkpoint()
+        if run.evaluation_due():
+            t0 = time.perf_counter()
+            run.evaluate(log, eval_batch_size)
+            if time_budget is not None:
+                time_budget.evaluation_done(time.perf_counter() - t0)
+            log.restart_window()
+    del batches  # stops the loader's workers
+    metrics = finish_run(run, log, eval_batch_size, stopped=stopped)
+    return TrainResult(
+        cfg=cfg,
+        model=run.model,
+        postprocessor=run.postprocessor,
+        iteration=run.iteration,
+        start_iteration=run.start_iteration,
+        seconds=time.perf_counter() - start_time,
+        metrics=metrics,
+        out_dir=run.out_dir,
+    )
+
+
+def train_step(
+    run: TrainingRun, images: Any, targets: list[dict[str, Any]]
+) -> tuple[dict[str, float], float]:
+    """One update on a batch (an ImageBatch of N x 3 x H x W and its N targets); returns the
+    loss terms as floats and the learning rate of this update."""
+    dev, s = run.device, run.cfg.solver
+    images = images.to(dev)
+    batch = images.tensor.contiguous(memory_format=torch.channels_last)
+    targets = targets_to(targets, dev)
+    with _autocast(run):
+        outputs = run.ddp_model(batch, images.image_sizes)
+        losses = run.criterion(outputs, targets)
+    loss = sum(losses.values())
+    if not torch.isfinite(loss):
+        detail = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+        raise FloatingPointError(
+            f"the loss became {float(loss)} at iteration {run.iteration} ({detail}); "
+            "try a lower --lr or solver.clip_grad_norm"
+        )
+    lr = run.optimizer.param_groups[0]["lr"]  # the rate of this update (logged)
+    run.optimizer.zero_grad(set_to_none=True)
+    params = run.model.parameters()
+    if run.scaler is not None:
+        run.scaler.scale(loss).backward()
+        if s.clip_grad_norm > 0:
+            run.scaler.unscale_(run.optimizer)
+            nn.utils.clip_grad_norm_(params, s.clip_grad_norm)
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        loss.backward()
+        if s.clip_grad_norm > 0:
+            nn.utils.clip_grad_norm_(params, s.clip_grad_norm)
+        run.optimizer.step()
+    run.schedule.step()
+    return {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in losses.items()}}, lr
+
+
+def _autocast(run: TrainingRun) -> AbstractContextManager:
+    if run.scaler is None:
+        return nullcontext()
+    return torch.autocast(device_type="cuda", dtype=torch.float16)
+
+
+def _out_of_time(budget: TimeBudget | None) -> bool:
+    """Whether rank 0's budget has run out (a collective call: all ranks stop together)."""
+    return budget is not None and bool(dist_utils.broadcast_object(budget.expired()))
+
+
+def plan_time_budget(run: TrainingRun, budget: TimeBudget, log: TrainingLog) -> None:
+    """Shrink the schedule to what fits in the budget (every rank takes rank 0's plan)."""
+    first = not budget.planned
+    eval_period = run.eval_period if run.has_val else 0
+    planned, per_iter = budget.plan(
+        run.iteration, max_iter=run.schedule.max_iter, eval_period=eval_period
+    )
+    new_max, old_max = int(dist_utils.broadcast_object(planned)), run.schedule.max_iter
+    run.schedule.replan(new_max, iteration=run.iteration)
+    if new_max < old_max:
+        log.write(
+            f"time budget {budget.seconds:.0f}s at {per_iter:.3f}s/iteration: training to "
+            f"iteration {new_max} (lr steps {run.schedule.steps}), not {old_max}"
+        )
+        if run.eval_period > 0 and first:
+            # the first plan keeps the number of evaluations: they draw the AP curve
+            run.eval_period = max(1, round(run.eval_period * new_max / old_max))
+    log.progress.set_total(run.schedule.max_iter)
+
+
+# --------------------------------------------------------------------------------------------
+# Before and after the loop
+
+
+def open_log(
+    run: TrainingRun, start_time: float, *, tensorboard: bool, verbose: bool
+) -> TrainingLog:
+    return TrainingLog(
+        run.out_dir,
+        main=run.info.is_main,
+        start=run.iteration,
+        total=run.schedule.max_iter,
+        start_time=start_time,
+        ims_per_batch=run.cfg.solver.ims_per_batch,
+        device=run.device,
+        tensorboard=tensorboard,
+        verbose=verbose,
+    )
+
+
+def finish_run(
+    run: TrainingRun, log: TrainingLog, eval_batch_size: int, *, stopped: bool
+) -> dict[str, float]:
+    """Save `last.pt` and `model.pt`, evaluate a last time (returns those metrics, empty
+    without a val set) and draw curves.png."""
+    from blendmask.checkpoint_io import save_model_file
+
+    main = run.info.is_main
+    log.progress.close()
+    if stopped and main:
+        print(f"stopped at iteration {run.iteration} (time budget)")
+    dist_utils.broadcast_buffers(run.model)  # every rank ends with the weights rank 0 saves
+    run.save_checkpoint()
+    if main:
+        save_model_file(run.out_dir / MODEL_FILE, run.cfg, run.model)
+    metrics = run.evaluate(log, eval_batch_size) if run.has_val else {}
+    if main:
+        plot_curves(run.out_dir / METRICS_FILE, run.out_dir / CURVES_FILE)
+    log.close()
+    dist_utils.barrier()
+    return metrics
