@@ -190,6 +190,21 @@ def test_batch_size_scales_lr_linearly(tmp_path, capsys):
     assert longer.solver.steps == [round(s * 20 / base.solver.max_iter) for s in base.solver.steps]
 
 
+def test_backbone_weights_set_the_input_conventions(tmp_path):
+    import torchvision
+
+    path = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    kwargs = dict(out=tmp_path, preset="R_50_1x", overrides=["model.backbone.name=resnet18"])
+    before = resolve_train_config(**kwargs).model  # the preset's MSRA conventions
+    assert (before.input_format, before.backbone.stride_in_1x1) == ("BGR", True)
+    m = resolve_train_config(**kwargs, backbone_weights=str(path)).model
+    assert (m.input_format, m.input_scale, m.backbone.stride_in_1x1) == ("RGB", 1.0, False)
+    assert m.pixel_mean == [0.485, 0.456, 0.406] and m.backbone.weights == str(path)
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        resolve_train_config(**kwargs, backbone_weights=str(tmp_path / "nope.pth"))
+
+
 def test_train_warns_about_a_random_resnet_body(tmp_path, shapes_dataset, capsys):
     args = [
         "train",

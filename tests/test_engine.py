@@ -16,6 +16,7 @@ from blendmask.engine import checkpoint as ckpt
 from blendmask.engine.budget import TimeBudget, affordable_max_iter
 from blendmask.engine.loaders import build_train_dataset, build_train_loader
 from blendmask.engine.logging import MetricsFile, plot_curves, read_metrics
+from blendmask.engine.loop import run_training
 from blendmask.engine.optim import (
     WarmupMultiStepSchedule,
     build_optimizer,
@@ -283,6 +284,22 @@ def test_resolve_dataset_classes_returns_a_new_config(shapes_dataset):
     assert resolved.model.fcos.num_classes == 4  # the shapes categories, not tiny's 3
     assert resolved.data.category_names == ["circle", "rectangle", "triangle", "star"]
     assert resolved.data.category_ids == [1, 2, 3, 4]
+
+
+def test_run_training_takes_a_resolved_config_and_leaves_it_alone(tmp_path, shapes_dataset):
+    cfg = _tiny_train_cfg(shapes_dataset)
+    cfg.solver.max_iter, cfg.solver.steps = 1, [1]
+    dataset = build_train_dataset(cfg)
+    # tiny has 3 classes, the shapes 4: the config must be resolved against the data first
+    with pytest.raises(ValueError, match="num_classes=3"):
+        run_training(cfg, out_dir=tmp_path, dataset=dataset, device="cpu", verbose=False)
+    cfg = resolve_dataset_classes(cfg, dataset, quiet=True)
+    before = cfg.to_dict()
+    result = run_training(cfg, out_dir=tmp_path, dataset=dataset, device="cpu", verbose=False)
+    assert cfg.to_dict() == before
+    assert result.iteration == 1 and result.cfg is cfg
+    saved = torch.load(tmp_path / "model.pt", weights_only=True)["config"]
+    assert saved == before
 
 
 def test_metrics_file_truncates_and_skips_torn_lines(tmp_path):

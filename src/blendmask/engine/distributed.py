@@ -117,7 +117,9 @@ def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
 def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
     """BatchNorm layers of `module` -> SyncBatchNorm (statistics over all ranks' images).
 
-    Used for the parts whose config asks for "SyncBN" (the bottom module of the RT presets)
-    when more than one process trains; in a single process SyncBN equals BN.
+    The training set-up calls it only on the parts (body, FCOS head, basis module) whose
+    configured norm is "SyncBN", and only when more than one process trains on CUDA (torch's
+    SyncBatchNorm needs CUDA). Otherwise those parts keep plain BatchNorm: in one process that
+    equals SyncBN, across CPU processes each keeps its own statistics.
     """
     return nn.SyncBatchNorm.convert_sync_batchnorm(module)

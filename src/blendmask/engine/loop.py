@@ -196,6 +196,7 @@ def plan_time_budget(run: TrainingRun, budget: TimeBudget, log: TrainingLog) -> 
 def open_log(
     run: TrainingRun, start_time: float, *, tensorboard: bool, verbose: bool
 ) -> TrainingLog:
+    """The run's records, from its (possibly resumed) iteration to its planned end."""
     return TrainingLog(
         run.out_dir,
         main=run.info.is_main,
