@@ -29,6 +29,23 @@ def load_results_json(results_json: str | Path, coco_gt: COCO) -> list[dict[str,
         FileNotFoundError / ValueError naming the file and the offending result.
     """
     path = Path(results_json)
+    results = _read_result_list(path)
+    image_ids = set(coco_gt.getImgIds())
+    category_ids = set(coco_gt.getCatIds())
+    checked = [
+        _check_result(result, f"result {k} of {path}", coco_gt, image_ids, category_ids)
+        for k, result in enumerate(results)
+    ]
+    with_masks = sum("segmentation" in item for item in checked)
+    if 0 < with_masks < len(checked):
+        raise ValueError(
+            f"{path}: {with_masks} of {len(checked)} results have a 'segmentation'; "
+            f"expected all or none"
+        )
+    return checked
+
+
+def _read_result_list(path: Path) -> list[Any]:
     if not path.is_file():
         raise FileNotFoundError(f"results json not found: {path}")
     try:
@@ -41,79 +58,66 @@ def load_results_json(results_json: str | Path, coco_gt: COCO) -> list[dict[str,
             f"{path} is not a COCO results json: expected a list of result objects, "
             f"got a {type(results).__name__}"
         )
-    image_ids = set(coco_gt.getImgIds())
-    category_ids = set(coco_gt.getCatIds())
-    checked: list[dict[str, Any]] = []
-    with_masks = 0
-    for k, result in enumerate(results):
-        where = f"result {k} of {path}"
-        if not isinstance(result, dict):
-            raise ValueError(f"{where}: expected an object, got {type(result).__name__}")
-        for key in ("image_id", "category_id", "score"):
-            if key not in result:
-                raise ValueError(f"{where}: missing '{key}'")
-        if result["image_id"] not in image_ids:
-            raise ValueError(
-                f"{where}: image_id {result['image_id']!r} is not an image of the ground truth"
-            )
-        if result["category_id"] not in category_ids:
-            raise ValueError(
-                f"{where}: category_id {result['category_id']!r} is not a ground-truth category "
-                f"(expected one of {sorted(category_ids)})"
-            )
-        score = result["score"]
-        if (
-            not isinstance(score, (int, float))
-            or isinstance(score, bool)
-            or not math.isfinite(score)
-        ):
-            raise ValueError(f"{where}: expected a finite number 'score', got {score!r}")
-        item = {
-            "image_id": result["image_id"],
-            "category_id": result["category_id"],
-            "score": float(score),
-        }
-        if "bbox" in result:
-            bbox = result["bbox"]
-            if (
-                not isinstance(bbox, list)
-                or len(bbox) != 4
-                or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)
-                or bbox[2] < 0
-                or bbox[3] < 0
-            ):
-                raise ValueError(
-                    f"{where}: expected 'bbox' [x, y, w, h] with w, h >= 0, got {bbox!r}"
-                )
-            item["bbox"] = [float(v) for v in bbox]
-        if "segmentation" in result:
-            image = coco_gt.imgs[result["image_id"]]
-            try:
-                rle = segmentation_to_rle(result["segmentation"], image["height"], image["width"])
-                size = list(rle["size"])
-                mask_util.area(rle)  # decodes the counts: fails on garbage
-            except Exception as e:
-                raise ValueError(f"{where}: unreadable 'segmentation' ({e})") from e
-            if size != [image["height"], image["width"]]:
-                raise ValueError(
-                    f"{where}: segmentation size {size} is not the image's "
-                    f"[{image['height']}, {image['width']}]"
-                )
-            counts = rle["counts"]
-            item["segmentation"] = {
-                "size": size,
-                "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts,
-            }
-            with_masks += 1
-        elif "bbox" not in item:
-            raise ValueError(f"{where}: needs a 'bbox' or a 'segmentation'")
-        checked.append(item)
-    if 0 < with_masks < len(checked):
+    return results
+
+
+def _check_result(
+    result: Any, where: str, coco_gt: COCO, image_ids: set[int], category_ids: set[int]
+) -> dict[str, Any]:
+    """One result object -> its validated copy (float score and box, str RLE counts)."""
+    if not isinstance(result, dict):
+        raise ValueError(f"{where}: expected an object, got {type(result).__name__}")
+    for key in ("image_id", "category_id", "score"):
+        if key not in result:
+            raise ValueError(f"{where}: missing '{key}'")
+    if result["image_id"] not in image_ids:
         raise ValueError(
-            f"{path}: {with_masks} of {len(checked)} results have a 'segmentation'; "
-            f"expected all or none"
+            f"{where}: image_id {result['image_id']!r} is not an image of the ground truth"
         )
-    return checked
+    if result["category_id"] not in category_ids:
+        raise ValueError(
+            f"{where}: category_id {result['category_id']!r} is not a ground-truth category "
+            f"(expected one of {sorted(category_ids)})"
+        )
+    score = result["score"]
+    if not isinstance(score, (int, float)) or isinstance(score, bool) or not math.isfinite(score):
+        raise ValueError(f"{where}: expected a finite number 'score', got {score!r}")
+    item = {"image_id": result["image_id"], "category_id": result["category_id"]}
+    item["score"] = float(score)
+    if "bbox" in result:
+        bbox = result["bbox"]
+        if (
+            not isinstance(bbox, list)
+            or len(bbox) != 4
+            or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)
+            or bbox[2] < 0
+            or bbox[3] < 0
+        ):
+            raise ValueError(f"{where}: expected 'bbox' [x, y, w, h] with w, h >= 0, got {bbox!r}")
+        item["bbox"] = [float(v) for v in bbox]
+    if "segmentation" in result:
+        image = coco_gt.imgs[result["image_id"]]
+        item["segmentation"] = _check_result_segmentation(result["segmentation"], image, where)
+    elif "bbox" not in item:
+        raise ValueError(f"{where}: needs a 'bbox' or a 'segmentation'")
+    return item
+
+
+def _check_result_segmentation(segmentation: Any, image: dict, where: str) -> dict[str, Any]:
+    """A result's mask -> compressed RLE with str counts, decoded once to catch garbage."""
+    try:
+        rle = segmentation_to_rle(segmentation, image["height"], image["width"])
+        size = list(rle["size"])
+        mask_util.area(rle)  # decodes the counts: fails on garbage
+    except Exception as e:
+        raise ValueError(f"{where}: unreadable 'segmentation' ({e})") from e
+    if size != [image["height"], image["width"]]:
+        raise ValueError(
+            f"{where}: segmentation size {size} is not the image's "
+            f"[{image['height']}, {image['width']}]"
+        )
+    counts = rle["counts"]
+    return {"size": size, "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
 
 
 def write_evaluation(
