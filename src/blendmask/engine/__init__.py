@@ -1,4 +1,4 @@
-"""Training and the train / eval / predict / demo commands as functions.
+"""Training and the train / eval / predict / demo / convert commands as functions.
 
 - `loop.py`: the training loop (`run_training`, `train_step`);
 - `training_run.py`: `TrainingRun`, the state of one process, and its set-up (build, resume, DDP);
@@ -10,7 +10,8 @@
 - `evaluate.py`: COCO evaluation of a model, during training and from a model file;
 - `distributed.py`: torchrun / DDP helpers;
 - `logging.py`: progress output, metrics.jsonl, curves.png, TensorBoard;
-- `train.py`, `predict.py`, `demo.py`: the commands (their flags live in `blendmask.cli`).
+- `train.py`, `predict.py`, `demo.py`, `convert.py`: the commands (their flags live in
+  `blendmask.cli`).
 """
 
 from __future__ import annotations
