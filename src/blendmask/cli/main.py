@@ -1,5 +1,8 @@
 """The `blendmask` command: argument parsing and dispatch only; the work lives in the package.
 
+Each subcommand is one module of this package with `add_arguments(parser)` and `run(args)`;
+the first line of its docstring is its help text.
+
 Exit codes: 0 success, 2 bad usage or bad input (one line naming the file and the problem),
 1 anything else.
 """
@@ -9,6 +12,35 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from types import ModuleType
+
+from blendmask.cli import (
+    config,
+    convert,
+    demo,
+    evaluate,
+    explain,
+    export,
+    predict,
+    presets,
+    shapes,
+    train,
+)
+from blendmask.config import ConfigError
+
+# name -> module, in the order `blendmask --help` lists them.
+SUBCOMMANDS: dict[str, ModuleType] = {
+    "demo": demo,
+    "shapes": shapes,
+    "train": train,
+    "eval": evaluate,
+    "predict": predict,
+    "explain": explain,
+    "export": export,
+    "convert": convert,
+    "presets": presets,
+    "config": config,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,66 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="BlendMask instance segmentation: train, evaluate, predict, export.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-
-    from blendmask.cli import demo as demo_cmd
-    from blendmask.cli import eval as eval_cmd
-    from blendmask.cli import predict as predict_cmd
-    from blendmask.cli import train as train_cmd
-
-    for name, module in (
-        ("demo", demo_cmd),
-        ("train", train_cmd),
-        ("eval", eval_cmd),
-        ("predict", predict_cmd),
-    ):
-        p = sub.add_parser(name, help=module.__doc__.strip().splitlines()[0])
+    for name, module in SUBCOMMANDS.items():
+        doc = (module.__doc__ or "").strip().splitlines()
+        p = sub.add_parser(name, help=doc[0] if doc else None)
         module.add_arguments(p)
         p.set_defaults(func=module.run)
-
-    from blendmask.cli import config as config_cmd
-    from blendmask.cli import convert as convert_cmd
-    from blendmask.cli import explain as explain_cmd
-    from blendmask.cli import export as export_cmd
-    from blendmask.cli import presets as presets_cmd
-    from blendmask.cli import shapes as shapes_cmd
-
-    for name, module in (
-        ("explain", explain_cmd),
-        ("export", export_cmd),
-        ("shapes", shapes_cmd),
-        ("presets", presets_cmd),
-        ("config", config_cmd),
-        ("convert", convert_cmd),
-    ):
-        p = sub.add_parser(name, help=module.__doc__.strip().splitlines()[0])
-        module.add_arguments(p)
-        p.set_defaults(func=module.run)
-
-    for name, adder, runner in _optional_commands():
-        p = sub.add_parser(name, help=adder.__doc__)
-        adder(p)
-        p.set_defaults(func=runner)
-
     return parser
 
 
-def _optional_commands() -> list[tuple]:
-    """explain / export / convert register themselves when their modules exist."""
-    out = []
-    for module, name in (
-    ):
-        try:
-            mod = __import__(module, fromlist=["add_args", "run"])
-        except ImportError:
-            continue
-        if hasattr(mod, f"add_{name}_args") and hasattr(mod, f"run_{name}"):
-            out.append((name, getattr(mod, f"add_{name}_args"), getattr(mod, f"run_{name}")))
-    return out
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    from blendmask.config import ConfigError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
