@@ -2,7 +2,7 @@
 
 Synthetic checkpoints are built under AdelaiDet's names from `tests/data/keys/*.json` (the key
 lists read from the built reference models) or, where no list exists, from the key patterns of
-ADELAIDET.md Sec. 5.2, written out below and checked against the lists. The expected place of
+docs/reference.md §5.2, written out below and checked against the lists. The expected place of
 every key in our model is written here independently of the module's regex table
 (`_our_name`), and the network is compared with a functional re-implementation of AdelaiDet's
 forward pass that reads the checkpoint under its own names (`ReferenceForward`).
@@ -47,7 +47,7 @@ DETECTRON2_PIXEL_MEAN = [103.53, 116.28, 123.675]
 Entry = tuple[str, list[int], str]
 
 # ---------------------------------------------------------------------------------------------
-# Reference key lists: ADELAIDET.md Sec. 5.2 patterns, written out
+# Reference key lists: docs/reference.md §5.2 patterns, written out
 
 
 def pattern_entries(
@@ -63,7 +63,7 @@ def pattern_entries(
     basis_convs: int = 3,
     num_classes: int = 80,
 ) -> list[Entry]:
-    """AdelaiDet state-dict entries [key, shape, dtype] of a BlendMask variant (Sec. 5.2)."""
+    """AdelaiDet state-dict entries [key, shape, dtype] of a BlendMask variant (docs/reference.md §5.2)."""
     out: list[Entry] = []
 
     def add(key: str, shape: list[int], dtype: str = "float32") -> None:
@@ -171,7 +171,7 @@ def key_list(name: str) -> list[Entry] | None:
 
 
 def entries(name: str) -> list[Entry]:
-    """The reference list when shipped, else the Sec. 5.2 patterns (checked equal below)."""
+    """The reference list when shipped, else the docs/reference.md §5.2 patterns (checked equal below)."""
     return key_list(name) or pattern_entries(**FAMILIES[name])
 
 
@@ -186,7 +186,7 @@ def test_key_patterns_reproduce_the_reference_key_lists(name):
 
 
 def test_pattern_counts_match_the_reference_table():
-    # ADELAIDET.md Sec. 5.2 table: R_101_3x 634, R_101_dcni3_5x 656 entries.
+    # docs/reference.md §5.2 table: R_101_3x 634, R_101_dcni3_5x 656 entries.
     assert len(pattern_entries(**FAMILIES["r101"])) == 634
     assert len(pattern_entries(**FAMILIES["r101_dcni3"])) == 656
 
@@ -220,7 +220,7 @@ def _our_name(key: str) -> str:
 
 
 def test_rename_table_spot_checks():
-    # Fails if a rule maps onto the wrong module; pairs written from ADELAIDET.md Sec. 5.2/5.4.
+    # Fails if a rule maps onto the wrong module; pairs written from docs/reference.md §5.2/5.4.
     pairs = {
         "backbone.bottom_up.stem.conv1.weight": "body.conv1.weight",
         "backbone.bottom_up.stem.conv1.norm.running_var": "body.bn1.running_var",
@@ -579,7 +579,7 @@ def test_cli_convert_then_predict(tmp_path, capsys):
 
 
 class ReferenceForward:
-    """detectron2 / AdelaiDet inference maths (ADELAIDET.md Sec. 1.2-1.7) on an AdelaiDet
+    """detectron2 / AdelaiDet inference maths (docs/reference.md §1.2-1.7) on an AdelaiDet
     state dict: FrozenBN as x * w / sqrt(rv + eps) + (b - rm * w / sqrt(rv + eps)), stride on
     the 1x1 conv, DCNv2 offset = chunks 0-1 and mask = sigmoid(chunk 2), FPN with nearest x2
     (scale_factor) top-down, P6 from P5 and P7 from ReLU(P6), towers conv -> norm -> ReLU with

@@ -26,7 +26,7 @@ def test_reference_defaults_of_r50() -> None:
     assert m.pixel_mean == [103.53, 116.28, 123.675] and m.input_format == "BGR"
     assert m.backbone.stride_in_1x1 and m.backbone.freeze_at == 2
     assert m.fcos.fpn_strides == [8, 16, 32, 64, 128] and not m.fcos.use_scale
-    # BASIS_MODULE.NORM of AdelaiDet's defaults (ADELAIDET.md Sec. 2.1), not overridden by any
+    # BASIS_MODULE.NORM of AdelaiDet's defaults (docs/reference.md §2.1), not overridden by any
     # BlendMask config file.
     assert m.basis_module.norm == "SyncBN"
 

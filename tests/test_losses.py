@@ -102,7 +102,7 @@ def focal_naive(logit: float, target: float, alpha: float = 0.25, gamma: float =
 def test_losses_match_naive_loops_with_two_images() -> None:
     # Two images of different sizes: fails if gt indices are not offset per image (the
     # reference's 2020-05 bug), if a normaliser is per image instead of per batch, or if any
-    # weighting differs from ADELAIDET.md §3.2-§3.3.
+    # weighting differs from docs/reference.md §3.2-§3.3.
     c, k, m, r = 3, 4, 7, 14
     padded, sizes = (64, 96), [(64, 96), (50, 70)]
     out = make_outputs(2, padded, c, k, m, seed=3)

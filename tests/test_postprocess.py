@@ -1,4 +1,4 @@
-"""BlendMaskPostProcessor on hand-built outputs: each reference quirk of ADELAIDET.md §4, §1.8,
+"""BlendMaskPostProcessor on hand-built outputs: each reference quirk of docs/reference.md §4, §1.8,
 §1.9 in its own test."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Reference quirks (ADELAIDET.md Sec. 1.2-1.9, 4, 8) that decide whether imported AdelaiDet
+"""Reference quirks (docs/reference.md §1.2-1.9, 4, 8) that decide whether imported AdelaiDet
 weights give AdelaiDet's outputs, each pinned by a small test written from the reference's maths.
 
 Where each quirk is tested (this file unless a file is named):
@@ -62,7 +62,7 @@ def _frozen_bn(x: Tensor, bn: FrozenBatchNorm2d) -> Tensor:
 
 @torch.no_grad()
 def test_msra_block_puts_the_stride_on_the_1x1_conv():
-    """detectron2 BottleneckBlock with STRIDE_IN_1X1 (MSRA weights, Sec. 1.3): block 0 of
+    """detectron2 BottleneckBlock with STRIDE_IN_1X1 (MSRA weights, docs/reference.md §1.3): block 0 of
     res3-res5 strides its first 1x1 conv, not the 3x3 (torchvision's placement), and FrozenBN
     uses eps 1e-5. Fails if the body keeps torchvision's placement or another norm formula."""
     g = torch.Generator().manual_seed(0)
@@ -107,7 +107,7 @@ def _bilinear_zero_outside(img: Tensor, h: float, w: float) -> Tensor:
 
 @torch.no_grad()
 def test_dcn_block_matches_naive_modulated_deformable_conv():
-    """dcni3 blocks (Sec. 1.3): the 27 channels of conv2_offset are chunked 3 x 9; offset =
+    """dcni3 blocks (docs/reference.md §1.3): the 27 channels of conv2_offset are chunked 3 x 9; offset =
     chunks 0-1 laid out as (dy, dx) per kernel tap, mask = sigmoid(chunk 2); the 3x3 (stride 1,
     pad 1) samples bilinearly at tap + offset, zero outside. Fails on a swapped (dx, dy) order,
     another tap order, a missing sigmoid or sampling that is not zero outside the map."""
@@ -141,7 +141,7 @@ def test_dcn_block_matches_naive_modulated_deformable_conv():
 
 @torch.no_grad()
 def test_predictor_pads_with_zero_after_normalisation():
-    """ImageList.from_tensors pads with 0 after (x - mean) / std (Sec. 1.1, quirk 8): the
+    """ImageList.from_tensors pads with 0 after (x - mean) / std (docs/reference.md §1.1, §8 quirk 8): the
     backbone sees zeros in the padding, not -mean / std. Fails if the Predictor stops passing
     the image sizes to the network."""
     cfg = get_preset("tiny")
@@ -172,7 +172,7 @@ def adelaidet_inference(
     attn_size: int,
     resolution: int,
 ) -> dict[str, Tensor]:
-    """One image through AdelaiDet's inference, written out from ADELAIDET.md Sec. 4, 1.8, 1.9:
+    """One image through AdelaiDet's inference, written out from docs/reference.md §4, 1.8, 1.9:
     FCOSOutputs.forward_for_single_feature_map (THRESH_WITH_CTR) per level,
     select_over_all_levels (ml_nms, kthvalue), Blender (ROIAlignV2 on unclipped boxes,
     merge_bases) and detector_postprocess (scale, clip, nonempty, paste_masks_in_image)."""

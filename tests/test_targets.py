@@ -30,7 +30,7 @@ def make_points(padded: tuple[int, int], strides: list[int]):
 
 
 def brute_force_assign(points, strides, counts, boxes, labels, soi, num_classes, center, radius):
-    """Double loop over locations and gts, written from ADELAIDET.md §3.1."""
+    """Double loop over locations and gts, written from docs/reference.md §3.1."""
     bounds = [-1.0, *soi, 1e8]
     level = [lv for lv, c in enumerate(counts) for _ in range(c)]
     out_labels, out_inds, out_reg, out_ctr = [], [], [], []

@@ -1,7 +1,7 @@
 """Batching: pad images of different sizes into one tensor (detectron2's ImageList).
 
 The reference pads with 0 at the bottom/right to a multiple of 32, the stride of the last
-backbone feature used by the FPN (reference/ADELAIDET.md Sec. 1.1), and keeps each image's size
+backbone feature used by the FPN (docs/reference.md §1.1), and keeps each image's size
 inside the padding so the post-processor can crop and rescale.
 """
 

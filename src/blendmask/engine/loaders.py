@@ -33,7 +33,7 @@ def worker_init(_: int) -> None:
 
 
 def build_train_dataset(cfg: Config) -> CocoDataset:
-    """The training CocoDataset with multi-scale resize and horizontal flip (ADELAIDET.md 3.5)."""
+    """The training CocoDataset with multi-scale resize and horizontal flip (docs/reference.md §3.5)."""
     from blendmask.data.transforms import Compose, RandomHorizontalFlip, ResizeShortestEdge
 
     d = cfg.data

@@ -1,7 +1,7 @@
 """The training loop, `run_training`, in the style of DETR's `train_one_epoch`.
 
-It reproduces the reference trainer (AdelaiDet `tools/train_net.py` on detectron2, ADELAIDET.md
-Sec. 3.5): SGD + WarmupMultiStepLR over iterations, batches from an infinite sampler with
+It reproduces the reference trainer (AdelaiDet `tools/train_net.py` on detectron2, docs/reference.md
+§3.5): SGD + WarmupMultiStepLR over iterations, batches from an infinite sampler with
 aspect-ratio grouping, multi-scale ResizeShortestEdge + horizontal flip, periodic checkpoints
 and COCO evaluation. Additions: AMP and cudnn.benchmark on CUDA, gradient clipping, a time
 budget (the CPU demo), and exact resumption.

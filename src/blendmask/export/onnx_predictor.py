@@ -45,7 +45,8 @@ def fcos_level_sizes(height: int, width: int, strides: Sequence[int]) -> list[tu
 def fcos_points(
     height: int, width: int, strides: Sequence[int]
 ) -> tuple[Tensor, Tensor, tuple[int, ...]]:
-    """The network's FCOS points for a padded size, without running the network (§1.6).
+    """The network's FCOS points for a padded size, without running the network
+    (docs/reference.md §1.6).
 
     Returns:
         points (Tensor[P, 2]): float (x, y) = (j*s + s//2, i*s + s//2), level-major, row-major

@@ -3,7 +3,7 @@
 BlendMask (Chen et al., CVPR 2020) was published with weights trained by AdelaiDet on detectron2
 (`configs/BlendMask/README.md`: R_50_1x, R_50_3x, R_101_3x, R_101_dcni3_5x, 550_R_50_3x,
 RT_R_50_4x_syncbn_shtw and its bn-head variant). Such a file maps onto our modules by an
-explicit rename table; facts in reference/ADELAIDET.md Sec. 5.
+explicit rename table; facts in docs/reference.md §5.
 
     blendmask convert --adelaidet R_50_1x.pth --preset R_50_1x --out r50.pt
 
@@ -132,7 +132,7 @@ class ConversionReport:
 
 def msra_conventions(cfg: Config) -> Config:
     """A copy of `cfg` with the input conventions of every AdelaiDet model (detectron2
-    defaults, ADELAIDET.md 1.2) and no ImageNet file (the checkpoint holds the whole network)."""
+    defaults, docs/reference.md §1.2) and no ImageNet file (the checkpoint holds the whole network)."""
     out = copy.deepcopy(cfg)
     m = out.model
     m.input_format = "BGR"

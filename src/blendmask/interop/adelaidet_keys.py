@@ -1,8 +1,8 @@
 """AdelaiDet (detectron2) state-dict names <-> ours: the explicit rename table.
 
 BlendMask's published weights were trained by AdelaiDet on detectron2; every tensor of such a
-checkpoint maps onto our modules by the ordered rules below (facts in reference/ADELAIDET.md
-Sec. 5). Also the presets that have a published checkpoint and the COCO classes of those
+checkpoint maps onto our modules by the ordered rules below (facts in docs/reference.md
+§5). Also the presets that have a published checkpoint and the COCO classes of those
 models. Used by `interop/adelaidet.py`.
 """
 
@@ -25,7 +25,7 @@ ADELAIDET_PRESETS = (
 # The rename table: AdelaiDet (detectron2) key -> our key. Rules are applied in order, each to
 # the result of the ones before (`re.sub`); a key no rule touches keeps its name.
 #
-# Families (ADELAIDET.md Sec. 5.2) and the rules they use:
+# Families (docs/reference.md §5.2) and the rules they use:
 # - R_50_1x / R_50_3x / R_101_3x: body, FPN with top_block.p6 + p7, cls_tower / bbox_tower
 #   (GroupNorm at indices 1, 4, 7, 10), basis module, top layer.
 # - R_101_dcni3_5x: as R_101, plus `conv2_offset.{weight,bias}` on the deformable blocks, which

@@ -1,6 +1,6 @@
 """ImageNet ResNet bodies under three namings -> torchvision's, and what the layout says.
 
-The name maps follow detectron2's converters (reference/ADELAIDET.md Sec. 5.3): Caffe2 blobs
+The name maps follow detectron2's converters (docs/reference.md §5.3): Caffe2 blobs
 (`res2_0_branch2a_bn_s`), detectron2 keys (`res2.0.conv1.norm.weight`) and torchvision keys
 (`layer1.0.bn1.weight`) all become torchvision names, which are those of
 `modeling/backbone.py::ResNetBody`. `infer_depth` reads the ResNet depth off the block counts.

@@ -3,7 +3,7 @@
 BlendMask trains from an ImageNet-pretrained ResNet (paper Sec. 4, "ResNet-50 ... pretrained on
 ImageNet"; the reference uses detectron2's MSRA `R-50.pkl`). This module reads such a file into
 torchvision's naming (the names of `modeling/backbone.py::ResNetBody`) and says how the weights
-expect their input, following detectron2's converters (reference/ADELAIDET.md Sec. 5.3):
+expect their input, following detectron2's converters (docs/reference.md §5.3):
 
 | file | names | input | stride |
 |---|---|---|---|

@@ -11,7 +11,7 @@ so torchvision state dicts load directly and the reference's keys are a pure ren
   1x1 conv, not on the 3x3 as in torchvision ("ResNet v1.5").
 - FrozenBN (torchvision.ops.FrozenBatchNorm2d, eps 1e-5, the same buffers and maths as
   detectron2's) and `freeze_at` (stem + res2 frozen by default).
-- DCNv2 "dcni3" blocks (ADELAIDET.md Sec. 1.3): block i of res3-res5 is deformable when
+- DCNv2 "dcni3" blocks (docs/reference.md §1.3): block i of res3-res5 is deformable when
   i % deform_interval == 0; `conv2_offset` is a plain 3x3 conv with bias and 27 outputs,
   zero-initialised; offset = channels 0-17, mask = sigmoid(channels 18-26).
 
@@ -43,9 +43,10 @@ _RESNET_SPECS: dict[int, tuple[type[nn.Module], list[int]]] = {
 def resnet_norm_layer(norm: str) -> Callable[[int], nn.Module]:
     """The norm factory for ResNet bodies: FrozenBN | BN | SyncBN | GN.
 
-    SyncBN is a plain BatchNorm2d here; the engine converts it with
-    `nn.SyncBatchNorm.convert_sync_batchnorm` only when torch.distributed runs (the reference's
-    SyncBN crashes single-process users).
+    SyncBN is a plain BatchNorm2d here; the training engine converts the body's BatchNorms to
+    `nn.SyncBatchNorm` only when the body's norm is "SyncBN" and several processes train on CUDA
+    (engine/training_run.py); in one process, or across CPU processes, it stays per-process BN
+    (the reference's SyncBN crashes single-process users).
     """
     if norm == "FrozenBN":
         return lambda c: FrozenBatchNorm2d(c, eps=1e-5)

@@ -2,7 +2,7 @@
 
 BlendMask Sec. 3.2 ("Bottom module") and Sec. 4.1 / Table 4. Two variants:
 
-- `ProtoNet`: the reference's module (AdelaiDet `basis_module.py`, ADELAIDET.md Sec. 1.7), a
+- `ProtoNet`: the reference's module (AdelaiDet `basis_module.py`, docs/reference.md §1.7), a
   YOLACT-style ProtoNet: one refine conv block per P3-P5 to `convs_dim`, P4/P5 resized to P3
   bilinearly (align_corners=False) and **summed** at P3, `num_convs` conv blocks, x2 bilinear
   upsample, one conv block, 1x1 to K bases. Output stride 4 (P3 is stride 8, then x2).
@@ -18,9 +18,9 @@ supervision"): conv3x3 -> norm -> ReLU -> conv3x3 -> norm -> ReLU -> conv1x1 to 
 (0 = background) on the stride-8 input (P3 / the low-level feature); indices 0, 1, 3, 4, 6 as the
 reference. Its loss (weight 0.3, targets computed from the instance masks) is in losses.py.
 
-Norm "BN"/"SyncBN" is a plain BatchNorm2d here, so it works in one process; the engine converts
-it to SyncBatchNorm only when torch.distributed runs (the reference's SyncBN crashes single-GPU
-users). Conv blocks are conv (no bias when normed) -> norm -> ReLU with kaiming_uniform(a=1)
+Norm "BN"/"SyncBN" is a plain BatchNorm2d here, so it works in one process; the training engine
+converts it to SyncBatchNorm only for "SyncBN" with several CUDA processes (the reference's
+SyncBN crashes single-GPU users). Conv blocks are conv (no bias when normed) -> norm -> ReLU with kaiming_uniform(a=1)
 init; with norm "none" the norm slot is an nn.Identity (keys keep their indices).
 
 Glossary: N images, K bases, C foreground classes, H/W padded input size (multiple of 32).

@@ -1,6 +1,6 @@
 """The blender: BlendMask Sec. 3.2, Eq. 1-4, as pure functions of a `BlenderSpec`.
 
-No parameters (the reference's `Blender` is a plain object too, ADELAIDET.md §1.8). The paper's
+No parameters (the reference's `Blender` is a plain object too, docs/reference.md §1.8). The paper's
 steps, each one function:
 
 1. `pool_bases`: crop every detection's box out of the bases with RoIAlign (Eq. 1), R x R.
@@ -74,7 +74,7 @@ def _roi_nearest(bases: Tensor, rois: Tensor, resolution: int, scale: float) -> 
 
 
 def pool_bases(bases: Tensor, boxes: list[Tensor], spec: BlenderSpec) -> Tensor:
-    """Crop the bases of every box to R x R (BlendMask Eq. 1; ADELAIDET.md §1.8).
+    """Crop the bases of every box to R x R (BlendMask Eq. 1; docs/reference.md §1.8).
 
     `spec.pooler_type` "ROIAlignV2" is `torchvision.ops.roi_align` with aligned=True (the box
     is shifted by -0.5 px after scaling by `spec.pooler_scale`), `spec.pooler_sampling_ratio`
@@ -169,7 +169,7 @@ def _resize_attentions(attentions: Tensor, spec: BlenderSpec, num_bases: int) ->
 
 
 def attention_weights(attentions: Tensor, spec: BlenderSpec, num_bases: int) -> Tensor:
-    """The weights the blender gives each pooled base (BlendMask Eq. 2-3; ADELAIDET.md §1.8).
+    """The weights the blender gives each pooled base (BlendMask Eq. 2-3; docs/reference.md §1.8).
 
     The attention (K, M, M) is resized to R x R with `F.interpolate` (bilinear with
     align_corners=False, or nearest: `spec.top_interp`) and normalised with a softmax over K,
@@ -200,7 +200,7 @@ def attention_weights(attentions: Tensor, spec: BlenderSpec, num_bases: int) -> 
 def merge_bases(pooled_bases: Tensor, attentions: Tensor, spec: BlenderSpec) -> Tensor:
     """Blend each detection's pooled bases with its attention (BlendMask Eq. 4).
 
-    mask logit = sum over K of `attention_weights` * pooled base (ADELAIDET.md §1.8).
+    mask logit = sum over K of `attention_weights` * pooled base (docs/reference.md §1.8).
 
     K = 1 (no softmax, see `attention_weights`): the probability sigmoid(attention) *
     sigmoid(base) is returned as its logit, so that the loss (BCE with logits) and

@@ -6,7 +6,7 @@ predicting K bases at stride 4 (Sec. 3.2, "bottom module"). The blender (Sec. 3.
 is pure functions in blender.py; losses and post-processing are separate modules, so
 `BlendMask.forward` returns the same kind of raw `BlendMaskOutputs` in train and eval mode.
 
-Reference facts reproduced (ADELAIDET.md Sec. 1.1, 1.5, 1.6): the top layer is one 3x3 conv
+Reference facts reproduced (docs/reference.md §1.1, 1.5, 1.6): the top layer is one 3x3 conv
 shared by all levels, applied to the **bbox-tower** output (the share tower when the cls/bbox
 towers are empty), init normal(0.01), bias 0; points are (j*s + s//2, i*s + s//2) in row-major
 order per level; levels are concatenated P3 first.

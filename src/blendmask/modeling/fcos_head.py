@@ -1,7 +1,7 @@
 """FCOS head: share / cls / bbox towers and the cls, box and centerness predictors.
 
 BlendMask Sec. 3.1 builds on FCOS (Tian et al., ICCV 2019); the reference is AdelaiDet's
-`FCOSHead` (ADELAIDET.md Sec. 1.5-1.6). Reproduced on purpose:
+`FCOSHead` (docs/reference.md §1.5-1.6). Reproduced on purpose:
 
 - Towers are `nn.Sequential` of [conv3x3 (bias), norm, ReLU] x n, so conv indices are 0, 3, 6, 9
   and norm indices 1, 4, 7, 10 as the reference's keys; the share tower runs first, then the cls
@@ -95,8 +95,8 @@ class FCOSHead(nn.Module):
         num_cls_convs / num_box_convs / num_share_convs: tower depths (reference 4 / 4 / 0;
             550 and RT configs 0 / 0 / 3).
         tower_channels: tower width; None means in_channels (the reference).
-        norm: GN | BN | SyncBN (one BatchNorm2d per level; the engine converts to SyncBN when
-            distributed) | none.
+        norm: GN | BN | SyncBN (one BatchNorm2d per level; the training engine converts them to
+            SyncBatchNorm only for "SyncBN" with several CUDA processes) | none.
         use_scale: a learnable per-level scale before the regression ReLU (BlendMask: off).
         prior_prob: focal-loss prior for the cls bias.
 

@@ -1,7 +1,7 @@
 """Feature Pyramid Network on C3-C5 with the FCOS top block (P6/P7 from P5).
 
 BlendMask Sec. 4 ("ResNet + FPN", as FCOS). Reference: detectron2's FPN with AdelaiDet's
-`LastLevelP6P7(256, 256, "p5")` (ADELAIDET.md Sec. 1.4). Reproduced on purpose:
+`LastLevelP6P7(256, 256, "p5")` (docs/reference.md §1.4). Reproduced on purpose:
 
 - P6 is a 3x3/2 conv on the **P5 output** (not on C5), P7 a 3x3/2 conv on ReLU(P6);
   `top_levels` 2 / 1 / 0 builds P6+P7 / P6 / nothing (R_50 / 550 / RT configs).

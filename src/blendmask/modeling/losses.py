@@ -1,7 +1,7 @@
 """BlendMask training losses: FCOS detection losses (FCOS Sec. 3, focal + GIoU + centerness),
 the blended mask loss (BlendMask Sec. 3.3) and the auxiliary basis semantic loss (Sec. 3.1).
 
-Facts in ADELAIDET.md §3.2 (detection losses), §3.3 (mask loss), §3.4 (semantic loss).
+Facts in docs/reference.md §3.2 (detection losses), §3.3 (mask loss), §3.4 (semantic loss).
 
 Shapes: N images, P points over all levels, C foreground classes, K bases, M attention size,
 R bottom resolution, G gt instances (G_i of image i), Npos positive locations of the batch,
@@ -56,7 +56,7 @@ def reduce_mean(tensor: Tensor) -> Tensor:
 
 
 def compute_ious_ltrb(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-    """IoU and GIoU of boxes given as ltrb distances from the same point (ADELAIDET.md §3.2).
+    """IoU and GIoU of boxes given as ltrb distances from the same point (docs/reference.md §3.2).
 
     As the reference (`adet/utils/comm.py::compute_ious`) the IoU is smoothed,
     (I + 1) / (U + 1), and GIoU = IoU - (C - U) / C with C the enclosing box's area.
@@ -205,7 +205,7 @@ class BlendMaskCriterion(nn.Module):
     def _detection_losses(
         self, outputs: BlendMaskOutputs, fcos: FCOSTargets
     ) -> tuple[dict[str, Tensor], _Positives]:
-        """FCOS losses (ADELAIDET.md §3.2): loss_fcos_cls, loss_fcos_loc, loss_fcos_ctr, and the
+        """FCOS losses (docs/reference.md §3.2): loss_fcos_cls, loss_fcos_loc, loss_fcos_ctr, and the
         positive locations with their normaliser for the mask loss."""
         # Losses in float32 even under autocast.
         cls_logits = outputs.cls_logits.float()
@@ -258,7 +258,7 @@ class BlendMaskCriterion(nn.Module):
     def _semantic_loss(
         self, sem_logits: Tensor, targets: list[Target], gt_labels: list[Tensor]
     ) -> Tensor:
-        """Auxiliary basis semantic loss (ADELAIDET.md §3.4), weighted.
+        """Auxiliary basis semantic loss (docs/reference.md §3.4), weighted.
 
         Args:
             sem_logits (Tensor[N, C+1, H/8, W/8]): the bottom module's semantic logits.
@@ -284,7 +284,7 @@ class BlendMaskCriterion(nn.Module):
         gt_boxes: list[Tensor],
         pos: _Positives,
     ) -> Tensor:
-        """Blended mask loss of every positive location (ADELAIDET.md §3.3).
+        """Blended mask loss of every positive location (docs/reference.md §3.3).
 
         The bases are pooled once per gt box (training pools gt boxes, not predictions) and
         gathered for each positive location, blended with that location's own attention and

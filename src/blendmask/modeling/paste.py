@@ -1,4 +1,4 @@
-"""Pasting the blender's R x R mask probabilities into the image (ADELAIDET.md §1.9).
+"""Pasting the blender's R x R mask probabilities into the image (docs/reference.md §1.9).
 
 After the blender (blender.py, BlendMask Sec. 3.2) each detection has an R x R mask in its own
 box; `paste_masks` resamples it at the image's pixel centres inside the (clipped) box and
@@ -33,7 +33,7 @@ def paste_masks(
     image_size: tuple[int, int],
     threshold: float = 0.5,
 ) -> Tensor:
-    """Paste R x R mask probabilities into the image and binarise (ADELAIDET.md §1.9).
+    """Paste R x R mask probabilities into the image and binarise (docs/reference.md §1.9).
 
     The maths of detectron2's `paste_masks_in_image`: the centre (x + 0.5, y + 0.5) of every
     image pixel is normalised into its box as 2 * (c - x0) / (x1 - x0) - 1 and the mask is

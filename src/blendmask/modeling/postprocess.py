@@ -2,7 +2,7 @@
 kept locations (`attentions_at`), the blender at test time (BlendMask Sec. 3.2) and pasting
 into the original image.
 
-Numbers and quirks in ADELAIDET.md §4 (selection), §1.8 (blending) and §1.9 (pasting):
+Numbers and quirks in docs/reference.md §4 (selection), §1.8 (blending) and §1.9 (pasting):
 - candidates are (location, class) pairs with cls * ctr > 0.05 (or cls > 0.05 when
   `thresh_with_ctr` is off), at most `pre_nms_topk` per level and image, by cls * ctr;
 - score = sqrt(cls * ctr) in both cases (the reference multiplies by ctr after thresholding);
@@ -179,7 +179,7 @@ class BlendMaskPostProcessor(nn.Module):
 
     @torch.no_grad()
     def detect(self, outputs: BlendMaskOutputs, image_sizes: list[tuple[int, int]]) -> list[dict]:
-        """Candidate selection, box decoding and NMS (ADELAIDET.md §4, steps 1-4).
+        """Candidate selection, box decoding and NMS (docs/reference.md §4, steps 1-4).
 
         Args:
             outputs: raw network outputs.
@@ -260,7 +260,7 @@ class BlendMaskPostProcessor(nn.Module):
 
     @torch.no_grad()
     def blend(self, bases: Tensor, boxes: list[Tensor], attentions: list[Tensor]) -> list[Tensor]:
-        """R x R mask probabilities of every detection (ADELAIDET.md §1.8, inference).
+        """R x R mask probabilities of every detection (docs/reference.md §1.8, inference).
 
         Args:
             bases (Tensor[N, K, Hb, Wb]): the network's bases.
@@ -318,7 +318,7 @@ class BlendMaskPostProcessor(nn.Module):
                 continue
             boxes = boxes[nonempty]
             # Quirk kept: the mask was blended on the unclipped box but is pasted into the
-            # clipped one (ADELAIDET.md §1.9, 4).
+            # clipped one (docs/reference.md §1.9, 4).
             masks = paste_masks(prob[nonempty], boxes, (h0, w0), threshold=self.mask_threshold)
             results.append(
                 Detections(
