@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
+	# The torch / torchvision this machine has on disk; pyproject.toml only declares a range.
+	$(BIN)/python -m pip install torch==2.14.1 torchvision==0.29.1
 	$(BIN)/python -m pip install -e '.[dev]'
 	touch $(STAMP)
 

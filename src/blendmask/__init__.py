@@ -7,10 +7,16 @@
 
 from __future__ import annotations
 
+from importlib import metadata as _metadata
+
 from blendmask.config import Config, ConfigError
 from blendmask.presets import PRESETS, get_preset, load_config
 
-__version__ = "0.1.0"
+try:
+    # One version source: pyproject.toml, read back from the installed package's metadata.
+    __version__ = _metadata.version("blendmask")
+except _metadata.PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "PRESETS",

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
+from blendmask import __version__
 from blendmask.cli import (
     config,
     convert,
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="blendmask",
         description="BlendMask instance segmentation: train, evaluate, predict, export.",
     )
+    parser.add_argument("--version", action="version", version=f"blendmask {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module in SUBCOMMANDS.items():
         doc = (module.__doc__ or "").strip().splitlines()
