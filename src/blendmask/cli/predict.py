@@ -1,6 +1,8 @@
 """predict on images or folders
 
 Writes OUT/results.json (COCO results) and OUT/overlays/ (`engine.predict.predict_images`).
+Images that cannot be read are skipped and listed in OUT/errors.jsonl (exit 0, the summary line
+counts them); --strict stops at the first one instead (exit 2).
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=positive_int, default=1)
     parser.add_argument("--no-overlays", action="store_true", help="write results.json only")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop at the first image that cannot be read (default: skip it, list it in "
+        "OUT/errors.jsonl)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,9 +43,15 @@ def run(args: argparse.Namespace) -> int:
         score_threshold=args.score_threshold,
         batch_size=args.batch_size,
         overlays=not args.no_overlays,
+        strict=args.strict,
+    )
+    skipped = (
+        f", {summary['skipped']} skipped (unreadable, see {summary['errors']})"
+        if summary["skipped"]
+        else ""
     )
     print(
-        f"{summary['images']} image(s), {summary['detections']} detection(s): "
+        f"{summary['images']} image(s), {summary['detections']} detection(s){skipped}: "
         f"wrote {summary['results']}"
         + (f" and {summary['overlays']}/" if summary["overlays"] else "")
     )

@@ -7,17 +7,20 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
 
+from blendmask.atomic import atomic_write
 from blendmask.config import Config
 from blendmask.data.coco import CocoDataset
 from blendmask.engine import distributed as dist_utils
 from blendmask.engine.loaders import worker_init
 from blendmask.engine.logging import TrainingLog, write_json
+from blendmask.engine.output_lock import OutputLock
+from blendmask.evaluation.categories import match_categories
 from blendmask.evaluation.coco import COCOEvaluator
 from blendmask.io import resolve_device
-from blendmask.predictor import Predictor
+from blendmask.predictor import MAX_IMAGE_PIXELS, Predictor
 
 # The metrics the commands print and the demo writes (fractions; -1 when undefined).
 METRIC_KEYS = (
@@ -54,35 +57,90 @@ def evaluate_model(
     get the same metrics. Returns the metrics (fractions) plus `images` and `seconds`; writes
     the COCO results json to `results_path` when given (single process). Leaves `model` in
     eval mode.
+
+    The model's labels are matched to the json's categories by id or name
+    (`match_categories`: ValueError when they cannot be). An image that cannot be read ends
+    the evaluation with its own error (ValueError / FileNotFoundError naming the file), also
+    from a loader worker; so does an image over `MAX_IMAGE_PIXELS`, before any is decoded.
     """
     start = time.perf_counter()
     # Evaluate in the layout training uses: a model fresh from training and the same weights
     # loaded from model.pt then run the same kernels and give identical detections.
     model.to(memory_format=torch.channels_last)
     dataset = CocoDataset(json_path, images_dir, transforms=None, skip_empty=False)
+    label_to_category_id = match_categories(
+        cfg.data.category_ids,
+        cfg.data.category_names,
+        dict(zip(dataset.contiguous_to_category_id, dataset.category_names)),
+        num_classes=cfg.model.fcos.num_classes,
+        source=json_path,
+    )
     rank, world_size = dist_utils.get_rank(), dist_utils.get_world_size()
-    shard = Subset(dataset, list(range(rank, len(dataset), world_size)))
+    indices = list(range(rank, len(dataset), world_size))
+    _check_image_sizes(dataset, indices)
     predictor = Predictor(cfg, model, postprocessor, device, batch_size)
     loader = DataLoader(
-        shard,
+        _EvalImages(dataset, indices),
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
         collate_fn=list,
         worker_init_fn=worker_init if num_workers > 0 else None,
     )
-    evaluator = COCOEvaluator(dataset.coco, dataset.contiguous_to_category_id)
+    evaluator = COCOEvaluator(dataset.coco, label_to_category_id)
     for batch in loader:
-        images = [image for image, _ in batch]
-        image_ids = [int(target["image_id"]) for _, target in batch]
+        for _, _, error in batch:
+            if error is not None:
+                raise error  # the worker's own exception: one line naming the file
+        images = [image for image, _, _ in batch]
+        image_ids = [image_id for _, image_id, _ in batch]
         evaluator.process(image_ids, predictor.predict_tensors(images))
     metrics = dict(evaluator.evaluate())
     metrics["images"] = len(dataset)
     metrics["seconds"] = round(time.perf_counter() - start, 2)
     if results_path is not None:
-        Path(results_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(results_path).write_text(json.dumps(evaluator.results))
+        text = json.dumps(evaluator.results).encode()
+        atomic_write(results_path, lambda f: f.write(text))
     return metrics
+
+
+class _EvalImages(Dataset):
+    """The images of `dataset` at `indices` as (uint8 Tensor[3, H0, W0], image id, None), or
+    (None, image id, the exception) when one cannot be read.
+
+    Returning the error instead of raising it keeps it intact across a DataLoader worker
+    (which would re-raise it with the worker's whole traceback as its message).
+    """
+
+    def __init__(self, dataset: CocoDataset, indices: list[int]) -> None:
+        self.dataset = dataset
+        self.indices = indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> tuple[Tensor | None, int, Exception | None]:
+        index = self.indices[k]
+        image_id = int(self.dataset.image_ids[index])
+        try:
+            image, _ = self.dataset[index]
+        except (ValueError, OSError) as exc:  # corrupt, missing, not the json's size
+            return None, image_id, exc
+        return image, image_id, None
+
+
+def _check_image_sizes(dataset: CocoDataset, indices: list[int]) -> None:
+    """ValueError naming the first image whose json size is over `MAX_IMAGE_PIXELS` (the
+    dataset checks each file against its json size when it reads it)."""
+    for index in indices:
+        info = dataset.coco.imgs[dataset.image_ids[index]]
+        pixels = int(info["width"]) * int(info["height"])
+        if pixels > MAX_IMAGE_PIXELS:
+            raise ValueError(
+                f"{dataset.image_path(index)} is {info['width']} x {info['height']} px "
+                f"(image id {info['id']} of {dataset.json_path}), larger than the maximum "
+                f"image size of {MAX_IMAGE_PIXELS} pixels (MAX_IMAGE_PIXELS)"
+            )
 
 
 def evaluate_during_training(
@@ -127,22 +185,24 @@ def evaluate_model_file(
     num_workers: int = 2,
 ) -> dict[str, float]:
     """`blendmask eval --weights W --json J --images D --out DIR`: COCO bbox/segm metrics of a
-    model file; writes DIR/metrics.json and DIR/results.json (COCO results, RLE masks)."""
+    model file; writes DIR/metrics.json and DIR/results.json (COCO results, RLE masks). Refuses
+    (ValueError) when another process is writing DIR (`OutputLock`)."""
     from blendmask.checkpoint_io import load_model_file
 
     dev = resolve_device(device)
-    cfg, model, _, postprocessor = load_model_file(weights, dev)
     out = Path(out)
-    metrics = evaluate_model(
-        cfg,
-        model,
-        postprocessor,
-        json_path=json_path,
-        images_dir=images,
-        device=dev,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        results_path=out / "results.json",
-    )
-    write_json(out / "metrics.json", metrics)
+    with OutputLock(out):
+        cfg, model, _, postprocessor = load_model_file(weights, dev)
+        metrics = evaluate_model(
+            cfg,
+            model,
+            postprocessor,
+            json_path=json_path,
+            images_dir=images,
+            device=dev,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            results_path=out / "results.json",
+        )
+        write_json(out / "metrics.json", metrics)
     return metrics

@@ -28,6 +28,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from blendmask.data.coco_json import coco_api_from_dict, load_coco_json
+from blendmask.evaluation.rle import window_to_rle
+from blendmask.modeling.paste import mask_windows
 from blendmask.structures import Detections
 
 IOU_TYPES = ("bbox", "segm")
@@ -53,9 +55,12 @@ def detections_to_coco_results(
 ) -> list[dict[str, Any]]:
     """Convert per-image detections to COCO result dicts.
 
+    Masks are encoded one detection at a time (box-local masks from their windows, see
+    `evaluation.rle`), so memory stays O(H0 x W0) whatever the number of detections.
+
     Args:
-        detections: one `Detections` per image (boxes xyxy and masks bool[D, H0, W0] in
-            original-image pixels).
+        detections: one `Detections` per image (boxes xyxy and masks bool[D, H0, W0], dense
+            or box-local, in original-image pixels).
         image_ids: COCO image id of each entry of `detections`.
         contiguous_to_category_id: COCO category id of each contiguous label.
 
@@ -77,11 +82,13 @@ def detections_to_coco_results(
         xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
         scores = dets.scores.detach().float().cpu().tolist()
         labels = dets.labels.detach().cpu().tolist()
-        # (D, H0, W0) bool -> (H0, W0, D) Fortran-ordered uint8, the layout pycocotools encodes.
-        masks = np.asfortranarray(
-            dets.masks.detach().cpu().permute(1, 2, 0).numpy().astype(np.uint8)
-        )
-        rles = mask_util.encode(masks)
+        for label in set(labels):
+            if not 0 <= label < len(contiguous_to_category_id):
+                raise ValueError(
+                    f"detection label {label} has no category id "
+                    f"({len(contiguous_to_category_id)} categories given)"
+                )
+        rles = detection_rles(dets)
         for box, score, label, rle in zip(xywh, scores, labels, rles):
             results.append(
                 {
@@ -89,13 +96,29 @@ def detections_to_coco_results(
                     "category_id": int(contiguous_to_category_id[label]),
                     "score": float(score),
                     "bbox": [float(v) for v in box],
-                    "segmentation": {
-                        "size": [int(s) for s in rle["size"]],
-                        "counts": rle["counts"].decode("ascii"),
-                    },
+                    "segmentation": rle,
                 }
             )
     return results
+
+
+def detection_rles(dets: Detections) -> list[dict[str, Any]]:
+    """Compressed RLE {"size": [H0, W0], "counts": str} of each detection's mask, in order.
+
+    Dense masks go to pycocotools one at a time (an (H0, W0) uint8 copy each, never the
+    (H0, W0, D) stack); box-local ones are encoded from their pasted windows.
+    """
+    if dets.has_dense_masks:
+        rles = []
+        for mask in dets.masks.detach().cpu().unbind(0):
+            # (H0, W0) bool -> Fortran-ordered uint8, the layout pycocotools encodes.
+            rle = mask_util.encode(np.asfortranarray(mask.numpy().astype(np.uint8)))
+            rles.append({"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode()})
+        return rles
+    by_index: dict[int, dict[str, Any]] = {}
+    for d, x, y, window in mask_windows(dets.to("cpu")):
+        by_index[d] = window_to_rle(window, x, y, dets.image_size)
+    return [by_index[d] for d in range(len(dets))]
 
 
 def run_coco_eval(

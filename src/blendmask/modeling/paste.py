@@ -12,13 +12,25 @@ finished window into its slice of the (D, H, W) output is per detection: a slice
 cheaper than a scatter of every window pixel. On a CPU this is ~20x faster than `grid_sample`
 over the image.
 
+`paste_mask_windows` yields those binary windows one detection at a time without the
+(D, H, W) output, and `mask_windows` does so for any `Detections`: predict, eval and the
+overlays read masks this way, so their memory is bounded by the image, not D x the image.
+
 Shapes: D detections, R mask resolution, H/W output image size, h/w a box's pixel window.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
+
+from ..structures import Detections
+
+# (detection index d, window left x, window top y, bool Tensor[h, w]): the detection's mask on
+# the image pixels [y, y + h) x [x, x + w); pixels outside the window are background.
+MaskWindow = tuple[int, int, int, Tensor]
 
 # Window pixels per chunk of detections: bounds the chunk's (Dc, h, w) float32 windows at
 # 4 B x 2**24 = 64 MiB, whatever the number of detections.
@@ -63,15 +75,34 @@ def paste_masks(
     Returns:
         Tensor[D, H, W]: bool.
     """
+    height, width = int(image_size[0]), int(image_size[1])
+    out = torch.zeros((masks.shape[0], height, width), dtype=torch.bool, device=masks.device)
+    for d, x, y, window in paste_mask_windows(masks, boxes, image_size, threshold):
+        out[d, y : y + window.shape[0], x : x + window.shape[1]] = window
+    return out
+
+
+def paste_mask_windows(
+    masks: Tensor,
+    boxes: Tensor,
+    image_size: tuple[int, int],
+    threshold: float = 0.5,
+) -> Iterator[MaskWindow]:
+    """`paste_masks` one detection at a time: (d, x, y, bool window[h, w]) per detection, in
+    no particular order, the same pixels `paste_masks(...)[d]` sets (all outside the window
+    are background). Windows lie inside the image and are at most H x W; the float work is
+    bounded by `_PASTE_MAX_GRID_POINTS`, so memory stays O(H x W) whatever D.
+
+    Args: as `paste_masks`. A window may be a view of a buffer reused for the next ones:
+    consume it (or copy it) before advancing the iterator.
+    """
     if masks.dim() != 3:
         raise ValueError(f"expected masks of shape [D, R, R], got {tuple(masks.shape)}")
     if boxes.shape != (masks.shape[0], 4):
         raise ValueError(f"expected boxes of shape [{masks.shape[0]}, 4], got {tuple(boxes.shape)}")
     height, width = int(image_size[0]), int(image_size[1])
-    num = masks.shape[0]
-    out = torch.zeros((num, height, width), dtype=torch.bool, device=masks.device)
-    if num == 0 or height == 0 or width == 0:
-        return out
+    if masks.shape[0] == 0 or height == 0 or width == 0:
+        return
     masks = masks.float()
     boxes = boxes.float()
     # Window of each box with a one-pixel margin (detectron2's skip_empty), capped to the
@@ -88,16 +119,32 @@ def paste_masks(
         # Window origins, shifted so that every window lies inside the image.
         x_start = lo[idx, 0].clamp(min=0, max=width - w_max)
         y_start = lo[idx, 1].clamp(min=0, max=height - h_max)
-        sampled = _sample_windows(masks[idx], boxes[idx], x_start, y_start, (h_max, w_max))
-        # `- _PASTE_EPS`: exact-threshold plateaus stay foreground despite the rounding of
-        # the separable sums (see the docstring). Each window is a rectangle of the output:
-        # comparing straight into its slice is several times cheaper than a 3-index scatter
-        # of every window pixel (one host sync per chunk for the window origins).
-        for d, x, y, window in zip(
-            idx.tolist(), x_start.long().tolist(), y_start.long().tolist(), sampled.unbind(0)
-        ):
-            torch.ge(window, threshold - _PASTE_EPS, out=out[d, y : y + h_max, x : x + w_max])
-    return out
+        windows = _binary_windows(
+            masks[idx], boxes[idx], x_start, y_start, (h_max, w_max), threshold
+        )
+        # One host sync per chunk for the window origins.
+        yield from zip(
+            idx.tolist(), x_start.long().tolist(), y_start.long().tolist(), windows.unbind(0)
+        )
+
+
+def mask_windows(detections: Detections) -> Iterator[MaskWindow]:
+    """Each detection's mask as a window of the image (see `MaskWindow`), one at a time.
+
+    Box-local masks (`detections.mask_probs`) are pasted window by window, never as the
+    (D, H0, W0) tensor; dense masks (given, or already pasted) are yielded whole, d in order.
+    """
+    if detections.has_dense_masks:
+        for d, mask in enumerate(detections.masks.unbind(0)):
+            yield d, 0, 0, mask
+        return
+    assert detections.mask_probs is not None
+    yield from paste_mask_windows(
+        detections.mask_probs,
+        detections.boxes,
+        detections.image_size,
+        detections.mask_threshold,
+    )
 
 
 def _bilinear_weights(coords: Tensor, size: int) -> Tensor:
@@ -141,19 +188,26 @@ def _chunks(extents: Tensor) -> list[tuple[int, int]]:
     return runs
 
 
-def _sample_windows(
-    masks: Tensor, boxes: Tensor, x_start: Tensor, y_start: Tensor, size: tuple[int, int]
+def _binary_windows(
+    masks: Tensor,
+    boxes: Tensor,
+    x_start: Tensor,
+    y_start: Tensor,
+    size: tuple[int, int],
+    threshold: float,
 ) -> Tensor:
-    """Bilinear samples of each mask at the pixel centres of its window (`grid_sample` maths).
+    """Bilinear samples of each mask at the pixel centres of its window (`grid_sample`
+    maths), binarised.
 
     Args:
         masks (Tensor[Dc, R, R]): float probabilities.
         boxes (Tensor[Dc, 4]): float xyxy in output pixels.
         x_start, y_start (Tensor[Dc]): float top-left pixel of each window.
         size: (h, w) of every window.
+        threshold: `>=` this (less `_PASTE_EPS`) is foreground.
 
     Returns:
-        Tensor[Dc, h, w]: the probabilities at the window's pixels.
+        Tensor[Dc, h, w]: bool.
     """
     h, w = size
     xs = x_start[:, None] + torch.arange(w, device=masks.device, dtype=torch.float32)
@@ -166,4 +220,17 @@ def _sample_windows(
     wx = _bilinear_weights(gx, masks.shape[2])  # (Dc, w, R)
     wy = _bilinear_weights(gy, masks.shape[1])  # (Dc, h, R)
     # grid_sample(m, grid)[y, x] = sum_ij wy[y, i] * m[i, j] * wx[x, j]
-    return torch.bmm(wy, torch.bmm(masks, wx.transpose(1, 2)))
+    right = torch.bmm(masks, wx.transpose(1, 2))  # (Dc, R, w)
+    out = torch.empty((masks.shape[0], h, w), dtype=torch.bool, device=masks.device)
+    # Rows in tiles, so that the float samples stay within `_PASTE_MAX_GRID_POINTS` even for
+    # one box as large as a huge image (a chunk of several boxes fits in one tile).
+    rows = max(1, _PASTE_MAX_GRID_POINTS // max(1, masks.shape[0] * w))
+    for r0 in range(0, h, rows):
+        # `- _PASTE_EPS`: exact-threshold plateaus stay foreground despite the rounding of
+        # the separable sums (see `paste_masks`).
+        torch.ge(
+            torch.bmm(wy[:, r0 : r0 + rows], right),
+            threshold - _PASTE_EPS,
+            out=out[:, r0 : r0 + rows],
+        )
+    return out

@@ -1,6 +1,6 @@
 """Inference post-processing: FCOS decoding, top-k, NMS (FCOS Sec. 3), the top layer at the
 kept locations (`attentions_at`), the blender at test time (BlendMask Sec. 3.2) and pasting
-into the original image.
+into the original image (on demand: `Detections` keeps the R x R masks and their boxes).
 
 Numbers and quirks in docs/reference.md §4 (selection), §1.8 (blending) and §1.9 (pasting):
 - candidates are (location, class) pairs with cls * ctr > 0.05 (or cls > 0.05 when
@@ -293,7 +293,9 @@ class BlendMaskPostProcessor(nn.Module):
             orig_sizes: (H0, W0) to rescale to; defaults to `image_sizes`.
 
         Returns:
-            list[Detections]: masks bool[D, H0, W0].
+            list[Detections]: masks bool[D, H0, W0], held box-local (`mask_probs` R x R in
+            each clipped box) and pasted on first access to `.masks`
+            (`modeling.paste.mask_windows` reads them one detection at a time).
         """
         if orig_sizes is None:
             orig_sizes = image_sizes
@@ -316,16 +318,18 @@ class BlendMaskPostProcessor(nn.Module):
             if not bool(nonempty.any()):
                 results.append(Detections.empty(h0, w0, device=boxes.device))
                 continue
-            boxes = boxes[nonempty]
             # Quirk kept: the mask was blended on the unclipped box but is pasted into the
-            # clipped one (docs/reference.md §1.9, 4).
-            masks = paste_masks(prob[nonempty], boxes, (h0, w0), threshold=self.mask_threshold)
+            # clipped one (docs/reference.md §1.9, 4). Pasting waits until the masks are read:
+            # (D, H0, W0) masks of a large image would need D x H0 x W0 bytes at once.
             results.append(
                 Detections(
-                    boxes=boxes,
+                    boxes=boxes[nonempty],
                     scores=det["scores"][nonempty],
                     labels=det["labels"][nonempty],
-                    masks=masks,
+                    mask_probs=prob[nonempty],
+                    image_size=(h0, w0),
+                    mask_threshold=self.mask_threshold,
+                    paster=paste_masks,
                 )
             )
         return results
