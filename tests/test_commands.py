@@ -224,8 +224,9 @@ def test_train_warns_about_a_random_resnet_body(tmp_path, shapes_dataset, capsys
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "RANDOM weights" in err and "--backbone-weights" in err
-    # a resumed run continues trained weights: no warning
-    assert main([*args[:-1], "2"]) == 0
+    # a resumed run continues trained weights: no warning (a larger --max-iter is a changed
+    # setting, taken explicitly)
+    assert main([*args[:-1], "2", "--resume-with-new-settings"]) == 0
     captured = capsys.readouterr()
     assert "resuming from" in captured.out and "RANDOM" not in captured.err
 

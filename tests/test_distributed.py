@@ -88,7 +88,8 @@ def test_two_process_training_keeps_ranks_identical(tmp_path, shapes_dataset):
     # only rank 0 writes: exactly one line per iteration (metrics reduced over ranks)
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in lines if r["type"] == "train"] == [1, 2, 3]
-    assert sorted(p.name for p in out.iterdir()) == [
+    # (.lock: rank 0's OutputLock, which keeps a second run out of the folder)
+    assert sorted(p.name for p in out.iterdir() if p.name != ".lock") == [
         "curves.png",
         "last.pt",
         "metrics.jsonl",

@@ -31,15 +31,15 @@ CHILD = (
 
     out, train_json, train_images, kill_at = sys.argv[1:5]
     kill_at = int(kill_at)
-    original = checkpoint.save_training_state
+    original = checkpoint.write_training_state
 
-    def save_then_hang(path, **kwargs):
-        original(path, **kwargs)
-        if kwargs["iteration"] == kill_at:
-            print("CHECKPOINT", kwargs["iteration"], flush=True)
+    def save_then_hang(path, payload):
+        original(path, payload)
+        if payload["iteration"] == kill_at:
+            print("CHECKPOINT", payload["iteration"], flush=True)
             time.sleep(600)
 
-    checkpoint.save_training_state = save_then_hang
+    checkpoint.write_training_state = save_then_hang
     train_command(
         out=out, preset="tiny", device="cpu", train_json=train_json, train_images=train_images,
         max_iter=ITERATIONS, seed=7,

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from blendmask.atomic import atomic_write
 from blendmask.config import Config, ConfigError, from_dict
 from blendmask.factory import build
 from blendmask.modeling.blendmask import BlendMask
@@ -28,19 +29,37 @@ from blendmask.modeling.state_dict import load_state_dict_checked
 MODEL_FORMAT_VERSION = 1
 
 
+def nonfinite_weights(state: dict[str, Any]) -> list[str]:
+    """The keys of the floating-point tensors of `state` holding a NaN or an infinity."""
+    return [
+        k
+        for k, v in state.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(v.isfinite().all())
+    ]
+
+
+def check_finite_weights(path: str | Path, state: dict[str, Any]) -> None:
+    """Raise FloatingPointError naming `path` (which is then not written) and the first keys
+    when `state` holds a NaN or an infinity."""
+    bad = nonfinite_weights(state)
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise FloatingPointError(
+            f"{path}: not written: non-finite values in {', '.join(bad[:3])}{more}"
+        )
+
+
 def save_model_file(path: str | Path, cfg: Config, model: nn.Module) -> None:
-    """Write `{"format_version", "config", "model"}` atomically; loads with weights_only=True."""
+    """Write `{"format_version", "config", "model"}` atomically; loads with weights_only=True.
+
+    Raises FloatingPointError, writing nothing, when a weight is NaN or infinite (such a model
+    only ever predicts garbage), and `atomic.WriteError` (an OSError) naming the path and the
+    reason when the file cannot be written; the previous file then stays as it was."""
     model = getattr(model, "module", model)  # unwrap DDP
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format_version": MODEL_FORMAT_VERSION,
-        "config": cfg.to_dict(),
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    check_finite_weights(path, state)
+    payload = {"format_version": MODEL_FORMAT_VERSION, "config": cfg.to_dict(), "model": state}
+    atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def read_model_file(path: str | Path) -> tuple[Config, dict[str, torch.Tensor]]:

@@ -3,13 +3,18 @@
 Each subcommand is one module of this package with `add_arguments(parser)` and `run(args)`;
 the first line of its docstring is its help text.
 
-Exit codes: 0 success, 2 bad usage or bad input (one line naming the file and the problem),
-1 anything else.
+Exit codes: 0 success, 2 bad usage, bad input or a file system problem the user can fix (no
+space, permissions, a path that is no folder), 1 anything else; 130 interrupted. Errors are one
+line naming the file and the problem, not a traceback; `BLENDMASK_DEBUG=1` re-raises them for
+the traceback. Programming errors (TypeError, ...) keep their traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import os
+import re
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -59,17 +64,78 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DEBUG_ENV = "BLENDMASK_DEBUG"
+# OSErrors the user can fix (a path, permissions, disk space) exit 2 like bad input.
+USER_ERRNOS = frozenset(
+    {
+        errno.ENOENT,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EROFS,
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.EEXIST,
+        errno.ENAMETOOLONG,
+    }
+)
+# torch re-raises an error of a DataLoader worker with the worker's whole traceback as message.
+_WORKER_ERROR = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.\nOriginal Traceback")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, ConfigError) as exc:
-        print(f"blendmask {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (ValueError, ConfigError, OSError, RuntimeError, ArithmeticError, MemoryError) as exc:
+        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        code = exit_code(exc)
+        hint = f" (set {DEBUG_ENV}=1 for the traceback)" if code == 1 else ""
+        print(f"blendmask {args.command}: error: {one_line(exc)}{hint}", file=sys.stderr)
+        return code
+
+
+def exit_code(exc: BaseException) -> int:
+    """2 for bad input and fixable file system problems, 1 for the rest."""
+    if isinstance(exc, (ValueError, ConfigError)):
+        return 2
+    if isinstance(exc, OSError):
+        # Raised by name (FileNotFoundError("...")) they carry no errno; their type says it.
+        user_types = (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)
+        return 2 if exc.errno in USER_ERRNOS or isinstance(exc, user_types) else 1
+    return 1
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of `exc` as the user should read it: a DataLoader worker's error as the
+    original message (without the worker's traceback), an OSError as `path: reason`, and a
+    RuntimeError's first line."""
+    message = str(exc)
+    if _WORKER_ERROR.match(message):
+        message = _worker_message(message, type(exc).__name__)
+    elif isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        # str() would read "[Errno 13] Permission denied: 'out/x'"; a WriteError is one line.
+        if type(exc).__str__ is OSError.__str__:
+            message = f"{exc.filename}: {exc.strerror.lower()}"
+    lines = [line for line in message.splitlines() if line.strip()]
+    if isinstance(exc, (RuntimeError, OSError)) and lines:
+        return lines[0]
+    return message or type(exc).__name__
+
+
+def _worker_message(message: str, name: str) -> str:
+    """The original error's message from torch's "Caught X in DataLoader worker process N.
+    Original Traceback ...": the lines after the last traceback line, less "X: "."""
+    lines = message.rstrip("\n").splitlines()
+    last_frame = max((i for i, line in enumerate(lines) if line.startswith(" ")), default=0)
+    original = "\n".join(lines[last_frame + 1 :]).strip()
+    return re.sub(rf"^(?:[\w.]+\.)?{re.escape(name)}: ", "", original) or message
 
 
 if __name__ == "__main__":

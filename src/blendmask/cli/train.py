@@ -58,6 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-resume", action="store_true", help="ignore OUT/last.pt and start from scratch"
     )
     parser.add_argument(
+        "--resume-with-new-settings",
+        action="store_true",
+        help="continue OUT/last.pt with changed solver settings (--lr, --max-iter, --set "
+        "solver.*), applied to the optimiser and schedule; without it a change is refused",
+    )
+    parser.add_argument(
         "--tensorboard", action="store_true", help="also log to OUT/tensorboard (needs tensorboard)"
     )
 
@@ -81,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
             num_workers=args.num_workers,
             minutes=args.minutes,
             resume=not args.no_resume,
+            resume_with_new_settings=args.resume_with_new_settings,
             tensorboard=args.tensorboard,
             backbone_weights=args.backbone_weights,
         )

@@ -7,6 +7,7 @@
 - `optim.py`: SGD param groups and `WarmupMultiStepSchedule`;
 - `loaders.py`: the training dataset and its deterministic loader;
 - `checkpoint.py`: `last.pt` (atomic, exact resume);
+- `resume.py`: resuming from `last.pt`, refusing (or, asked, applying) changed settings;
 - `evaluate.py`: COCO evaluation of a model, during training and from a model file;
 - `distributed.py`: torchrun / DDP helpers;
 - `logging.py`: progress output, metrics.jsonl, curves.png, TensorBoard;

@@ -9,12 +9,17 @@ the batches already seen.
 
 Everything is stored as tensors, numbers, strings, lists and dicts, so the file also loads with
 `torch.load(weights_only=True)`. `DIR/model.pt` (config + weights only) is written by
-`blendmask.checkpoint_io.save_model_file`.
+`blendmask.checkpoint_io.save_model_file`. Resuming with a config that may differ from the
+saved one is engine/resume.py.
+
+A checkpoint never holds non-finite weights (`write_training_state` refuses), and the training
+loop writes one only after the next loss proved its weights finite (`training_state` takes a
+copy, written one iteration later): after a diverged run, `last.pt` is still one to continue
+from with a lower learning rate.
 """
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,7 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from blendmask.config import Config, from_dict
+from blendmask.atomic import atomic_write
+from blendmask.checkpoint_io import check_finite_weights
+from blendmask.config import Config
 from blendmask.engine.optim import WarmupMultiStepSchedule
 
 CHECKPOINT_FORMAT_VERSION = 1
@@ -40,16 +47,10 @@ class Stateful(Protocol):
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """torch.save to a temp file in the same folder, fsync, then rename: a reader (or a
-    resumed run after a crash) sees either the previous file or the complete new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """torch.save through `atomic_write`: a reader (or a resumed run after a crash) sees either
+    the previous file or the complete new one; a failed write (full disk, read-only folder)
+    raises a one-line `WriteError` and leaves no temp file."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def get_rng_state() -> dict[str, Any]:
@@ -98,6 +99,52 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
+def training_state(
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Stateful,
+    scaler: torch.amp.GradScaler | None,
+    iteration: int,
+    config: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The content of `last.pt` now, as CPU copies that later updates do not change (so it can
+    be written after the next iteration, see `TrainingRun.snapshot_checkpoint`). `iteration`
+    counts the updates done (the next one to run)."""
+    return {
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "iteration": int(iteration),
+        "config": config,
+        "model": _cpu_copy(unwrap(model).state_dict()),
+        "optimizer": _cpu_copy(optimizer.state_dict()),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else {},
+        "rng": _cpu_copy(get_rng_state()),
+        "extra": extra or {},
+    }
+
+
+def _cpu_copy(obj: Any) -> Any:
+    """`obj` with every tensor copied to the CPU (one copy, also for CPU tensors)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_copy(v) for v in obj)
+    return obj
+
+
+def write_training_state(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write a `training_state` payload atomically to `path`.
+
+    Raises FloatingPointError, writing nothing, when a weight is NaN or infinite: the previous
+    checkpoint is worth more than a diverged one."""
+    check_finite_weights(path, payload["model"])
+    atomic_save(payload, path)
+
+
 def save_training_state(
     path: str | Path,
     *,
@@ -109,19 +156,17 @@ def save_training_state(
     config: dict[str, Any],
     extra: dict[str, Any] | None = None,
 ) -> None:
-    """Write `last.pt` atomically. `iteration` counts the updates done (the next one to run)."""
-    payload = {
-        "format_version": CHECKPOINT_FORMAT_VERSION,
-        "iteration": int(iteration),
-        "config": config,
-        "model": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else {},
-        "rng": get_rng_state(),
-        "extra": extra or {},
-    }
-    atomic_save(payload, path)
+    """`write_training_state(path, training_state(...))`: `last.pt` of the objects now."""
+    payload = training_state(
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        iteration=iteration,
+        config=config,
+        extra=extra,
+    )
+    write_training_state(path, payload)
 
 
 def read_training_state(path: str | Path) -> dict[str, Any]:
@@ -164,73 +209,10 @@ def restore_training_state(
 
 
 # --------------------------------------------------------------------------------------------
-# Resuming a run and saving its progress
+# The checkpoint of a run
 
 
-def check_resume_config(path: str | Path, saved: dict[str, Any], cfg: Config) -> None:
-    """A checkpoint of another architecture cannot continue: say which field differs."""
-    old = from_dict(saved).to_dict()["model"]
-    new = cfg.to_dict()["model"]
-
-    def diff(a: Any, b: Any, prefix: str) -> str | None:
-        if isinstance(a, dict) and isinstance(b, dict):
-            for k in a:
-                found = diff(a[k], b.get(k), f"{prefix}.{k}")
-                if found:
-                    return found
-            return None
-        return None if a == b else f"{prefix}: {a!r} in the checkpoint, {b!r} now"
-
-    found = diff(old, new, "model")
-    if found:
-        raise ValueError(
-            f"{path}: written for a different model ({found}); "
-            "use another --out folder or delete the checkpoint to start over"
-        )
-
-
-def resume_training(
-    path: str | Path,
-    cfg: Config,
-    *,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    schedule: WarmupMultiStepSchedule,
-    scaler: torch.amp.GradScaler | None,
-    restore_rng: bool = True,
-) -> tuple[int, int]:
-    """Continue the run saved in `path` (a `last.pt` of the same model as `cfg`).
-
-    Loads the states into the objects and, when the run was saved with the schedule `cfg`
-    asks for, the plan in force then (`schedule.restore_plan`): a schedule shrunk by a time
-    budget continues as planned, unless the user asked for another one (e.g. a larger
-    --max-iter to train longer). Returns (the iteration to run next, the evaluation period).
-    """
-    payload = read_training_state(path)
-    check_resume_config(path, payload["config"], cfg)
-    s = cfg.solver
-    eval_period = s.eval_period
-    plan = payload.get("extra", {}).get("schedule")
-    saved_solver = payload["config"].get("solver", {})
-    same_schedule = saved_solver.get("max_iter") == s.max_iter and list(
-        saved_solver.get("steps", [])
-    ) == list(s.steps)
-    if plan and same_schedule:
-        schedule.restore_plan(int(plan["max_iter"]), [int(x) for x in plan["steps"]])
-        eval_period = int(plan.get("eval_period", eval_period))
-    iteration = restore_training_state(
-        payload,
-        model=model,
-        optimizer=optimizer,
-        scheduler=schedule,
-        scaler=scaler,
-        restore_rng=restore_rng,
-    )
-    return iteration, eval_period
-
-
-def save_checkpoint(
-    path: str | Path,
+def checkpoint_state(
     cfg: Config,
     *,
     model: nn.Module,
@@ -239,11 +221,10 @@ def save_checkpoint(
     scaler: torch.amp.GradScaler | None,
     iteration: int,
     eval_period: int,
-) -> None:
-    """`save_training_state` plus the schedule in force (`schedule.plan()`) and the
-    evaluation period, which a time budget may have changed."""
-    save_training_state(
-        path,
+) -> dict[str, Any]:
+    """`training_state` plus the schedule in force (`schedule.plan()`) and the evaluation
+    period, which a time budget may have changed."""
+    return training_state(
         model=model,
         optimizer=optimizer,
         scheduler=schedule,

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from blendmask.atomic import atomic_write
 from blendmask.engine import distributed as dist_utils
 
 METRICS_FILE = "metrics.jsonl"
@@ -28,12 +29,10 @@ EVAL_SUMMARY_KEYS = ("bbox_AP", "segm_AP", "segm_AP50")
 
 
 def write_json(path: str | Path, data: Any) -> None:
-    """Write `data` as indented JSON through a temp file, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
+    """Write `data` as indented JSON atomically (`atomic_write`), so readers never see half a
+    file and a failed write names the path and the reason."""
+    text = json.dumps(data, indent=2).encode()
+    atomic_write(path, lambda f: f.write(text))
 
 
 class MetricsFile:
@@ -56,9 +55,8 @@ class MetricsFile:
         if self.path is None or not self.path.is_file():
             return
         kept = [r for r in read_metrics(self.path) if r.get("iteration", 0) <= iteration]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        tmp.replace(self.path)
+        text = "".join(json.dumps(r) + "\n" for r in kept).encode()
+        atomic_write(self.path, lambda f: f.write(text))
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

@@ -11,19 +11,27 @@ not stopped, because nothing in the data path depends on hidden state: the batch
 i on rank r is a pure function of (seed, r, i) (engine/loaders.py), and model, optimiser,
 scheduler, AMP scaler and global RNG states come from the checkpoint (engine/checkpoint.py).
 
+Nothing lost, no silent wrong answer. An update whose loss (or, without AMP, gradient) is not
+finite is skipped with a one-line message, and `MAX_NONFINITE_STEPS` in a row stop the run
+with an error. A periodic checkpoint is snapshotted at its iteration and written once the next
+loss shows its weights are finite, so the `last.pt` of a diverged run is one to continue from
+with a lower learning rate (`--resume-with-new-settings`, engine/resume.py). Files are written
+atomically (`blendmask.atomic`): a full disk or a read-only folder leaves the previous file.
+
 The Config is resolved before it gets here (engine/train_config.py) and is never changed.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from blendmask.config import Config
 from blendmask.data.coco import CocoDataset
@@ -31,9 +39,12 @@ from blendmask.engine import distributed as dist_utils
 from blendmask.engine.budget import TimeBudget
 from blendmask.engine.loaders import build_train_dataset, targets_to
 from blendmask.engine.logging import CURVES_FILE, METRICS_FILE, TrainingLog, plot_curves
+from blendmask.engine.resume import NEW_SETTINGS_FLAG
 from blendmask.engine.training_run import TrainingRun, prepare_run, start_batches
 
 MODEL_FILE = "model.pt"
+# A run whose loss stays NaN / inf this many updates in a row has diverged: stop it.
+MAX_NONFINITE_STEPS = 5
 
 
 @dataclass
@@ -58,6 +69,7 @@ def run_training(
     dataset: CocoDataset | None = None,
     device: str = "auto",
     resume: bool = True,
+    new_settings: bool = False,
     time_budget: TimeBudget | None = None,
     tensorboard: bool = False,
     eval_batch_size: int = 1,
@@ -69,44 +81,34 @@ def run_training(
         cfg: a resolved Config (see engine/train_config.py), not changed here. `solver` is the
             schedule, with `ims_per_batch` the total over all processes; a val set is
             evaluated every `solver.eval_period` iterations and at the end.
-        out_dir: the run folder; when it holds `last.pt` and `resume`, training continues from it.
+        out_dir: the run folder; when it holds `last.pt` and `resume`, training continues from
+            it. A `last.pt` of another config is refused, naming the keys that differ, unless
+            only solver settings differ and `new_settings` (engine/resume.py).
         dataset: the training set of `cfg` when already built (`loaders.build_train_dataset`).
         device: cpu | cuda | auto. Under torchrun each process takes GPU LOCAL_RANK.
         time_budget: stop training when it runs out, with the schedule shrunk to fit (so the lr
             decay still happens); then evaluate.
         tensorboard: also write scalars to `out_dir/tensorboard` (needs `tensorboard`).
+
+    Raises:
+        FloatingPointError: the loss was not finite for `MAX_NONFINITE_STEPS` updates in a row
+            (each one skipped); `last.pt` is the last checkpoint with finite weights.
     """
     start_time = time.perf_counter()
     dataset = build_train_dataset(cfg) if dataset is None else dataset
-    run = prepare_run(cfg, dataset, out_dir=Path(out_dir), device=device, resume=resume)
+    run = prepare_run(
+        cfg, dataset, out_dir=Path(out_dir), device=device, resume=resume, new_settings=new_settings
+    )
     log = open_log(run, start_time, tensorboard=tensorboard, verbose=verbose)
     batches = start_batches(run, dataset)
     log.restart_window()
     if time_budget is not None:
         time_budget.begin(run.iteration)
-    s, stopped = cfg.solver, False
-    while run.iteration < run.schedule.max_iter:
-        losses, lr = train_step(run, *next(batches))
-        run.iteration += 1
-        log.step(losses)
-        if time_budget is not None:
-            time_budget.iteration_done(run.iteration)
-            if time_budget.plan_due(run.iteration):
-                plan_time_budget(run, time_budget, log)
-        if run.iteration % s.log_period == 0 or run.iteration == run.schedule.max_iter:
-            log.log(run.iteration, lr)
-        if _out_of_time(time_budget) and run.iteration < run.schedule.max_iter:
-            stopped = True
-            break
-        if s.checkpoint_period > 0 and run.iteration % s.checkpoint_period == 0:
-            run.save_checkpoint()
-        if run.evaluation_due():
-            t0 = time.perf_counter()
-            run.evaluate(log, eval_batch_size)
-            if time_budget is not None:
-                time_budget.evaluation_done(time.perf_counter() - t0)
-            log.restart_window()
-    del batches  # stops the loader's workers
+    try:
+        stopped = train_iterations(run, batches, log, time_budget, eval_batch_size)
+    finally:
+        stop_workers(batches)
+        del batches
     metrics = finish_run(run, log, eval_batch_size, stopped=stopped)
     return TrainResult(
         cfg=cfg,
@@ -120,11 +122,59 @@ def run_training(
     )
 
 
-def train_step(
-    run: TrainingRun, images: Any, targets: list[dict[str, Any]]
-) -> tuple[dict[str, float], float]:
-    """One update on a batch (an ImageBatch of N x 3 x H x W and its N targets); returns the
-    loss terms as floats and the learning rate of this update."""
+def train_iterations(
+    run: TrainingRun,
+    batches: Iterator[tuple[Any, list]],
+    log: TrainingLog,
+    time_budget: TimeBudget | None,
+    eval_batch_size: int,
+) -> bool:
+    """Train until the schedule's end (False) or the time budget's (True)."""
+    s = run.cfg.solver
+    while run.iteration < run.schedule.max_iter:
+        step = train_step(run, *next(batches))
+        run.iteration += 1
+        if step.nonfinite:
+            note_nonfinite(run, step, log)
+        else:
+            run.nonfinite_streak = 0
+            run.flush_checkpoint()  # its weights just gave a finite loss
+            log.step(step.losses)
+        if time_budget is not None:
+            time_budget.iteration_done(run.iteration)
+            if time_budget.plan_due(run.iteration):
+                plan_time_budget(run, time_budget, log)
+        if run.iteration % s.log_period == 0 or run.iteration == run.schedule.max_iter:
+            log.log(run.iteration, step.lr)
+        if _out_of_time(time_budget) and run.iteration < run.schedule.max_iter:
+            return True
+        if s.checkpoint_period > 0 and run.iteration % s.checkpoint_period == 0:
+            run.snapshot_checkpoint()
+        if run.evaluation_due():
+            t0 = time.perf_counter()
+            run.evaluate(log, eval_batch_size)
+            if time_budget is not None:
+                time_budget.evaluation_done(time.perf_counter() - t0)
+            log.restart_window()
+    return False
+
+
+@dataclass
+class Step:
+    """One iteration's outcome: the loss terms (floats; empty when skipped), the learning
+    rate in force, and what was not finite when the update was skipped."""
+
+    losses: dict[str, float]
+    lr: float
+    nonfinite: list[str] = field(default_factory=list)
+
+
+def train_step(run: TrainingRun, images: Any, targets: list[dict[str, Any]]) -> Step:
+    """One update on a batch (an ImageBatch of N x 3 x H x W and its N targets).
+
+    A non-finite loss (on any process) or, without AMP, a non-finite gradient skips the update:
+    the gradients are dropped and only the schedule advances, so one bad batch does not turn the
+    weights into NaN. (With AMP the GradScaler already skips steps with inf gradients.)"""
     dev, s = run.device, run.cfg.solver
     images = images.to(dev)
     batch = images.tensor.contiguous(memory_format=torch.channels_last)
@@ -133,15 +183,13 @@ def train_step(
         outputs = run.ddp_model(batch, images.image_sizes)
         losses = run.criterion(outputs, targets)
     loss = sum(losses.values())
-    if not torch.isfinite(loss):
-        detail = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
-        raise FloatingPointError(
-            f"the loss became {float(loss)} at iteration {run.iteration} ({detail}); "
-            "try a lower --lr or solver.clip_grad_norm"
-        )
     lr = run.optimizer.param_groups[0]["lr"]  # the rate of this update (logged)
     run.optimizer.zero_grad(set_to_none=True)
-    params = run.model.parameters()
+    bad = _nonfinite_losses(run, losses, loss)
+    if bad:
+        run.schedule.step()
+        return Step({}, lr, bad)
+    params = [p for p in run.model.parameters() if p.requires_grad]
     if run.scaler is not None:
         run.scaler.scale(loss).backward()
         if s.clip_grad_norm > 0:
@@ -152,10 +200,65 @@ def train_step(
     else:
         loss.backward()
         if s.clip_grad_norm > 0:
-            nn.utils.clip_grad_norm_(params, s.clip_grad_norm)
+            norm = nn.utils.clip_grad_norm_(params, s.clip_grad_norm)
+        else:
+            norm = nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        # After DDP's all-reduce the gradients, hence this decision, are the same on all ranks.
+        if not bool(torch.isfinite(norm)):
+            run.optimizer.zero_grad(set_to_none=True)
+            run.schedule.step()
+            return Step({}, lr, ["gradient norm"])
         run.optimizer.step()
     run.schedule.step()
-    return {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in losses.items()}}, lr
+    terms = {k: float(v.detach()) for k, v in losses.items()}
+    return Step({"loss": float(loss.detach()), **terms}, lr)
+
+
+def _nonfinite_losses(run: TrainingRun, losses: dict[str, Tensor], loss: Tensor) -> list[str]:
+    """The loss terms that are NaN or infinite on this process; ["another process"] when only
+    another process has one. All processes agree on skipping, or DDP's backward would hang."""
+    finite = bool(torch.isfinite(loss))
+    if run.info.distributed:
+        flag = torch.tensor([0.0 if finite else 1.0], device=run.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if finite and flag.item() > 0:
+            return ["another process"]
+    if finite:
+        return []
+    bad = [f"{k}={float(v.detach()):g}" for k, v in losses.items() if not torch.isfinite(v)]
+    return bad or [f"loss={float(loss.detach()):g}"]
+
+
+def note_nonfinite(run: TrainingRun, step: Step, log: TrainingLog) -> None:
+    """Count a skipped update and say so in one line; stop after `MAX_NONFINITE_STEPS` in a
+    row with an error pointing at the last good checkpoint and a lower learning rate."""
+    run.nonfinite_streak += 1
+    n, what = run.nonfinite_streak, ", ".join(step.nonfinite)
+    log.write(f"iteration {run.iteration}: non-finite {what}; update skipped ({n} in a row)")
+    if n < MAX_NONFINITE_STEPS:
+        return
+    lower = f"--lr {run.cfg.solver.base_lr / 2:.3g}"
+    if run.saved_iteration is None:
+        hint = f"no checkpoint was written: start over with a lower learning rate ({lower})"
+    else:
+        hint = (
+            f"{run.previous_checkpoint()} holds the last finite weights: continue from it with "
+            f"a lower learning rate ({lower} {NEW_SETTINGS_FLAG})"
+        )
+    raise FloatingPointError(
+        f"training stopped: the loss was not finite for {n} iterations in a row "
+        f"({run.iteration - n + 1}-{run.iteration}; last: {what}); {hint}, or set "
+        "solver.clip_grad_norm"
+    )
+
+
+def stop_workers(batches: Iterator[Any]) -> None:
+    """Stop the loader's worker processes now. After an error the traceback still refers to the
+    iterator, so dropping our name would leave them to the garbage collector, which stops them
+    only later (then waiting out torch's 5 s status interval)."""
+    shutdown = getattr(batches, "_shutdown_workers", None)  # torch's multi-process iterator
+    if shutdown is not None:
+        shutdown()
 
 
 def _autocast(run: TrainingRun) -> AbstractContextManager:

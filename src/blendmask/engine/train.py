@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
+from blendmask.atomic import check_writable
 from blendmask.engine import loop
 from blendmask.engine.budget import TimeBudget
 from blendmask.engine.checkpoint import LAST_CHECKPOINT
 from blendmask.engine.distributed import get_rank
 from blendmask.engine.evaluate import METRIC_KEYS
 from blendmask.engine.loaders import build_train_dataset
+from blendmask.engine.output_lock import OutputLock
 from blendmask.engine.train_config import (
     resolve_dataset_classes,
     resolve_train_config,
@@ -38,12 +41,17 @@ def train_command(
     num_workers: int | None = None,
     minutes: float | None = None,
     resume: bool = True,
+    resume_with_new_settings: bool = False,
     tensorboard: bool = False,
     backbone_weights: str | None = None,
 ) -> loop.TrainResult:
     """`blendmask train`, with keyword arguments mirroring its flags: resolve the config, then
-    `loop.run_training` (resumes from `out/last.pt`). Writes last.pt, model.pt, metrics.jsonl,
-    curves.png under `out`; prints where model.pt went and the final metrics."""
+    `loop.run_training` (resumes from `out/last.pt`), refusing an --out that another process
+    is writing (`OutputLock`). Writes last.pt, model.pt, metrics.jsonl, curves.png under `out`;
+    prints where model.pt went and the final metrics.
+
+    Resuming with other settings than the saved run's is refused, naming the keys, unless only
+    solver settings differ and `resume_with_new_settings` (see engine/resume.py)."""
     # Under torchrun only rank 0 prints the config notes.
     quiet = int(os.environ.get("RANK", "0")) != 0
     cfg = resolve_train_config(
@@ -63,6 +71,8 @@ def train_command(
         backbone_weights=backbone_weights,
         quiet=quiet,
     )
+    if not quiet:
+        check_writable(out)  # before reading the dataset: a bad --out fails at once
     # The budget counts from here: reading the dataset is part of the time asked for.
     budget = None if minutes is None else TimeBudget(minutes * 60.0)
     dataset = build_train_dataset(cfg)
@@ -70,15 +80,18 @@ def train_command(
     fresh = not (resume and (Path(out) / LAST_CHECKPOINT).is_file())
     if fresh and not quiet:
         warn_if_random_body(cfg)
-    result = loop.run_training(
-        cfg,
-        out_dir=out,
-        dataset=dataset,
-        device=device,
-        resume=resume,
-        time_budget=budget,
-        tensorboard=tensorboard,
-    )
+    # Two runs writing one folder would overwrite each other's last.pt: rank 0 holds a lock.
+    with nullcontext() if quiet else OutputLock(out):
+        result = loop.run_training(
+            cfg,
+            out_dir=out,
+            dataset=dataset,
+            device=device,
+            resume=resume,
+            new_settings=resume_with_new_settings,
+            time_budget=budget,
+            tensorboard=tensorboard,
+        )
     if get_rank() == 0:
         print(f"wrote {Path(out) / loop.MODEL_FILE} (iteration {result.iteration})")
         if result.metrics:

@@ -1,6 +1,10 @@
 """`TrainingRun`: the state of one training process (modules, optimiser, schedule, position)
 and how it is set up: process group, model built from the resolved config, SyncBN where asked,
-resumption from `last.pt` or fresh per-rank seeds, DDP, and the batch stream."""
+resumption from `last.pt` or fresh per-rank seeds, DDP, and the batch stream.
+
+The run folder is checked for writing before anything is built (a read-only or misplaced
+--out fails at once, not at the first checkpoint an hour later), and temp files that a killed
+run left there are removed."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from blendmask.atomic import check_writable, remove_stale_temps
 from blendmask.config import Config
 from blendmask.data.coco import CocoDataset
 from blendmask.engine import checkpoint as ckpt
@@ -22,6 +27,7 @@ from blendmask.engine.evaluate import evaluate_during_training
 from blendmask.engine.loaders import build_train_loader, rank_seed
 from blendmask.engine.logging import TrainingLog
 from blendmask.engine.optim import WarmupMultiStepSchedule, build_optimizer
+from blendmask.engine.resume import resume_training
 from blendmask.io import resolve_device
 
 
@@ -43,6 +49,11 @@ class TrainingRun:
     eval_period: int
     iteration: int = 0
     start_iteration: int = 0
+    # Updates skipped in a row for a non-finite loss or gradient (see loop.train_step).
+    nonfinite_streak: int = 0
+    saved_iteration: int | None = None  # of the last.pt on disk, when known
+    pending: dict[str, Any] | None = None  # a checkpoint waiting for a finite loss (rank 0)
+    pending_iteration: int | None = None
 
     @property
     def has_val(self) -> bool:
@@ -53,18 +64,47 @@ class TrainingRun:
         # the final evaluation comes soon enough after the last half period
         return self.has_val and p > 0 and it % p == 0 and it <= self.schedule.max_iter - p // 2
 
+    def snapshot_checkpoint(self) -> None:
+        """Take the checkpoint of this iteration; `flush_checkpoint` writes it once a later
+        update shows its weights give a finite loss. A checkpoint written at once could hold
+        weights that a diverging update already blew up (finite, but every loss after them is
+        NaN): the last.pt to go back to with a lower learning rate must not be that one."""
+        self.pending_iteration = self.iteration
+        self.pending = self._state() if self.info.is_main else None
+
+    def flush_checkpoint(self) -> None:
+        """Write the snapshot taken by `snapshot_checkpoint`, if any (after a finite loss)."""
+        if self.pending_iteration is None:
+            return
+        if self.pending is not None:
+            ckpt.write_training_state(self.out_dir / ckpt.LAST_CHECKPOINT, self.pending)
+        self.saved_iteration = self.pending_iteration
+        self.pending, self.pending_iteration = None, None
+
     def save_checkpoint(self) -> None:
+        """Write `last.pt` of now, at once (the end of the run); non-finite weights raise
+        FloatingPointError and write nothing."""
+        self.pending, self.pending_iteration = None, None
         if self.info.is_main:
-            ckpt.save_checkpoint(
-                self.out_dir / ckpt.LAST_CHECKPOINT,
-                self.cfg,
-                model=self.model,
-                optimizer=self.optimizer,
-                schedule=self.schedule,
-                scaler=self.scaler,
-                iteration=self.iteration,
-                eval_period=self.eval_period,
-            )
+            ckpt.write_training_state(self.out_dir / ckpt.LAST_CHECKPOINT, self._state())
+        self.saved_iteration = self.iteration
+
+    def previous_checkpoint(self) -> str:
+        """The last.pt this run wrote or resumed from, in words."""
+        if self.saved_iteration is None:
+            return "no checkpoint was written"
+        return f"{self.out_dir / ckpt.LAST_CHECKPOINT} (iteration {self.saved_iteration})"
+
+    def _state(self) -> dict[str, Any]:
+        return ckpt.checkpoint_state(
+            self.cfg,
+            model=self.model,
+            optimizer=self.optimizer,
+            schedule=self.schedule,
+            scaler=self.scaler,
+            iteration=self.iteration,
+            eval_period=self.eval_period,
+        )
 
     def evaluate(self, log: TrainingLog, batch_size: int) -> dict[str, float]:
         return evaluate_during_training(
@@ -89,12 +129,23 @@ def check_dataset_classes(cfg: Config, dataset: CocoDataset) -> None:
 
 
 def prepare_run(
-    cfg: Config, dataset: CocoDataset, *, out_dir: Path, device: str, resume: bool
+    cfg: Config,
+    dataset: CocoDataset,
+    *,
+    out_dir: Path,
+    device: str,
+    resume: bool,
+    new_settings: bool = False,
 ) -> TrainingRun:
     """Start the process group, build the modules, optimiser and schedule, and resume from
-    `out_dir/last.pt` when it exists and `resume`."""
+    `out_dir/last.pt` when it exists and `resume` (with changed solver settings only when
+    `new_settings`, see engine/resume.py)."""
+    cfg.validate()  # run_training may be handed a Config nobody checked (max_iter=-1, ...)
     check_dataset_classes(cfg, dataset)
     info, dev = dist_utils.init_distributed(resolve_device(device))
+    if info.is_main:
+        check_writable(out_dir)
+        remove_stale_temps(out_dir)
     s = cfg.solver
     if s.ims_per_batch % info.world_size:
         raise ValueError(
@@ -135,7 +186,7 @@ def prepare_run(
         scaler=torch.amp.GradScaler("cuda") if use_amp else None,
         eval_period=s.eval_period,
     )
-    _resume_or_seed(run, resume)
+    _resume_or_seed(run, resume, new_settings)
     if info.distributed:
         run.ddp_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[dev.index] if dev.type == "cuda" else None, broadcast_buffers=True
@@ -186,14 +237,14 @@ def _sync_batchnorm(cfg: Config, model: nn.Module, world_size: int, device: torc
             setattr(model, name, dist_utils.convert_sync_batchnorm(module))
 
 
-def _resume_or_seed(run: TrainingRun, resume: bool) -> None:
+def _resume_or_seed(run: TrainingRun, resume: bool, new_settings: bool) -> None:
     """Continue from `last.pt` when asked and present (every rank loads the same file; rank 0
     restores its RNG states), else start at 0. Ranks without saved RNG states derive them from
     (seed, rank, iteration)."""
     last_path = run.out_dir / ckpt.LAST_CHECKPOINT
     resumed = resume and last_path.is_file()
     if resumed:
-        run.iteration, run.eval_period = ckpt.resume_training(
+        done = resume_training(
             last_path,
             run.cfg,
             model=run.model,
@@ -201,10 +252,14 @@ def _resume_or_seed(run: TrainingRun, resume: bool) -> None:
             schedule=run.schedule,
             scaler=run.scaler,
             restore_rng=run.info.is_main,
+            new_settings=new_settings,
         )
-        run.start_iteration = run.iteration
+        run.iteration, run.eval_period = done.iteration, done.eval_period
+        run.start_iteration = run.saved_iteration = run.iteration
         if run.info.is_main:
             print(f"resuming from {last_path} at iteration {run.iteration}")
+            if done.changed:
+                print(f"with new settings: {'; '.join(done.changed)}")
     if not resumed or not run.info.is_main:
         seed = rank_seed(run.cfg.solver.seed, run.info.rank, run.iteration)
         torch.manual_seed(seed)
