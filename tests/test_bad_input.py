@@ -17,6 +17,9 @@ from blendmask.data.coco import CocoDataset
 from blendmask.evaluation.results import evaluate_results_file
 from blendmask.io import load_image
 
+# Part of the fault suite (`pytest -m faults`).
+pytestmark = pytest.mark.faults
+
 
 @pytest.fixture
 def coco_copy(tiny_coco, tmp_path) -> tuple[Path, Path, dict]:

@@ -128,3 +128,25 @@ def test_round_trip_through_dict() -> None:
 
     cfg = get_preset("RT_R_50_4x")
     assert from_dict(cfg.to_dict()) == cfg
+
+
+def test_every_numeric_setting_has_an_allowed_range() -> None:
+    """A new int / float field needs a rule in config_checks.NUMERIC_RANGES (otherwise only
+    finiteness is checked): add one saying what the setting may be."""
+    from blendmask.config import Config
+    from blendmask.config_checks import NUMERIC_RANGES, numeric_fields
+
+    fields = set(numeric_fields(Config()))
+    assert fields == set(NUMERIC_RANGES), (
+        f"without a range: {sorted(fields - set(NUMERIC_RANGES))}; "
+        f"stale ranges: {sorted(set(NUMERIC_RANGES) - fields)}"
+    )
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_is_inside_the_ranges(name: str) -> None:
+    from blendmask.config_checks import NUMERIC_RANGES, numeric_fields
+
+    for key, (value, _) in numeric_fields(get_preset(name)).items():
+        values = value if isinstance(value, list) else [value]
+        assert all(NUMERIC_RANGES[key].contains(v) for v in values), (key, value)

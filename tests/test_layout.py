@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("engine", "export", "explain", "adapter"),
     ("predictor", "factory", "checkpoint_io", "interop"),
     ("modeling", "data", "evaluation", "visualization"),
-    ("config", "presets", "structures", "io", "atomic"),
+    ("config", "config_checks", "presets", "structures", "io", "atomic"),
 ]
 # Same-layer imports that would close a circle or mix concerns, forbidden explicitly.
 FORBIDDEN = {

@@ -21,6 +21,12 @@ from typing import Any
 
 import yaml
 
+# ConfigError lives with the range checks (which config imports, never the reverse); it and
+# check_probability are re-exported here, where callers look for them.
+from blendmask.config_checks import ConfigError as ConfigError
+from blendmask.config_checks import check_numeric_fields
+from blendmask.config_checks import check_probability as check_probability
+
 MSRA_PIXEL_MEAN = [103.53, 116.28, 123.675]
 MSRA_PIXEL_STD = [1.0, 1.0, 1.0]
 IMAGENET_PIXEL_MEAN = [0.485, 0.456, 0.406]
@@ -33,10 +39,6 @@ LITE0_INPUT_FORMAT = "RGB"
 LITE0_INPUT_SCALE = 255.0
 LITE0_PIXEL_MEAN = [127.0, 127.0, 127.0]
 LITE0_PIXEL_STD = [128.0, 128.0, 128.0]
-
-
-class ConfigError(ValueError):
-    """A config key, value or file that cannot be used; the message names the key."""
 
 
 @dataclass
@@ -348,12 +350,10 @@ def apply_config_file_data(
     return validate(cfg)
 
 
-def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(cfg.to_yaml())
-
-
 def validate(cfg: Config) -> Config:
-    """Check choices and cross-field consistency; raise ConfigError naming the key."""
+    """Check choices, numeric ranges (`config_checks.NUMERIC_RANGES`) and cross-field
+    consistency; raise ConfigError naming the key and what is allowed."""
+    check_numeric_fields(cfg)
     flat = _flatten(cfg.to_dict())
     for key, allowed in _CHOICES.items():
         if flat[key] not in allowed:
@@ -370,8 +370,11 @@ def validate(cfg: Config) -> Config:
             f"model.fcos.sizes_of_interest: expected {n_levels - 1} values for {n_levels} levels, "
             f"got {m.fcos.sizes_of_interest}"
         )
-    if m.fcos.num_classes < 1:
-        raise ConfigError("model.fcos.num_classes: must be >= 1 (foreground classes)")
+    if any(a >= b for a, b in zip(m.fcos.sizes_of_interest, m.fcos.sizes_of_interest[1:])):
+        raise ConfigError(
+            f"model.fcos.sizes_of_interest: expected increasing values (one object size range "
+            f"per level), got {m.fcos.sizes_of_interest}"
+        )
     if len(m.pixel_mean) != 3 or len(m.pixel_std) != 3:
         raise ConfigError("model.pixel_mean / model.pixel_std: expected 3 values each")
     if m.blender.fixed_onehot_attention and m.basis_module.num_bases != m.blender.attn_size**2:

@@ -7,10 +7,12 @@ training targets, as the reference (detectron2's mapper) does. COCO category ids
 contiguous 0-based labels here and mapped back in `evaluation/coco.py`: the network only ever
 sees `num_classes` foreground labels.
 
-The whole json is validated at construction with cheap checks (no image decoding), so a bad
+The whole json is validated at construction with cheap checks (no image decoding;
+`data/coco_json.load_coco_json`, shared with the evaluation's ground truth), so a bad
 annotation fails before training starts, with the json path and the annotation id:
 - not a COCO json, duplicate ids, annotation -> missing image / unknown category: ValueError;
-- polygon with < 3 points, RLE whose size is not the image's: ValueError;
+- polygon with < 3 points, NaN or far outside the image; RLE whose size is not the image's or
+  whose counts (compressed ones are decoded) do not cover height * width pixels: ValueError;
 - box with a negative width or height: ValueError (a corrupt box, not a degenerate one);
 - box clipped to the image; a zero-size box (also after clipping) is dropped, counted in
   `num_dropped_annotations` and reported once with `warnings.warn`;
@@ -21,7 +23,6 @@ the file and its image id.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,13 +36,12 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from blendmask.data.coco_json import (
-    check_segmentation,
+    check_categories,
+    check_images,
     coco_api_from_dict,
-    is_int,
-    is_number,
     load_coco_json,
-    segmentation_to_rle,
 )
+from blendmask.data.segmentation import segmentation_to_rle
 from blendmask.io import image_to_tensor, load_image
 from blendmask.structures import Target
 
@@ -107,8 +107,9 @@ class CocoDataset(Dataset):
                 f"image folder not found: {self.images_dir} (images of {self.json_path})"
             )
 
-        self._images = self._check_images(data["images"])
-        categories = self._check_categories(data["categories"])
+        self._images = check_images(data["images"], self.json_path)
+        self._check_file_names()
+        categories = check_categories(data["categories"], self.json_path)
         # Sorted by category id, as detectron2 does, so labels do not depend on json order.
         self.contiguous_to_category_id: list[int] = sorted(categories)
         self.category_id_to_contiguous: dict[int, int] = {
@@ -117,7 +118,7 @@ class CocoDataset(Dataset):
         self.category_names: list[str] = [categories[c] for c in self.contiguous_to_category_id]
         self.num_classes = len(self.contiguous_to_category_id)
 
-        self._instances, dropped = self._check_annotations(data["annotations"])
+        self._instances, dropped = self._build_instances(data["annotations"])
         self.num_dropped_annotations = len(dropped)
         if dropped:
             examples = ", ".join(str(a) for a in dropped[:5])
@@ -140,104 +141,43 @@ class CocoDataset(Dataset):
 
     # -- validation -----------------------------------------------------------------------------
 
-    def _check_images(self, images: list[Any]) -> dict[int, dict[str, Any]]:
-        checked: dict[int, dict[str, Any]] = {}
-        for k, img in enumerate(images):
-            where = f"images[{k}] of {self.json_path}"
-            if not isinstance(img, dict):
-                raise ValueError(f"{where}: expected an object, got {type(img).__name__}")
-            for key in ("id", "width", "height"):
-                if not is_int(img.get(key)):
-                    raise ValueError(f"{where}: expected an integer '{key}', got {img.get(key)!r}")
-            if img["width"] <= 0 or img["height"] <= 0:
-                raise ValueError(
-                    f"{where} (id {img['id']}): expected a positive width and height, "
-                    f"got {img['width']}x{img['height']}"
-                )
+    def _check_file_names(self) -> None:
+        # Only the dataset reads image files: an evaluation ground truth may omit file names.
+        for k, img in enumerate(self._images.values()):
             if not isinstance(img.get("file_name"), str) or not img["file_name"]:
-                raise ValueError(f"{where}: expected a string 'file_name'")
-            if img["id"] in checked:
-                raise ValueError(f"{where}: duplicate image id {img['id']}")
-            checked[img["id"]] = img
-        return checked
+                raise ValueError(
+                    f"images[{k}] of {self.json_path} (id {img['id']}): expected a string "
+                    f"'file_name', got {img.get('file_name')!r}"
+                )
 
-    def _check_categories(self, categories: list[Any]) -> dict[int, str]:
-        names: dict[int, str] = {}
-        for k, cat in enumerate(categories):
-            where = f"categories[{k}] of {self.json_path}"
-            if not isinstance(cat, dict) or not is_int(cat.get("id")):
-                raise ValueError(f"{where}: expected an object with an integer 'id'")
-            if cat["id"] in names:
-                raise ValueError(f"{where}: duplicate category id {cat['id']}")
-            names[cat["id"]] = str(cat.get("name", cat["id"]))
-        if not names:
-            raise ValueError(f"{self.json_path}: 'categories' is empty")
-        return names
-
-    def _check_annotations(
-        self, annotations: list[Any]
+    def _build_instances(
+        self, annotations: list[dict[str, Any]]
     ) -> tuple[dict[int, list[_Instance]], list[int]]:
+        """Annotations `load_coco_json` validated -> instances per image id (boxes clipped to
+        the image), and the ids of those dropped for a zero-size box."""
         instances: dict[int, list[_Instance]] = {}
         dropped: list[int] = []
-        seen_ids: set[int] = set()
         for k, ann in enumerate(annotations):
-            if not isinstance(ann, dict):
+            if "segmentation" not in ann:
                 raise ValueError(
-                    f"annotations[{k}] of {self.json_path}: expected an object, "
-                    f"got {type(ann).__name__}"
+                    f"annotation {ann['id']} (annotations[{k}]) of {self.json_path}: expected "
+                    f"a 'segmentation' (polygons or RLE); BlendMask trains on masks"
                 )
-            ann_id = ann.get("id")
-            where = f"annotation {ann_id} (annotations[{k}]) of {self.json_path}"
-            if not is_int(ann_id):
-                raise ValueError(f"{where}: expected an integer 'id'")
-            if ann_id in seen_ids:
-                raise ValueError(f"{where}: duplicate annotation id")
-            seen_ids.add(ann_id)
-            image = self._images.get(ann.get("image_id"))
-            if image is None:
-                raise ValueError(
-                    f"{where}: image_id {ann.get('image_id')!r} is not in 'images' "
-                    f"(annotation refers to a missing image)"
-                )
-            if ann.get("category_id") not in self.category_id_to_contiguous:
-                raise ValueError(
-                    f"{where}: unknown category_id {ann.get('category_id')!r}, expected one of "
-                    f"{self.contiguous_to_category_id}"
-                )
+            image = self._images[ann["image_id"]]
             height, width = image["height"], image["width"]
-            segmentation = ann.get("segmentation")
-            check_segmentation(segmentation, height, width, where)
             iscrowd = bool(ann.get("iscrowd", 0))
-
-            bbox = ann.get("bbox")
-            if bbox is None:
-                # Some hand-made jsons omit boxes; the mask gives the same box COCO would.
-                bbox = mask_util.toBbox(segmentation_to_rle(segmentation, height, width)).tolist()
-            if (
-                not isinstance(bbox, list)
-                or len(bbox) != 4
-                or not all(is_number(v) and math.isfinite(v) for v in bbox)
-            ):
-                raise ValueError(
-                    f"{where}: expected 'bbox' [x, y, w, h] of 4 numbers, got {bbox!r}"
-                )
-            x, y, w, h = (float(v) for v in bbox)
-            if w < 0 or h < 0:
-                raise ValueError(
-                    f"{where}: 'bbox' has a negative width or height ({bbox!r}); "
-                    f"expected [x, y, w, h] with w, h >= 0"
-                )
+            x, y, w, h = (float(v) for v in ann["bbox"])
             x1, y1 = min(max(x, 0.0), width), min(max(y, 0.0), height)
             x2, y2 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
             if not iscrowd and (x2 - x1 <= _MIN_BOX_SIDE or y2 - y1 <= _MIN_BOX_SIDE):
-                dropped.append(ann_id)
+                dropped.append(ann["id"])
                 continue
             instances.setdefault(image["id"], []).append(
                 _Instance(
-                    annotation_id=ann_id,
+                    annotation_id=ann["id"],
                     box=(x1, y1, x2, y2),
                     label=self.category_id_to_contiguous[ann["category_id"]],
-                    segmentation=segmentation,
+                    segmentation=ann["segmentation"],
                     iscrowd=iscrowd,
                 )
             )

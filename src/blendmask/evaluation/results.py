@@ -4,16 +4,19 @@ it without a model (`blendmask eval --results`), and writing metrics.json / resu
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
-from blendmask.data.coco_json import segmentation_to_rle
+from blendmask.data.segmentation import (
+    check_segmentation,
+    is_finite_number,
+    is_int,
+    segmentation_to_rle,
+)
 from blendmask.evaluation.coco import IOU_TYPES, evaluate_coco, load_coco_gt
 
 
@@ -70,17 +73,18 @@ def _check_result(
     for key in ("image_id", "category_id", "score"):
         if key not in result:
             raise ValueError(f"{where}: missing '{key}'")
-    if result["image_id"] not in image_ids:
+    # is_int first: a list or object id would make the set lookup raise TypeError.
+    if not is_int(result["image_id"]) or result["image_id"] not in image_ids:
         raise ValueError(
             f"{where}: image_id {result['image_id']!r} is not an image of the ground truth"
         )
-    if result["category_id"] not in category_ids:
+    if not is_int(result["category_id"]) or result["category_id"] not in category_ids:
         raise ValueError(
             f"{where}: category_id {result['category_id']!r} is not a ground-truth category "
             f"(expected one of {sorted(category_ids)})"
         )
     score = result["score"]
-    if not isinstance(score, (int, float)) or isinstance(score, bool) or not math.isfinite(score):
+    if not is_finite_number(score):
         raise ValueError(f"{where}: expected a finite number 'score', got {score!r}")
     item = {"image_id": result["image_id"], "category_id": result["category_id"]}
     item["score"] = float(score)
@@ -89,7 +93,7 @@ def _check_result(
         if (
             not isinstance(bbox, list)
             or len(bbox) != 4
-            or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)
+            or not all(is_finite_number(v) for v in bbox)
             or bbox[2] < 0
             or bbox[3] < 0
         ):
@@ -104,20 +108,25 @@ def _check_result(
 
 
 def _check_result_segmentation(segmentation: Any, image: dict, where: str) -> dict[str, Any]:
-    """A result's mask -> compressed RLE with str counts, decoded once to catch garbage."""
-    try:
-        rle = segmentation_to_rle(segmentation, image["height"], image["width"])
-        size = list(rle["size"])
-        mask_util.area(rle)  # decodes the counts: fails on garbage
-    except Exception as e:
-        raise ValueError(f"{where}: unreadable 'segmentation' ({e})") from e
-    if size != [image["height"], image["width"]]:
-        raise ValueError(
-            f"{where}: segmentation size {size} is not the image's "
-            f"[{image['height']}, {image['width']}]"
-        )
+    """A result's mask -> compressed RLE with str counts.
+
+    Checked as ground truth is (`check_segmentation`: compressed counts decoded, runs covering
+    exactly height * width pixels, polygons finite and on the image), since pycocotools scores
+    a garbage RLE with a nonsense area instead of failing."""
+    height, width = image["height"], image["width"]
+    if isinstance(segmentation, dict) and isinstance(segmentation.get("size"), list):
+        size = segmentation["size"]
+        if size != [height, width]:
+            raise ValueError(
+                f"{where}: segmentation size {size} is not the image's [{height}, {width}]"
+            )
+    check_segmentation(segmentation, height, width, where)
+    rle = segmentation_to_rle(segmentation, height, width)
     counts = rle["counts"]
-    return {"size": size, "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
+    return {
+        "size": [height, width],
+        "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts,
+    }
 
 
 def write_evaluation(
@@ -149,6 +158,13 @@ def evaluate_results_file(
     results = load_results_json(results_json, coco_gt)
     # Box-only results get box AP only; an empty file scores 0 for both.
     iou_types = ("bbox",) if results and "segmentation" not in results[0] else IOU_TYPES
+    if results and "segm" in iou_types:
+        boxes_only = [a["id"] for a in coco_gt.dataset["annotations"] if "segmentation" not in a]
+        if boxes_only:
+            raise ValueError(
+                f"{gt_json}: annotation {boxes_only[0]} (and {len(boxes_only) - 1} more) has no "
+                f"'segmentation': mask results need ground-truth masks"
+            )
     metrics: dict[str, Any] = evaluate_coco(
         coco_gt, results, iou_types, max_detections=max_detections
     )
