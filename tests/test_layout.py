@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("engine", "export", "explain", "adapter"),
     ("predictor", "factory", "checkpoint_io", "interop"),
     ("modeling", "data", "evaluation", "visualization"),
-    ("config", "config_checks", "presets", "structures", "io", "atomic"),
+    ("config", "config_checks", "presets", "structures", "io", "atomic", "onnx_runtime"),
 ]
 # Same-layer imports that would close a circle or mix concerns, forbidden explicitly.
 FORBIDDEN = {
@@ -51,6 +51,10 @@ def layer_of(name: str) -> int:
     raise AssertionError(f"blendmask.{name} is in no layer of tests/test_layout.py: add it")
 
 
+def _is_module(name: str) -> bool:
+    return (PACKAGE / name).is_dir() or (PACKAGE / f"{name}.py").is_file()
+
+
 def imported_names(tree: ast.AST) -> set[str]:
     """First component after `blendmask.` of every import, at any depth (lazy ones too)."""
     names = set()
@@ -60,8 +64,10 @@ def imported_names(tree: ast.AST) -> set[str]:
             if parts[0] == "blendmask":
                 if len(parts) > 1:
                     names.add(parts[1])
-                else:
-                    names.update(alias.name for alias in node.names)
+                else:  # `from blendmask import x`: a submodule, or a name of __init__.py
+                    names.update(
+                        alias.name if _is_module(alias.name) else "__init__" for alias in node.names
+                    )
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 parts = alias.name.split(".")
