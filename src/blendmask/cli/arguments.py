@@ -19,3 +19,20 @@ def positive_float(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
     return value
+
+
+def probability(text: str) -> float:
+    """argparse type for thresholds: a finite number in [0, 1] (float() alone takes "nan")."""
+    from blendmask.config import ConfigError, check_probability
+
+    try:
+        return check_probability("value", float(text))
+    except (ValueError, ConfigError) as exc:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}") from exc
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value

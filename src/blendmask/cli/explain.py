@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from blendmask.cli.arguments import DEVICES, non_negative_int, probability
 from blendmask.explain import save_explanation
 
 
@@ -16,9 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", required=True, help="model file (model.pt)")
     parser.add_argument("image", metavar="IMAGE", help="an image file")
     parser.add_argument("--out", required=True, help="output PNG")
-    parser.add_argument("--top", type=int, default=4, help="detections to explain")
-    parser.add_argument("--score-threshold", type=float, default=0.0)
-    parser.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
+    parser.add_argument("--top", type=non_negative_int, default=4, help="detections to explain")
+    parser.add_argument("--score-threshold", type=probability, default=0.0)
+    parser.add_argument("--device", default="auto", choices=DEVICES)
 
 
 def run(args: argparse.Namespace) -> int:
