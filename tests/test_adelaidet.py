@@ -17,10 +17,10 @@ import pickle
 from collections import OrderedDict
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from reference_helpers import synthetic_state
 from torch import Tensor
 from torchvision.ops import deform_conv2d
 
@@ -274,29 +274,6 @@ def test_preset_state_dict_maps_one_to_one_onto_reference_keys(name):
 
 # ---------------------------------------------------------------------------------------------
 # Synthetic checkpoints
-
-
-def synthetic_state(entries_: list[Entry], seed: int = 0) -> OrderedDict[str, Tensor]:
-    """Random tensors of the listed shapes, distinct per key, with sane scales so that the
-    50-layer network stays finite: fan-in scaled conv weights, positive variances."""
-    g = torch.Generator().manual_seed(seed)
-    state: OrderedDict[str, Tensor] = OrderedDict()
-    for key, shape, dtype in entries_:
-        if dtype == "int64":
-            state[key] = torch.randint(1, 10_000, shape, generator=g)
-            continue
-        t = torch.empty(shape)
-        if key.endswith("running_var"):
-            t.uniform_(0.5, 1.5, generator=g)
-        elif key.endswith(("running_mean", "bias")):
-            t.normal_(0.0, 0.1, generator=g)
-        elif len(shape) == 1:  # norm scale
-            t.uniform_(0.5, 1.0, generator=g)
-        else:
-            gain = 0.5 if key.endswith("conv2_offset.weight") else 1.0
-            t.normal_(0.0, gain / float(np.prod(shape[1:])) ** 0.5, generator=g)
-        state[key] = t
-    return state
 
 
 def save(state: dict, path: Path, *, legacy: bool = False, **wrap) -> Path:

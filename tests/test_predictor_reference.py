@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from reference_helpers import reference_resize, synthetic_state
 from torchvision.ops import box_iou
 
 from blendmask.engine.convert import convert_adelaidet_model
@@ -25,39 +25,16 @@ KEYS = Path(__file__).resolve().parent / "data" / "keys" / "r50.json"
 
 
 def synthetic_checkpoint(path: Path, seed: int = 3) -> Path:
-    """Seeded random tensors with the reference R_50 checkpoint's keys and shapes, scaled so the
-    50-layer network stays finite (fan-in scaled convs, positive variances)."""
-    g = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, shape, dtype in json.loads(KEYS.read_text()):
-        if dtype == "int64":
-            state[key] = torch.randint(1, 10_000, shape, generator=g)
-            continue
-        t = torch.empty(shape)
-        if key.endswith("running_var"):
-            t.uniform_(0.5, 1.5, generator=g)
-        elif key.endswith(("running_mean", "bias")):
-            t.normal_(0.0, 0.1, generator=g)
-        elif len(shape) == 1:
-            t.uniform_(0.5, 1.0, generator=g)
-        else:
-            t.normal_(0.0, 1.0 / float(np.prod(shape[1:])) ** 0.5, generator=g)
-        state[key] = t
-    torch.save({"model": state}, path)
+    """Seeded random tensors with the reference R_50 checkpoint's keys and shapes."""
+    torch.save({"model": synthetic_state(json.loads(KEYS.read_text()), seed=seed)}, path)
     return path
 
 
 def reference_batch(array: np.ndarray, min_size: int, max_size: int) -> tuple[torch.Tensor, tuple]:
-    """The reference's test-time input, written out here: shortest-edge size, PIL bilinear on
-    the uint8 image, then zero padding to a multiple of 32; float RGB in [0, 1]."""
-    h, w = array.shape[:2]
-    scale = min_size / min(h, w)
-    newh, neww = (min_size, scale * w) if h < w else (scale * h, min_size)
-    if max(newh, neww) > max_size:
-        s = max_size / max(newh, neww)
-        newh, neww = newh * s, neww * s
-    newh, neww = int(newh + 0.5), int(neww + 0.5)
-    resized = np.array(Image.fromarray(array).resize((neww, newh), Image.BILINEAR))
+    """The reference's test-time input: its resize, then zero padding to a multiple of 32;
+    float RGB in [0, 1]."""
+    resized = reference_resize(array, min_size, max_size)
+    newh, neww = resized.shape[:2]
     padded = torch.zeros(1, 3, -(-newh // 32) * 32, -(-neww // 32) * 32)
     padded[0, :, :newh, :neww] = torch.from_numpy(resized).permute(2, 0, 1) / 255.0
     return padded, (newh, neww)

@@ -7,22 +7,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from reference_helpers import reference_resize
 
 from blendmask.data.preprocess import preprocess, to_image_tensor
 from blendmask.data.transforms import ResizeShortestEdge, resize_image
-
-
-def reference_resize(array: np.ndarray, min_size: int, max_size: int) -> np.ndarray:
-    """What the reference does to a uint8 H x W x 3 image at test time: the shortest-edge size
-    rule, then PIL's bilinear resize on the uint8 image (values stay uint8)."""
-    h, w = array.shape[:2]
-    scale = min_size / min(h, w)
-    newh, neww = (min_size, scale * w) if h < w else (scale * h, min_size)
-    if max(newh, neww) > max_size:
-        s = max_size / max(newh, neww)
-        newh, neww = newh * s, neww * s
-    size = (int(neww + 0.5), int(newh + 0.5))
-    return np.array(Image.fromarray(array).resize(size, Image.BILINEAR))
 
 
 def photo() -> np.ndarray:
