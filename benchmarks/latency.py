@@ -91,6 +91,91 @@ class BlendMaskRunner:
         return {"boxes": dets[0].boxes, "masks": dets[0].masks}
 
 
+class Bf16Runner:
+    """Another runner under bf16 autocast, whatever the run's `--precision`: a bf16 row beside
+    the fp32 one (`--with-bf16`)."""
+
+    def __init__(self, runner: Any, device: torch.device):
+        self.runner = runner
+        self.device = device
+        self.splits = runner.splits
+
+    def set_detections(self, n: int) -> None:
+        self.runner.set_detections(n)
+
+    def __call__(self, image: Tensor) -> dict[str, Any]:
+        with common.autocast(self.device, "bf16"):
+            return self.runner(image)
+
+
+class OnnxRunner:
+    """The same network and settings (same seed) exported end to end
+    (`export_end_to_end_onnx`: network, selection, NMS, blender, pasting in one graph) and run
+    by onnxruntime's CPU provider with `threads` intra-op threads. The detection count is
+    fixed in the graph, so `set_detections` exports once per count. Timed per call: padding
+    (numpy) and the session run down to the pasted masks at the input size."""
+
+    def __init__(self, preset: str, num_detections: int, box_bias: float, threads: int):
+        import tempfile
+
+        self.model, self.post, self.cfg = common.build_blendmask(
+            preset, num_detections=num_detections, box_bias=box_bias
+        )
+        self.threads = threads
+        self.folder = Path(tempfile.mkdtemp(prefix="latency_onnx_"))
+        self.sessions: dict[int, Any] = {}
+        self.session: Any = None
+        self.splits: list[tuple[float, float]] = []
+        self.export_seconds: dict[str, float] = {}
+        self.size: tuple[int, int] | None = None
+
+    def set_detections(self, n: int) -> None:
+        if n not in self.sessions:
+            self.sessions[n] = self._export(n)
+        self.session = self.sessions[n]
+
+    def _export(self, n: int) -> Any:
+        import onnxruntime as ort
+
+        from blendmask.export.end_to_end_onnx import export_end_to_end_onnx
+
+        common.set_blendmask_detections(self.post, n)
+        assert self.size is not None, "call prepare(size) first"
+        start = time.perf_counter()
+        path = export_end_to_end_onnx(
+            self.model,
+            self.post,
+            self.folder / f"n{n}.onnx",
+            height=self.size[0],
+            width=self.size[1],
+            cfg=self.cfg,
+        )
+        self.export_seconds[str(n)] = round(time.perf_counter() - start, 1)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def prepare(self, size: tuple[int, int]) -> None:
+        """The padded input size to trace at (the graph stays dynamic)."""
+        self.size = size
+
+    def __call__(self, image: Tensor) -> dict[str, Any]:
+        import numpy as np
+
+        array = image.numpy()
+        height, width = array.shape[1:]
+        padded = np.zeros((1, 3, -(-height // 32) * 32, -(-width // 32) * 32), np.float32)
+        padded[0, :, :height, :width] = array
+        sizes = np.array([[height, width]], dtype=np.int64)
+        boxes, _, _, _, num, masks = self.session.run(
+            None, {"images": padded, "image_sizes": sizes, "orig_sizes": sizes}
+        )
+        n = int(num[0])
+        return {"boxes": torch.from_numpy(boxes[0, :n]), "masks": masks[0, :n]}
+
+
 class TorchvisionRunner:
     def __init__(self, name: str, num_detections: int, size: tuple[int, int], device):
         self.model = common.build_torchvision(name, num_detections=num_detections, size=size)
@@ -275,7 +360,7 @@ def readme_block(data: dict[str, Any]) -> str:
         per_n = data["models"][name]
         cells = [f"{per_n[str(n)]['median_s']:.3f}" for n in s["detections"]]
         scale = per_n[hi]["median_s"] / per_n[lo]["median_s"] if lo else float("nan")
-        nice = label.get(name, f"BlendMask {name.removeprefix('blendmask_')} (ours)")
+        nice = label.get(name) or _our_label(name, s["precision"], m["threads"])
         lines.append(f"| {nice} | " + " | ".join(cells) + f" | {scale:.2f} |")
     if data.get("blender"):
         cells = [f"{data['blender'][str(n)]['median_s']:.4f}" for n in s["detections"]]
@@ -310,6 +395,17 @@ def readme_block(data: dict[str, Any]) -> str:
         "Method, FLOPs by part, the profile and the planned speed-ups: `benchmarks/README.md`."
     )
     return "\n".join(lines)
+
+
+def _our_label(name: str, precision: str, threads: int) -> str:
+    """blendmask_<preset>[_bf16 | _onnxruntime] -> the table's row label."""
+    base = name.removeprefix("blendmask_")
+    if base.endswith("_onnxruntime"):
+        preset = base.removesuffix("_onnxruntime")
+        return f"BlendMask {preset} (ours), end-to-end ONNX in onnxruntime CPU, {threads} threads"
+    if base.endswith("_bf16"):
+        return f"BlendMask {base.removesuffix('_bf16')} (ours), PyTorch bf16 autocast"
+    return f"BlendMask {base} (ours), PyTorch {precision}"
 
 
 def update_readme(path: Path, block: str) -> None:
@@ -352,6 +448,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="torchvision models to time beside ours",
     )
     p.add_argument("--box-bias", type=float, default=common.BOX_BIAS, help="see common.py")
+    p.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also time the first preset exported end to end, in onnxruntime (same threads)",
+    )
+    p.add_argument(
+        "--with-bf16",
+        action="store_true",
+        help="also time the first preset under bf16 autocast (a row beside --precision's)",
+    )
     p.add_argument("--no-blender", action="store_true", help="skip the blender-alone timing")
     p.add_argument(
         "--no-optimize",
@@ -422,6 +528,18 @@ def main(argv: list[str] | None = None) -> int:
         runners[f"blendmask_{preset}"] = BlendMaskRunner(
             preset, detections[0], device, args.box_bias, optimize=not args.no_optimize
         )
+    first = f"blendmask_{args.presets[0]}"
+    if args.with_bf16:
+        runners[f"{first}_bf16"] = Bf16Runner(
+            BlendMaskRunner(
+                args.presets[0], detections[0], device, args.box_bias, not args.no_optimize
+            ),
+            device,
+        )
+    if args.onnx:
+        onnx_runner = OnnxRunner(args.presets[0], detections[0], args.box_bias, args.threads)
+        onnx_runner.prepare(tuple(int(x) for x in common.pad_to(image)[0].shape[-2:]))
+        runners[f"{first}_onnxruntime"] = onnx_runner
     for name in args.peers:
         runners[name] = TorchvisionRunner(name, detections[0], (height, width), device)
     data["models"] = time_models(
@@ -433,6 +551,14 @@ def main(argv: list[str] | None = None) -> int:
         warmup=args.warmup,
         repeats=args.repeats,
     )
+    if args.onnx:
+        data["settings"]["onnxruntime"] = {
+            "version": __import__("onnxruntime").__version__,
+            "intra_op_threads": args.threads,
+            "export_seconds": onnx_runner.export_seconds,
+            "timed": "numpy padding + one session run (network, selection, NMS, blender, "
+            "pasting to binary masks at the input size)",
+        }
     ours = f"blendmask_{args.presets[0]}"
     data["blender"] = {}
     if not args.no_blender:

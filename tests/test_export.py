@@ -159,14 +159,15 @@ def test_static_export_restores_train_mode_and_fixes_the_shape(tmp_path: Path) -
 
 
 def test_export_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """`blendmask export` writes the file, checks it at two sizes and prints the diffs."""
+    """`blendmask export --no-end-to-end` writes the network-only file, checks it at two sizes
+    and prints the diffs (the end-to-end default: tests/test_export_e2e.py)."""
     from blendmask.cli import main
 
     cfg, model, _ = spread_model(seed=4)
     weights = tmp_path / "model.pt"
     save_model_file(weights, cfg, model)
     out = tmp_path / "out" / "model.onnx"
-    assert main(["export", "--weights", str(weights), "--out", str(out)]) == 0
+    assert main(["export", "--weights", str(weights), "--out", str(out), "--no-end-to-end"]) == 0
     assert out.is_file() and out.stat().st_size > 0
     printed = capsys.readouterr().out
     # default size: the tiny test size 64 x 96, then a smaller one for the dynamic axes

@@ -14,7 +14,11 @@ from blendmask.engine.predict import predict_images
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weights", required=True, help="model file (model.pt)")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--weights", help="model file (model.pt)")
+    model.add_argument(
+        "--onnx", help="end-to-end ONNX file (`blendmask export`), run by onnxruntime"
+    )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     parser.add_argument("--out", required=True, help="writes OUT/results.json, OUT/overlays/")
     parser.add_argument("--device", default="auto", choices=DEVICES)
@@ -35,8 +39,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    predictor = None
+    if args.onnx:
+        from blendmask.export.segmenter_predictor import SegmenterPredictor
+
+        predictor = SegmenterPredictor(args.onnx)
     summary = predict_images(
         weights=args.weights,
+        predictor=predictor,
         inputs=args.inputs,
         out=args.out,
         device=args.device,

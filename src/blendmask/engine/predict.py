@@ -58,7 +58,7 @@ def _overlay_names(paths: list[Path]) -> list[str]:
 
 def predict_images(
     *,
-    weights: str | Path,
+    weights: str | Path | None,
     inputs: Sequence[str | Path],
     out: str | Path,
     device: str = "auto",
@@ -66,6 +66,7 @@ def predict_images(
     batch_size: int = 1,
     overlays: bool = True,
     strict: bool = False,
+    predictor: Any = None,
 ) -> dict[str, Any]:
     """`blendmask predict --weights W INPUT... --out DIR`.
 
@@ -80,6 +81,9 @@ def predict_images(
     ValueError when no image at all could be read, or when another process writes DIR.
     Memory is bounded by the largest image, not by detections x image (masks are encoded and
     drawn one detection at a time).
+
+    `predictor`: a ready predictor used instead of loading `weights`; anything with `cfg`,
+    `max_image_pixels` and `predict_tensors` (`predict --onnx`: `SegmenterPredictor`).
     """
     from blendmask.predictor import Predictor
 
@@ -89,7 +93,8 @@ def predict_images(
         # Temp files of an earlier run that was killed mid-write (ours are unique per process).
         for folder in (out, out / "overlays"):
             remove_stale_temps(folder)
-        predictor = Predictor.from_checkpoint(weights, device=device, batch_size=batch_size)
+        if predictor is None:
+            predictor = Predictor.from_checkpoint(weights, device=device, batch_size=batch_size)
         results, errors = _predict_all(
             predictor, paths, out, score_threshold, batch_size, overlays, strict
         )

@@ -81,7 +81,7 @@ class ExportableBlendMask(nn.Module):
         return out.cls_logits, out.bbox_reg, out.ctrness, out.attentions, out.bases
 
 
-def _check_size(height: int, width: int) -> None:
+def check_size(height: int, width: int) -> None:
     for name, value in (("height", height), ("width", width)):
         if int(value) <= 0 or int(value) % SIZE_DIVISIBILITY:
             raise ValueError(
@@ -89,12 +89,24 @@ def _check_size(height: int, width: int) -> None:
             )
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def refuse_deformable(model: nn.Module, what: str = "ONNX export") -> None:
+    """ValueError when the model has deformable convolutions: torchvision's deform_conv2d has
+    no ONNX op (TorchScript keeps it as the torchvision op)."""
+    from torchvision.ops import DeformConv2d
+
+    if any(isinstance(m, DeformConv2d) for m in model.modules()):
+        raise ValueError(
+            f"{what}: the model has deformable convolutions (model.backbone.deform_interval "
+            "> 0); torchvision's deform_conv2d has no ONNX op"
+        )
+
+
+def model_device(model: nn.Module) -> torch.device:
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
 
 
-def _onnx_export(module: nn.Module, args: tuple, path: str, **kwargs: Any) -> None:
+def onnx_export(module: nn.Module, args: tuple, path: str, **kwargs: Any) -> None:
     """torch.onnx.export with the TorchScript exporter; unsupported ops become one line."""
     try:
         torch.onnx.export(module, args, path, dynamo=False, **kwargs)
@@ -128,18 +140,12 @@ def export_onnx(
     Returns:
         the written path.
     """
-    _check_size(height, width)
-    from torchvision.ops import DeformConv2d
-
-    if any(isinstance(m, DeformConv2d) for m in model.modules()):
-        raise ValueError(
-            "ONNX export: the model has deformable convolutions (model.backbone.deform_interval "
-            "> 0); torchvision's deform_conv2d has no ONNX op"
-        )
+    check_size(height, width)
+    refuse_deformable(model)
     onnx = require_module("onnx")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    device = _model_device(model)
+    device = model_device(model)
     images = torch.rand(1, 3, height, width, device=device)
     image_sizes = torch.tensor([[height, width]], dtype=torch.int64, device=device)
     wrapper = ExportableBlendMask(model)
@@ -167,7 +173,7 @@ def export_onnx(
             # the deprecation notice is about the TorchScript exporter we choose on purpose.
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
-            _onnx_export(
+            onnx_export(
                 wrapper,
                 (images, image_sizes),
                 str(path),
@@ -258,14 +264,14 @@ def check_onnx(
     """
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"images: expected a Tensor[N, 3, H, W], got {tuple(images.shape)}")
-    _check_size(int(images.shape[2]), int(images.shape[3]))
+    check_size(int(images.shape[2]), int(images.shape[3]))
     if image_sizes is None:
         image_sizes = [(int(images.shape[2]), int(images.shape[3]))] * int(images.shape[0])
     session = open_session(path)
     was_training = model.training
     model.eval()
     try:
-        device = _model_device(model)
+        device = model_device(model)
         expected = ExportableBlendMask(model)(
             images.to(device), torch.as_tensor(image_sizes, dtype=torch.int64, device=device)
         )

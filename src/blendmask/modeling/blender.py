@@ -99,6 +99,22 @@ def pool_bases(bases: Tensor, boxes: list[Tensor], spec: BlenderSpec) -> Tensor:
     if rois.shape[0] == 0:
         # Keep the result attached to the graph so callers can still backpropagate through it.
         return bases.new_zeros((0, bases.shape[1], resolution, resolution)) + 0 * bases.sum()
+    return pool_rois(bases, rois, spec)
+
+
+def pool_rois(bases: Tensor, rois: Tensor, spec: BlenderSpec) -> Tensor:
+    """`pool_bases` for boxes already laid out as RoIs, any count (also none): the form
+    the end-to-end export traces (a batch of any size, no Python branch on the count).
+
+    Args:
+        bases (Tensor[N, K, Hb, Wb]): as `pool_bases`.
+        rois (Tensor[D, 5]): (image index, x0, y0, x1, y1) in input pixels, bases' dtype.
+        spec: the blender's settings.
+
+    Returns:
+        Tensor[D, K, R, R]: the pooled bases.
+    """
+    resolution = spec.resolution
     if spec.pooler_type == "ROIAlignV2":
         return roi_align(
             bases,

@@ -1,0 +1,259 @@
+"""Tests of the end-to-end export (network + selection + NMS + blender + pasting in one graph):
+onnxruntime and TorchScript against the PyTorch `Predictor` detection by detection, batches and
+sizes (dynamic axes), an image without detections, the traceable pieces against the
+post-processor's own functions, the converted R_50 at a reduced size, and the CLI.
+
+The tiny preset with spread-out random weights (tests/test_export.py's `spread_model`), so that
+there are dozens of detections with distinct scores.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+from test_export import spread_model  # noqa: E402
+
+from blendmask.checkpoint_io import save_model_file  # noqa: E402
+from blendmask.data.shapes import render_shapes_image  # noqa: E402
+from blendmask.export.compare import ParityReport, add_image, as_arrays, compare  # noqa: E402
+from blendmask.export.end_to_end import paste_in_images, top_layer_at  # noqa: E402
+from blendmask.export.end_to_end_onnx import (  # noqa: E402
+    end_to_end_module,
+    export_end_to_end_onnx,
+)
+from blendmask.export.torchscript import TorchScriptSegmenter, export_torchscript  # noqa: E402
+from blendmask.modeling.paste import paste_masks  # noqa: E402
+from blendmask.modeling.postprocess import attentions_at  # noqa: E402
+from blendmask.onnx_runtime import OnnxSegmenter, preprocess_images  # noqa: E402
+from blendmask.predictor import Predictor  # noqa: E402
+
+
+def shapes_images(count: int = 10, seed: int = 0) -> list[np.ndarray]:
+    """Synthetic shapes photos (uint8 RGB) of varied sizes and aspect ratios: each is resized
+    to the tiny test size, and some are padded."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for k in range(count):
+        pixels, _ = render_shapes_image(rng, 96 + 16 * (k % 4))
+        # Crop some to landscape / portrait so the resize and the padding vary.
+        if k % 3 == 1:
+            pixels = pixels[: pixels.shape[0] * 2 // 3]
+        elif k % 3 == 2:
+            pixels = pixels[:, : pixels.shape[1] * 3 // 5]
+        images.append(np.ascontiguousarray(pixels))
+    return images
+
+
+def boxy_model(seed: int = 0):
+    """`spread_model` with boxes of a few strides: its ltrb can reach ~0 after the ReLU, and
+    the IoU of a 0.01 px thin box moves by 0.5% with float rounding (box IoU >= 0.999 is the
+    acceptance figure)."""
+    cfg, model, post = spread_model(seed)
+    with torch.no_grad():
+        model.head.bbox_pred.bias.fill_(4.0)
+    return cfg, model, post
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory):
+    cfg, model, post = boxy_model()
+    folder = tmp_path_factory.mktemp("e2e")
+    onnx_path = export_end_to_end_onnx(
+        model, post, folder / "tiny.onnx", height=64, width=96, cfg=cfg
+    )
+    return cfg, model, post, onnx_path, folder
+
+
+def test_onnx_end_to_end_equals_predictor_on_ten_images(tiny) -> None:
+    """The Must-show comparison on the tiny model: fails if any step of the graph (selection,
+    NMS, top layer, blender, rescaling, pasting) or the numpy preprocessing drifts."""
+    cfg, model, post, path, _ = tiny
+    predictor = Predictor(cfg, model, post, "cpu")
+    report = compare(lambda im: predictor([im])[0], OnnxSegmenter(path), shapes_images())
+    assert report.images == 10
+    assert report.expected >= 100, "too few detections for the comparison to mean anything"
+    assert report.passed(), report.summary()
+    assert report.mean_mask_iou >= 0.999
+
+
+def test_onnx_batch_equals_the_traced_module(tiny) -> None:
+    """A batch of three sizes, padded to the largest, in onnxruntime equals the same module in
+    PyTorch (fails if a batch-dependent shape was frozen in the trace)."""
+    cfg, model, post, path, _ = tiny
+    segmenter = OnnxSegmenter(path)
+    images = shapes_images(3, seed=1)
+    batch, sizes, origs = segmenter.preprocess(images)
+    got = segmenter.predict_batch(images)
+    with torch.no_grad():
+        want = end_to_end_module(model, post)(*(torch.from_numpy(a) for a in (batch, sizes, origs)))
+    assert [len(g.scores) for g in got] == want[4].tolist()
+    assert len(set(want[4].tolist())) > 1, "equal counts would not test the padding rows"
+    for i, g in enumerate(got):
+        n = int(want[4][i])
+        np.testing.assert_array_equal(g.labels, want[2][i, :n].numpy())
+        np.testing.assert_allclose(g.boxes, want[0][i, :n].numpy(), atol=1e-3, rtol=0)
+        np.testing.assert_allclose(g.scores, want[1][i, :n].numpy(), atol=1e-5, rtol=0)
+        h, w = images[i].shape[:2]
+        assert g.masks.shape == (n, h, w)
+        assert (g.masks != want[5][i, :n, :h, :w].numpy()).mean() < 1e-3
+
+
+def test_no_detections_gives_empty_outputs(tmp_path: Path) -> None:
+    """A score threshold no candidate passes: zero-size outputs all the way through (RoiAlign,
+    Resize and MatMul on empty tensors), not an onnxruntime error."""
+    cfg, model, post = boxy_model(seed=1)
+    post.score_thresh = 1.0
+    path = export_end_to_end_onnx(model, post, tmp_path / "none.onnx", height=64, width=64)
+    image = shapes_images(1)[0]
+    out = OnnxSegmenter(path)(image)
+    assert out.boxes.shape == (0, 4) and out.scores.shape == (0,) and out.labels.shape == (0,)
+    assert out.masks.shape == (0, *image.shape[:2])
+    session_out = OnnxSegmenter(path).predict_batch([image, image[:50]])
+    assert [len(s.scores) for s in session_out] == [0, 0]
+
+
+def test_torchscript_equals_predictor_and_loads_without_the_package(tiny) -> None:
+    """`export_torchscript` gives the Predictor's detections, and the file runs in a fresh
+    interpreter where `import blendmask` fails (only torch + torchvision)."""
+    cfg, model, post, _, folder = tiny
+    path = export_torchscript(model, post, folder / "tiny.ts", height=64, width=96, cfg=cfg)
+    predictor = Predictor(cfg, model, post, "cpu")
+    segmenter = TorchScriptSegmenter(path)
+    images = shapes_images(4, seed=2)
+    report = compare(lambda im: predictor([im])[0], segmenter, images)
+    assert report.expected > 0 and report.passed(), report.summary()
+
+    m = segmenter.metadata
+    batch, sizes, origs = preprocess_images(images[:1], m["min_size"], m["max_size"])
+    np.savez(folder / "inputs.npz", images=batch, image_sizes=sizes, orig_sizes=origs)
+    script = f"""
+import sys
+sys.modules["blendmask"] = None  # any import of the package fails
+import numpy as np, torch, torchvision
+module = torch.jit.load({str(path)!r})
+a = np.load({str(folder / "inputs.npz")!r})
+out = module(*(torch.from_numpy(a[k]) for k in ("images", "image_sizes", "orig_sizes")))
+print(int(out[4][0]), sorted(m for m in sys.modules if m.startswith("blendmask")))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=240
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    count, modules = result.stdout.strip().split(" ", 1)
+    assert int(count) == len(segmenter(images[0]).scores) > 0
+    assert modules == "['blendmask']"  # only the blocked placeholder
+
+
+def test_top_layer_at_equals_attentions_at() -> None:
+    """The traceable top layer at kept locations gives `attentions_at`'s numbers (levels of
+    different sizes, border locations, two images)."""
+    torch.manual_seed(0)
+    towers = (torch.randn(2, 5, 6, 7), torch.randn(2, 5, 3, 4), torch.randn(2, 5, 1, 2))
+    weight, bias = torch.randn(8, 5, 3, 3), torch.randn(8)
+    total = 6 * 7 + 3 * 4 + 1 * 2
+    point = torch.tensor([[0, 6, 41, 42, 53, 54, 55], [55, 20, 43, 50, 1, 0, 48]])
+    assert int(point.max()) < total
+    got = top_layer_at(towers, weight, bias, point)
+    for n in range(2):
+        want = attentions_at(towers, weight, bias, torch.full((7,), n), point[n])
+        torch.testing.assert_close(got[n], want, rtol=1e-6, atol=1e-5)
+
+
+def test_paste_in_images_equals_paste_masks() -> None:
+    """Whole-image pasting gives `paste_masks`' pixels (boxes inside, at the border, tiny and
+    larger than the mask resolution), and nothing past an image's own size in a batch."""
+    torch.manual_seed(0)
+    probs = torch.rand(2, 5, 16, 16)
+    boxes = torch.tensor(
+        [
+            [[0.0, 0.0, 40.0, 30.0], [10.5, 3.2, 12.0, 4.9], [5.0, 5.0, 60.0, 45.0]]
+            + [[1, 1, 9, 9]] * 2,
+            [[20.0, 1.0, 50.0, 33.0], [0.0, 0.0, 30.0, 20.0], [7.3, 2.2, 29.9, 19.7]]
+            + [[2, 2, 4, 4]] * 2,
+        ]
+    )
+    sizes = torch.tensor([[45, 60], [20, 30]])
+    got = paste_in_images(probs, boxes, sizes, 0.5)
+    assert got.shape == (2, 5, 45, 60)
+    for n, (h, w) in enumerate(sizes.tolist()):
+        want = paste_masks(probs[n], boxes[n], (h, w), 0.5)
+        assert torch.equal(got[n, :, :h, :w], want)
+        assert not got[n, :, h:].any() and not got[n, :, :, w:].any()
+
+
+@pytest.mark.timeout(900)
+def test_converted_r50_end_to_end_equals_predictor(tmp_path: Path) -> None:
+    """R_50_1x with converted reference-style weights (a synthetic AdelaiDet checkpoint), one
+    photo at test size 320: the 80-class, 5-level graph matches the Predictor."""
+    skimage_data = pytest.importorskip("skimage.data")
+    from test_predictor_reference import synthetic_checkpoint
+
+    from blendmask.engine.convert import convert_adelaidet_model
+    from blendmask.factory import build_postprocessor
+
+    cfg, model, report = convert_adelaidet_model(
+        synthetic_checkpoint(tmp_path / "R_50_1x.pth"), "R_50_1x"
+    )
+    assert report.complete
+    cfg.data.min_size_test, cfg.data.max_size_test = 320, 533
+    post = build_postprocessor(cfg).eval()
+    model.eval()
+    path = export_end_to_end_onnx(
+        model, post, tmp_path / "r50.onnx", height=320, width=544, cfg=cfg
+    )
+    predictor = Predictor(cfg, model, post, "cpu")
+    image = skimage_data.coffee()
+    parity = ParityReport()
+    add_image(parity, as_arrays(predictor([image])[0]), as_arrays(OnnxSegmenter(path)(image)))
+    assert parity.expected >= 20
+    assert parity.passed(), parity.summary()
+
+
+def test_export_cli_end_to_end_and_predict_onnx(tmp_path: Path, capsys) -> None:
+    """`blendmask export` writes the end-to-end file by default and checks it against the
+    Predictor; `blendmask predict --onnx` writes the results json from it."""
+    from blendmask.cli import main
+
+    cfg, model, _ = spread_model(seed=4)
+    weights = tmp_path / "model.pt"
+    save_model_file(weights, cfg, model)
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--weights", str(weights), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "end to end" in printed and "PASS" in printed
+    image = tmp_path / "a.png"
+    from PIL import Image
+
+    Image.fromarray(shapes_images(1)[0]).save(image)
+    assert main(["predict", "--onnx", str(out), str(image), "--out", str(tmp_path / "pred")]) == 0
+    results = json.loads((tmp_path / "pred" / "results.json").read_text())
+    want = Predictor(cfg, model, spread_model(seed=4)[2], "cpu")([str(image)])[0]
+    assert len(results) == int((want.scores >= 0.3).sum()) > 0
+
+
+def test_export_cli_refuses_training_settings_and_deformable(tmp_path: Path) -> None:
+    from blendmask.cli import main
+    from blendmask.factory import build
+    from blendmask.presets import get_preset
+
+    cfg, model, _ = spread_model(seed=4)
+    weights = tmp_path / "model.pt"
+    save_model_file(weights, cfg, model)
+    code = main(["export", "--weights", str(weights), "--set", "model.fpn.out_channels=8"])
+    assert code == 2
+    cfg = get_preset("tiny")
+    cfg.model.backbone.name = "resnet50"
+    cfg.model.backbone.deform_interval = 3
+    model, _, post = build(cfg, load_pretrained=False)
+    with pytest.raises(ValueError, match="deformable"):
+        export_end_to_end_onnx(model, post, tmp_path / "d.onnx", height=64, width=64)
