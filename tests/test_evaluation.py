@@ -145,9 +145,11 @@ def test_evaluate_results_file_writes_metrics(val_set, shapes_dataset, tmp_path)
     metrics = evaluate_results_file(shapes_dataset["val_json"], results_json, tmp_path / "out")
     written = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert written == metrics
-    assert set(written) == set(KEYS) | {"images", "seconds"}
+    assert set(written) == set(KEYS) | {"images", "seconds", "per_category"}
     assert written["images"] == 4 and written["seconds"] >= 0
     assert written["segm_AP"] == 1.0
+    assert set(written["per_category"]) == {c["name"] for c in ds.coco.dataset["categories"]}
+    assert all(aps == {"bbox_AP": 1.0, "segm_AP": 1.0} for aps in written["per_category"].values())
     assert json.loads((tmp_path / "out" / "results.json").read_text()) == results
 
     # Box-only results: box metrics only.

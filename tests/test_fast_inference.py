@@ -113,8 +113,8 @@ def test_predictor_runs_the_optimised_copy_and_follows_weight_changes() -> None:
     from blendmask.predictor import Predictor
 
     model, post = _model("tiny")
-    fast = Predictor(get_preset("tiny"), model, post, "cpu")
-    plain = Predictor(get_preset("tiny"), model, post, "cpu", optimize=False)
+    fast = Predictor(get_preset("tiny"), model, post, "cpu", score_threshold=None)
+    plain = Predictor(get_preset("tiny"), model, post, "cpu", optimize=False, score_threshold=None)
     image = torch.rand(3, 70, 90)
     a, b = fast([image])[0], plain([image])[0]
     assert fast.inference_model() is not model and plain.inference_model() is model

@@ -427,7 +427,7 @@ def test_postprocessor_returns_box_local_masks(shapes_dataset):
     from blendmask.predictor import Predictor
 
     torch.manual_seed(0)
-    predictor = Predictor.from_config(tiny_config(), device="cpu")
+    predictor = Predictor.from_config(tiny_config(), device="cpu", score_threshold=None)
     image = sorted(Path(shapes_dataset["val_images"]).glob("*.png"))[0]
     (det,) = predictor([image])
     assert len(det) > 0 and not det.has_dense_masks

@@ -64,7 +64,7 @@ def test_predictor_equals_network_on_reference_resized_photo(converted):
     images, size = reference_batch(array, cfg.data.min_size_test, cfg.data.max_size_test)
     with torch.no_grad():
         want = post(model(images, [size]), [size], [array.shape[:2]])[0]
-    got = Predictor(cfg, model, post, device="cpu")([array])[0]
+    got = Predictor(cfg, model, post, device="cpu", score_threshold=None)([array])[0]
 
     assert len(want) >= 20, "too few detections for the comparison to mean anything"
     assert len(got) == len(want)

@@ -12,9 +12,11 @@ drawing), and a corrupt or hostile header must not make the process allocate gig
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,24 +24,47 @@ from PIL import Image
 from torch import Tensor, nn
 
 from blendmask.checkpoint_io import load_model_file
-from blendmask.config import Config
+from blendmask.config import Config, apply_overrides, check_probability
 from blendmask.data.preprocess import ImageInput, preprocess, to_image_tensor
-from blendmask.factory import build
+from blendmask.factory import build, build_postprocessor
 from blendmask.io import load_image, resolve_device
 from blendmask.modeling.blendmask import BlendMask
 from blendmask.modeling.inference import optimize_for_inference, to_channels_last
 from blendmask.modeling.postprocess import BlendMaskPostProcessor
-from blendmask.structures import Detections, ImageBatch
+from blendmask.structures import Detections, ImageBatch, resolve_classes
+from blendmask.visualization import draw_detections
 
 __all__ = [
+    "DEFAULT_SCORE_THRESHOLD",
+    "INFERENCE_KEYS",
     "MAX_IMAGE_PIXELS",
     "ImageInput",
     "Predictor",
     "check_image_size",
     "infer",
+    "inference_config",
     "load_input_image",
+    "plot_detections",
     "to_image_tensor",
 ]
+
+# The one default score threshold of the Python API (`Predictor`) and `blendmask predict`
+# (`--conf`): detections scoring below it (score = sqrt(cls * ctrness)) are dropped. `eval`
+# keeps every detection the model gives unless asked (`--conf`): AP needs the low scores.
+DEFAULT_SCORE_THRESHOLD = 0.3
+
+# The config keys `--set` (predict / eval) and `Predictor.from_checkpoint(overrides=...)` may
+# change: the test size and the post-processor's settings. The others describe the network
+# the weights belong to (or training), so changing them would not describe the model.
+INFERENCE_KEYS = (
+    "data.min_size_test",
+    "data.max_size_test",
+    "model.fcos.inference_th_test",
+    "model.fcos.nms_th",
+    "model.fcos.pre_nms_topk_test",
+    "model.fcos.post_nms_topk_test",
+    "model.fcos.thresh_with_ctr",
+)
 
 # The largest image predict / eval / Predictor accept, in pixels (H0 x W0). Memory grows with
 # the image (~0.3 GB per RGB copy at this size), not with its detections: `blendmask predict`
@@ -119,15 +144,65 @@ def infer(
     return postprocessor(outputs, batch.image_sizes, orig_sizes)
 
 
+def inference_config(cfg: Config, overrides: Sequence[str]) -> Config:
+    """A validated copy of `cfg` with `key=value` overrides (`--set`) of `INFERENCE_KEYS`.
+
+    ValueError naming the key for any other key: it would describe another network than the
+    stored weights (or training, which inference does not read)."""
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if "=" in item and key not in INFERENCE_KEYS:
+            raise ValueError(
+                f"--set {key}: a trained model takes only inference settings "
+                f"({', '.join(INFERENCE_KEYS)})"
+            )
+    return apply_overrides(copy.deepcopy(cfg), list(overrides)).validate()
+
+
+def plot_detections(image: ImageInput, detections: Detections, alpha: float = 0.5) -> np.ndarray:
+    """`Detections.plot`: `detections` drawn over `image` (anything `load_input_image` takes,
+    at the detections' size) by `visualization.draw_detections`, with the detections' class
+    names. Returns uint8 RGB np.ndarray[H0, W0, 3]."""
+    names = list(detections.class_names) if detections.class_names else None
+    overlay = draw_detections(load_input_image(image), detections, class_names=names, alpha=alpha)
+    return overlay.permute(1, 2, 0).contiguous().numpy()
+
+
+def _optional_probability(name: str, value: float | None) -> float | None:
+    return None if value is None else check_probability(name, value)
+
+
+def _positive(name: str, value: int | None, default: int) -> int:
+    """`value` (default `default`) as an int >= 1, else ValueError naming `name`."""
+    value = default if value is None else value
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    return int(value)
+
+
 class Predictor:
     """Resize + network + post-process for lists of images.
 
-    >>> predictor = Predictor.from_checkpoint("model.pt", device="cpu")
+    >>> predictor = Predictor.from_checkpoint("model.pt", device="cpu", score_threshold=0.5)
     >>> dets = predictor(["a.jpg", "b.png"])   # list[Detections] at original sizes
+    >>> dets[0].filter(classes=["person"]).plot("a.jpg")
 
-    Detections hold their masks box-local (R x R probabilities + box); `dets[i].masks` pastes
-    them (bool[D, H0, W0]) on first access. Images over `max_image_pixels` (default
-    `MAX_IMAGE_PIXELS`) raise ValueError before they are decoded.
+    Labels are 0-based (`0 .. C-1`); each `Detections` carries the model's class names and
+    COCO category ids (`cfg.data`) and can draw itself (`plot`, `save`). Detections hold their
+    masks box-local (R x R probabilities + box); `dets[i].masks` pastes them (bool[D, H0, W0])
+    on first access. Images over `max_image_pixels` (default `MAX_IMAGE_PIXELS`) raise
+    ValueError before they are decoded.
+
+    Post-processing knobs (keyword-only; None keeps the model's config), each for this
+    Predictor only (the post-processor is copied before one is set, never changed in place):
+    - `score_threshold`: drop detections scoring below it (default `DEFAULT_SCORE_THRESHOLD`,
+      0.3, as `blendmask predict`; None or 0 keeps all). Below sqrt of the model's candidate
+      threshold (`model.fcos.inference_th_test`, 0.05 -> 0.22) it lowers that too, so that
+      detections down to it appear;
+    - `nms_iou`: class-aware NMS IoU (`model.fcos.nms_th`, 0.6);
+    - `max_detections`: per image after NMS (`model.fcos.post_nms_topk_test`, 100);
+    - `min_size` / `max_size`: test size (`data.min_size_test` / `max_size_test`);
+    - `classes`: class names or 0-based labels to keep, applied before NMS and top-k.
 
     `self.model` is the given model, unchanged (saveable, trainable, used by `explain`). With
     `optimize=True` (default) predictions run on `inference_model()`: an eval copy made by
@@ -145,6 +220,13 @@ class Predictor:
         device: str | torch.device = "cpu",
         batch_size: int = 1,
         optimize: bool = True,
+        *,
+        score_threshold: float | None = DEFAULT_SCORE_THRESHOLD,
+        nms_iou: float | None = None,
+        max_detections: int | None = None,
+        min_size: int | None = None,
+        max_size: int | None = None,
+        classes: Sequence[int | str] | None = None,
     ) -> None:
         self.cfg = cfg
         self.device = resolve_device(device)
@@ -153,10 +235,55 @@ class Predictor:
         self._fast_model: nn.Module | None = None
         self._fast_key: list[tuple[int, int]] = []
         self.postprocessor = postprocessor.eval().to(self.device)
+        self._own_post = False
+        self._candidate_thresh = getattr(postprocessor, "score_thresh", None)
         self.batch_size = batch_size
-        self.min_size = cfg.data.min_size_test
-        self.max_size = cfg.data.max_size_test
+        self.min_size = _positive("min_size", min_size, cfg.data.min_size_test)
+        self.max_size = _positive("max_size", max_size, cfg.data.max_size_test)
         self.max_image_pixels = MAX_IMAGE_PIXELS
+        self.class_names = tuple(cfg.data.category_names) or None
+        self.category_ids = tuple(cfg.data.category_ids) or None
+        self.score_threshold = score_threshold
+        if nms_iou is not None:
+            self._post().nms_thresh = check_probability("nms_iou", nms_iou)
+        if max_detections is not None:
+            self._post().post_nms_topk = _positive("max_detections", max_detections, 0)
+        if classes is not None:
+            self._post().classes = tuple(self._labels(classes))
+
+    @property
+    def score_threshold(self) -> float | None:
+        """Detections scoring below this are dropped (None: keep all the model gives)."""
+        return self._score_threshold
+
+    @score_threshold.setter
+    def score_threshold(self, value: float | None) -> None:
+        self._score_threshold = _optional_probability("score_threshold", value)
+        base = self._candidate_thresh
+        if value is not None and base is not None and value * value < base:
+            # Candidates need cls * ctr > threshold; score = sqrt(cls * ctr), so a score of
+            # `value` needs value**2 (less a little for float rounding: the post-filter below
+            # drops anything under `value` again).
+            self._post().score_thresh = value * value * (1 - 1e-4)
+        elif self._own_post and base is not None:
+            self.postprocessor.score_thresh = base
+
+    def _post(self) -> BlendMaskPostProcessor:
+        """The post-processor, copied on the first knob set so the caller's stays as it was."""
+        if not self._own_post:
+            self.postprocessor = copy.deepcopy(self.postprocessor)
+            self._own_post = True
+        return self.postprocessor
+
+    def _labels(self, classes: Sequence[int | str]) -> list[int]:
+        if isinstance(classes, (str, int)):
+            classes = [classes]
+        labels = resolve_classes(classes, self.class_names)
+        num_classes = self.cfg.model.fcos.num_classes
+        bad = [label for label in labels if label >= num_classes]
+        if bad:
+            raise ValueError(f"classes: label {bad[0]} out of range [0, {num_classes})")
+        return labels
 
     @classmethod
     def from_checkpoint(
@@ -165,10 +292,18 @@ class Predictor:
         device: str | torch.device = "auto",
         batch_size: int = 1,
         optimize: bool = True,
+        *,
+        overrides: Sequence[str] = (),
+        **options: Any,
     ) -> Predictor:
+        """A Predictor for a `model.pt`. `overrides`: `key=value` changes of its config's
+        `INFERENCE_KEYS` (as `--set`); `options`: the knobs of `Predictor`."""
         dev = resolve_device(device)
         cfg, model, _, post = load_model_file(path, dev)
-        return cls(cfg, model, post, dev, batch_size, optimize)
+        if overrides:
+            cfg = inference_config(cfg, overrides)
+            post = build_postprocessor(cfg).to(dev)
+        return cls(cfg, model, post, dev, batch_size, optimize, **options)
 
     @classmethod
     def from_config(
@@ -177,9 +312,11 @@ class Predictor:
         device: str | torch.device = "auto",
         batch_size: int = 1,
         optimize: bool = True,
+        **options: Any,
     ) -> Predictor:
+        """A Predictor with fresh (untrained) weights; `options`: the knobs of `Predictor`."""
         model, _, post = build(cfg, load_pretrained=False)
-        return cls(cfg, model, post, device, batch_size, optimize)
+        return cls(cfg, model, post, device, batch_size, optimize, **options)
 
     def inference_model(self) -> nn.Module:
         """The module predictions run on: `self.model`, or its optimised copy (kept up to date
@@ -220,4 +357,13 @@ class Predictor:
         if self.optimize:
             batch = ImageBatch(to_channels_last(batch.tensor), batch.image_sizes)
         dets = infer(self.inference_model(), self.postprocessor, batch, orig_sizes)
-        return [d.to("cpu") for d in dets]
+        return [self._finish(d.to("cpu")) for d in dets]
+
+    def _finish(self, det: Detections) -> Detections:
+        """`det` above the score threshold, with the model's class names, category ids and
+        the drawer of `Detections.plot`."""
+        if self.score_threshold:
+            det = det.select(det.scores >= self.score_threshold)
+        det.class_names, det.category_ids = self.class_names, self.category_ids
+        det.drawer = plot_detections
+        return det

@@ -1,17 +1,20 @@
 """COCO evaluation of a model or of a results json
 
 With --weights, runs the model file on --json / --images (`engine.evaluate.evaluate_model_file`);
-with --results, scores a COCO results json against --json without a model.
+with --results, scores a COCO results json against --json without a model. Prints the COCO
+summary table and the AP of each category (`evaluation.tables.format_tables`); OUT/metrics.json
+holds the same numbers ("per_category": {name: {"bbox_AP", "segm_AP"}}).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 
 from blendmask.cli.arguments import DEVICES, positive_int
-from blendmask.engine.evaluate import METRIC_KEYS, evaluate_model_file
+from blendmask.cli.predict import add_postprocess_arguments
+from blendmask.engine.evaluate import evaluate_model_file
 from blendmask.evaluation.results import evaluate_results_file
+from blendmask.evaluation.tables import format_tables
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,26 +26,57 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=1)
     parser.add_argument("--num-workers", type=int, default=2, help="image loading processes")
     parser.add_argument("--results", default=None, help="score a COCO results json without a model")
+    parser.add_argument(
+        "--plots",
+        action="store_true",
+        help="also write OUT/plots/pr_curves.png (precision-recall per IoU) and "
+        "OUT/plots/sheet.png (ground truth / predictions of a few images, misses and false "
+        "positives marked)",
+    )
+    # AP needs the low scores: by default every detection the model gives counts.
+    add_postprocess_arguments(parser, None)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.results:
         if not args.json:
             raise ValueError("eval --results needs --json (the ground-truth COCO json)")
+        knobs = [
+            flag
+            for flag, value in (
+                ("--conf", args.score_threshold),
+                ("--iou", args.iou),
+                ("--max-det", args.max_det),
+                ("--classes", args.classes),
+                ("--set", args.overrides),
+                ("--plots", args.plots),  # the sheet draws the model's masks
+            )
+            if value
+        ]
+        if knobs:
+            raise ValueError(f"eval --results: {', '.join(knobs)} need a model (--weights)")
         metrics = evaluate_results_file(args.json, args.results, args.out)
-        print(json.dumps(metrics, indent=2))
-        return 0
-    missing = [f"--{k}" for k in ("weights", "json", "images") if not getattr(args, k)]
-    if missing:
-        raise ValueError(f"eval: needs {', '.join(missing)} (or --results R.json with --json)")
-    metrics = evaluate_model_file(
-        weights=args.weights,
-        json_path=args.json,
-        images=args.images,
-        out=args.out,
-        device=args.device,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
+    else:
+        missing = [f"--{k}" for k in ("weights", "json", "images") if not getattr(args, k)]
+        if missing:
+            raise ValueError(f"eval: needs {', '.join(missing)} (or --results R.json with --json)")
+        metrics = evaluate_model_file(
+            weights=args.weights,
+            json_path=args.json,
+            images=args.images,
+            out=args.out,
+            device=args.device,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            overrides=args.overrides,
+            score_threshold=args.score_threshold,
+            nms_iou=args.iou,
+            max_detections=args.max_det,
+            classes=args.classes,
+            plots=args.plots,
+        )
+    print(format_tables(metrics))
+    print(
+        f"{metrics.get('images', 0)} image(s) in {metrics.get('seconds', 0)} s: wrote {args.out}/metrics.json"
     )
-    print(json.dumps({k: metrics[k] for k in (*METRIC_KEYS, "images", "seconds") if k in metrics}))
     return 0

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -19,8 +21,10 @@ from blendmask.engine.logging import TrainingLog, write_json
 from blendmask.engine.output_lock import OutputLock
 from blendmask.evaluation.categories import match_categories
 from blendmask.evaluation.coco import COCOEvaluator
+from blendmask.factory import build_postprocessor
 from blendmask.io import resolve_device
-from blendmask.predictor import MAX_IMAGE_PIXELS, Predictor
+from blendmask.predictor import MAX_IMAGE_PIXELS, Predictor, inference_config
+from blendmask.structures import resolve_classes
 
 # The metrics the commands print and the demo writes (fractions; -1 when undefined).
 METRIC_KEYS = (
@@ -48,7 +52,12 @@ def evaluate_model(
     batch_size: int = 1,
     num_workers: int = 0,
     results_path: str | Path | None = None,
-) -> dict[str, float]:
+    score_threshold: float | None = None,
+    nms_iou: float | None = None,
+    max_detections: int | None = None,
+    classes: Sequence[int | str] | None = None,
+    per_category: bool = False,
+) -> dict[str, Any]:
     """COCO bbox + segm evaluation of `model` on a dataset, as `blendmask eval` does.
 
     Images are resized to `data.min_size_test` / `max_size_test` by the Predictor (the same
@@ -62,6 +71,11 @@ def evaluate_model(
     (`match_categories`: ValueError when they cannot be). An image that cannot be read ends
     the evaluation with its own error (ValueError / FileNotFoundError naming the file), also
     from a loader worker; so does an image over `MAX_IMAGE_PIXELS`, before any is decoded.
+
+    Knobs as `Predictor`'s, except that `score_threshold` defaults to None: every detection
+    the model gives counts (AP needs the low scores). `classes` (names or 0-based labels)
+    also restricts the AP to those categories. `per_category`: add "per_category" ({name:
+    {"bbox_AP", "segm_AP"}}) to the metrics.
     """
     start = time.perf_counter()
     # Evaluate in the layout training uses: a model fresh from training and the same weights
@@ -78,30 +92,58 @@ def evaluate_model(
     rank, world_size = dist_utils.get_rank(), dist_utils.get_world_size()
     indices = list(range(rank, len(dataset), world_size))
     _check_image_sizes(dataset, indices)
-    predictor = Predictor(cfg, model, postprocessor, device, batch_size)
-    loader = DataLoader(
-        _EvalImages(dataset, indices),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=list,
-        worker_init_fn=worker_init if num_workers > 0 else None,
+    labels = None if classes is None else resolve_classes(classes, cfg.data.category_names)
+    predictor = Predictor(
+        cfg,
+        model,
+        postprocessor,
+        device,
+        batch_size,
+        score_threshold=score_threshold,
+        nms_iou=nms_iou,
+        max_detections=max_detections,
+        classes=labels,
     )
-    evaluator = COCOEvaluator(dataset.coco, label_to_category_id)
-    for batch in loader:
-        for _, _, error in batch:
-            if error is not None:
-                raise error  # the worker's own exception: one line naming the file
-        images = [image for image, _, _ in batch]
-        image_ids = [image_id for _, image_id, _ in batch]
-        evaluator.process(image_ids, predictor.predict_tensors(images))
-    metrics = dict(evaluator.evaluate())
+    evaluator = COCOEvaluator(
+        dataset.coco,
+        label_to_category_id,
+        category_ids=None if labels is None else [label_to_category_id[k] for k in labels],
+    )
+    _predict_images(predictor, _EvalImages(dataset, indices), evaluator, batch_size, num_workers)
+    metrics: dict[str, Any] = dict(evaluator.evaluate())
+    if per_category:
+        metrics["per_category"] = evaluator.per_category
     metrics["images"] = len(dataset)
     metrics["seconds"] = round(time.perf_counter() - start, 2)
     if results_path is not None:
         text = json.dumps(evaluator.results).encode()
         atomic_write(results_path, lambda f: f.write(text))
     return metrics
+
+
+def _predict_images(
+    predictor: Predictor,
+    images: _EvalImages,
+    evaluator: COCOEvaluator,
+    batch_size: int,
+    num_workers: int,
+) -> None:
+    """Predict every image (read by `num_workers` loader processes) into `evaluator`."""
+    loader = DataLoader(
+        images,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=list,
+        worker_init_fn=worker_init if num_workers > 0 else None,
+    )
+    for batch in loader:
+        for _, _, error in batch:
+            if error is not None:
+                raise error  # the worker's own exception: one line naming the file
+        tensors = [image for image, _, _ in batch]
+        image_ids = [image_id for _, image_id, _ in batch]
+        evaluator.process(image_ids, predictor.predict_tensors(tensors))
 
 
 class _EvalImages(Dataset):
@@ -183,16 +225,28 @@ def evaluate_model_file(
     device: str = "auto",
     batch_size: int = 1,
     num_workers: int = 2,
-) -> dict[str, float]:
+    overrides: Sequence[str] = (),
+    plots: bool = False,
+    **options: Any,
+) -> dict[str, Any]:
     """`blendmask eval --weights W --json J --images D --out DIR`: COCO bbox/segm metrics of a
-    model file; writes DIR/metrics.json and DIR/results.json (COCO results, RLE masks). Refuses
-    (ValueError) when another process is writing DIR (`OutputLock`)."""
+    model file; writes DIR/metrics.json (with "per_category": {name: {"bbox_AP", "segm_AP"}})
+    and DIR/results.json (COCO results, RLE masks). Refuses (ValueError) when another process
+    is writing DIR (`OutputLock`).
+
+    `overrides`: `key=value` changes of the model's inference settings (`--set`,
+    `predictor.inference_config`); `options`: the knobs of `evaluate_model` (`score_threshold`,
+    `nms_iou`, `max_detections`, `classes`). `plots`: also DIR/plots/{pr_curves,sheet}.png
+    (`evaluation.plots.write_eval_plots`)."""
     from blendmask.checkpoint_io import load_model_file
 
     dev = resolve_device(device)
     out = Path(out)
     with OutputLock(out):
         cfg, model, _, postprocessor = load_model_file(weights, dev)
+        if overrides:
+            cfg = inference_config(cfg, overrides)
+            postprocessor = build_postprocessor(cfg).to(dev)
         metrics = evaluate_model(
             cfg,
             model,
@@ -203,6 +257,12 @@ def evaluate_model_file(
             batch_size=batch_size,
             num_workers=num_workers,
             results_path=out / "results.json",
+            per_category=True,
+            **options,
         )
         write_json(out / "metrics.json", metrics)
+        if plots:
+            from blendmask.evaluation.plots import write_eval_plots
+
+            write_eval_plots(json_path, out / "results.json", images, out / "plots")
     return metrics

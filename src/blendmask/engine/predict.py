@@ -11,16 +11,16 @@ import json
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
 from torch import Tensor
 
 from blendmask.atomic import atomic_write, remove_stale_temps
 from blendmask.engine.logging import write_json
 from blendmask.engine.output_lock import OutputLock
-
-if TYPE_CHECKING:
-    from blendmask.predictor import Predictor
+from blendmask.predictor import DEFAULT_SCORE_THRESHOLD, Predictor, load_input_image
+from blendmask.structures import resolve_classes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # One json line per image that could not be read: {"path", "image_id", "error"}.
@@ -62,11 +62,15 @@ def predict_images(
     inputs: Sequence[str | Path],
     out: str | Path,
     device: str = "auto",
-    score_threshold: float = 0.3,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
     batch_size: int = 1,
     overlays: bool = True,
     strict: bool = False,
     predictor: Any = None,
+    nms_iou: float | None = None,
+    max_detections: int | None = None,
+    classes: Sequence[int | str] | None = None,
+    overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
     """`blendmask predict --weights W INPUT... --out DIR`.
 
@@ -83,10 +87,11 @@ def predict_images(
     drawn one detection at a time).
 
     `predictor`: a ready predictor used instead of loading `weights`; anything with `cfg`,
-    `max_image_pixels` and `predict_tensors` (`predict --onnx`: `SegmenterPredictor`).
+    `max_image_pixels` and `predict_tensors` (`predict --onnx`: `SegmenterPredictor`). It
+    takes `score_threshold` and `classes` (applied here), not `nms_iou`, `max_detections` or
+    `overrides` (ValueError), which are the knobs of `Predictor.from_checkpoint`.
     """
-    from blendmask.predictor import Predictor
-
+    knobs = {"nms_iou": nms_iou, "max_detections": max_detections, "classes": classes}
     paths = collect_images(inputs)
     out = Path(out)
     with OutputLock(out):
@@ -94,9 +99,18 @@ def predict_images(
         for folder in (out, out / "overlays"):
             remove_stale_temps(folder)
         if predictor is None:
-            predictor = Predictor.from_checkpoint(weights, device=device, batch_size=batch_size)
+            predictor = _load_predictor(
+                weights, device, batch_size, overrides, score_threshold=score_threshold, **knobs
+            )
+        elif nms_iou is not None or max_detections is not None or overrides:
+            raise ValueError(
+                "--iou, --max-det, --set: not with a ready predictor (--onnx: the exported "
+                "graph fixes its post-processing; set it at export, `blendmask export --set`)"
+            )
+        names = predictor.cfg.data.category_names
+        labels = None if classes is None else resolve_classes(classes, names)
         results, errors = _predict_all(
-            predictor, paths, out, score_threshold, batch_size, overlays, strict
+            predictor, paths, out, (score_threshold, labels), batch_size, overlays, strict
         )
         write_json(out / "results.json", results)
         errors_path = out / ERRORS_FILE
@@ -121,16 +135,36 @@ def predict_images(
     }
 
 
+def _load_predictor(
+    weights: str | Path | None,
+    device: str,
+    batch_size: int,
+    overrides: Sequence[str],
+    **knobs: Any,
+) -> Predictor:
+    """`Predictor.from_checkpoint` with the knobs of `predict`."""
+    if weights is None:
+        raise ValueError("predict: needs --weights (or a ready predictor)")
+    return Predictor.from_checkpoint(
+        weights, device=device, batch_size=batch_size, overrides=overrides, **knobs
+    )
+
+
 def _predict_all(
     predictor: Predictor,
     paths: list[Path],
     out: Path,
-    score_threshold: float,
+    keep: tuple[float, list[int] | None],
     batch_size: int,
     overlays: bool,
     strict: bool,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(COCO results, error records) of every image, writing the overlays on the way."""
+    """(COCO results, error records) of every image, writing the overlays on the way.
+
+    `keep`: (score threshold, 0-based labels or None): the detections written. A `Predictor`
+    has applied both already; a ready predictor (`--onnx`) may not have."""
+    score_threshold, labels = keep
+    wanted = None if labels is None else torch.tensor(labels, dtype=torch.int64)
     from blendmask.evaluation.coco import detections_to_coco_results
     from blendmask.visualization import draw_detections, save_png
 
@@ -150,7 +184,10 @@ def _predict_all(
             continue
         detections = predictor.predict_tensors([image for _, image in loaded])
         for (index, image), det in zip(loaded, detections):
-            det = det.select(det.scores >= score_threshold)
+            mask = det.scores >= score_threshold
+            if wanted is not None:
+                mask &= torch.isin(det.labels, wanted)
+            det = det.select(mask)
             for r in detections_to_coco_results([det], [index], category_ids):
                 results.append({**r, "file_name": str(paths[index])})
             if overlays:
@@ -166,8 +203,6 @@ def _load(
     predictor: Predictor, path: Path, index: int, strict: bool, errors: list[dict[str, Any]]
 ) -> Tensor | None:
     """The decoded image, or None after recording why it cannot be read (`strict`: raise)."""
-    from blendmask.predictor import load_input_image
-
     try:
         return load_input_image(path, predictor.max_image_pixels)
     except (ValueError, OSError) as exc:  # corrupt, not an image, too large, vanished

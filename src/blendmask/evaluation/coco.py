@@ -9,7 +9,9 @@ from its mask rather than its box.
 Metric keys, fractions in [0, 1] (pycocotools' stats; -1 means "no ground truth in this range"):
     {bbox,segm}_AP, _AP50, _AP75, _APs, _APm, _APl
 Zero detections give AP 0 (not a crash). pycocotools' prints are captured; a summary table
-(with AP per category) is returned by `run_coco_eval` and kept as `COCOEvaluator.summary`.
+(with AP per category) is returned by `run_coco_eval` and kept as `COCOEvaluator.summary`, and
+the AP per category as `COCOEvaluator.per_category` ({name: {"bbox_AP", "segm_AP"}}, the key
+`per_category` of `eval`'s metrics.json; `evaluation.tables.format_tables` prints both).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import contextlib
 import io
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -121,6 +123,19 @@ def detection_rles(dets: Detections) -> list[dict[str, Any]]:
     return [by_index[d] for d in range(len(dets))]
 
 
+class CocoReport(NamedTuple):
+    """What one COCO evaluation found.
+
+    metrics: {iou_type}_{AP, AP50, AP75, APs, APm, APl} (fractions, -1: undefined).
+    summary: the text table of `run_coco_eval`.
+    per_category: {category name: {"{iou_type}_AP": fraction or -1}} (-1: no ground truth).
+    """
+
+    metrics: dict[str, float]
+    summary: str
+    per_category: dict[str, dict[str, float]]
+
+
 def run_coco_eval(
     coco_gt: COCO | str | Path,
     results: Sequence[dict[str, Any]],
@@ -128,8 +143,10 @@ def run_coco_eval(
     *,
     image_ids: Sequence[int] | None = None,
     max_detections: int = 100,
+    category_ids: Sequence[int] | None = None,
 ) -> tuple[dict[str, float], str]:
-    """Run COCOeval per IoU type and return (metrics, summary text).
+    """Run COCOeval per IoU type and return (metrics, summary text) (`coco_report` also
+    returns the AP per category).
 
     Args:
         coco_gt: ground truth (a COCO object or a json path).
@@ -139,7 +156,29 @@ def run_coco_eval(
             images that were actually predicted when evaluating a subset.
         max_detections: detections per image that count (COCO's 100; images with more
             ground-truth objects, like nuclei, need more to reach AP 1).
+        category_ids: evaluate only these categories (default: all; `eval --classes`).
     """
+    report = coco_report(
+        coco_gt,
+        results,
+        iou_types,
+        image_ids=image_ids,
+        max_detections=max_detections,
+        category_ids=category_ids,
+    )
+    return report.metrics, report.summary
+
+
+def coco_report(
+    coco_gt: COCO | str | Path,
+    results: Sequence[dict[str, Any]],
+    iou_types: Iterable[str] = IOU_TYPES,
+    *,
+    image_ids: Sequence[int] | None = None,
+    max_detections: int = 100,
+    category_ids: Sequence[int] | None = None,
+) -> CocoReport:
+    """`run_coco_eval` with the AP of each category kept (arguments as there)."""
     coco_gt = load_coco_gt(coco_gt)
     iou_types = list(iou_types)
     for iou_type in iou_types:
@@ -150,22 +189,31 @@ def run_coco_eval(
         raise ValueError(
             f"results refer to image ids not in the ground truth: {sorted(unknown)[:10]}"
         )
+    unknown_categories = set(category_ids or ()) - set(coco_gt.getCatIds())
+    if unknown_categories:
+        raise ValueError(f"category ids not in the ground truth: {sorted(unknown_categories)}")
     metrics: dict[str, float] = {}
     summaries: list[str] = []
+    per_category: dict[str, dict[str, float]] = {}
     for iou_type in iou_types:
         with contextlib.redirect_stdout(io.StringIO()):
             coco_dt = _load_results(coco_gt, _results_for(iou_type, results))
             evaluator = COCOeval(coco_gt, coco_dt, iou_type)
             if image_ids is not None:
                 evaluator.params.imgIds = sorted(set(int(i) for i in image_ids))
+            if category_ids is not None:
+                evaluator.params.catIds = sorted(set(int(i) for i in category_ids))
             evaluator.params.maxDets = [1, 10, max_detections]
             evaluator.evaluate()
             evaluator.accumulate()
         stats = _ap_stats(evaluator)
         for name, value in zip(STAT_NAMES, stats):
             metrics[f"{iou_type}_{name}"] = value
-        summaries.append(_summary_table(iou_type, stats, evaluator, coco_gt, max_detections))
-    return metrics, "\n\n".join(summaries)
+        aps = _category_aps(evaluator, coco_gt)
+        for name, ap in aps.items():
+            per_category.setdefault(name, {})[f"{iou_type}_AP"] = ap
+        summaries.append(_summary_table(iou_type, stats, aps, max_detections))
+    return CocoReport(metrics, "\n\n".join(summaries), per_category)
 
 
 def _mean_precision(
@@ -200,8 +248,20 @@ def _ap_stats(evaluator: COCOeval) -> list[float]:
     ]
 
 
+def _category_aps(evaluator: COCOeval, coco_gt: COCO) -> dict[str, float]:
+    """{name: AP} of each evaluated category (-1: no ground truth); a name that repeats is
+    suffixed with its id."""
+    aps: dict[str, float] = {}
+    for k, category_id in enumerate(evaluator.params.catIds):
+        name = str(coco_gt.cats[category_id].get("name", category_id))
+        aps[f"{name} (id {category_id})" if name in aps else name] = _mean_precision(
+            evaluator, category=k
+        )
+    return aps
+
+
 def _summary_table(
-    iou_type: str, stats: list[float], evaluator: COCOeval, coco_gt: COCO, max_detections: int
+    iou_type: str, stats: list[float], aps: dict[str, float], max_detections: int
 ) -> str:
     """Percent AP table, then AP per category (-1: no ground truth)."""
     prefix = f"{iou_type} (maxDets {max_detections})  "
@@ -210,10 +270,9 @@ def _summary_table(
         f"{100 * v:6.2f}" if v >= 0 else f"{-1:6d}" for v in stats
     )
     lines = [header, values, "  AP per category:"]
-    for k, category_id in enumerate(evaluator.params.catIds):
-        ap = _mean_precision(evaluator, category=k)
-        name = coco_gt.cats[category_id].get("name", category_id)
-        lines.append(f"    {name}: {100 * ap:.2f}" if ap >= 0 else f"    {name}: -1")
+    lines += [
+        f"    {name}: {100 * ap:.2f}" if ap >= 0 else f"    {name}: -1" for name, ap in aps.items()
+    ]
     return "\n".join(lines)
 
 
@@ -224,12 +283,17 @@ def evaluate_coco(
     *,
     image_ids: Sequence[int] | None = None,
     max_detections: int = 100,
-) -> dict[str, float]:
+    per_category: bool = False,
+) -> dict[str, Any]:
     """COCO metrics of `results` against `coco_gt` (see the module docstring for the keys and
-    `run_coco_eval` for the arguments)."""
-    return run_coco_eval(
+    `run_coco_eval` for the arguments); with `per_category`, also the key "per_category"
+    ({name: {"bbox_AP", "segm_AP"}})."""
+    report = coco_report(
         coco_gt, results, iou_types, image_ids=image_ids, max_detections=max_detections
-    )[0]
+    )
+    if per_category:
+        return {**report.metrics, "per_category": report.per_category}
+    return report.metrics
 
 
 def _results_for(iou_type: str, results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -275,6 +339,9 @@ class COCOEvaluator:
         contiguous_to_category_id: COCO category id of each contiguous label.
         iou_types: any of "bbox", "segm".
         max_detections: detections per image that count (see `run_coco_eval`).
+        category_ids: evaluate only these categories (see `run_coco_eval`).
+
+    After `evaluate`: `summary` (text table) and `per_category` ({name: {"bbox_AP", ...}}).
     """
 
     def __init__(
@@ -284,8 +351,11 @@ class COCOEvaluator:
         iou_types: Sequence[str] = IOU_TYPES,
         *,
         max_detections: int = 100,
+        category_ids: Sequence[int] | None = None,
     ) -> None:
         self.coco_gt = load_coco_gt(coco_gt)
+        self.category_ids = None if category_ids is None else list(category_ids)
+        self.per_category: dict[str, dict[str, float]] = {}
         self.max_detections = max_detections
         self.contiguous_to_category_id = list(contiguous_to_category_id)
         self.iou_types = tuple(iou_types)
@@ -311,11 +381,13 @@ class COCOEvaluator:
             dist.all_gather_object(gathered, (results, image_ids))
             results = [r for part, _ in gathered for r in part]
             image_ids = [i for _, part in gathered for i in part]
-        metrics, self.summary = run_coco_eval(
+        report = coco_report(
             self.coco_gt,
             results,
             self.iou_types,
             image_ids=image_ids,
             max_detections=self.max_detections,
+            category_ids=self.category_ids,
         )
-        return metrics
+        self.summary, self.per_category = report.summary, report.per_category
+        return report.metrics

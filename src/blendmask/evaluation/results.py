@@ -150,8 +150,8 @@ def evaluate_results_file(
     """Score a COCO results json against a ground-truth json, no model needed.
 
     Evaluates `segm` too when the results have masks. Writes `out_dir/metrics.json` (the
-    metric keys plus "images", the number of ground-truth images, and "seconds", the time
-    taken) and `out_dir/results.json` (the validated results), and returns the metrics.
+    metric keys, "per_category" ({name: {"bbox_AP", "segm_AP"}}), "images", the number of
+    ground-truth images, and "seconds", the time taken) and `out_dir/results.json` (the validated results), and returns the metrics.
     """
     start = time.perf_counter()
     coco_gt = load_coco_gt(gt_json)
@@ -166,7 +166,7 @@ def evaluate_results_file(
                 f"'segmentation': mask results need ground-truth masks"
             )
     metrics: dict[str, Any] = evaluate_coco(
-        coco_gt, results, iou_types, max_detections=max_detections
+        coco_gt, results, iou_types, max_detections=max_detections, per_category=True
     )
     metrics["images"] = len(coco_gt.getImgIds())
     metrics["seconds"] = round(time.perf_counter() - start, 3)

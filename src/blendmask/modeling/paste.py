@@ -128,6 +128,54 @@ def paste_mask_windows(
         )
 
 
+def paste_mask_probabilities(masks: Tensor, boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
+    """The soft masks `paste_masks` binarises: the same bilinear samples, not thresholded.
+
+    Each detection's probabilities are sampled at the pixel centres of its box plus a
+    one-pixel margin (inside the image), the pixels `paste_masks` always samples; the rest are
+    0. With `threshold >= 0.5`, `>= threshold` of the result is `paste_masks(..., threshold)`
+    up to float rounding (`paste_masks` also keeps values within 1e-6 below the threshold).
+    Costs 4 x D x H x W bytes.
+
+    Args:
+        masks (Tensor[D, R, R]): probabilities in [0, 1].
+        boxes (Tensor[D, 4]): xyxy in output pixels (clipped by the caller).
+        image_size: (H, W) of the output.
+
+    Returns:
+        Tensor[D, H, W]: float32 in [0, 1].
+    """
+    if masks.dim() != 3 or boxes.shape != (masks.shape[0], 4):
+        raise ValueError(
+            f"expected masks [D, R, R] and boxes [D, 4], got {tuple(masks.shape)} and "
+            f"{tuple(boxes.shape)}"
+        )
+    height, width = int(image_size[0]), int(image_size[1])
+    out = torch.zeros((masks.shape[0], height, width), device=masks.device)
+    if masks.shape[0] == 0 or height == 0 or width == 0:
+        return out
+    masks, boxes = masks.float(), boxes.float()
+    # One detection at a time: the output already holds D x H x W floats, so per-detection
+    # windows add at most one more H x W.
+    for d in range(masks.shape[0]):
+        lo = (torch.floor(boxes[d, :2]) - 1).clamp(min=0)
+        hi = torch.minimum(
+            torch.ceil(boxes[d, 2:]) + 1, torch.tensor([width, height], device=boxes.device)
+        )
+        x0, y0 = (int(v) for v in lo.tolist())
+        w, h = (max(1, int(v)) for v in (hi - lo).tolist())
+        x0, y0 = min(x0, width - w), min(y0, height - h)
+        xs = torch.arange(x0, x0 + w, device=masks.device, dtype=torch.float32)
+        ys = torch.arange(y0, y0 + h, device=masks.device, dtype=torch.float32)
+        bx0, by0, bx1, by1 = boxes[d].tolist()
+        gx = (xs + 0.5 - bx0) / max(bx1 - bx0, 1e-6) * 2 - 1
+        gy = (ys + 0.5 - by0) / max(by1 - by0, 1e-6) * 2 - 1
+        wx = _bilinear_weights(gx[None], masks.shape[2])[0]  # (w, R)
+        wy = _bilinear_weights(gy[None], masks.shape[1])[0]  # (h, R)
+        out[d, y0 : y0 + h, x0 : x0 + w] = wy @ masks[d] @ wx.t()
+    return out
+
+
 def mask_windows(detections: Detections) -> Iterator[MaskWindow]:
     """Each detection's mask as a window of the image (see `MaskWindow`), one at a time.
 

@@ -25,7 +25,7 @@ from torchvision.ops import batched_nms
 
 from ..structures import BlenderSpec, BlendMaskOutputs, Detections
 from .blender import merge_bases, pool_bases
-from .paste import paste_masks
+from .paste import paste_mask_probabilities, paste_masks
 
 
 def top_k_per_group(scores: Tensor, groups: Tensor, k: int) -> Tensor:
@@ -153,6 +153,11 @@ class BlendMaskPostProcessor(nn.Module):
         blender: the blender's settings for `pool_bases` / `merge_bases` (R, M, pooling,
             interpolation, FCIS assembly); the criterion gets the same value.
         mask_threshold: pasted probabilities `>=` this are foreground (see `paste_masks`).
+        classes: keep only candidates of these 0-based labels (None: all), before top-k and
+            NMS, so the detections budget (`post_nms_topk`) goes to them.
+
+    The knobs (`score_thresh`, `nms_thresh`, `post_nms_topk`, `classes`, ...) are plain
+    attributes read at each call; `blendmask.Predictor` sets them on its own copy.
     """
 
     def __init__(
@@ -166,6 +171,7 @@ class BlendMaskPostProcessor(nn.Module):
         thresh_with_ctr: bool = True,
         blender: BlenderSpec = BlenderSpec(),
         mask_threshold: float = 0.5,
+        classes: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -176,6 +182,7 @@ class BlendMaskPostProcessor(nn.Module):
         self.thresh_with_ctr = thresh_with_ctr
         self.blender = blender
         self.mask_threshold = mask_threshold
+        self.classes = classes
 
     @torch.no_grad()
     def detect(self, outputs: BlendMaskOutputs, image_sizes: list[tuple[int, int]]) -> list[dict]:
@@ -209,6 +216,10 @@ class BlendMaskPostProcessor(nn.Module):
         # THRESH_WITH_CTR: the threshold applies to cls * ctr (before the sqrt); otherwise to
         # cls alone. Ranking and the final score use cls * ctr either way.
         candidates = (cls_ctr if self.thresh_with_ctr else cls) > self.score_thresh
+        if self.classes is not None:
+            wanted = torch.zeros(cls.shape[-1], dtype=torch.bool, device=device)
+            wanted[list(self.classes)] = True
+            candidates &= wanted
 
         results = []
         for i in range(num_images):
@@ -330,6 +341,7 @@ class BlendMaskPostProcessor(nn.Module):
                     image_size=(h0, w0),
                     mask_threshold=self.mask_threshold,
                     paster=paste_masks,
+                    prob_paster=paste_mask_probabilities,
                 )
             )
         return results

@@ -9,12 +9,33 @@ input size, H0/W0 original image size.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
+
+from blendmask.structures.detections import (
+    Detections,
+    Drawer,
+    MaskPaster,
+    ProbabilityPaster,
+    resolve_classes,
+)
+
+__all__ = [
+    "POOLER_TYPES",
+    "TOP_INTERPS",
+    "BlenderSpec",
+    "BlendMaskOutputs",
+    "Detections",
+    "Drawer",
+    "ImageBatch",
+    "MaskPaster",
+    "ProbabilityPaster",
+    "Target",
+    "resolve_classes",
+]
 
 # The blender's choices (BlendMask Table 2): bottom pooling and top-layer interpolation.
 POOLER_TYPES = ("ROIAlignV2", "ROIPool")
@@ -128,129 +149,6 @@ class BlendMaskOutputs(NamedTuple):
     num_points_per_level: tuple[int, ...]
     bbox_towers: tuple[Tensor, ...] | None = None
     top_layer_params: tuple[Tensor, Tensor] | None = None
-
-
-# (mask_probs Tensor[D, R, R], boxes Tensor[D, 4], (H0, W0), threshold) -> bool Tensor[D, H0, W0]:
-# how a `Detections` holding box-local masks pastes them when `.masks` is asked for
-# (`blendmask.modeling.paste.paste_masks`; this bottom layer cannot import it).
-MaskPaster = Callable[[Tensor, Tensor, tuple[int, int], float], Tensor]
-
-
-class Detections:
-    """Detections for one image, in original-image pixels.
-
-    boxes (Tensor[D, 4]): float xyxy.
-    scores (Tensor[D]): float, sqrt(cls * ctrness).
-    labels (Tensor[D]): int64 in [0, C).
-    masks (Tensor[D, H0, W0]): bool.
-
-    The masks are held in one of two forms:
-    - dense: `Detections(boxes, scores, labels, masks)`, bool[D, H0, W0] as given;
-    - box-local (what the post-processor returns): `mask_probs` (Tensor[D, R, R], the
-      blender's probabilities inside each box), `image_size` (H0, W0), `mask_threshold` and the
-      `paster` that resamples them into the image. `.masks` then pastes all of them on first
-      access and keeps the result. That costs D x H0 x W0 bytes, so code that may see large
-      images (predict, eval, overlays) reads the masks one detection at a time instead
-      (`blendmask.modeling.paste.mask_windows`): memory bounded by the image, not by D x image.
-    """
-
-    def __init__(
-        self,
-        boxes: Tensor,
-        scores: Tensor,
-        labels: Tensor,
-        masks: Tensor | None = None,
-        *,
-        mask_probs: Tensor | None = None,
-        image_size: tuple[int, int] | None = None,
-        mask_threshold: float = 0.5,
-        paster: MaskPaster | None = None,
-    ) -> None:
-        if masks is None and (mask_probs is None or image_size is None or paster is None):
-            raise ValueError(
-                "Detections: give masks bool[D, H0, W0], or mask_probs, image_size and paster"
-            )
-        self.boxes = boxes
-        self.scores = scores
-        self.labels = labels
-        self._masks = masks
-        self.mask_probs = mask_probs
-        self._image_size = (int(image_size[0]), int(image_size[1])) if image_size else None
-        self.mask_threshold = mask_threshold
-        self.paster = paster
-
-    @property
-    def masks(self) -> Tensor:
-        """bool Tensor[D, H0, W0], pasted from the box-local form on first access."""
-        if self._masks is None:
-            assert self.paster is not None and self.mask_probs is not None
-            self._masks = self.paster(
-                self.mask_probs, self.boxes, self.image_size, self.mask_threshold
-            )
-        return self._masks
-
-    @masks.setter
-    def masks(self, value: Tensor) -> None:
-        self._masks = value
-        self.mask_probs = None  # the dense masks given replace the box-local ones
-
-    @property
-    def has_dense_masks(self) -> bool:
-        """Whether `masks` is held (given, or already pasted) rather than pasted on access."""
-        return self._masks is not None
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        """(H0, W0) of the image the detections belong to."""
-        if self._image_size is not None:
-            return self._image_size
-        return int(self.masks.shape[-2]), int(self.masks.shape[-1])
-
-    def __len__(self) -> int:
-        return int(self.boxes.shape[0])
-
-    def __repr__(self) -> str:
-        form = "dense" if self.has_dense_masks else "box-local"
-        return f"Detections({len(self)} detections, image {self.image_size}, {form} masks)"
-
-    def _with(
-        self, boxes: Tensor, scores: Tensor, labels: Tensor, fn: Callable[[Tensor], Tensor]
-    ) -> Detections:
-        """A Detections of the same form, each mask tensor passed through `fn`."""
-        return Detections(
-            boxes,
-            scores,
-            labels,
-            None if self._masks is None else fn(self._masks),
-            mask_probs=None if self.mask_probs is None else fn(self.mask_probs),
-            image_size=self.image_size,
-            mask_threshold=self.mask_threshold,
-            paster=self.paster,
-        )
-
-    def to(self, device: torch.device | str) -> Detections:
-        return self._with(
-            self.boxes.to(device),
-            self.scores.to(device),
-            self.labels.to(device),
-            lambda t: t.to(device),
-        )
-
-    def select(self, index: Tensor | slice) -> Detections:
-        """The detections picked by `index` (bool[D], int64 indices or a slice), in the same
-        form (box-local masks stay box-local)."""
-        return self._with(
-            self.boxes[index], self.scores[index], self.labels[index], lambda t: t[index]
-        )
-
-    @staticmethod
-    def empty(height: int, width: int, device: torch.device | str = "cpu") -> Detections:
-        return Detections(
-            boxes=torch.zeros((0, 4), device=device),
-            scores=torch.zeros((0,), device=device),
-            labels=torch.zeros((0,), dtype=torch.int64, device=device),
-            masks=torch.zeros((0, height, width), dtype=torch.bool, device=device),
-        )
 
 
 # A training target for one image (see data/transforms.py), coordinates in resized-input pixels:

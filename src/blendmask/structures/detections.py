@@ -1,0 +1,317 @@
+"""`Detections`: one image's detections, and what users do with them (index, filter, paste,
+draw, save, COCO / JSON export). Re-exported by `blendmask.structures`.
+
+Shapes: D detections, R mask resolution, H0/W0 original image size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from blendmask.atomic import atomic_write
+
+# (mask_probs Tensor[D, R, R], boxes Tensor[D, 4], (H0, W0), threshold) -> bool Tensor[D, H0, W0]:
+# how a `Detections` holding box-local masks pastes them when `.masks` is asked for
+# (`blendmask.modeling.paste.paste_masks`; this bottom layer cannot import it).
+MaskPaster = Callable[[Tensor, Tensor, tuple[int, int], float], Tensor]
+# (mask_probs, boxes, (H0, W0)) -> float Tensor[D, H0, W0]: the same, not thresholded
+# (`blendmask.modeling.paste.paste_mask_probabilities`).
+ProbabilityPaster = Callable[[Tensor, Tensor, tuple[int, int]], Tensor]
+# (image, detections, alpha) -> uint8 RGB array [H0, W0, 3]: how `Detections.plot` draws. The
+# Predictor sets it (`blendmask.predictor.plot_detections`, which calls
+# `blendmask.visualization.draw_detections`): drawing lives above this layer.
+Drawer = Callable[[Any, "Detections", float], np.ndarray]
+
+
+def resolve_classes(classes: Sequence[int | str], class_names: Sequence[str] | None) -> list[int]:
+    """0-based labels of `classes`, each a class name (of `class_names`) or a 0-based label.
+
+    ValueError naming the first class that is neither (a label must be in [0, C) when the C
+    class names are known, >= 0 otherwise)."""
+    names = list(class_names or [])
+    labels = []
+    for item in classes:
+        if isinstance(item, str):
+            if item not in names:
+                known = ", ".join(names) if names else "none stored with this model"
+                raise ValueError(f"unknown class {item!r} (class names: {known})")
+            labels.append(names.index(item))
+        elif isinstance(item, bool) or not isinstance(item, (int, np.integer)):
+            raise ValueError(f"class {item!r}: expected a class name or a 0-based label")
+        elif item < 0 or (names and item >= len(names)):
+            bound = f"[0, {len(names)})" if names else ">= 0"
+            raise ValueError(f"class label {item} out of range (0-based labels are {bound})")
+        else:
+            labels.append(int(item))
+    return labels
+
+
+class Detections:
+    """Detections for one image, in original-image pixels.
+
+    boxes (Tensor[D, 4]): float xyxy.
+    scores (Tensor[D]): float, sqrt(cls * ctrness).
+    labels (Tensor[D]): int64 in [0, C), 0-based (COCO category ids only in COCO files:
+        `to_coco`; 1-based labels only inside `blendmask.TorchvisionDetector`).
+    masks (Tensor[D, H0, W0]): bool.
+    class_names (tuple[str, ...] | None): name of each label, from the model's config.
+    category_ids (tuple[int, ...] | None): COCO category id of each label (for `to_coco`).
+
+    The masks are held in one of two forms:
+    - dense: `Detections(boxes, scores, labels, masks)`, bool[D, H0, W0] as given;
+    - box-local (what the post-processor returns): `mask_probs` (Tensor[D, R, R], the
+      blender's probabilities inside each box), `image_size` (H0, W0), `mask_threshold` and the
+      `paster` that resamples them into the image. `.masks` then pastes all of them on first
+      access and keeps the result. That costs D x H0 x W0 bytes, so code that may see large
+      images (predict, eval, overlays) reads the masks one detection at a time instead
+      (`blendmask.modeling.paste.mask_windows`): memory bounded by the image, not by D x image.
+
+    >>> dets = predictor("a.jpg")[0]
+    >>> dets[dets.scores > 0.5], dets.filter(score=0.5, classes=["person", 2])
+    >>> dets.plot("a.jpg"), dets.save("a_pred.png", "a.jpg"), dets.to_coco(image_id=7)
+    """
+
+    def __init__(
+        self,
+        boxes: Tensor,
+        scores: Tensor,
+        labels: Tensor,
+        masks: Tensor | None = None,
+        *,
+        mask_probs: Tensor | None = None,
+        image_size: tuple[int, int] | None = None,
+        mask_threshold: float = 0.5,
+        paster: MaskPaster | None = None,
+        prob_paster: ProbabilityPaster | None = None,
+        class_names: Sequence[str] | None = None,
+        category_ids: Sequence[int] | None = None,
+        drawer: Drawer | None = None,
+    ) -> None:
+        if masks is None and (mask_probs is None or image_size is None or paster is None):
+            raise ValueError(
+                "Detections: give masks bool[D, H0, W0], or mask_probs, image_size and paster"
+            )
+        self.boxes = boxes
+        self.scores = scores
+        self.labels = labels
+        self._masks = masks
+        self.mask_probs = mask_probs
+        self._image_size = (int(image_size[0]), int(image_size[1])) if image_size else None
+        self.mask_threshold = mask_threshold
+        self.paster = paster
+        self.prob_paster = prob_paster
+        self.class_names = None if class_names is None else tuple(class_names)
+        self.category_ids = None if category_ids is None else tuple(int(i) for i in category_ids)
+        self.drawer = drawer
+
+    @property
+    def masks(self) -> Tensor:
+        """bool Tensor[D, H0, W0], pasted from the box-local form on first access."""
+        if self._masks is None:
+            assert self.paster is not None and self.mask_probs is not None
+            self._masks = self.paster(
+                self.mask_probs, self.boxes, self.image_size, self.mask_threshold
+            )
+        return self._masks
+
+    @masks.setter
+    def masks(self, value: Tensor) -> None:
+        self._masks = value
+        self.mask_probs = None  # the dense masks given replace the box-local ones
+
+    @property
+    def has_dense_masks(self) -> bool:
+        """Whether `masks` is held (given, or already pasted) rather than pasted on access."""
+        return self._masks is not None
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H0, W0) of the image the detections belong to."""
+        if self._image_size is not None:
+            return self._image_size
+        return int(self.masks.shape[-2]), int(self.masks.shape[-1])
+
+    @property
+    def names(self) -> list[str]:
+        """The class name of each detection ("class <label>" where no name is known)."""
+        names = self.class_names or ()
+        return [names[i] if i < len(names) else f"class {i}" for i in self.labels.tolist()]
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+    def __repr__(self) -> str:
+        form = "dense" if self.has_dense_masks else "box-local"
+        return f"Detections({len(self)} detections, image {self.image_size}, {form} masks)"
+
+    def _with(
+        self, boxes: Tensor, scores: Tensor, labels: Tensor, fn: Callable[[Tensor], Tensor]
+    ) -> Detections:
+        """A Detections of the same form and class names, each mask tensor passed through
+        `fn`."""
+        return Detections(
+            boxes,
+            scores,
+            labels,
+            None if self._masks is None else fn(self._masks),
+            mask_probs=None if self.mask_probs is None else fn(self.mask_probs),
+            image_size=self.image_size,
+            mask_threshold=self.mask_threshold,
+            paster=self.paster,
+            prob_paster=self.prob_paster,
+            class_names=self.class_names,
+            category_ids=self.category_ids,
+            drawer=self.drawer,
+        )
+
+    def to(self, device: torch.device | str) -> Detections:
+        return self._with(
+            self.boxes.to(device),
+            self.scores.to(device),
+            self.labels.to(device),
+            lambda t: t.to(device),
+        )
+
+    def select(self, index: Tensor | slice) -> Detections:
+        """The detections picked by `index` (bool[D], int64 indices or a slice), in the same
+        form (box-local masks stay box-local)."""
+        return self._with(
+            self.boxes[index], self.scores[index], self.labels[index], lambda t: t[index]
+        )
+
+    def __getitem__(self, index: Tensor | slice | int | Sequence[int] | np.ndarray) -> Detections:
+        """`dets[dets.scores > 0.5]`, `dets[:10]`, `dets[[0, 2]]`; `dets[3]` is a Detections
+        of one (negative indices count from the end)."""
+        if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
+            if not -len(self) <= index < len(self):
+                raise IndexError(f"detection {index} out of range ({len(self)} detections)")
+            index = torch.tensor([int(index) % len(self)])
+        elif not isinstance(index, (Tensor, slice)):
+            array = np.asarray(index)
+            index = torch.from_numpy(array if array.size else array.astype(np.int64))
+        return self.select(index)
+
+    def filter(
+        self, *, score: float | None = None, classes: Sequence[int | str] | None = None
+    ) -> Detections:
+        """The detections scoring >= `score` whose class is one of `classes` (class names or
+        0-based labels, see `resolve_classes`); None keeps all."""
+        keep = torch.ones(len(self), dtype=torch.bool, device=self.scores.device)
+        if score is not None:
+            if not math.isfinite(score):
+                raise ValueError(f"Detections.filter: score must be a finite number, got {score}")
+            keep &= self.scores >= score
+        if classes is not None:
+            labels = torch.tensor(resolve_classes(classes, self.class_names), dtype=torch.int64)
+            keep &= torch.isin(self.labels, labels.to(self.labels.device))
+        return self.select(keep)
+
+    def mask_probabilities(self) -> Tensor:
+        """float Tensor[D, H0, W0]: the soft masks before the `mask_threshold` (the blender's
+        probabilities pasted into the image); 0 / 1 for detections given dense masks only."""
+        if self.mask_probs is None:
+            return self.masks.float()
+        if self.prob_paster is None:
+            raise ValueError("Detections.mask_probabilities: no prob_paster to paste mask_probs")
+        return self.prob_paster(self.mask_probs, self.boxes, self.image_size)
+
+    def numpy(self) -> dict[str, np.ndarray]:
+        """{"boxes": float32[D, 4] xyxy, "scores": float32[D], "labels": int64[D] (0-based),
+        "masks": bool[D, H0, W0]} on the CPU."""
+        cpu = self.to("cpu")
+        return {
+            "boxes": cpu.boxes.float().numpy(),
+            "scores": cpu.scores.float().numpy(),
+            "labels": cpu.labels.long().numpy(),
+            "masks": cpu.masks.bool().numpy(),
+        }
+
+    def to_coco(
+        self, image_id: int, category_ids: Sequence[int] | None = None
+    ) -> list[dict[str, Any]]:
+        """COCO results: [{"image_id", "category_id", "score", "bbox": [x, y, w, h],
+        "segmentation": compressed RLE {"size": [H0, W0], "counts": str}}, ...], as
+        `blendmask predict` / `eval` write them.
+
+        `category_ids`: the COCO id of each 0-based label; default the model's
+        (`self.category_ids`), else label + 1."""
+        ids = list(category_ids if category_ids is not None else self.category_ids or [])
+        labels = self.labels.tolist()
+        if ids and any(not 0 <= label < len(ids) for label in labels):
+            raise ValueError(f"a detection label has no category id ({len(ids)} given)")
+        boxes = self.boxes.detach().float().cpu()
+        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+        return [
+            {
+                "image_id": int(image_id),
+                "category_id": int(ids[label]) if ids else label + 1,
+                "score": float(score),
+                "bbox": [float(v) for v in box],
+                "segmentation": rle,
+            }
+            for box, score, label, rle in zip(xywh, self.scores.tolist(), labels, self._rles())
+        ]
+
+    def to_json(self) -> list[dict[str, Any]]:
+        """JSON-ready detections: [{"box": [x0, y0, x1, y1], "score", "label" (0-based),
+        "class_name", "mask": compressed RLE {"size": [H0, W0], "counts": str}}, ...]."""
+        boxes = self.boxes.detach().float().cpu().tolist()
+        scores, labels = self.scores.tolist(), self.labels.tolist()
+        return [
+            {"box": b, "score": float(s), "label": int(k), "class_name": n, "mask": m}
+            for b, s, k, n, m in zip(boxes, scores, labels, self.names, self._rles())
+        ]
+
+    def _rles(self) -> list[dict[str, Any]]:
+        """Compressed RLE of each mask, pasted one detection at a time (memory H0 x W0)."""
+        from pycocotools import mask as mask_util
+
+        rles = []
+        cpu = self.to("cpu")
+        for d in range(len(cpu)):
+            mask = cpu.masks[d] if cpu.has_dense_masks else cpu[d].masks[0]
+            rle = mask_util.encode(np.asfortranarray(mask.numpy().astype(np.uint8)))
+            rles.append({"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode()})
+        return rles
+
+    def plot(self, image: Any, *, alpha: float = 0.5, pil: bool = False) -> Any:
+        """The detections drawn over `image` (a path, PIL image, H0 x W0 x 3 array or
+        Tensor[3, H0, W0]: the image they were predicted on): masks, boxes, "name score".
+
+        Returns uint8 RGB np.ndarray[H0, W0, 3] (a PIL image with `pil=True`). Needs the
+        `drawer` a Predictor sets; otherwise use `blendmask.visualization.draw_detections`."""
+        if self.drawer is None:
+            raise ValueError(
+                "Detections.plot: no drawer (detections not from a Predictor); use "
+                "blendmask.visualization.draw_detections"
+            )
+        array = self.drawer(image, self, alpha)
+        return Image.fromarray(array) if pil else array
+
+    def save(self, path: str | Path, image: Any, *, alpha: float = 0.5) -> Path:
+        """Write `plot(image)` to `path` (format from its suffix: .png, .jpg, ...), whole or
+        not at all (`blendmask.atomic.atomic_write`)."""
+        path = Path(path)
+        suffix = path.suffix.lower()
+        if suffix not in Image.registered_extensions():
+            raise ValueError(f"{path}: unknown image suffix {suffix!r} (use .png or .jpg)")
+        picture = self.plot(image, alpha=alpha, pil=True)
+        fmt = Image.registered_extensions()[suffix]
+        return atomic_write(path, lambda f: picture.save(f, format=fmt))
+
+    @staticmethod
+    def empty(height: int, width: int, device: torch.device | str = "cpu") -> Detections:
+        return Detections(
+            boxes=torch.zeros((0, 4), device=device),
+            scores=torch.zeros((0,), device=device),
+            labels=torch.zeros((0,), dtype=torch.int64, device=device),
+            masks=torch.zeros((0, height, width), dtype=torch.bool, device=device),
+        )
