@@ -28,7 +28,7 @@ from blendmask.engine.optim import (
 from blendmask.engine.train_config import resolve_dataset_classes
 from blendmask.presets import get_preset
 from blendmask.structures import Detections
-from blendmask.visualization import class_color, draw_detections
+from blendmask.visualization import draw_detections, instance_color
 
 
 def _naive_factor(it: int, steps: list[int], gamma: float, warmup_iters: int, wf: float) -> float:
@@ -319,22 +319,22 @@ def test_metrics_file_truncates_and_skips_torn_lines(tmp_path):
 
 
 def test_draw_detections_paints_masks_boxes_and_skips_low_scores():
-    image = torch.zeros(3, 40, 50)
-    masks = torch.zeros(2, 40, 50, dtype=torch.bool)
-    masks[0, 5:15, 5:20] = True
-    masks[1, 25:35, 30:45] = True
+    image = torch.zeros(3, 100, 120)
+    masks = torch.zeros(2, 100, 120, dtype=torch.bool)
+    masks[0, 25:45, 10:40] = True
+    masks[1, 60:80, 60:100] = True
     dets = Detections(
-        boxes=torch.tensor([[5.0, 5.0, 20.0, 15.0], [30.0, 25.0, 45.0, 35.0]]),
+        boxes=torch.tensor([[10.0, 25.0, 40.0, 45.0], [60.0, 60.0, 100.0, 80.0]]),
         scores=torch.tensor([0.9, 0.2]),
         labels=torch.tensor([0, 1]),
         masks=masks,
     )
     out = draw_detections(image, dets, class_names=["a", "b"], score_threshold=0.5, alpha=0.5)
-    assert out.dtype == torch.uint8 and out.shape == (3, 40, 50)
-    # inside mask 0 (away from the box outline): half the class colour over black
-    expected = torch.tensor([round(c * 0.5) for c in class_color(0)], dtype=torch.float)
-    assert torch.allclose(out[:, 10, 12].float(), expected, atol=1)
+    assert out.dtype == torch.uint8 and out.shape == (3, 100, 120)
+    # inside mask 0 (away from its contour, box and label): half its colour over black
+    expected = torch.tensor([round(c * 0.5) for c in instance_color(0)], dtype=torch.float)
+    assert torch.allclose(out[:, 38, 25].float(), expected, atol=1)
     # the low-score detection is not drawn at all
-    assert int(out[:, 26:34, 31:44].sum()) == 0
-    # the box outline is drawn in the class colour
-    assert tuple(out[:, 10, 5].tolist()) == class_color(0)
+    assert int(out[:, 58:82, 58:102].sum()) == 0
+    # the box outline and the contour are drawn opaque in the instance's colour
+    assert tuple(out[:, 35, 10].tolist()) == instance_color(0)

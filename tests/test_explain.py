@@ -142,3 +142,20 @@ def test_explain_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     # a missing image is bad input: exit code 2 with the file named
     assert main([*argv[:3], str(tmp_path / "nope.png"), *argv[4:]]) == 2
     assert "nope.png" in capsys.readouterr().err
+
+
+def test_figure_has_colour_bars_and_a_large_detections_panel(predictor: Predictor, image) -> None:
+    """Fails if the colour bars go (one per base, shared with its crops; one for the
+    attentions; one for the blended masks) or the detections panel shrinks back to the size
+    of a map."""
+    num_bases = predictor.cfg.model.basis_module.num_bases
+    fig = explain_figure(predictor, image, top=2)
+    with_bars = [im for ax in fig.axes for im in ax.images if im.colorbar is not None]
+    assert len(with_bars) == num_bases + 2
+    cmaps = sorted(im.get_cmap().name for im in with_bars)
+    assert cmaps == sorted(["RdBu_r"] * num_bases + ["viridis", "gray"])
+    fig.canvas.draw()
+    (panel,) = [ax for ax in fig.axes if ax.get_title() == "detections"]
+    attention = next(ax for ax in fig.axes if ax.get_label() == "attention/0/0")
+    # the drawn image sizes (axes keep the image's aspect)
+    assert panel.get_window_extent().height > 2 * attention.get_window_extent().height

@@ -31,7 +31,10 @@ from torch import Tensor
 from blendmask.structures import Detections
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+    from matplotlib.gridspec import GridSpec
+    from matplotlib.image import AxesImage
 
     from blendmask.predictor import Predictor
 
@@ -129,12 +132,15 @@ def explain_image(
 def draw_explanation(expl: Explanation, *, original_image: Tensor | None = None) -> Figure:
     """The figure of an `Explanation` (matplotlib, Agg canvas, no pyplot state).
 
-    Row 0: the image with the detections, then the K bases. One row per detection: the box's
-    image crop, K attention maps (viridis, 0..1), K cropped bases (same colour scale as the
-    whole bases), and the blended mask probability (gray, 0..1).
+    Row 0: the image with the detections, large. Row 1: the K bases, each above the column of
+    its crops, with a colour bar (one symmetric scale per base, shared by its crops). One row
+    per detection: the box's image crop, K attention maps (viridis, 0..1), K cropped bases, and
+    the blended mask probability (gray, 0..1); the first detection row carries the colour bars
+    of the attentions and of the mask.
 
     Each attention axes has the label "attention/{detection}/{base}" (`Axes.get_label()`), so
-    tests and users can find the maps shown.
+    tests and users can find the maps shown; each colour bar is reachable from its image
+    (`AxesImage.colorbar`).
 
     Args:
         original_image (Tensor[3, H0, W0]): uint8 or float [0, 1] RGB, the image the
@@ -144,65 +150,113 @@ def draw_explanation(expl: Explanation, *, original_image: Tensor | None = None)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from blendmask.visualization import class_name, draw_detections, to_uint8_image
-
     num_bases = expl.bases.shape[0]
     num_dets = expl.boxes.shape[0]
-    cols = 2 + 2 * num_bases if num_dets else 1 + num_bases
-    rows = 1 + num_dets
-    fig = Figure(figsize=(1.5 * cols, 1.6 * rows + 0.4))
+    cols = 2 + 2 * num_bases
+    # The detections panel gets ~2.6 rows' height: it is the picture a reader looks at first.
+    ratios = [2.6, 1.0] + [1.0] * num_dets
+    fig = Figure(figsize=(1.6 * cols, 1.7 * sum(ratios) + 0.5))
     FigureCanvasAgg(fig)
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-
-    names = expl.class_names
-    background = original_image if original_image is not None else expl.image
-    dets = expl.detections
-    if tuple(dets.masks.shape[-2:]) != tuple(background.shape[-2:]):
-        dets = Detections(
-            dets.boxes, dets.scores, dets.labels, dets.masks.new_zeros((0, *background.shape[-2:]))
-        )
-    overlay = draw_detections(background, dets, class_names=names)
-    axes[0, 0].imshow(overlay.permute(1, 2, 0).numpy())
-    axes[0, 0].set_title("detections" if num_dets else "no detections", fontsize=7)
-
+    grid = fig.add_gridspec(len(ratios), cols, height_ratios=ratios)
+    _draw_detections_panel(fig.add_subplot(grid[0, :]), expl, original_image)
     # One symmetric colour scale per base, shared by the whole map and its crops, so a crop
     # reads as the same values as the base it came from.
     limits = [float(expl.bases[k].abs().max().clamp(min=1e-6)) for k in range(num_bases)]
+    first = 2 + num_bases - 1  # column of the first cropped base
     for k in range(num_bases):
-        ax = axes[0, 1 + k]
-        ax.imshow(expl.bases[k].numpy(), cmap="RdBu_r", vmin=-limits[k], vmax=limits[k])
+        ax = fig.add_subplot(grid[1, first + k])
+        image = ax.imshow(expl.bases[k].numpy(), cmap="RdBu_r", vmin=-limits[k], vmax=limits[k])
         ax.set_title(f"base {k + 1}", fontsize=7)
-
-    height, width = expl.image.shape[-2:]
+        ax.axis("off")
+        _colorbar(fig, ax, image)
+    note = fig.add_subplot(grid[1, :first])
+    note.axis("off")
+    note.text(
+        0.5,
+        0.5,
+        "bases of the bottom module (stride 4) ->\neach column below crops its base (Eq. 1)",
+        ha="center",
+        va="center",
+        fontsize=8,
+    )
     for i in range(num_dets):
-        row = axes[1 + i]
-        x0, y0, x1, y1 = expl.boxes[i].tolist()
-        xa, xb = min(max(int(x0), 0), width - 1), min(max(int(round(x1)), 1), width)
-        ya, yb = min(max(int(y0), 0), height - 1), min(max(int(round(y1)), 1), height)
-        crop = expl.image[:, ya : max(yb, ya + 1), xa : max(xb, xa + 1)]
-        row[0].imshow(to_uint8_image(crop).permute(1, 2, 0).numpy())
-        label = class_name(int(expl.labels[i]), names)
-        row[0].set_title(f"{i + 1}: {label} {float(expl.scores[i]):.2f}", fontsize=7)
-        for k in range(num_bases):
-            ax = row[1 + k]
-            ax.imshow(expl.attention_weights[i, k].numpy(), cmap="viridis", vmin=0, vmax=1)
-            ax.set_title(f"attention {k + 1}", fontsize=6)
-            ax.set_label(f"attention/{i}/{k}")
-            ax = row[1 + num_bases + k]
-            ax.imshow(
-                expl.pooled_bases[i, k].numpy(), cmap="RdBu_r", vmin=-limits[k], vmax=limits[k]
-            )
-            ax.set_title(f"cropped base {k + 1}", fontsize=6)
-        row[-1].imshow(expl.masks[i].numpy(), cmap="gray", vmin=0, vmax=1)
-        row[-1].set_title("blended mask", fontsize=7)
+        _draw_detection_row(fig, grid, 2 + i, i, expl, limits)
     fig.suptitle(
         "BlendMask blender: cropped bases (Eq. 1) x softmax attentions (Eq. 2-3) -> mask (Eq. 4)",
-        fontsize=8,
+        fontsize=9,
     )
     fig.tight_layout()
     return fig
+
+
+def _colorbar(fig: Figure, ax: Axes, image: AxesImage) -> None:
+    """A thin colour bar just right of `ax`, not taking space from its picture."""
+    cax = ax.inset_axes([1.04, 0.0, 0.07, 1.0])
+    bar = fig.colorbar(image, cax=cax)
+    bar.ax.tick_params(labelsize=5, length=2, pad=1)
+
+
+def _draw_detections_panel(ax: Axes, expl: Explanation, original_image: Tensor | None) -> None:
+    """The image with the explained detections (`draw_detections`), on `ax`."""
+    from blendmask.modeling.paste import paste_masks
+    from blendmask.visualization import draw_detections
+
+    background = original_image if original_image is not None else expl.image
+    dets = expl.detections
+    if tuple(dets.image_size) != tuple(background.shape[-2:]):
+        # Only the resized input to draw on: draw the blender's own boxes (resized-input
+        # pixels, clipped as the post-processor clips them) and masks instead.
+        height, width = background.shape[-2:]
+        boxes = expl.boxes.clone()
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+        dets = Detections(
+            boxes,
+            expl.scores,
+            expl.labels,
+            mask_probs=expl.masks,
+            image_size=(int(height), int(width)),
+            paster=paste_masks,
+        )
+    overlay = draw_detections(background, dets, class_names=expl.class_names)
+    ax.imshow(overlay.permute(1, 2, 0).numpy())
+    ax.axis("off")
+    ax.set_title("detections" if len(expl.boxes) else "no detections", fontsize=9)
+
+
+def _draw_detection_row(
+    fig: Figure, grid: GridSpec, row: int, i: int, expl: Explanation, limits: list[float]
+) -> None:
+    """Row `row` of the figure: detection `i`'s crop, attentions, cropped bases and mask."""
+    from blendmask.visualization import class_name, to_uint8_image
+
+    num_bases = expl.bases.shape[0]
+    axes = [fig.add_subplot(grid[row, c]) for c in range(2 + 2 * num_bases)]
+    for ax in axes:
+        ax.axis("off")
+    height, width = expl.image.shape[-2:]
+    x0, y0, x1, y1 = expl.boxes[i].tolist()
+    xa, xb = min(max(int(x0), 0), width - 1), min(max(int(round(x1)), 1), width)
+    ya, yb = min(max(int(y0), 0), height - 1), min(max(int(round(y1)), 1), height)
+    crop = expl.image[:, ya : max(yb, ya + 1), xa : max(xb, xa + 1)]
+    axes[0].imshow(to_uint8_image(crop).permute(1, 2, 0).numpy())
+    label = class_name(int(expl.labels[i]), expl.class_names)
+    axes[0].set_title(f"{i + 1}: {label} {float(expl.scores[i]):.2f}", fontsize=7)
+    for k in range(num_bases):
+        ax = axes[1 + k]
+        attention = ax.imshow(expl.attention_weights[i, k].numpy(), cmap="viridis", vmin=0, vmax=1)
+        ax.set_title(f"attention {k + 1}", fontsize=6)
+        ax.set_label(f"attention/{i}/{k}")
+        ax = axes[1 + num_bases + k]
+        ax.imshow(expl.pooled_bases[i, k].numpy(), cmap="RdBu_r", vmin=-limits[k], vmax=limits[k])
+        ax.set_title(f"cropped base {k + 1}", fontsize=6)
+    mask = axes[-1].imshow(expl.masks[i].numpy(), cmap="gray", vmin=0, vmax=1)
+    axes[-1].set_title("blended mask", fontsize=7)
+    if i == 0:
+        # The scales are the same on every row: one bar each, on the first.
+        if num_bases:
+            _colorbar(fig, axes[num_bases], attention)
+        _colorbar(fig, axes[-1], mask)
 
 
 def explain_figure(

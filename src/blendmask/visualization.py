@@ -1,34 +1,80 @@
-"""Pictures of predictions: detection overlays (`predict`, `demo`, and the detections panel of
-the blender figure in `blendmask.explain`, BlendMask Fig. 1 / 3).
+"""Pictures of predictions: detection overlays (`predict`, `demo`, the detections panel of the
+blender figure in `blendmask.explain`, BlendMask Fig. 1 / 3) and the ground truth / prediction
+panels of `eval --plots` (`blendmask.evaluation.plots`).
 
-`draw_detections` paints masks, boxes, class names and scores over an image as
-`torchvision.utils.draw_segmentation_masks` (one mask at a time, `paint_masks`) /
-`draw_bounding_boxes` do; one fixed colour per class.
+An overlay shows each instance in its own colour (`instance_color`: by rank in the image, not
+by class, so two touching objects of one class stay apart): a translucent fill with an opaque
+contour (`paint_windows`), its box (`torchvision.utils.draw_bounding_boxes`) and a "name
+score" label on a filled background, kept inside the image (`draw_labels`). The font size,
+line and contour widths grow with the image (`overlay_sizes`), so labels stay readable on a
+256 px demo image and on a 4000 px photograph.
+
+Memory is bounded by the image, never by the number of detections: masks are read one
+detection at a time as windows of the image (`modeling.paste.mask_windows`), never as the
+(D, H0, W0) stack that `torchvision.utils.draw_segmentation_masks` takes; the fill is painted
+with that function's arithmetic (same pixels, except that overlaps take the colour of the
+most confident instance instead of black).
 """
 
 from __future__ import annotations
 
 import colorsys
+import functools
+import logging
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
-from PIL import Image
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 from torchvision.utils import draw_bounding_boxes
 
 from blendmask.atomic import atomic_write
-from blendmask.modeling.paste import mask_windows
+from blendmask.modeling.paste import MaskWindow, mask_windows
 from blendmask.structures import Detections
 
-# Pixels blended at once by `paint_masks` (float32 copies of a band: ~50 MB).
+logger = logging.getLogger(__name__)
+
+Color = tuple[int, int, int]
+
+# Pixels blended at once by `paint_windows` (float32 copies of a band: ~50 MB).
 _PAINT_BAND_PIXELS = 2**22
+_GOLDEN = 0.618033988749895
+# Hue of the first instance: blue, so the most confident object is not drawn in the red that
+# `eval --plots` keeps for false positives.
+_FIRST_HUE = 0.58
 
 
-def class_color(label: int) -> tuple[int, int, int]:
+def class_color(label: int) -> Color:
     """A fixed, well-separated RGB colour per class (golden-ratio hues)."""
-    hue = (label * 0.618033988749895) % 1.0
+    hue = (label * _GOLDEN) % 1.0
     r, g, b = colorsys.hsv_to_rgb(hue, 0.85, 0.95)
     return int(r * 255), int(g * 255), int(b * 255)
+
+
+def instance_color(index: int) -> Color:
+    """The colour of the `index`-th instance of an image (0: the most confident one).
+
+    Golden-ratio steps of hue: any two instances close in rank get far-apart hues, whatever
+    their class; a value of 0.95 keeps the colours bright on dark and light images.
+    """
+    hue = (_FIRST_HUE + index * _GOLDEN) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.8, 0.95)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def overlay_sizes(height: int, width: int) -> tuple[int, int, int]:
+    """(font size, box line width, contour width) in pixels for an image of this size.
+
+    The font is about 1/40 of the short side, never under 12 px (the smallest size that
+    reads on a screen) unless the image is so small (< 96 px) that 12 px text would cover
+    much of it; lines and contours about 1/250 (at least 1 and 2 px).
+    """
+    short = min(int(height), int(width))
+    font = max(12, round(short / 40)) if short >= 96 else max(6, short // 8)
+    return font, max(1, round(short / 250)), max(2, round(short / 250))
 
 
 def to_uint8_image(image: Tensor) -> Tensor:
@@ -39,7 +85,7 @@ def to_uint8_image(image: Tensor) -> Tensor:
     return (image.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def class_name(label: int, class_names: list[str] | None) -> str:
+def class_name(label: int, class_names: Sequence[str] | None) -> str:
     if class_names and 0 <= label < len(class_names):
         return class_names[label]
     return f"class {label}"
@@ -49,15 +95,16 @@ def draw_detections(
     image: Tensor,
     detections: Detections,
     *,
-    class_names: list[str] | None = None,
+    class_names: Sequence[str] | None = None,
     score_threshold: float = 0.0,
     alpha: float = 0.5,
     inplace: bool = False,
 ) -> Tensor:
-    """Masks (filled, `alpha`), boxes and "name score" labels of detections above the threshold.
+    """Masks, boxes and "name score" labels of the detections above the threshold.
 
-    The masks are painted as `torchvision.utils.draw_segmentation_masks` paints them (same
-    pixels), one detection at a time (`paint_masks`): memory O(H0 x W0), not D x H0 x W0.
+    Each instance has its own colour (`instance_color` by decreasing score); masks are filled
+    with `alpha` and outlined opaquely; the most confident instance is drawn last (on top).
+    Memory O(H0 x W0), not D x H0 x W0 (masks are read one detection at a time).
 
     Args:
         image (Tensor[3, H0, W0]): float RGB in [0, 1] or uint8, the detections' image.
@@ -73,73 +120,239 @@ def draw_detections(
     keep = dets.scores >= score_threshold
     if not bool(keep.any()):
         return canvas
-    # Low scores first, so the most confident instance is painted last (on top).
-    order = torch.nonzero(keep).flatten()
-    order = order[dets.scores[order].argsort(stable=True)]
-    labels = [int(x) for x in dets.labels[order]]
-    colors = [class_color(label) for label in labels]
     if tuple(dets.image_size) != tuple(canvas.shape[-2:]):
         raise ValueError(
             f"draw_detections: masks are {tuple(dets.image_size)} but the image is "
             f"{tuple(canvas.shape[-2:])}; detections must be at the image's size"
         )
-    target = canvas if inplace and canvas.data_ptr() == image.data_ptr() else None
-    canvas = paint_masks(canvas, dets.select(order), colors, alpha=alpha, out=target)
+    # Drawn from the lowest score up, so the most confident instance ends on top; its rank
+    # (0 = most confident) picks its colour.
+    order = torch.nonzero(keep).flatten()
+    order = order[dets.scores[order].argsort(stable=True)]
+    colors = [instance_color(len(order) - 1 - k) for k in range(len(order))]
     texts = [
-        f"{class_name(label, class_names)} {float(score):.2f}"
-        for label, score in zip(labels, dets.scores[order])
+        f"{class_name(int(label), class_names)} {float(score):.2f}"
+        for label, score in zip(dets.labels[order], dets.scores[order])
     ]
-    return draw_bounding_boxes(canvas, dets.boxes[order], labels=texts, colors=colors, width=2)
+    target = canvas if inplace and canvas.data_ptr() == image.data_ptr() else None
+    selected = dets.select(order)
+    return draw_instances(
+        canvas, mask_windows(selected), selected.boxes, colors, texts, alpha=alpha, out=target
+    )
+
+
+def draw_instances(
+    canvas: Tensor,
+    windows: Iterable[MaskWindow],
+    boxes: Tensor,
+    colors: Sequence[Color],
+    texts: Sequence[str] | None,
+    *,
+    alpha: float = 0.5,
+    out: Tensor | None = None,
+) -> Tensor:
+    """Instances given as mask windows: fill + contour, box, label (sizes: `overlay_sizes`).
+
+    Args:
+        canvas (Tensor[3, H, W]): uint8.
+        windows: (d, x, y, bool[h, w]) for some of the D instances (`MaskWindow`).
+        boxes (Tensor[D, 4]): xyxy; colors: one per instance; texts: one label per instance
+            (None: no labels). Later instances are drawn over earlier ones.
+        out: where the masks may be painted (see `paint_windows`).
+    Returns:
+        Tensor[3, H, W] uint8.
+    """
+    font_size, line_width, contour_width = overlay_sizes(*canvas.shape[-2:])
+    canvas = paint_windows(
+        canvas, windows, colors, alpha=alpha, contour_width=contour_width, out=out
+    )
+    if len(boxes):
+        canvas = draw_bounding_boxes(canvas, boxes.float(), colors=list(colors), width=line_width)
+    if texts:
+        canvas = draw_labels(canvas, boxes, texts, colors, font_size=font_size)
+    return canvas
 
 
 def paint_masks(
     canvas: Tensor,
     detections: Detections,
-    colors: list[tuple[int, int, int]],
+    colors: Sequence[Color],
     *,
     alpha: float = 0.5,
     out: Tensor | None = None,
 ) -> Tensor:
-    """`draw_segmentation_masks(canvas, detections.masks, alpha, colors)`, pixel for pixel,
-    without the (D, H0, W0) masks.
+    """`draw_segmentation_masks(canvas, detections.masks, alpha, colors)` without the
+    (D, H0, W0) masks, overlaps in the last mask's colour (`paint_windows` over
+    `mask_windows(detections)`)."""
+    return paint_windows(canvas, mask_windows(detections), colors, alpha=alpha, out=out)
 
-    torchvision blends each pixel once: with the colour of the one mask covering it, with
-    black where two or more masks overlap, with itself elsewhere. So one pass over the masks
-    (windows, `mask_windows`) records per pixel which mask covers it (an int16/int32 map),
-    and the blend then runs in bands of rows with torchvision's arithmetic.
+
+def paint_windows(
+    canvas: Tensor,
+    windows: Iterable[MaskWindow],
+    colors: Sequence[Color],
+    *,
+    alpha: float = 0.5,
+    contour_width: int = 0,
+    out: Tensor | None = None,
+) -> Tensor:
+    """Translucent masks with `torchvision.utils.draw_segmentation_masks`' arithmetic, plus
+    opaque contours `contour_width` px wide (0: none), from mask windows.
+
+    Where masks overlap, the one with the highest index (the one drawn last: the most
+    confident detection) gives the pixel its colour; torchvision would paint it black, which
+    reads as a black mask. Elsewhere the pixels are `draw_segmentation_masks`' own. One pass
+    over the windows records per pixel whose mask covers it and whose contour runs there (two
+    int16/int32 maps), and the blend then runs in bands of rows with torchvision's arithmetic.
 
     Args:
-        canvas (Tensor[3, H0, W0]): uint8.
-        detections: D detections of this image; colors: one RGB per detection.
-        out (Tensor[3, H0, W0] | None): uint8 to write the result into; may be `canvas`
+        canvas (Tensor[3, H, W]): uint8.
+        windows: (d, x, y, bool[h, w]) inside the image, d indexing `colors`.
+        out (Tensor[3, H, W] | None): uint8 to write the result into; may be `canvas`
             itself (each band is read before it is written).
     Returns:
-        Tensor[3, H0, W0] uint8.
+        Tensor[3, H, W] uint8.
     """
     height, width = int(canvas.shape[-2]), int(canvas.shape[-1])
-    # -1: no mask, -2: two or more masks, d >= 0: only mask d.
-    dtype = torch.int16 if len(detections) < 2**15 - 1 else torch.int32
+    # -1: no mask, d >= 0: mask d is the highest covering the pixel (windows may come in any
+    # order: `paste_mask_windows` groups them by size).
+    dtype = torch.int16 if len(colors) < 2**15 - 1 else torch.int32
     owner = torch.full((height, width), -1, dtype=dtype)
-    for d, x, y, window in mask_windows(detections):
+    edges = torch.full_like(owner, -1) if contour_width > 0 else None
+    for d, x, y, window in windows:
         region = owner[y : y + window.shape[0], x : x + window.shape[1]]
-        taken = window & (region != -1)
-        region[window & (region == -1)] = d
-        region[taken] = -2
-    # The colours as torchvision makes them (uint8), and black for overlaps (index -2 -> D).
-    palette = torch.tensor([*colors, (0, 0, 0)], dtype=torch.uint8).reshape(-1, 3)
+        region[window] = region[window].clamp(min=d)
+        if edges is not None:
+            edge_region = edges[y : y + window.shape[0], x : x + window.shape[1]]
+            contour = mask_contour(window, contour_width)
+            edge_region[contour] = edge_region[contour].clamp(min=d)
+    # The colours as torchvision makes them (uint8).
+    palette = torch.tensor(list(colors), dtype=torch.uint8).reshape(-1, 3)
     out = torch.empty_like(canvas) if out is None else out
     rows = max(1, _PAINT_BAND_PIXELS // max(1, width))
     for r0 in range(0, height, rows):
         image = canvas[:, r0 : r0 + rows]
         band = owner[r0 : r0 + rows].long()
-        covered = band != -1
-        index = torch.where(band == -2, len(colors), band)[covered]
+        covered = band >= 0
         img_to_draw = image.clone()
-        img_to_draw[:, covered] = palette[index].t()
+        img_to_draw[:, covered] = palette[band[covered]].t()
         # torchvision's arithmetic: float blend of the image and the painted copy, truncated.
-        blended = image * (1 - alpha) + img_to_draw * alpha
-        out[:, r0 : r0 + rows] = blended.to(torch.uint8)
+        blended = (image * (1 - alpha) + img_to_draw * alpha).to(torch.uint8)
+        if edges is not None:
+            edge_band = edges[r0 : r0 + rows].long()
+            on_edge = edge_band >= 0
+            blended[:, on_edge] = palette[edge_band[on_edge]].t()
+        out[:, r0 : r0 + rows] = blended
     return out
+
+
+def mask_contour(mask: Tensor, width: int) -> Tensor:
+    """The pixels of `mask` (bool[h, w]) within `width` px of a background pixel, pixels
+    beyond the window counting as background: the mask minus its erosion.
+
+    The erosion is a max-pool of the complement (separable: a row pass, then a column pass,
+    2 x (2 width + 1) comparisons a pixel instead of (2 width + 1)^2).
+    """
+    outside = (~mask).to(torch.float32)[None, None]
+    outside = F.pad(outside, (width, width, width, width), value=1.0)
+    kernel = 2 * width + 1
+    near = F.max_pool2d(F.max_pool2d(outside, (1, kernel), stride=1), (kernel, 1), stride=1)
+    return mask & (near[0, 0] > 0)
+
+
+@functools.lru_cache(maxsize=16)
+def label_font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """DejaVu Sans at `size` px (the TrueType font matplotlib ships, so no download), or
+    Pillow's built-in font when it cannot be found."""
+    try:
+        from matplotlib import font_manager
+
+        path = font_manager.findfont("DejaVu Sans", fallback_to_default=True)
+        return ImageFont.truetype(path, size)
+    except (ImportError, OSError, ValueError) as exc:
+        logger.debug("no TrueType font for labels (%s); using Pillow's default font", exc)
+        return ImageFont.load_default(size=size)
+
+
+def label_size(text: str, font_size: int) -> tuple[int, int]:
+    """(width, height) in px of a label's background: the text plus a padding of ~1/6 em."""
+    font = label_font(font_size)
+    pad = max(1, font_size // 6)
+    ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (font_size, 0)
+    return int(np.ceil(font.getlength(text))) + 2 * pad, ascent + descent + 2 * pad
+
+
+def label_position(
+    box: Sequence[float], size: tuple[int, int], image_size: tuple[int, int]
+) -> tuple[int, int]:
+    """Top-left corner of a label of `size` (w, h) for `box` (xyxy) in an image (H, W).
+
+    Above the box's top-left corner when there is room, else just inside its top edge; then
+    moved left / up as little as needed to end inside the image (a box at the right or bottom
+    edge keeps its label in view). A label wider than the image starts at x = 0.
+    """
+    width, height = size
+    image_h, image_w = image_size
+    x0, y0 = int(np.floor(box[0])), int(np.floor(box[1]))
+    x = min(max(x0, 0), max(image_w - width, 0))
+    y = y0 - height if y0 - height >= 0 else y0
+    y = min(max(y, 0), max(image_h - height, 0))
+    return x, y
+
+
+def text_color(background: Color) -> Color:
+    """Black on light backgrounds, white on dark ones (ITU-R BT.601 luma)."""
+    luma = 0.299 * background[0] + 0.587 * background[1] + 0.114 * background[2]
+    return (0, 0, 0) if luma > 150 else (255, 255, 255)
+
+
+def draw_labels(
+    canvas: Tensor,
+    boxes: Tensor,
+    texts: Sequence[str],
+    colors: Sequence[Color],
+    *,
+    font_size: int,
+) -> Tensor:
+    """Each text on a filled background of its colour at `label_position` of its box.
+
+    Args:
+        canvas (Tensor[3, H, W]): uint8; boxes (Tensor[D, 4]): xyxy; one text and colour per
+            box. Later labels are drawn over earlier ones.
+    Returns:
+        a new Tensor[3, H, W] uint8.
+    """
+    height, width = int(canvas.shape[-2]), int(canvas.shape[-1])
+    picture = Image.fromarray(canvas.permute(1, 2, 0).contiguous().numpy())
+    draw = ImageDraw.Draw(picture)
+    font = label_font(font_size)
+    pad = max(1, font_size // 6)
+    for box, text, color in zip(boxes.tolist(), texts, colors):
+        size = label_size(text, font_size)
+        x, y = label_position(box, size, (height, width))
+        draw.rectangle((x, y, x + size[0] - 1, y + size[1] - 1), fill=tuple(color))
+        draw.text((x + pad, y + pad), text, fill=text_color(color), font=font)
+    return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1)
+
+
+def draw_dashed_boxes(canvas: Tensor, boxes: Tensor, color: Color, *, width: int) -> Tensor:
+    """Dashed rectangles (xyxy `boxes`, dashes 3 line widths long) over a uint8
+    Tensor[3, H, W], e.g. to set false positives apart from solid-boxed detections."""
+    if not len(boxes):
+        return canvas
+    picture = Image.fromarray(canvas.permute(1, 2, 0).contiguous().numpy())
+    draw = ImageDraw.Draw(picture)
+    dash = max(4, 3 * width)
+    for x0, y0, x1, y1 in boxes.tolist():
+        corners = [(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)]
+        for (ax, ay), (bx, by) in zip(corners, corners[1:]):
+            length = max(abs(bx - ax), abs(by - ay), 1e-6)
+            for start in np.arange(0.0, length, 2 * dash):
+                t0, t1 = start / length, min(start + dash, length) / length
+                segment = (ax + (bx - ax) * t0, ay + (by - ay) * t0)
+                segment += (ax + (bx - ax) * t1, ay + (by - ay) * t1)
+                draw.line(segment, fill=tuple(color), width=width)
+    return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1)
 
 
 def save_png(image: Tensor, path: str | Path) -> Path:
