@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest tests
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/latency.py --json benchmarks/results/latency.json --update-readme README.md
+	$(BIN)/python benchmarks/latency.py --onnx --with-bf16 --json benchmarks/results/latency.json --update-readme README.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
