@@ -78,7 +78,7 @@ def test_onnx_end_to_end_equals_predictor_on_ten_images(tiny) -> None:
     """The Must-show comparison on the tiny model: fails if any step of the graph (selection,
     NMS, top layer, blender, rescaling, pasting) or the numpy preprocessing drifts."""
     cfg, model, post, path, _ = tiny
-    predictor = Predictor(cfg, model, post, "cpu")
+    predictor = Predictor(cfg, model, post, "cpu", score_threshold=None)
     report = compare(lambda im: predictor([im])[0], OnnxSegmenter(path), shapes_images())
     assert report.images == 10
     assert report.expected >= 100, "too few detections for the comparison to mean anything"
@@ -127,7 +127,7 @@ def test_torchscript_equals_predictor_and_loads_without_the_package(tiny) -> Non
     interpreter where `import blendmask` fails (only torch + torchvision)."""
     cfg, model, post, _, folder = tiny
     path = export_torchscript(model, post, folder / "tiny.ts", height=64, width=96, cfg=cfg)
-    predictor = Predictor(cfg, model, post, "cpu")
+    predictor = Predictor(cfg, model, post, "cpu", score_threshold=None)
     segmenter = TorchScriptSegmenter(path)
     images = shapes_images(4, seed=2)
     report = compare(lambda im: predictor([im])[0], segmenter, images)
@@ -211,7 +211,7 @@ def test_converted_r50_end_to_end_equals_predictor(tmp_path: Path) -> None:
     path = export_end_to_end_onnx(
         model, post, tmp_path / "r50.onnx", height=320, width=544, cfg=cfg
     )
-    predictor = Predictor(cfg, model, post, "cpu")
+    predictor = Predictor(cfg, model, post, "cpu", score_threshold=None)
     image = skimage_data.coffee()
     parity = ParityReport()
     add_image(parity, as_arrays(predictor([image])[0]), as_arrays(OnnxSegmenter(path)(image)))
@@ -237,7 +237,8 @@ def test_export_cli_end_to_end_and_predict_onnx(tmp_path: Path, capsys) -> None:
     Image.fromarray(shapes_images(1)[0]).save(image)
     assert main(["predict", "--onnx", str(out), str(image), "--out", str(tmp_path / "pred")]) == 0
     results = json.loads((tmp_path / "pred" / "results.json").read_text())
-    want = Predictor(cfg, model, spread_model(seed=4)[2], "cpu")([str(image)])[0]
+    predictor = Predictor(cfg, model, spread_model(seed=4)[2], "cpu", score_threshold=None)
+    want = predictor([str(image)])[0]
     assert len(results) == int((want.scores >= 0.3).sum()) > 0
 
 
@@ -257,3 +258,30 @@ def test_export_cli_refuses_training_settings_and_deformable(tmp_path: Path) -> 
     model, _, post = build(cfg, load_pretrained=False)
     with pytest.raises(ValueError, match="deformable"):
         export_end_to_end_onnx(model, post, tmp_path / "d.onnx", height=64, width=64)
+
+
+def test_graph_holds_the_whole_pipeline(tiny) -> None:
+    """The file is one graph with the pipeline's ONNX ops: NMS as `NonMaxSuppression`, RoIAlign
+    with half-pixel coordinates (aligned=True), the attention resize, per-level `TopK`; its
+    metadata holds the runtime's preprocessing."""
+    import onnx
+
+    _, _, _, path, _ = tiny
+    proto = onnx.load(str(path))
+    ops = {node.op_type for node in proto.graph.node}
+    assert {"NonMaxSuppression", "RoiAlign", "Resize", "TopK", "MatMul", "Conv"} <= ops
+    (roi_align,) = [n for n in proto.graph.node if n.op_type == "RoiAlign"]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in roi_align.attribute}
+    assert attrs["coordinate_transformation_mode"] == b"half_pixel"
+    assert [i.name for i in proto.graph.input] == ["images", "image_sizes", "orig_sizes"]
+    assert [o.name for o in proto.graph.output] == [
+        "boxes",
+        "scores",
+        "labels",
+        "mask_probs",
+        "num_detections",
+        "masks",
+    ]
+    meta = {e.key: e.value for e in proto.metadata_props}
+    runtime = json.loads(meta["blendmask_end_to_end"])
+    assert (runtime["min_size"], runtime["max_size"], runtime["size_divisibility"]) == (64, 96, 32)
