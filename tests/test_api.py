@@ -1,4 +1,4 @@
-"""The public API of DESIGN.md: build, Predictor, TorchvisionDetector, model files."""
+"""The public API of DESIGN.md: build, Predictor, model files (the adapter: test_adapter.py)."""
 
 from __future__ import annotations
 
@@ -66,37 +66,3 @@ def test_model_file_errors_name_the_file(tmp_path) -> None:
         read_model_file(newer)
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         read_model_file(tmp_path / "missing.pt")
-
-
-def test_torchvision_adapter_train_and_eval() -> None:
-    torch.manual_seed(0)
-    det = blendmask.TorchvisionDetector.from_config(tiny_cfg())
-    images = [torch.rand(3, 60, 80), torch.rand(3, 70, 50)]
-    masks = torch.zeros(1, 60, 80, dtype=torch.uint8)
-    masks[0, 10:40, 20:60] = 1
-    masks2 = torch.zeros(1, 70, 50, dtype=torch.uint8)
-    masks2[0, 5:30, 5:45] = 1
-    targets = [
-        {
-            "boxes": torch.tensor([[20.0, 10.0, 60.0, 40.0]]),
-            "labels": torch.tensor([1]),
-            "masks": masks,
-        },
-        {
-            "boxes": torch.tensor([[5.0, 5.0, 45.0, 30.0]]),
-            "labels": torch.tensor([3]),
-            "masks": masks2,
-        },
-    ]
-    det.train()
-    losses = det(images, targets)
-    assert set(losses) >= {"loss_fcos_cls", "loss_mask"}
-    sum(losses.values()).backward()
-    det.eval()
-    with torch.no_grad():
-        out = det(images)
-    assert out[0]["masks"].shape[1:] == (1, 60, 80) and out[1]["masks"].shape[1:] == (1, 70, 50)
-    assert out[0]["labels"].min() >= 1  # torchvision convention: 0 is background
-    with pytest.raises(ValueError, match="targets"):
-        det.train()
-        det(images)

@@ -1,93 +1,246 @@
-"""A drop-in for `torchvision.models.detection` training and inference loops.
+"""A drop-in for `torchvision.models.detection.maskrcnn_resnet50_fpn` in training and inference
+loops (torchvision's references/detection style): only the constructor changes.
 
-torchvision's detectors take a list of images and, in train mode, a list of target dicts with
-1-based labels (0 is background), and return a loss dict (train) or a list of output dicts
-(eval). `TorchvisionDetector` does the same around BlendMask's three modules, so
-`model = TorchvisionDetector.from_config(cfg)` swaps in without touching the loop.
+The contract is torchvision's (see `TorchvisionDetector`): `num_classes` counts the background,
+labels are 1-based, images float RGB in [0, 1] (uint8 raises torchvision's TypeError rather than
+being read as 255x too bright), targets checked before anything runs, and masks returned as
+probabilities float[D, 1, H, W]. Images go through the one preprocessing path
+(`data/preprocess.py`) and `predictor.infer`.
 """
 
 from __future__ import annotations
 
+import copy
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
 import torch
 from torch import Tensor, nn
 
+from blendmask.checkpoint_io import load_model_file, save_model_file
 from blendmask.config import Config
 from blendmask.data.preprocess import preprocess
-from blendmask.factory import build
-from blendmask.modeling.blendmask import BlendMask
-from blendmask.modeling.losses import BlendMaskCriterion
-from blendmask.modeling.postprocess import BlendMaskPostProcessor
+from blendmask.data.torchvision_format import (
+    TargetError,
+    check_images,
+    check_targets,
+    to_blendmask_target,
+)
+from blendmask.factory import build, build_postprocessor
+from blendmask.interop.torchvision_weights import resolve_weight_conventions
 from blendmask.predictor import infer
+from blendmask.presets import get_preset
+from blendmask.structures import Detections
+
+__all__ = ["TargetError", "TorchvisionDetector"]
+
+logger = logging.getLogger(__name__)
 
 
 class TorchvisionDetector(nn.Module):
-    """`model(images)` -> list of {"boxes", "labels", "scores", "masks"} (eval), and
-    `model(images, targets)` -> dict of losses (train), torchvision style.
+    """BlendMask behind `torchvision.models.detection.maskrcnn_resnet50_fpn`'s interface.
 
-    Labels follow torchvision: 1..C for the C foreground classes (0 is background). Output masks
-    are float Tensor[D, 1, H, W] in {0, 1}, like Mask R-CNN's. Images are float RGB Tensor[3, H, W]
-    in [0, 1] of any size; they are resized to `min_size` / `max_size` like torchvision's
-    GeneralizedRCNNTransform, and results come back at the input size.
+    `model(images)` (eval) -> one dict per image: "boxes" float[D, 4] xyxy, "labels" int64[D]
+    in 1..num_classes-1, "scores" float[D], "masks" float[D, 1, H, W] probabilities in [0, 1]
+    (threshold at 0.5 for binary masks); `model(images, targets)` (train) -> dict of losses
+    (loss_fcos_cls, loss_fcos_loc, loss_fcos_ctr, loss_mask, loss_basis_sem) to sum.
+
+    Args:
+        num_classes: as torchvision counts them, background included:
+            `TorchvisionDetector(num_classes=3)` has 2 foreground classes, labels 1 and 2.
+            Default: the preset's classes + 1 (81 for the COCO presets: 80 contiguous
+            categories, not torchvision's 91 COCO ids), or the model file's.
+        weights: a blendmask `model.pt` (written by `train`, `convert` or `save`); the
+            architecture and class count come from it (num_classes must then agree).
+        weights_backbone: an ImageNet file for a new model's body (torchvision resnet*.pth,
+            MSRA R-*.pkl, or a Lite0 file); the input normalisation follows the file. Without
+            it (and without `weights`) a ResNet body starts from random weights (a warning says
+            so): torchvision downloads these, blendmask never fetches anything.
+        preset: the architecture of a new model (`blendmask presets`), e.g. "R_50_1x", "tiny".
+        config: a whole Config instead of `preset` (see `from_config`).
+        box_score_thresh, box_nms_thresh, box_detections_per_img: as torchvision's; default:
+            the preset's / model file's (0.05, 0.6, 100 for the reference presets).
+        min_size, max_size: the shortest-edge resize; `min_size` may be a sequence (a size is
+            drawn per training batch; evaluation uses the last, as torchvision does). Default:
+            the preset's test size (800 / 1333 for the reference presets).
+
+    Images: a list (or a batched Tensor[N, 3, H, W]) of float RGB Tensor[3, H, W] in [0, 1], of
+    any sizes, on the module's device. Targets: one dict per image with "boxes" float[N, 4]
+    xyxy in the image's pixels, "labels" int64[N] in 1..num_classes-1 and "masks"
+    uint8/bool[N, H, W] (BlendMask learns from instance masks).
     """
 
     def __init__(
         self,
-        model: BlendMask,
-        criterion: BlendMaskCriterion,
-        postprocessor: BlendMaskPostProcessor,
+        num_classes: int | None = None,
         *,
-        min_size: int = 800,
-        max_size: int = 1333,
+        weights: str | Path | None = None,
+        weights_backbone: str | Path | None = None,
+        preset: str = "R_50_1x",
+        config: Config | None = None,
+        box_score_thresh: float | None = None,
+        box_nms_thresh: float | None = None,
+        box_detections_per_img: int | None = None,
+        min_size: int | Sequence[int] | None = None,
+        max_size: int | None = None,
     ) -> None:
         super().__init__()
-        self.model = model
-        self.criterion = criterion
-        self.postprocessor = postprocessor
-        self.min_size = min_size
-        self.max_size = max_size
+        if weights is not None and (weights_backbone is not None or config is not None):
+            raise ValueError(
+                "TorchvisionDetector: weights (a model file) holds the whole model; give "
+                "weights_backbone or config only for a new model"
+            )
+        if weights is not None:
+            cfg, self.model, self.criterion, _ = load_model_file(weights)
+            _check_num_classes_of_file(num_classes, cfg, weights)
+            self.model.train()  # nn.Module's default mode, as torchvision's constructors
+        else:
+            cfg = copy.deepcopy(config) if config is not None else get_preset(preset)
+            cfg = _new_model_config(cfg, num_classes, weights_backbone)
+        cfg = _with_inference_settings(
+            cfg, box_score_thresh, box_nms_thresh, box_detections_per_img, min_size, max_size
+        )
+        if weights is None:
+            self.model, self.criterion, _ = build(cfg)
+            _warn_if_random_body(cfg)
+        self.postprocessor = build_postprocessor(cfg)
+        self.cfg = cfg
+        # The sizes a training batch draws from; evaluation uses the test size (the last).
+        self.min_sizes = (
+            list(cfg.data.min_size_train) if min_size is not None else [cfg.data.min_size_test]
+        )
+        self.max_size = cfg.data.max_size_test
+
+    @property
+    def num_classes(self) -> int:
+        """Classes as torchvision counts them: the foreground classes + 1 (the background)."""
+        return self.cfg.model.fcos.num_classes + 1
 
     @classmethod
-    def from_config(cls, cfg: Config) -> TorchvisionDetector:
-        model, criterion, post = build(cfg)
-        return cls(
-            model, criterion, post, min_size=cfg.data.min_size_test, max_size=cfg.data.max_size_test
-        )
+    def from_checkpoint(cls, path: str | Path, **kwargs: object) -> TorchvisionDetector:
+        """`TorchvisionDetector(weights=path, **kwargs)`: a blendmask `model.pt`."""
+        return cls(weights=path, **kwargs)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_config(cls, cfg: Config, **kwargs: object) -> TorchvisionDetector:
+        """`TorchvisionDetector(config=cfg, **kwargs)`: a new model of `cfg`, whose test sizes
+        and inference settings are the defaults of the keywords."""
+        return cls(config=cfg, **kwargs)  # type: ignore[arg-type]
+
+    def save(self, path: str | Path) -> None:
+        """Write a `model.pt` (config with this module's settings + weights) that
+        `from_checkpoint`, `blendmask predict` / `eval` and `Predictor` read."""
+        save_model_file(path, self.cfg, self.model)
 
     def forward(
-        self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
+        self,
+        images: Sequence[Tensor] | Tensor,
+        targets: Sequence[dict[str, Tensor]] | None = None,
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
-        if self.training and targets is None:
-            raise ValueError("In training mode, targets should be passed")
-        batch, orig_sizes = preprocess(images, self.min_size, self.max_size)
-        if targets is not None and self.training:
-            outputs = self.model(batch.tensor, batch.image_sizes)
-            ours = [
-                _resize_target(t, o, s) for t, o, s in zip(targets, orig_sizes, batch.image_sizes)
-            ]
-            return self.criterion(outputs, ours)
-        dets = infer(self.model, self.postprocessor, batch, orig_sizes)
+        """Train mode: images + targets -> {loss name: scalar Tensor}; eval mode: images ->
+        one {"boxes", "labels", "scores", "masks"} per image, at its input size (see the class
+        docstring). Inputs torchvision would refuse, or crash on later, raise TypeError or
+        ValueError (`TargetError` for targets) before the network runs."""
+        images = check_images(images)
+        if self.training:
+            if targets is None:
+                raise TargetError("targets should not be none when in training mode")
+            check_targets(targets, images, self.num_classes)
+            return self._losses(images, targets)
+        return self._detect(images)
+
+    def _losses(self, images: list[Tensor], targets: Sequence[dict[str, Tensor]]) -> dict:
+        """Resize (one drawn `min_size` per batch), then network + criterion."""
+        pick = int(torch.randint(len(self.min_sizes), ()).item()) if len(self.min_sizes) > 1 else 0
+        batch, orig_sizes = preprocess(images, self.min_sizes[pick], self.max_size)
+        outputs = self.model(batch.tensor, batch.image_sizes)
+        ours = [
+            to_blendmask_target(t, orig, size)
+            for t, orig, size in zip(targets, orig_sizes, batch.image_sizes)
+        ]
+        return self.criterion(outputs, ours)
+
+    def _detect(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        batch, orig_sizes = preprocess(images, self.min_sizes[-1], self.max_size)
         return [
-            {
-                "boxes": d.boxes,
-                "labels": d.labels + 1,
-                "scores": d.scores,
-                "masks": d.masks[:, None].float(),
-            }
-            for d in dets
+            _torchvision_output(d) for d in infer(self.model, self.postprocessor, batch, orig_sizes)
         ]
 
 
-def _resize_target(
-    target: dict[str, Tensor], orig: tuple[int, int], size: tuple[int, int]
-) -> dict[str, Tensor]:
-    """torchvision target at the original size -> our target at the resized size, 0-based."""
-    if "masks" not in target:
-        raise ValueError("BlendMask needs instance masks in each target ('masks': uint8[G, H, W])")
-    sy, sx = size[0] / orig[0], size[1] / orig[1]
-    boxes = target["boxes"].float() * torch.tensor([sx, sy, sx, sy], device=target["boxes"].device)
-    masks = target["masks"]
-    if masks.shape[0] > 0:
-        masks = nn.functional.interpolate(masks[:, None].float(), size=size, mode="nearest")[:, 0]
-    else:
-        masks = masks.new_zeros((0, *size))
-    return {"boxes": boxes, "labels": target["labels"].long() - 1, "masks": masks.to(torch.uint8)}
+def _torchvision_output(det: Detections) -> dict[str, Tensor]:
+    """Our detections -> Mask R-CNN's output dict: 1-based labels, masks float[D, 1, H0, W0]
+    (the blender's probabilities pasted into the image, before the 0.5 threshold)."""
+    return {
+        "boxes": det.boxes,
+        "labels": det.labels + 1,
+        "scores": det.scores,
+        "masks": det.mask_probabilities()[:, None],
+    }
+
+
+def _check_num_classes_of_file(num_classes: int | None, cfg: Config, path: str | Path) -> None:
+    """torchvision's rule: `num_classes` given with `weights` must be the weights' own."""
+    expected = cfg.model.fcos.num_classes + 1
+    if num_classes is not None and num_classes != expected:
+        raise ValueError(
+            f"The parameter 'num_classes' expected value {expected} but got {num_classes} "
+            f"instead: {path} holds a model of {expected - 1} classes + the background"
+        )
+
+
+def _new_model_config(
+    cfg: Config, num_classes: int | None, weights_backbone: str | Path | None
+) -> Config:
+    """`cfg` with torchvision's `num_classes` (background included) and ImageNet weights."""
+    if num_classes is not None:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(
+                f"num_classes counts the background, as in torchvision: expected an integer "
+                f">= 2 (the background + at least 1 class), got {num_classes!r}"
+            )
+        if num_classes - 1 != cfg.model.fcos.num_classes:
+            cfg.model.fcos.num_classes = num_classes - 1
+            cfg.data.category_names, cfg.data.category_ids = [], []
+    if weights_backbone is not None:
+        if not Path(weights_backbone).is_file():
+            raise FileNotFoundError(f"{weights_backbone}: weights_backbone file not found")
+        cfg.model.backbone.weights = str(weights_backbone)
+        cfg = resolve_weight_conventions(cfg)
+    return cfg
+
+
+def _with_inference_settings(
+    cfg: Config,
+    score_thresh: float | None,
+    nms_thresh: float | None,
+    detections_per_img: int | None,
+    min_size: int | Sequence[int] | None,
+    max_size: int | None,
+) -> Config:
+    """`cfg` with the keywords given (the rest as they are), validated: a bad value is a
+    ConfigError naming the setting."""
+    f, d = cfg.model.fcos, cfg.data
+    if score_thresh is not None:
+        f.inference_th_test = score_thresh
+    if nms_thresh is not None:
+        f.nms_th = nms_thresh
+    if detections_per_img is not None:
+        f.post_nms_topk_test = detections_per_img
+    if min_size is not None:
+        sizes = [min_size] if isinstance(min_size, int) else list(min_size)
+        d.min_size_train, d.min_size_test = sizes, sizes[-1] if sizes else 0
+    if max_size is not None:
+        d.max_size_train = d.max_size_test = max_size
+    return cfg.validate()
+
+
+def _warn_if_random_body(cfg: Config) -> None:
+    b = cfg.model.backbone
+    if b.name.startswith("resnet") and not b.weights:
+        logger.warning(
+            "TorchvisionDetector: the %s body starts from random weights; for training, pass "
+            "weights_backbone= an ImageNet file (torchvision %s-*.pth or MSRA R-*.pkl)",
+            b.name,
+            b.name,
+        )

@@ -3,6 +3,10 @@
 Each subcommand is one module of this package with `add_arguments(parser)` and `run(args)`;
 the first line of its docstring is its help text.
 
+Messages of the library (`logging.getLogger("blendmask")`) are printed while a command runs:
+INFO lines on stdout, warnings on stderr, the text alone, as the commands printed them before
+they logged (`command_logging`). A program importing blendmask configures logging itself.
+
 Exit codes: 0 success, 2 bad usage, bad input or a file system problem the user can fix (no
 space, permissions, a path that is no folder), 1 anything else; 130 interrupted. Errors are one
 line naming the file and the problem, not a traceback; `BLENDMASK_DEBUG=1` re-raises them for
@@ -13,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import errno
+import logging
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from types import ModuleType
 
 from blendmask import __version__
@@ -84,11 +90,43 @@ USER_ERRNOS = frozenset(
 _WORKER_ERROR = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.\nOriginal Traceback")
 
 
+class ConsoleHandler(logging.Handler):
+    """INFO and below to stdout, WARNING and above to stderr, the message alone. The streams are
+    looked up for each record, so redirecting `sys.stdout` (pytest's capsys, contextlib's
+    redirect_stdout) redirects the messages too."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except Exception:  # noqa: BLE001 - logging's own convention: report, never raise
+            self.handleError(record)
+
+
+@contextmanager
+def command_logging(level: int = logging.INFO) -> Iterator[None]:
+    """Print the `blendmask` loggers' records at `level` and above while a command runs, then
+    put the logger back as it was (`main` may be called many times in one process)."""
+    logger = logging.getLogger("blendmask")
+    handler = ConsoleHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with command_logging():
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

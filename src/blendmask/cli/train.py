@@ -64,6 +64,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "solver.*), applied to the optimiser and schedule; without it a change is refused",
     )
     parser.add_argument(
+        "--new-out-if-changed",
+        action="store_true",
+        help="when OUT holds a run this config does not continue (other settings), train into "
+        "OUT-2 (or the next OUT-N that is free or holds this run) instead of refusing",
+    )
+    parser.add_argument(
         "--tensorboard", action="store_true", help="also log to OUT/tensorboard (needs tensorboard)"
     )
 
@@ -88,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
             minutes=args.minutes,
             resume=not args.no_resume,
             resume_with_new_settings=args.resume_with_new_settings,
+            new_out_if_changed=args.new_out_if_changed,
             tensorboard=args.tensorboard,
             backbone_weights=args.backbone_weights,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -18,6 +19,8 @@ from blendmask.engine.loop import TrainResult, run_training
 from blendmask.engine.train_config import resolve_dataset_classes
 from blendmask.io import resolve_device
 from blendmask.presets import load_config
+
+logger = logging.getLogger(__name__)
 
 
 def pick_cpu_threads(candidates: Sequence[int] | None = None) -> int:
@@ -74,10 +77,12 @@ def _shapes_data(data_dir: Path, num_train: int, num_val: int, seed: int) -> dic
 
     paths = _existing_shapes(data_dir, num_train, num_val, seed)
     if paths is None:
-        print(f"demo: writing the shapes dataset ({num_train} train / {num_val} val) to {data_dir}")
+        logger.info(
+            f"demo: writing the shapes dataset ({num_train} train / {num_val} val) to {data_dir}"
+        )
         paths = write_shapes_dataset(data_dir, num_train, num_val, seed=seed)
     else:
-        print(f"demo: reusing the shapes dataset in {data_dir}")
+        logger.info(f"demo: reusing the shapes dataset in {data_dir}")
     return paths
 
 
@@ -114,14 +119,14 @@ def run_demo(
         if dev.type == "cpu":
             threads = pick_cpu_threads()
             if threads != threads_before:
-                print(f"demo: the CPU is busy; {threads} thread(s) run faster than more")
+                logger.info(f"demo: the CPU is busy; {threads} thread(s) run faster than more")
                 torch.set_num_threads(threads)
         # Reserve time for the final evaluation (~1 forward per val image) and the drawings.
         reserve = 15.0 + 0.2 * num_val
         budget = minutes * 60.0 - (time.perf_counter() - start) - reserve
         if budget <= 30:
             raise ValueError(f"demo: --minutes {minutes} leaves no time to train (need > 1.5)")
-        print(
+        logger.info(
             f"demo: training {preset} on {dev.type} for at most {budget / 60:.1f} min "
             f"({cfg.solver.max_iter} iterations planned)"
         )
@@ -146,7 +151,7 @@ def run_demo(
     )
     write_json(out / "metrics.json", metrics)
     summary = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("bbox_AP", "segm_AP") if k in metrics)
-    print(
+    logger.info(
         f"demo: {summary} after {result.iteration} iterations; "
         f"{metrics['seconds'] / 60:.1f} min in all; wrote {out}/metrics.json, model.pt, "
         "overlays/, explain.png, curves.png"

@@ -10,6 +10,7 @@ steps since the previous line and over ranks) and `{"type": "eval", "iteration",
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 import time
@@ -26,6 +27,9 @@ from blendmask.engine import distributed as dist_utils
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
 EVAL_SUMMARY_KEYS = ("bbox_AP", "segm_AP", "segm_AP50")
+
+# This module is blendmask.engine.logging; `logging` above is the standard library's.
+logger = logging.getLogger(__name__)
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -94,8 +98,10 @@ class LossAverager:
 class Progress:
     """A tqdm bar over iterations with ETA, loss terms, lr and images/s (rank 0 only).
 
-    When stderr is not a terminal (CI logs, files) the bar is replaced by one printed line per
-    logging step, which reads better than carriage-return redraws.
+    When stderr is not a terminal (CI logs, files) the bar is replaced by one logged line
+    (INFO) per logging step, which reads better than carriage-return redraws. Messages go
+    through `logging` too (through the bar's `write` while it is drawn), so a program that
+    sets the `blendmask` logger to WARNING sees neither bar nor progress lines.
     """
 
     def __init__(self, *, total: int, start: int, enabled: bool) -> None:
@@ -103,7 +109,7 @@ class Progress:
         self.total = total
         self.start_time = time.perf_counter()
         self.start = start
-        self.interactive = enabled and sys.stderr.isatty()
+        self.interactive = enabled and sys.stderr.isatty() and logger.isEnabledFor(logging.INFO)
         self.bar = (
             tqdm(total=total, initial=start, desc="train", dynamic_ncols=True, file=sys.stderr)
             if self.interactive
@@ -124,7 +130,7 @@ class Progress:
             done = iteration - self.start
             eta = elapsed / done * (self.total - iteration) if done else float("nan")
             fields = " ".join(f"{k}={_fmt(v)}" for k, v in short.items())
-            print(f"[{iteration}/{self.total}] eta {format_seconds(eta)} {fields}", flush=True)
+            logger.info(f"[{iteration}/{self.total}] eta {format_seconds(eta)} {fields}")
         self.last = iteration
 
     def set_total(self, total: int) -> None:
@@ -134,13 +140,14 @@ class Progress:
             self.bar.total = total
             self.bar.refresh()
 
-    def write(self, message: str) -> None:
-        if not self.enabled:
+    def write(self, message: str, level: int = logging.INFO) -> None:
+        """Log `message` at `level`, above the bar when one is drawn (tqdm's `write`)."""
+        if not self.enabled or not logger.isEnabledFor(level):
             return
         if self.bar is not None:
             self.bar.write(message)
         else:
-            print(message, flush=True)
+            logger.log(level, message)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -172,7 +179,7 @@ class TensorBoard:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            print("note: --tensorboard needs the tensorboard package; skipping it", flush=True)
+            logger.warning("note: --tensorboard needs the tensorboard package; skipping it")
             return
         self.writer = SummaryWriter(str(log_dir))
 
@@ -313,8 +320,8 @@ class TrainingLog:
         summary = ", ".join(f"{k}={metrics[k]:.4f}" for k in EVAL_SUMMARY_KEYS if k in metrics)
         self.progress.write(f"iteration {iteration}: {summary}")
 
-    def write(self, message: str) -> None:
-        self.progress.write(message)
+    def write(self, message: str, level: int = logging.INFO) -> None:
+        self.progress.write(message, level)
 
     def close(self) -> None:
         self.progress.close()

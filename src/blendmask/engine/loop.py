@@ -23,6 +23,7 @@ The Config is resolved before it gets here (engine/train_config.py) and is never
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
@@ -41,6 +42,8 @@ from blendmask.engine.loaders import build_train_dataset, targets_to
 from blendmask.engine.logging import CURVES_FILE, METRICS_FILE, TrainingLog, plot_curves
 from blendmask.engine.resume import NEW_SETTINGS_FLAG
 from blendmask.engine.training_run import TrainingRun, prepare_run, start_batches
+
+logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.pt"
 # A run whose loss stays NaN / inf this many updates in a row has diverged: stop it.
@@ -323,7 +326,7 @@ def finish_run(
     main = run.info.is_main
     log.progress.close()
     if stopped and main:
-        print(f"stopped at iteration {run.iteration} (time budget)")
+        logger.info(f"stopped at iteration {run.iteration} (time budget)")
     dist_utils.broadcast_buffers(run.model)  # every rank ends with the weights rank 0 saves
     run.save_checkpoint()
     if main:

@@ -23,7 +23,11 @@ import torch
 from torch import nn
 
 from blendmask.config import Config, ConfigError, from_dict
-from blendmask.engine.checkpoint import read_training_state, restore_training_state
+from blendmask.engine.checkpoint import (
+    LAST_CHECKPOINT,
+    read_training_state,
+    restore_training_state,
+)
 from blendmask.engine.optim import WarmupMultiStepSchedule
 
 # Keys whose value does not change the weights a run ends with.
@@ -43,6 +47,7 @@ FREE_KEYS = frozenset(
 # File names: the same file spelt differently (relative / absolute) is no change.
 PATH_KEYS = frozenset({"data.train_json", "data.train_images", "model.backbone.weights"})
 NEW_SETTINGS_FLAG = "--resume-with-new-settings"
+NEW_OUT_FLAG = "--new-out-if-changed"
 
 
 @dataclass
@@ -83,15 +88,39 @@ def check_resume_config(
     if fixed:
         raise ValueError(
             f"{path}: this run folder holds a run of another model or data ({'; '.join(fixed)}); "
-            "use another --out, or --no-resume to start over in it"
+            f"use another --out ({NEW_OUT_FLAG} picks OUT-2), or --no-resume to start over in it"
         )
     if lines and not new_settings:
         raise ValueError(
             f"{path}: the run was saved with other solver settings ({'; '.join(lines)}); pass "
             f"{NEW_SETTINGS_FLAG} to continue it with the new ones, or use another --out "
-            "(or --no-resume) to start over"
+            f"({NEW_OUT_FLAG} picks OUT-2; or --no-resume) to start over"
         )
     return lines
+
+
+def run_folder_for(out: str | Path, cfg: Config, *, new_settings: bool = False) -> Path:
+    """Where a run of `cfg` asked to go into `out` goes when the user prefers a new folder to a
+    refusal (`--new-out-if-changed`): `out` itself unless it holds a `last.pt` that `cfg` may
+    not continue (another config, or an unreadable file), else the first of OUT-2, OUT-3, ...
+    that holds no `last.pt` or one `cfg` continues (so running the same command again resumes
+    OUT-2 rather than starting OUT-3). Nothing is created here; the choice depends only on the
+    files, so every process of a distributed run makes the same one."""
+    out = Path(out)
+    base = out if out.name else out.resolve()
+    folder, number = out, 1
+    while True:
+        last = folder / LAST_CHECKPOINT
+        if not last.is_file():
+            return folder
+        try:
+            check_resume_config(
+                last, read_training_state(last)["config"], cfg, new_settings=new_settings
+            )
+            return folder
+        except ValueError:
+            number += 1
+            folder = base.parent / f"{base.name}-{number}"
 
 
 def resume_training(

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
 from blendmask.atomic import check_writable
+from blendmask.config import Config
 from blendmask.engine import loop
 from blendmask.engine.budget import TimeBudget
 from blendmask.engine.checkpoint import LAST_CHECKPOINT
@@ -16,11 +18,14 @@ from blendmask.engine.distributed import get_rank
 from blendmask.engine.evaluate import METRIC_KEYS
 from blendmask.engine.loaders import build_train_dataset
 from blendmask.engine.output_lock import OutputLock
+from blendmask.engine.resume import NEW_OUT_FLAG, run_folder_for
 from blendmask.engine.train_config import (
     resolve_dataset_classes,
     resolve_train_config,
     warn_if_random_body,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def train_command(
@@ -42,16 +47,19 @@ def train_command(
     minutes: float | None = None,
     resume: bool = True,
     resume_with_new_settings: bool = False,
+    new_out_if_changed: bool = False,
     tensorboard: bool = False,
     backbone_weights: str | None = None,
 ) -> loop.TrainResult:
     """`blendmask train`, with keyword arguments mirroring its flags: resolve the config, then
     `loop.run_training` (resumes from `out/last.pt`), refusing an --out that another process
     is writing (`OutputLock`). Writes last.pt, model.pt, metrics.jsonl, curves.png under `out`;
-    prints where model.pt went and the final metrics.
+    logs where model.pt went and the final metrics.
 
     Resuming with other settings than the saved run's is refused, naming the keys, unless only
-    solver settings differ and `resume_with_new_settings` (see engine/resume.py)."""
+    solver settings differ and `resume_with_new_settings` (see engine/resume.py); with
+    `new_out_if_changed` such a run goes into OUT-2 (or the next OUT-N that is free or holds
+    this run, `resume.run_folder_for`) instead. `TrainResult.out_dir` is the folder used."""
     # Under torchrun only rank 0 prints the config notes.
     quiet = int(os.environ.get("RANK", "0")) != 0
     cfg = resolve_train_config(
@@ -77,6 +85,8 @@ def train_command(
     budget = None if minutes is None else TimeBudget(minutes * 60.0)
     dataset = build_train_dataset(cfg)
     cfg = resolve_dataset_classes(cfg, dataset, quiet=quiet)
+    if new_out_if_changed and resume:
+        out = _new_out_if_changed(out, cfg, new_settings=resume_with_new_settings, quiet=quiet)
     fresh = not (resume and (Path(out) / LAST_CHECKPOINT).is_file())
     if fresh and not quiet:
         warn_if_random_body(cfg)
@@ -93,7 +103,25 @@ def train_command(
             tensorboard=tensorboard,
         )
     if get_rank() == 0:
-        print(f"wrote {Path(out) / loop.MODEL_FILE} (iteration {result.iteration})")
-        if result.metrics:
-            print(json.dumps({k: result.metrics[k] for k in METRIC_KEYS if k in result.metrics}))
+        _report(Path(out), result)
     return result
+
+
+def _new_out_if_changed(out: str | Path, cfg: Config, *, new_settings: bool, quiet: bool) -> Path:
+    """`out`, or the OUT-N to train into when `out` holds a run `cfg` does not continue (with
+    a note; see `resume.run_folder_for`)."""
+    chosen = run_folder_for(out, cfg, new_settings=new_settings)
+    if chosen != Path(out) and not quiet:
+        logger.info(
+            f"note: {Path(out) / LAST_CHECKPOINT} is a run this config does not continue; "
+            f"training into {chosen} instead ({NEW_OUT_FLAG})"
+        )
+        check_writable(chosen)
+    return chosen
+
+
+def _report(out: Path, result: loop.TrainResult) -> None:
+    """Where model.pt went and the final metrics (one JSON line), as the command's output."""
+    logger.info(f"wrote {out / loop.MODEL_FILE} (iteration {result.iteration})")
+    if result.metrics:
+        logger.info(json.dumps({k: result.metrics[k] for k in METRIC_KEYS if k in result.metrics}))

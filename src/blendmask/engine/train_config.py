@@ -10,7 +10,7 @@ given; the loop and `build` then only read it.
 from __future__ import annotations
 
 import copy
-import sys
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -20,6 +20,8 @@ from blendmask.engine.checkpoint import LAST_CHECKPOINT, read_training_state
 from blendmask.engine.optim import scale_lr
 from blendmask.interop.torchvision_weights import resolve_weight_conventions
 from blendmask.presets import load_config
+
+logger = logging.getLogger(__name__)
 
 Say = Callable[[str], None]
 
@@ -50,12 +52,12 @@ def resolve_train_config(
 
     Without --preset and --config, a run folder holding `last.pt` continues with the config
     stored in it. `batch_size` alone scales the learning rate by the linear scaling rule
-    (Goyal et al. 2017), with a printed note; `max_iter` compresses the lr steps in proportion.
+    (Goyal et al. 2017), with a note logged; `max_iter` compresses the lr steps in proportion.
     `backbone_weights` names an ImageNet file for the body; for ResNet bodies the input
     normalisation (channel order, scale, mean/std, stride_in_1x1) is set to the file's (also
     for a file named by the config itself).
     """
-    say: Say = _quiet if quiet else print
+    say: Say = _quiet if quiet else logger.info
     cfg = _base_config(out, preset, config, overrides, say)
     d = cfg.data
     for name, value in (
@@ -137,12 +139,12 @@ def _apply_solver_flags(
 
 
 def resolve_dataset_classes(cfg: Config, dataset: CocoDataset, *, quiet: bool = False) -> Config:
-    """A copy of `cfg` with `model.fcos.num_classes` from `dataset` (with a printed note when it
+    """A copy of `cfg` with `model.fcos.num_classes` from `dataset` (with a note logged when it
     changes) and, when the config names none, its category names and ids."""
     out = copy.deepcopy(cfg)
     if dataset.num_classes != out.model.fcos.num_classes:
         if not quiet:
-            print(
+            logger.info(
                 f"note: {out.data.train_json} has {dataset.num_classes} categories; "
                 f"setting model.fcos.num_classes={dataset.num_classes} "
                 f"(was {out.model.fcos.num_classes})"
@@ -157,15 +159,14 @@ def resolve_dataset_classes(cfg: Config, dataset: CocoDataset, *, quiet: bool = 
 
 
 def warn_if_random_body(cfg: Config) -> None:
-    """Say loudly (stderr) when a ResNet body is about to train from random weights."""
+    """Say loudly (a logged warning: stderr from the CLI) when a ResNet body is about to train
+    from random weights."""
     b = cfg.model.backbone
     if not b.name.startswith("resnet") or b.weights:
         return
-    print(
+    logger.warning(
         f"WARNING: the {b.name} body starts from RANDOM weights (model.backbone.weights is "
         "empty), which trains far slower and lower than the presets' reference numbers. Pass "
         f"ImageNet weights with --backbone-weights FILE (torchvision {b.name}-*.pth, or an "
-        "MSRA / detectron2 R-*.pkl).",
-        file=sys.stderr,
-        flush=True,
+        "MSRA / detectron2 R-*.pkl)."
     )

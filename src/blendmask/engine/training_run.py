@@ -8,6 +8,7 @@ run left there are removed."""
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from blendmask.engine.logging import TrainingLog
 from blendmask.engine.optim import WarmupMultiStepSchedule, build_optimizer
 from blendmask.engine.resume import resume_training
 from blendmask.io import resolve_device
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -229,7 +232,7 @@ def _sync_batchnorm(cfg: Config, model: nn.Module, world_size: int, device: torc
     if not wanted:
         return
     if device.type != "cuda":
-        print(f"note: SyncBN for {', '.join(wanted)} needs CUDA; using per-process BN on CPU")
+        logger.info(f"note: SyncBN for {', '.join(wanted)} needs CUDA; using per-process BN on CPU")
         return
     for name in wanted:
         module = getattr(model, name, None)
@@ -257,9 +260,9 @@ def _resume_or_seed(run: TrainingRun, resume: bool, new_settings: bool) -> None:
         run.iteration, run.eval_period = done.iteration, done.eval_period
         run.start_iteration = run.saved_iteration = run.iteration
         if run.info.is_main:
-            print(f"resuming from {last_path} at iteration {run.iteration}")
+            logger.info(f"resuming from {last_path} at iteration {run.iteration}")
             if done.changed:
-                print(f"with new settings: {'; '.join(done.changed)}")
+                logger.info(f"with new settings: {'; '.join(done.changed)}")
     if not resumed or not run.info.is_main:
         seed = rank_seed(run.cfg.solver.seed, run.info.rank, run.iteration)
         torch.manual_seed(seed)

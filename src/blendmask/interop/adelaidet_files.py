@@ -12,9 +12,9 @@ file that still needs full unpickling is refused, with a message saying how to o
 
 from __future__ import annotations
 
+import logging
 import pickle
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ import torch
 from torch import Tensor
 
 from blendmask.interop.pickles import numpy_safe_globals, read_weight_pickle
+
+logger = logging.getLogger(__name__)
 
 
 def _refusal_reason(exc: Exception) -> str:
@@ -54,10 +56,9 @@ def _load_pth(path: Path, trust_pickle: bool) -> Any:
             "Python objects besides tensors and arrays, and loading it runs code stored in the "
             "file. Only if you trust its source, pass --trust-pickle (trust_pickle=True)"
         )
-    print(
+    logger.warning(
         f"warning: {path}: loading with full unpickling (--trust-pickle): this executes "
-        f"pickle code stored in the file ({reason})",
-        file=sys.stderr,
+        f"pickle code stored in the file ({reason})"
     )
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
