@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             exported = TorchScriptSegmenter(path)
         export_s = time.perf_counter() - start
-        predictor = Predictor(cfg, model, post, device="cpu")
+        predictor = Predictor(cfg, model, post, device="cpu", score_threshold=None)
         total, rows = ParityReport(), []
         for name, image in images:
             want, got = as_arrays(predictor([image])[0]), as_arrays(exported(image))

@@ -24,7 +24,7 @@ def test_build_returns_three_modules() -> None:
 
 def test_predictor_accepts_paths_pil_arrays_and_tensors(tmp_path) -> None:
     torch.manual_seed(0)
-    predictor = blendmask.Predictor.from_config(tiny_cfg(), device="cpu")
+    predictor = blendmask.Predictor.from_config(tiny_cfg(), device="cpu", score_threshold=None)
     arr = (np.random.default_rng(0).random((50, 70, 3)) * 255).astype(np.uint8)
     path = tmp_path / "a.png"
     Image.fromarray(arr).save(path)

@@ -115,7 +115,7 @@ def test_onnx_predictor_equals_predictor(exported) -> None:
     """Fails if OnnxPredictor's resize / padding / points / outputs differ from the PyTorch
     path: the detections of the same images must agree."""
     cfg, model, post, path = exported
-    predictor = Predictor(cfg, model, post, "cpu")
+    predictor = Predictor(cfg, model, post, "cpu", score_threshold=None)
     onnx_predictor = OnnxPredictor(path)  # config from the file's metadata
     assert onnx_predictor.cfg.to_dict() == cfg.to_dict()
     torch.manual_seed(2)

@@ -131,7 +131,8 @@ def _check_end_to_end(cfg, model, post, segmenter, image_paths) -> int:
     from blendmask.export.compare import compare
     from blendmask.predictor import Predictor
 
-    predictor = Predictor(cfg, model, post, device=next(model.parameters()).device)
+    device = next(model.parameters()).device
+    predictor = Predictor(cfg, model, post, device=device, score_threshold=None)
     images = image_paths or _synthetic_images(cfg.data.min_size_test, cfg.data.max_size_test)
     report = compare(lambda image: predictor([image])[0].to("cpu"), segmenter, images)
     print(f"exported file vs PyTorch Predictor, {report.line()}")
