@@ -87,7 +87,7 @@ def test_latency_writes_json_and_readme(tmp_path: Path) -> None:
     assert ratios["blendmask_over_maskrcnn"] == pytest.approx(expected)
     text = readme.read_text()
     assert "old" not in text and text.startswith("# title") and text.rstrip().endswith("tail")
-    assert "| BlendMask tiny (ours) |" in text and "blendmask_over_maskrcnn" in text
+    assert "| BlendMask tiny (ours), PyTorch fp32 |" in text and "blendmask_over_maskrcnn" in text
 
 
 def test_update_readme_appends_markers_and_rejects_bad_order(tmp_path: Path) -> None:
