@@ -285,3 +285,29 @@ def test_graph_holds_the_whole_pipeline(tiny) -> None:
     meta = {e.key: e.value for e in proto.metadata_props}
     runtime = json.loads(meta["blendmask_end_to_end"])
     assert (runtime["min_size"], runtime["max_size"], runtime["size_divisibility"]) == (64, 96, 32)
+
+
+@pytest.mark.timeout(600)
+def test_latency_benchmark_times_onnxruntime_and_bf16_rows(tmp_path: Path) -> None:
+    """`benchmarks/latency.py --onnx --with-bf16`: the end-to-end ONNX and bf16 rows are timed
+    at both detection counts, return exactly that many detections and reach the README."""
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "latency.py"
+    out, readme = tmp_path / "latency.json", tmp_path / "README.md"
+    readme.write_text("<!-- bench:start -->\n<!-- bench:end -->\n")
+    args = ["--size", "64", "96", "--repeats", "1", "--threads", "1", "--presets", "tiny"]
+    args += ["--peers", "--no-blender", "--onnx", "--with-bf16", "--detections", "3", "8"]
+    proc = subprocess.run(
+        [sys.executable, str(bench), *args, "--json", str(out), "--update-readme", str(readme)],
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    models = json.loads(out.read_text())["models"]
+    assert set(models) == {"blendmask_tiny", "blendmask_tiny_bf16", "blendmask_tiny_onnxruntime"}
+    for per_n in models.values():
+        assert [per_n[n]["detections"] for n in ("3", "8")] == [3, 8]
+        assert all(per_n[n]["median_s"] > 0 for n in ("3", "8"))
+    text = readme.read_text()
+    assert "end-to-end ONNX in onnxruntime CPU, 1 threads" in text
+    assert "| BlendMask tiny (ours), PyTorch bf16 autocast |" in text
