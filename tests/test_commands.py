@@ -16,13 +16,18 @@ import pytest
 import torch
 from PIL import Image
 from pycocotools import mask as mask_util
-from torchvision.utils import draw_segmentation_masks
 
 from blendmask.cli import main
 from blendmask.engine.demo import run_demo
 from blendmask.engine.evaluate import METRIC_KEYS
 from blendmask.engine.train_config import resolve_train_config
-from blendmask.visualization import class_color
+from blendmask.visualization import (
+    instance_color,
+    label_position,
+    label_size,
+    mask_contour,
+    overlay_sizes,
+)
 
 # A low threshold so that a barely trained tiny model still yields detections to compare.
 TINY_OVERRIDES = ["model.fcos.inference_th_test=0.0", "data.min_size_test=96"]
@@ -139,6 +144,8 @@ def test_predict_folder_rle_matches_overlays(demo_run):
     results = json.loads((pred_dir / "results.json").read_text())
     files = sorted(images_dir.glob("*.png"))
     assert {r["image_id"] for r in results} <= set(range(len(files)))
+    categories = json.loads((out / "data" / "annotations" / "instances_val.json").read_text())
+    names = {c["id"]: c["name"] for c in categories["categories"]}
     checked_masks = 0
     for index, path in enumerate(files):
         mine = [r for r in results if r["image_id"] == index]
@@ -149,18 +156,24 @@ def test_predict_folder_rle_matches_overlays(demo_run):
         if not mine:
             assert torch.equal(overlay, image)
             continue
-        # Decode the RLEs and paint them as predict does (lowest score first).
+        # Decode the RLEs and paint them as predict does: lowest score first, each in the
+        # colour of its rank (0 = most confident), the last mask over the others.
         mine.sort(key=lambda r: r["score"])
         masks = torch.from_numpy(
             np.stack([mask_util.decode(r["segmentation"]) for r in mine])
         ).bool()
-        colors = [class_color(r["category_id"] - 1) for r in mine]
-        expected = draw_segmentation_masks(image, masks, alpha=0.5, colors=colors)
-        # Pixels may differ only where predict drew box outlines and labels, i.e. where
-        # the overlay differs from the mask layer; a wrong mask would change pixels elsewhere
-        # too. Check: outside a 3 px band around the boxes the overlay equals the mask layer.
+        painted = image.clone()
+        for k, mask in enumerate(masks):
+            color = instance_color(len(mine) - 1 - k)
+            painted[:, mask] = torch.tensor(color, dtype=torch.uint8)[:, None]
+        expected = (image * 0.5 + painted * 0.5).to(torch.uint8)  # torchvision's arithmetic
+        # Pixels may differ only where predict drew contours, box outlines and labels; a
+        # wrong mask would change pixels elsewhere too. Check: outside those the overlay
+        # equals the mask layer.
+        font_size, _, contour = overlay_sizes(*image.shape[-2:])
         band = torch.zeros(image.shape[-2:], dtype=torch.bool)
-        for r in mine:
+        for r, mask in zip(mine, masks):
+            band |= mask_contour(mask, contour)
             x, y, w, h = r["bbox"]
             x0, y0 = int(x) - 1, int(y) - 1
             x1, y1 = int(x + w) + 2, int(y + h) + 2
@@ -169,8 +182,11 @@ def test_predict_folder_rle_matches_overlays(demo_run):
             inner = torch.zeros_like(band)
             inner[max(y0 + 4, 0) : max(y1 - 4, 0), max(x0 + 4, 0) : max(x1 - 4, 0)] = True
             band |= edge & ~inner
-            # the label text starts inside the top-left corner and may run past the box
-            band[max(y0, 0) : y0 + 16, max(x0, 0) : x0 + 130] = True
+            # the label, on its background, where draw_detections puts it
+            text = f"{names[r['category_id']]} {r['score']:.2f}"
+            size = label_size(text, font_size)
+            lx, ly = label_position((x, y, x + w, y + h), size, tuple(image.shape[-2:]))
+            band[ly : ly + size[1], lx : lx + size[0]] = True
         outside = ~band
         assert torch.equal(overlay[:, outside], expected[:, outside]), path.name
         checked_masks += int(masks.flatten(1).any(1).sum())

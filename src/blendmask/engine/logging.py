@@ -195,7 +195,9 @@ class TensorBoard:
 
 
 def plot_curves(metrics_path: str | Path, out_path: str | Path) -> Path | None:
-    """Loss terms (log scale) and validation AP against iterations, from `metrics.jsonl`.
+    """Loss terms (log scale), validation AP and the learning rate against iterations, from
+    `metrics.jsonl` (the lr panel shows the warm-up and the steps, so a loss jump can be read
+    against the schedule).
 
     Returns the written path, or None when there is nothing to plot.
     """
@@ -212,7 +214,7 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path) -> Path | None:
     matplotlib.use("Agg")  # files only; no display on servers
     import matplotlib.pyplot as plt
 
-    fig, (ax_loss, ax_ap) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_loss, ax_ap, ax_lr) = plt.subplots(1, 3, figsize=(15, 4))
     loss_keys = sorted({k for r in train for k in r if k.startswith("loss")})
     for key in loss_keys:
         pts = [(r["iteration"], r[key]) for r in train if key in r and r[key] > 0]
@@ -236,6 +238,14 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path) -> Path | None:
         ax_ap.legend(fontsize=7)
     else:
         ax_ap.text(0.5, 0.5, "no evaluation", ha="center", va="center")
+    pts = [(r["iteration"], r["lr"]) for r in train if "lr" in r]
+    if pts:
+        xs, ys = zip(*pts)
+        ax_lr.plot(xs, ys, color="tab:purple", marker=".")
+    ax_lr.set_xlabel("iteration")
+    ax_lr.set_ylabel("lr")
+    ax_lr.set_title("learning rate")
+    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     fig.tight_layout()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
