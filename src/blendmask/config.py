@@ -354,7 +354,7 @@ def validate(cfg: Config) -> Config:
     """Check choices, numeric ranges (`config_checks.NUMERIC_RANGES`) and cross-field
     consistency; raise ConfigError naming the key and what is allowed."""
     check_numeric_fields(cfg)
-    flat = _flatten(cfg.to_dict())
+    flat = flatten_dict(cfg.to_dict())
     for key, allowed in _CHOICES.items():
         if flat[key] not in allowed:
             raise ConfigError(f"{key}: got {flat[key]!r}, allowed values: {', '.join(allowed)}")
@@ -387,11 +387,12 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_dict(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {"a.b.c": value}: the dotted keys `--set` and error messages use."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten_dict(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from blendmask.config import Config, ConfigError, from_dict
+from blendmask.config import Config, ConfigError, flatten_dict, from_dict
 from blendmask.engine.checkpoint import (
     LAST_CHECKPOINT,
     read_training_state,
@@ -62,8 +62,8 @@ class Resumed:
 
 def config_differences(saved: dict[str, Any], cfg: Config) -> list[tuple[str, Any, Any]]:
     """(key, value in the checkpoint, value now) for each setting that differs and matters."""
-    old = _flatten(from_dict(saved).to_dict())  # fills keys added since with their defaults
-    new = _flatten(cfg.to_dict())
+    old = flatten_dict(from_dict(saved).to_dict())  # fills keys added since with their defaults
+    new = flatten_dict(cfg.to_dict())
     diffs = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
@@ -205,13 +205,3 @@ def _same_path(a: Any, b: Any) -> bool:
     if not isinstance(a, str) or not isinstance(b, str) or not a or not b:
         return a == b
     return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
