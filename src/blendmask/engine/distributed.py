@@ -123,3 +123,34 @@ def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
     equals SyncBN, across CPU processes each keeps its own statistics.
     """
     return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+
+
+def shard_indices(num_items: int, info: DistInfo) -> list[int]:
+    """The indices of `num_items` items this rank handles (inference: eval, predict).
+
+    Contiguous, balanced blocks: ranks below `num_items % world_size` take one item more, so
+    every item belongs to exactly one rank for any world size (a rank beyond the items gets an
+    empty list) and each rank's share keeps the input order. Unlike torch's DistributedSampler
+    it never pads by repeating items, which would count an image twice in the evaluation.
+    """
+    if num_items < 0:
+        raise ValueError(f"shard_indices: num_items must be >= 0, got {num_items}")
+    if not 0 <= info.rank < info.world_size:
+        raise ValueError(f"shard_indices: rank {info.rank} outside world size {info.world_size}")
+    base, extra = divmod(num_items, info.world_size)
+    start = info.rank * base + min(info.rank, extra)
+    stop = start + base + (1 if info.rank < extra else 0)
+    return list(range(start, stop))
+
+
+def all_gather_objects(obj: object) -> list:
+    """`obj` of every rank, in rank order, on every rank (`[obj]` in a single process).
+
+    Picklable objects of any size (e.g. one rank's COCO results). Works with gloo and NCCL;
+    with NCCL the current CUDA device must be this rank's GPU, which `init_distributed` sets.
+    """
+    if get_world_size() == 1:
+        return [obj]
+    gathered: list = [None] * get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
