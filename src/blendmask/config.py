@@ -24,7 +24,7 @@ import yaml
 # ConfigError lives with the range checks (which config imports, never the reverse); it and
 # check_probability are re-exported here, where callers look for them.
 from blendmask.config_checks import ConfigError as ConfigError
-from blendmask.config_checks import check_numeric_fields
+from blendmask.config_checks import check_numeric_fields, convert_value
 from blendmask.config_checks import check_probability as check_probability
 
 MSRA_PIXEL_MEAN = [103.53, 116.28, 123.675]
@@ -122,12 +122,32 @@ class BasisModuleConfig:
 
 
 @dataclass
+class PanopticConfig:
+    """Panoptic FPN's semantic head on P2-P5 (`MODEL.SEM_SEG_HEAD` / `PANOPTIC_FPN.COMBINE`)."""
+
+    enabled: bool = False  # also builds P2 (which does not feed the instance branch)
+    # S stuff classes; the head predicts S + 1: 0 = "thing", 1..S = stuff (COCO: 53 + 1 = 54)
+    num_stuff_classes: int = 0
+    conv_dims: int = 128
+    norm: str = "GN"  # GN | none
+    common_stride: int = 4
+    loss_weight: float = 0.5  # loss_sem_seg
+    ignore_value: int = 255
+    # merging: instances kept from this score, dropped when more than `overlap_threshold` of
+    # their mask is already taken; stuff segments need at least `stuff_area_limit` free pixels
+    instance_score_threshold: float = 0.45
+    overlap_threshold: float = 0.4
+    stuff_area_limit: int = 4096
+
+
+@dataclass
 class ModelConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     fpn: FPNConfig = field(default_factory=FPNConfig)
     fcos: FCOSConfig = field(default_factory=FCOSConfig)
     blender: BlenderConfig = field(default_factory=BlenderConfig)
     basis_module: BasisModuleConfig = field(default_factory=BasisModuleConfig)
+    panoptic: PanopticConfig = field(default_factory=PanopticConfig)
     # Images enter the network as RGB in [0, 1]; these say how the weights expect them.
     input_format: str = "BGR"  # BGR | RGB
     input_scale: float = 255.0  # 255 for MSRA / Caffe2 weights, 1 for torchvision ImageNet stats
@@ -153,6 +173,13 @@ class DataConfig:
     # write original category ids and draw class names: contiguous label -> name / COCO id.
     category_names: list[str] = field(default_factory=list)
     category_ids: list[int] = field(default_factory=list)
+    # COCO panoptic json + PNG folder; semantic class s in 1..S is category stuff_ids[s - 1]
+    train_panoptic_json: str = ""
+    train_panoptic_images: str = ""
+    val_panoptic_json: str = ""
+    val_panoptic_images: str = ""
+    stuff_names: list[str] = field(default_factory=list)
+    stuff_ids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -201,65 +228,13 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "model.blender.pooler_type": ("ROIAlignV2", "ROIPool"),
     "model.basis_module.name": ("ProtoNet", "DeepLab"),
     "model.basis_module.norm": ("BN", "SyncBN", "GN", "none"),
+    "model.panoptic.norm": ("GN", "none"),
     "model.input_format": ("BGR", "RGB"),
 }
 
 
 def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
-
-
-def _convert(key: str, value: Any, tp: Any) -> Any:
-    """Convert `value` (from YAML or a `--set` string) to the annotated type `tp`."""
-    origin = typing.get_origin(tp)
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip() else []
-        if isinstance(value, tuple):
-            value = list(value)
-        if not isinstance(value, list):
-            value = [value]
-        return [_convert(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1"):
-            return True
-        if isinstance(value, str) and value.lower() in ("false", "no", "off", "0"):
-            return False
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        raise ConfigError(f"{key}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, (dict, list)):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return "" if value is None else str(value)
-    raise ConfigError(f"{key}: unsupported field type {tp!r}")
 
 
 def _unknown(key: str, name: str, allowed: list[str]) -> ConfigError:
@@ -288,7 +263,7 @@ def set_value(cfg: Config, key: str, value: Any) -> None:
                 for sub_key, sub_value in value.items():
                     set_value(cfg, f"{key}.{sub_key}", sub_value)
                 return
-            setattr(obj, part, _convert(key, value, tp))
+            setattr(obj, part, convert_value(key, value, tp))
         else:
             obj = getattr(obj, part)
 

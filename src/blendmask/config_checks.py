@@ -6,7 +6,7 @@ file, `--set` overrides, the config stored in a model file), so that `solver.max
 the allowed range, instead of an untrained model or an error deep inside torch. Every int and
 float field of `config.Config` has a rule in `NUMERIC_RANGES` (tests/test_config.py fails for
 a new field without one). `check_probability` is the same check for command-line values such as
-`--score-threshold`.
+`--score-threshold`. `convert_value` turns a YAML or `--set` value into a field's type.
 
 Kept apart from config.py (which imports this module, never the reverse) so that the table
 does not push config.py past the project's module size.
@@ -19,6 +19,8 @@ import math
 import typing
 from dataclasses import dataclass
 from typing import Any
+
+import yaml
 
 
 class ConfigError(ValueError):
@@ -100,6 +102,14 @@ NUMERIC_RANGES: dict[str, Range] = {
     "model.basis_module.num_convs": NON_NEGATIVE,
     "model.basis_module.loss_weight": NON_NEGATIVE,
     "model.basis_module.common_stride": AT_LEAST_1,
+    "model.panoptic.num_stuff_classes": NON_NEGATIVE,
+    "model.panoptic.conv_dims": AT_LEAST_1,
+    "model.panoptic.common_stride": AT_LEAST_1,
+    "model.panoptic.loss_weight": NON_NEGATIVE,
+    "model.panoptic.ignore_value": Range(low=0, high=255),  # a value of the uint8 label map
+    "model.panoptic.instance_score_threshold": UNIT,
+    "model.panoptic.overlap_threshold": UNIT,
+    "model.panoptic.stuff_area_limit": NON_NEGATIVE,
     "model.input_scale": POSITIVE,
     "model.pixel_mean": FINITE,
     "model.pixel_std": POSITIVE,  # divided by
@@ -109,6 +119,7 @@ NUMERIC_RANGES: dict[str, Range] = {
     "data.max_size_test": AT_LEAST_1,
     "data.num_workers": NON_NEGATIVE,
     "data.category_ids": FINITE,  # COCO ids: any integer
+    "data.stuff_ids": FINITE,
     "solver.ims_per_batch": AT_LEAST_1,
     "solver.base_lr": POSITIVE,
     "solver.momentum": UNIT,
@@ -174,3 +185,57 @@ def check_numeric_fields(cfg: Any) -> None:
                 check_number(f"{key}[{i}]", item, allowed, integer=integer)
         else:
             check_number(key, value, allowed, integer=integer)
+
+
+def convert_value(key: str, value: Any, tp: Any) -> Any:
+    """Convert `value` (from YAML or a `--set` string) to the annotated config field type `tp`
+    (bool, int, float, str or a list of those), or raise ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip() else []
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            value = [value]
+        return [convert_value(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "no", "off", "0"):
+            return False
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return "" if value is None else str(value)
+    raise ConfigError(f"{key}: unsupported field type {tp!r}")
