@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_util
 from tqdm import tqdm
+
+from blendmask.data.shapes_stuff import PanopticShapesWriter, render_stuff
 
 SHAPE_CLASSES: list[str] = ["circle", "rectangle", "triangle", "star"]
 
@@ -52,7 +55,13 @@ class _Shape:
 
 
 def write_shapes_dataset(
-    out_dir: str | Path, num_train: int, num_val: int, seed: int = 0, image_size: int = 256
+    out_dir: str | Path,
+    num_train: int,
+    num_val: int,
+    seed: int = 0,
+    image_size: int = 256,
+    *,
+    panoptic: bool = False,
 ) -> dict[str, Path]:
     """Write the dataset in the layout of shared/data/dsb2018_nuclei.
 
@@ -60,8 +69,15 @@ def write_shapes_dataset(
     `out_dir/images/{train,val}/NNNNNN.png`. Image `i` of a split depends only on
     (seed, split, i), so a larger `num_train` adds images without changing the first ones.
 
+    `panoptic`: the shapes stand on textured stuff regions (`data/shapes_stuff.py`: sky, wall,
+    grass) instead of a plain colour field, and the COCO panoptic annotations are written beside
+    the instances: `annotations/panoptic_{split}.json` and `annotations/panoptic_{split}/
+    NNNNNN.png` (thing categories 1..4 as in the instances json, stuff 5..7).
+
     Returns:
-        {"train_json", "train_images", "val_json", "val_images"}: paths of what was written.
+        {"train_json", "train_images", "val_json", "val_images"} (plus "train_panoptic_json",
+        "train_panoptic_images", "val_panoptic_json", "val_panoptic_images" with `panoptic`):
+        paths of what was written.
     """
     if num_train < 0 or num_val < 0:
         raise ValueError(f"expected num_train, num_val >= 0, got {num_train}, {num_val}")
@@ -72,73 +88,104 @@ def write_shapes_dataset(
     out_dir = Path(out_dir)
     paths: dict[str, Path] = {}
     for split_index, (split, count) in enumerate((("train", num_train), ("val", num_val))):
-        images_dir = out_dir / "images" / split
-        json_path = out_dir / "annotations" / f"instances_{split}.json"
-        images_dir.mkdir(parents=True, exist_ok=True)
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        images, annotations = [], []
-        progress = tqdm(
-            range(count), desc=f"shapes {split}", leave=False, disable=True if count < 200 else None
-        )
-        for i in progress:
-            rng = np.random.default_rng([seed, split_index, i])
-            pixels, instances = render_shapes_image(rng, image_size)
-            image_id = i + 1
-            file_name = f"{i:06d}.png"
-            Image.fromarray(pixels, mode="RGB").save(
-                images_dir / file_name, format="PNG", compress_level=PNG_COMPRESS_LEVEL
-            )
-            images.append(
-                {"id": image_id, "file_name": file_name, "height": image_size, "width": image_size}
-            )
-            for label, mask in instances:
-                rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
-                annotations.append(
-                    {
-                        "id": len(annotations) + 1,
-                        "image_id": image_id,
-                        "category_id": label + 1,
-                        "segmentation": {
-                            "size": [image_size, image_size],
-                            "counts": rle["counts"].decode("ascii"),
-                        },
-                        "area": int(mask_util.area(rle)),
-                        "bbox": [float(v) for v in mask_util.toBbox(rle)],
-                        "iscrowd": 0,
-                    }
-                )
-        dataset = {
-            "info": {
-                "description": f"blendmask synthetic shapes ({split})",
-                "seed": seed,
-                "image_size": image_size,
-            },
-            "licenses": [],
-            "images": images,
-            "annotations": annotations,
-            "categories": [
-                {"id": k + 1, "name": name, "supercategory": "shape"}
-                for k, name in enumerate(SHAPE_CLASSES)
-            ],
-        }
-        json_path.write_text(
-            json.dumps(dataset, sort_keys=True, separators=(",", ":")) + "\n", encoding="utf-8"
-        )
-        paths[f"{split}_json"] = json_path
-        paths[f"{split}_images"] = images_dir
+        rngs = (np.random.default_rng([seed, split_index, i]) for i in range(count))
+        paths.update(_write_split(out_dir, split, rngs, count, seed, image_size, panoptic))
     return paths
 
 
+def _write_split(
+    out_dir: Path,
+    split: str,
+    rngs: Iterator[np.random.Generator],
+    count: int,
+    seed: int,
+    image_size: int,
+    panoptic: bool,
+) -> dict[str, Path]:
+    """Images, instances json (and panoptic json + PNGs) of one split, one rng per image."""
+    images_dir = out_dir / "images" / split
+    json_path = out_dir / "annotations" / f"instances_{split}.json"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    writer = PanopticShapesWriter(out_dir, split, SHAPE_CLASSES) if panoptic else None
+    images, annotations = [], []
+    progress = tqdm(
+        rngs,
+        total=count,
+        desc=f"shapes {split}",
+        leave=False,
+        disable=True if count < 200 else None,
+    )
+    for i, rng in enumerate(progress):
+        if writer is None:
+            pixels, instances = render_shapes_image(rng, image_size)
+        else:
+            background, stuff_labels = render_stuff(rng, image_size)
+            pixels, instances = render_shapes_image(rng, image_size, background)
+        image_id = i + 1
+        file_name = f"{i:06d}.png"
+        Image.fromarray(pixels, mode="RGB").save(
+            images_dir / file_name, format="PNG", compress_level=PNG_COMPRESS_LEVEL
+        )
+        images.append(
+            {"id": image_id, "file_name": file_name, "height": image_size, "width": image_size}
+        )
+        for label, mask in instances:
+            annotations.append(_instance_annotation(len(annotations) + 1, image_id, label, mask))
+        if writer is not None:
+            writer.add(images[-1], stuff_labels, instances)
+    info: dict[str, object] = {
+        "description": f"blendmask synthetic shapes ({split})",
+        "seed": seed,
+        "image_size": image_size,
+    }
+    if panoptic:
+        info["panoptic"] = True  # only then: the plain dataset's bytes stay as they were
+    dataset = {
+        "info": info,
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": [
+            {"id": k + 1, "name": name, "supercategory": "shape"}
+            for k, name in enumerate(SHAPE_CLASSES)
+        ],
+    }
+    json_path.write_text(
+        json.dumps(dataset, sort_keys=True, separators=(",", ":")) + "\n", encoding="utf-8"
+    )
+    paths = {f"{split}_json": json_path, f"{split}_images": images_dir}
+    if writer is not None:
+        paths.update(writer.finish(info))
+    return paths
+
+
+def _instance_annotation(ann_id: int, image_id: int, label: int, mask: np.ndarray) -> dict:
+    """The COCO instances annotation (compressed RLE) of one visible mask bool[S, S]."""
+    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": label + 1,
+        "segmentation": {"size": list(mask.shape), "counts": rle["counts"].decode("ascii")},
+        "area": int(mask_util.area(rle)),
+        "bbox": [float(v) for v in mask_util.toBbox(rle)],
+        "iscrowd": 0,
+    }
+
+
 def render_shapes_image(
-    rng: np.random.Generator, image_size: int
+    rng: np.random.Generator, image_size: int, background: np.ndarray | None = None
 ) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
-    """Draw one image.
+    """Draw one image: shapes over `background` (float32[S, S, 3], RGB 0-255; by default a
+    random colour field, `_background`).
 
     Returns:
         pixels (uint8[S, S, 3]) and a list of (label in [0, len(SHAPE_CLASSES)), visible mask
         bool[S, S]) in painting order; the masks are disjoint and non-empty.
     """
-    background = _background(rng, image_size)
+    if background is None:
+        background = _background(rng, image_size)
     canvas = background.copy()
     ys, xs = np.mgrid[0:image_size, 0:image_size].astype(np.float32)
     shapes: list[_Shape] = []
