@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ __all__ = [
     "ImageInput",
     "Predictor",
     "check_image_size",
+    "in_batches",
     "infer",
     "inference_config",
     "load_input_image",
@@ -142,6 +143,21 @@ def infer(
     """
     outputs = model(batch.tensor, batch.image_sizes, dense_attentions=False, with_sem=False)
     return postprocessor(outputs, batch.image_sizes, orig_sizes)
+
+
+def in_batches(
+    predict_batch: Callable[[Sequence[ImageInput]], list[Detections]],
+    images: ImageInput | Sequence[ImageInput],
+    batch_size: int,
+) -> list[Detections]:
+    """One image or a list -> one `Detections` per image, in order, calling `predict_batch`
+    on `batch_size` images at a time (the calls of `Predictor` and `OnnxPredictor`)."""
+    if not isinstance(images, (list, tuple)):
+        images = [images]
+    results: list[Detections] = []
+    for start in range(0, len(images), batch_size):
+        results.extend(predict_batch(images[start : start + batch_size]))
+    return results
 
 
 def inference_config(cfg: Config, overrides: Sequence[str]) -> Config:
@@ -335,12 +351,7 @@ class Predictor:
 
     @torch.inference_mode()
     def __call__(self, images: ImageInput | Sequence[ImageInput]) -> list[Detections]:
-        if not isinstance(images, (list, tuple)):
-            images = [images]
-        results: list[Detections] = []
-        for start in range(0, len(images), self.batch_size):
-            results.extend(self.predict_tensors(images[start : start + self.batch_size]))
-        return results
+        return in_batches(self.predict_tensors, images, self.batch_size)
 
     def preprocess(self, images: Sequence[ImageInput]) -> tuple[ImageBatch, list[tuple[int, int]]]:
         """Images -> (padded batch on `self.device` at the test size, original sizes).

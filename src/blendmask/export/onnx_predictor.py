@@ -30,6 +30,7 @@ from blendmask.export.onnx import (
 )
 from blendmask.factory import build_postprocessor
 from blendmask.modeling.blendmask import compute_points
+from blendmask.predictor import in_batches
 from blendmask.structures import BlendMaskOutputs, Detections
 
 
@@ -143,12 +144,7 @@ class OnnxPredictor:
     def __call__(self, images: Any) -> list[Detections]:
         """images: one or a list of paths, PIL images, H x W x 3 uint8 arrays or float RGB
         Tensor[3, H, W] in [0, 1] (as `Predictor`)."""
-        if not isinstance(images, (list, tuple)):
-            images = [images]
-        results: list[Detections] = []
-        for start in range(0, len(images), self.batch_size):
-            results.extend(self.predict_tensors(images[start : start + self.batch_size]))
-        return results
+        return in_batches(self.predict_tensors, images, self.batch_size)
 
     def raw_outputs(
         self, images: Tensor, image_sizes: Sequence[tuple[int, int]]
