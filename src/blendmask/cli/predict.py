@@ -1,17 +1,21 @@
-"""predict on images or folders
+"""predict on images, folders, lists of paths and videos
 
-Writes OUT/results.json (COCO results) and OUT/overlays/ (`engine.predict.predict_images`).
-Images that cannot be read are skipped and listed in OUT/errors.jsonl (exit 0, the summary line
-counts them); --strict stops at the first one instead (exit 2). Post-processing flags
-(`add_postprocess_arguments`, shared with `eval`): --conf, --iou, --max-det, --classes, --set.
+Streams OUT/predictions.jsonl (one record per image, RLE masks), OUT/overlays/, OUT/videos/ and
+with --coco OUT/results.json (`engine.predict.predict_images`); a rerun with the same --out
+resumes where the last one stopped. Images that cannot be read are skipped and listed in
+OUT/errors.jsonl (exit 0, the summary line counts them); --strict stops at the first one
+instead (exit 2). Post-processing flags (`add_postprocess_arguments`, shared with `eval`):
+--conf, --iou, --max-det, --classes, --set. Under torchrun the images are split across ranks.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
-from blendmask.cli.arguments import DEVICES, positive_int, probability
+from blendmask.cli.arguments import DEVICES, non_negative_int, positive_int, probability
 from blendmask.engine.predict import predict_images
+from blendmask.engine.predict_outputs import MASK_MODES
 from blendmask.predictor import DEFAULT_SCORE_THRESHOLD, INFERENCE_KEYS
 
 
@@ -40,6 +44,8 @@ def add_postprocess_arguments(parser: argparse.ArgumentParser, conf: float | Non
     )
     parser.add_argument(
         "--max-det",
+        "--max-detections",
+        dest="max_det",
         type=positive_int,
         default=None,
         help="detections per image after NMS (default: the model's, 100)",
@@ -67,12 +73,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument(
         "--onnx", help="end-to-end ONNX file (`blendmask export`), run by onnxruntime"
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
-    parser.add_argument("--out", required=True, help="writes OUT/results.json, OUT/overlays/")
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="SOURCE",
+        help="image files, folders (searched recursively), .txt / .lst files listing paths, "
+        "video files",
+    )
+    parser.add_argument(
+        "--out", required=True, help="writes OUT/predictions.jsonl, OUT/overlays/, OUT/videos/"
+    )
     parser.add_argument("--device", default="auto", choices=DEVICES)
     add_postprocess_arguments(parser, DEFAULT_SCORE_THRESHOLD)
     parser.add_argument("--batch-size", type=positive_int, default=1)
-    parser.add_argument("--no-overlays", action="store_true", help="write results.json only")
+    parser.add_argument(
+        "--workers",
+        "--num-workers",
+        dest="workers",
+        type=non_negative_int,
+        default=2,
+        help="DataLoader processes decoding images (0: decode in the main process)",
+    )
+    parser.add_argument(
+        "--glob",
+        default=None,
+        help="files of folders to take, a shell pattern such as '*.jpg' (default: every image "
+        "and video suffix)",
+    )
+    parser.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="skip images already in OUT/predictions.jsonl (default); --no-resume starts over",
+    )
+    parser.add_argument(
+        "--coco", action="store_true", help="also write OUT/results.json (COCO results format)"
+    )
+    parser.add_argument(
+        "--save-masks",
+        choices=MASK_MODES,
+        default=None,
+        help="instances: OUT/masks/NAME/K.png per detection; idmap: OUT/masks/NAME.png, "
+        "16-bit, detection K as K+1",
+    )
+    parser.add_argument(
+        "--no-overlays", action="store_true", help="write no overlays or annotated videos"
+    )
     parser.add_argument(
         "--strict",
         action="store_true",
@@ -99,17 +145,30 @@ def run(args: argparse.Namespace) -> int:
         classes=args.classes,
         overrides=args.overrides,
         batch_size=args.batch_size,
+        workers=args.workers,
+        glob=args.glob,
+        resume=args.resume,
+        coco=args.coco,
+        save_masks=args.save_masks,
         overlays=not args.no_overlays,
         strict=args.strict,
     )
-    skipped = (
-        f", {summary['skipped']} skipped (unreadable, see {summary['errors']})"
-        if summary["skipped"]
-        else ""
-    )
-    print(
-        f"{summary['images']} image(s), {summary['detections']} detection(s){skipped}: "
-        f"wrote {summary['results']}"
-        + (f" and {summary['overlays']}/" if summary["overlays"] else "")
-    )
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
+        print(summary_line(summary))
     return 0
+
+
+def summary_line(summary: dict) -> str:
+    """ "12 image(s), 10 predicted, 2 already done, 31 detection(s), 1 skipped (...): wrote ..."."""
+    parts = [f"{summary['images']} image(s)"]
+    if summary["videos"]:
+        parts.append(f"{summary['videos']} video(s) ({summary['frames']} frames this run)")
+    parts.append(f"{summary['predicted']} predicted")
+    if summary["resumed"]:
+        parts.append(f"{summary['resumed']} already done")
+    parts.append(f"{summary['detections']} detection(s)")
+    skipped = summary["skipped"] + summary["videos_skipped"]
+    if skipped:
+        parts.append(f"{skipped} skipped (unreadable, see {summary['errors']})")
+    wrote = [summary["predictions"], summary["results"], summary["overlays"]]
+    return ", ".join(parts) + ": wrote " + " and ".join(str(w) for w in wrote if w)

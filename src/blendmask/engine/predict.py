@@ -1,59 +1,64 @@
-"""`blendmask predict` as a function: COCO results and overlays for image files or folders.
+"""`blendmask predict` as a function: streaming prediction over images, folders, path lists and
+videos, resumable, sharded across torchrun ranks.
 
-Nothing is lost: an unreadable image is skipped and recorded (errors.jsonl), the others'
-results are written; each file appears whole (atomic writes); a second process writing the same
-folder is refused (`OutputLock`).
+- Sources (`data/sources.py::expand_sources`) become image files and video files.
+- Images are decoded in DataLoader workers (`ImageFiles`), run in batches through the one
+  inference path (`Predictor.predict_tensors`: `preprocess` then `infer`) and written as they
+  come: one JSON line per image in OUT/predictions.jsonl (`engine/predict_stream.py`), its
+  overlay in OUT/overlays/, its masks in OUT/masks/ (`--save-masks`). Memory does not grow with
+  the number of images.
+- Resume (default): images whose record is already in OUT/predictions.jsonl are skipped, so a
+  run killed at any point (SIGKILL included) loses at most the batch in flight. Changed
+  settings (threshold, classes, model, ...) over the same OUT are refused instead of mixing
+  two models' results.
+- An unreadable image is skipped and recorded in OUT/errors.jsonl (one {"path", "image_id",
+  "error"} line each; they are tried again by the next run); `strict` ends the run instead.
+- Videos go through `engine/video.py`: OUT/videos/<name>.mp4 (annotated, same frame count) and
+  OUT/videos/<name>.jsonl (one record per frame).
+- Under torchrun the pending images (and videos) are split across ranks (`shard_indices`,
+  each exactly once); each rank appends to its own part file and rank 0 merges them.
+- `coco`: OUT/results.json in the COCO results format, written from the JSON lines at the end.
+
+A second process writing the same OUT is refused (`OutputLock`, held by rank 0).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor
+from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from blendmask.atomic import atomic_write, remove_stale_temps
-from blendmask.engine.logging import write_json
+from blendmask.data.sources import Sources, expand_sources, output_names
+from blendmask.engine import distributed as dist_utils
+from blendmask.engine.distributed import DistInfo
+from blendmask.engine.loaders import worker_init
 from blendmask.engine.output_lock import OutputLock
-from blendmask.predictor import DEFAULT_SCORE_THRESHOLD, Predictor, load_input_image
+from blendmask.engine.predict_outputs import MASK_MODES, OutputSpec
+from blendmask.engine.predict_stream import (
+    ERRORS,
+    PREDICTIONS,
+    RESULTS,
+    ImageFiles,
+    JsonLinesWriter,
+    done_keys,
+    merge_parts,
+    part_files,
+    part_path,
+    write_coco_results,
+)
+from blendmask.engine.video import predict_videos, video_done
+from blendmask.io import resolve_device
+from blendmask.predictor import DEFAULT_SCORE_THRESHOLD, Predictor
 from blendmask.structures import resolve_classes
+from blendmask.visualization import save_png
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-# One json line per image that could not be read: {"path", "image_id", "error"}.
-ERRORS_FILE = "errors.jsonl"
-
-
-def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
-    """Image files named by `inputs`: files as given, folders expanded (sorted, not recursive)."""
-    paths: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise FileNotFoundError(
-                    f"{p}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})"
-                )
-            paths.extend(found)
-        elif p.is_file():
-            paths.append(p)
-        else:
-            raise FileNotFoundError(f"{p}: no such image or folder")
-    if not paths:
-        raise ValueError("predict: no input images given")
-    return paths
-
-
-def _overlay_names(paths: list[Path]) -> list[str]:
-    """One PNG name per image: its stem, made unique with the index when stems repeat."""
-    stems = [p.stem for p in paths]
-    counts = Counter(stems)  # not stems.count per image: quadratic in a 100k-image folder
-    repeated = {s for s, n in counts.items() if n > 1}
-    return [f"{i:04d}_{s}.png" if s in repeated else f"{s}.png" for i, s in enumerate(stems)]
+SETTINGS = "predict_settings.json"
 
 
 def predict_images(
@@ -64,6 +69,7 @@ def predict_images(
     device: str = "auto",
     score_threshold: float = DEFAULT_SCORE_THRESHOLD,
     batch_size: int = 1,
+    workers: int = 0,
     overlays: bool = True,
     strict: bool = False,
     predictor: Any = None,
@@ -71,143 +77,300 @@ def predict_images(
     max_detections: int | None = None,
     classes: Sequence[int | str] | None = None,
     overrides: Sequence[str] = (),
+    glob: str | None = None,
+    resume: bool = True,
+    coco: bool = False,
+    save_masks: str | None = None,
 ) -> dict[str, Any]:
-    """`blendmask predict --weights W INPUT... --out DIR`.
+    """`blendmask predict --weights W SOURCE... --out DIR` (see the module docstring).
 
-    Writes DIR/results.json (COCO results: image_id = position in the input list, file_name,
-    original category_id, bbox xywh, score, segmentation as compressed RLE) with the detections
-    scoring >= `score_threshold`, and DIR/overlays/<name>.png drawing exactly those. Returns
-    a summary (images, detections, skipped, paths).
-
-    An image that cannot be read (corrupt, not an image, over `MAX_IMAGE_PIXELS`) is skipped
-    and recorded in DIR/errors.jsonl, one {"path", "image_id", "error"} line each (the file
-    is removed when nothing failed); with `strict` it ends the run with its error instead.
-    ValueError when no image at all could be read, or when another process writes DIR.
-    Memory is bounded by the largest image, not by detections x image (masks are encoded and
-    drawn one detection at a time).
+    Returns a summary: images, videos, frames, predicted (this run), resumed (skipped as
+    done), detections (this run), skipped (unreadable, this run), and the paths written.
+    ValueError when no image could be read at all, when another process writes DIR, or when
+    DIR holds results of other settings (`resume`; `resume=False` starts DIR over).
 
     `predictor`: a ready predictor used instead of loading `weights`; anything with `cfg`,
     `max_image_pixels` and `predict_tensors` (`predict --onnx`: `SegmenterPredictor`). It
     takes `score_threshold` and `classes` (applied here), not `nms_iou`, `max_detections` or
     `overrides` (ValueError), which are the knobs of `Predictor.from_checkpoint`.
     """
-    knobs = {"nms_iou": nms_iou, "max_detections": max_detections, "classes": classes}
-    paths = collect_images(inputs)
+    _check_arguments(predictor, save_masks, nms_iou, max_detections, overrides)
+    sources = expand_sources(inputs, glob)
+    if not len(sources):
+        raise ValueError(f"predict: the sources {', '.join(map(str, inputs))} name no file")
     out = Path(out)
-    with OutputLock(out):
-        # Temp files of an earlier run that was killed mid-write (ours are unique per process).
-        for folder in (out, out / "overlays"):
-            remove_stale_temps(folder)
-        if predictor is None:
-            predictor = _load_predictor(
-                weights, device, batch_size, overrides, score_threshold=score_threshold, **knobs
-            )
-        elif nms_iou is not None or max_detections is not None or overrides:
-            raise ValueError(
-                "--iou, --max-det, --set: not with a ready predictor (--onnx: the exported "
-                "graph fixes its post-processing; set it at export, `blendmask export --set`)"
-            )
-        names = predictor.cfg.data.category_names
-        labels = None if classes is None else resolve_classes(classes, names)
-        results, errors = _predict_all(
-            predictor, paths, out, (score_threshold, labels), batch_size, overlays, strict
-        )
-        write_json(out / "results.json", results)
-        errors_path = out / ERRORS_FILE
-        if errors:
-            text = "".join(json.dumps(e) + "\n" for e in errors).encode()
-            atomic_write(errors_path, lambda f: f.write(text))
-        else:
-            # A previous run's list would describe images this run read fine.
-            errors_path.unlink(missing_ok=True)
-    if errors and len(errors) == len(paths):
-        raise ValueError(
-            f"none of the {len(paths)} image(s) could be read (listed in {errors_path}); "
-            f"the first: {errors[0]['error']}"
-        )
-    return {
-        "images": len(paths),
-        "detections": len(results),
-        "skipped": len(errors),
-        "results": str(out / "results.json"),
-        "errors": str(errors_path) if errors else None,
-        "overlays": str(out / "overlays") if overlays else None,
+    knobs = {"nms_iou": nms_iou, "max_detections": max_detections, "classes": classes}
+    settings = {
+        "model": _model_name(weights, predictor),
+        "score_threshold": score_threshold,
+        **knobs,
+        "overrides": list(overrides),
+        "overlays": overlays,
+        "save_masks": save_masks,
     }
+    with _distributed(device) as (info, dev), _locked(out, info):
+        _on_main(info, lambda: _prepare(out, settings, resume))
+        done = done_keys(out) if resume else set()
+        video_names = output_names(sources.videos, "")
+        videos_pending = [k for k, n in enumerate(video_names) if not video_done(out, n)]
+        dist_utils.barrier()  # every rank has read what is done before any rank writes
+        if predictor is None:
+            predictor = _load_predictor(weights, dev, batch_size, overrides, score_threshold, knobs)
+        spec = _output_spec(predictor, out, score_threshold, classes, overlays, save_masks)
+        counts = _run_images(
+            predictor, spec, sources.images, done, info, batch_size, workers, strict
+        )
+        counts["frames"], bad_videos = predict_videos(
+            predictor, spec, sources.videos, video_names, videos_pending, info, batch_size, strict
+        )
+        counts["videos_skipped"] = bad_videos
+        totals = _sum_counts(dist_utils.all_gather_objects(counts))
+        dist_utils.barrier()
+        _on_main(info, lambda: _finish(out, coco))
+    if totals["attempted"] and totals["skipped"] == totals["attempted"] and not done:
+        if not sources.videos:
+            raise ValueError(
+                f"none of the {totals['attempted']} image(s) could be read (listed in "
+                f"{out / ERRORS}); the first: {totals['first_error']}"
+            )
+    return _summary(out, sources, totals, coco, overlays)
+
+
+def _check_arguments(
+    predictor: Any,
+    save_masks: str | None,
+    nms_iou: float | None,
+    max_detections: int | None,
+    overrides: Sequence[str],
+) -> None:
+    if save_masks is not None and save_masks not in MASK_MODES:
+        raise ValueError(
+            f"--save-masks: expected one of {', '.join(MASK_MODES)}, got {save_masks!r}"
+        )
+    if predictor is not None and (nms_iou is not None or max_detections is not None or overrides):
+        raise ValueError(
+            "--iou, --max-det, --set: not with a ready predictor (--onnx: the exported "
+            "graph fixes its post-processing; set it at export, `blendmask export --set`)"
+        )
+
+
+def _summary(
+    out: Path, sources: Sources, totals: dict[str, Any], coco: bool, overlays: bool
+) -> dict[str, Any]:
+    skipped = totals["skipped"] + totals["videos_skipped"]
+    return {
+        "images": len(sources.images),
+        "videos": len(sources.videos),
+        **{k: totals[k] for k in ("predicted", "resumed", "detections", "skipped", "frames")},
+        "videos_skipped": totals["videos_skipped"],
+        "predictions": str(out / PREDICTIONS),
+        "results": str(out / RESULTS) if coco else None,
+        "errors": str(out / ERRORS) if skipped else None,
+        "overlays": str(out / "overlays") if overlays and sources.images else None,
+    }
+
+
+def _model_name(weights: str | Path | None, predictor: Any) -> str:
+    if weights is not None:
+        return str(weights)
+    segmenter = getattr(predictor, "segmenter", None)  # `predict --onnx`
+    return str(getattr(segmenter, "path", type(predictor).__name__))
+
+
+def _output_spec(
+    predictor: Any,
+    out: Path,
+    score_threshold: float | None,
+    classes: Sequence[int | str] | None,
+    overlays: bool,
+    save_masks: str | None,
+) -> OutputSpec:
+    cfg = predictor.cfg
+    names = list(cfg.data.category_names)
+    return OutputSpec(
+        out=out,
+        category_ids=list(cfg.data.category_ids) or list(range(1, cfg.model.fcos.num_classes + 1)),
+        class_names=names,
+        score_threshold=score_threshold,
+        labels=None if classes is None else resolve_classes(classes, names),
+        overlays=overlays,
+        save_masks=save_masks,
+    )
+
+
+@contextlib.contextmanager
+def _distributed(device: str) -> Iterator[tuple[DistInfo, Any]]:
+    """(this rank, its device): a process group under torchrun (closed at the end when this
+    call started it), else (rank 0 of 1, `device` as given)."""
+    if not dist_utils.launched_by_torchrun():
+        yield DistInfo(), device
+        return
+    started = dist_utils.get_world_size() == 1
+    info, dev = dist_utils.init_distributed(resolve_device(device))
+    try:
+        yield info, dev
+    finally:
+        if started:
+            dist_utils.cleanup_distributed()
+
+
+@contextlib.contextmanager
+def _locked(out: Path, info: DistInfo) -> Iterator[None]:
+    """OUT/.lock held by rank 0 for the run; every rank fails when rank 0 cannot take it."""
+    with contextlib.ExitStack() as stack:
+        _on_main(info, lambda: stack.enter_context(OutputLock(out)))
+        yield
+
+
+def _on_main(info: DistInfo, action: Callable[[], object]) -> None:
+    """Run `action` on rank 0; its ValueError / OSError is raised on every rank (so that no
+    rank waits forever for one that stopped)."""
+    error: str | None = None
+    if info.is_main:
+        try:
+            action()
+        except (ValueError, OSError) as exc:
+            if not info.distributed:
+                raise
+            error = str(exc)
+    error = dist_utils.broadcast_object(error)
+    if error is not None:
+        raise ValueError(error)
+
+
+def _prepare(out: Path, settings: dict[str, Any], resume: bool) -> None:
+    """Rank 0, before any rank reads or writes: clear killed writers' temp files, start over
+    (`resume=False`) or check that OUT's records were made with the same `settings`, and
+    drop the previous errors (those images are tried again)."""
+    for folder in (out, out / "overlays", out / "videos", out / "masks"):
+        remove_stale_temps(folder)
+    records = [out / PREDICTIONS, *part_files(out, PREDICTIONS)]
+    if not resume:
+        for path in (*records, out / RESULTS, *(out / "videos").glob("*.jsonl")):
+            path.unlink(missing_ok=True)
+    elif any(p.is_file() for p in records) and (out / SETTINGS).is_file():
+        before = json.loads((out / SETTINGS).read_text())
+        changed = [k for k in settings if before.get(k) != settings[k]]
+        if changed:
+            raise ValueError(
+                f"{out} holds predictions made with other settings ("
+                + ", ".join(f"{k}: {before.get(k)!r} -> {settings[k]!r}" for k in changed)
+                + "); use --no-resume to start it over, or another --out"
+            )
+    for path in (out / ERRORS, *part_files(out, ERRORS)):
+        path.unlink(missing_ok=True)
+    text = json.dumps(settings, indent=1).encode()
+    atomic_write(out / SETTINGS, lambda f: f.write(text))
 
 
 def _load_predictor(
     weights: str | Path | None,
-    device: str,
+    device: Any,
     batch_size: int,
     overrides: Sequence[str],
-    **knobs: Any,
+    score_threshold: float,
+    knobs: dict[str, Any],
 ) -> Predictor:
     """`Predictor.from_checkpoint` with the knobs of `predict`."""
     if weights is None:
         raise ValueError("predict: needs --weights (or a ready predictor)")
     return Predictor.from_checkpoint(
-        weights, device=device, batch_size=batch_size, overrides=overrides, **knobs
+        weights,
+        device=device,
+        batch_size=batch_size,
+        overrides=overrides,
+        score_threshold=score_threshold,
+        **knobs,
     )
 
 
-def _predict_all(
-    predictor: Predictor,
-    paths: list[Path],
-    out: Path,
-    keep: tuple[float, list[int] | None],
+def _run_images(
+    predictor: Any,
+    spec: OutputSpec,
+    images: list[Path],
+    done: set[str],
+    info: DistInfo,
     batch_size: int,
-    overlays: bool,
+    workers: int,
     strict: bool,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(COCO results, error records) of every image, writing the overlays on the way.
-
-    `keep`: (score threshold, 0-based labels or None): the detections written. A `Predictor`
-    has applied both already; a ready predictor (`--onnx`) may not have."""
-    score_threshold, labels = keep
-    wanted = None if labels is None else torch.tensor(labels, dtype=torch.int64)
-    from blendmask.evaluation.coco import detections_to_coco_results
-    from blendmask.visualization import draw_detections, save_png
-
-    cfg = predictor.cfg
-    num_classes = cfg.model.fcos.num_classes
-    category_ids = list(cfg.data.category_ids) or list(range(1, num_classes + 1))
-    names = _overlay_names(paths)
-    results: list[dict[str, Any]] = []
-    errors: list[dict[str, Any]] = []
-    for start in range(0, len(paths), batch_size):
-        loaded = []
-        for index in range(start, min(start + batch_size, len(paths))):
-            image = _load(predictor, paths[index], index, strict, errors)
-            if image is not None:
-                loaded.append((index, image))
-        if not loaded:
-            continue
-        detections = predictor.predict_tensors([image for _, image in loaded])
-        for (index, image), det in zip(loaded, detections):
-            mask = det.scores >= score_threshold
-            if wanted is not None:
-                mask &= torch.isin(det.labels, wanted)
-            det = det.select(mask)
-            for r in detections_to_coco_results([det], [index], category_ids):
-                results.append({**r, "file_name": str(paths[index])})
-            if overlays:
-                # In place: the decoded image is not needed after its overlay.
-                overlay = draw_detections(
-                    image, det, class_names=list(cfg.data.category_names), inplace=True
-                )
-                save_png(overlay, out / "overlays" / names[index])
-    return results, errors
-
-
-def _load(
-    predictor: Predictor, path: Path, index: int, strict: bool, errors: list[dict[str, Any]]
-) -> Tensor | None:
-    """The decoded image, or None after recording why it cannot be read (`strict`: raise)."""
+) -> dict[str, Any]:
+    """Predict this rank's share of the images not `done`, writing each batch's records,
+    overlays and masks as it comes; returns this rank's counts."""
+    pending = [i for i, path in enumerate(images) if str(path) not in done]
+    mine = [pending[k] for k in dist_utils.shard_indices(len(pending), info)]
+    names = output_names(images, ".png")
+    loader = DataLoader(
+        ImageFiles(images, mine, predictor.max_image_pixels),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=list,
+        worker_init_fn=worker_init if workers > 0 else None,
+    )
+    counts = {"attempted": len(mine), "resumed": len(images) - len(pending), "predicted": 0}
+    counts.update(detections=0, skipped=0, first_error=None)
+    records = JsonLinesWriter(part_path(spec.out, PREDICTIONS, info))
+    errors = JsonLinesWriter(part_path(spec.out, ERRORS, info))
+    # disable=None: the bar (images/s, ETA) shows on a terminal, not in logs or pipes.
+    bar = tqdm(total=len(mine), unit="img", desc="predict", disable=None if info.is_main else True)
     try:
-        return load_input_image(path, predictor.max_image_pixels)
-    except (ValueError, OSError) as exc:  # corrupt, not an image, too large, vanished
-        if strict:
-            raise
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        errors.append({"path": str(path), "image_id": index, "error": message})
-        return None
+        for batch in loader:
+            bad = [(i, error) for i, image, error in batch if error is not None]
+            if bad and strict:
+                raise ValueError(bad[0][1])
+            errors.write([{"path": str(images[i]), "image_id": i, "error": e} for i, e in bad])
+            counts["skipped"] += len(bad)
+            counts["first_error"] = counts["first_error"] or (bad[0][1] if bad else None)
+            good = [(i, image) for i, image, error in batch if error is None]
+            written = _predict_batch(predictor, spec, good, images, names)
+            records.write(written)
+            counts["predicted"] += len(written)
+            counts["detections"] += sum(len(r["detections"]) for r in written)
+            bar.update(len(batch))
+    finally:
+        records.close()
+        errors.close()
+        bar.close()
+    return counts
+
+
+def _predict_batch(
+    predictor: Any,
+    spec: OutputSpec,
+    batch: list[tuple[int, Any]],
+    images: list[Path],
+    names: list[str],
+) -> list[dict[str, Any]]:
+    """The records of one batch of decoded images, their overlays and masks written first (a
+    record on disk means its files are complete)."""
+    if not batch:
+        return []
+    records = []
+    for (index, image), det in zip(batch, predictor.predict_tensors([im for _, im in batch])):
+        det = spec.keep(det)
+        record = spec.record(det, file_name=str(images[index]), image_id=index)
+        masks = spec.write_masks(det, Path(names[index]).stem)
+        if masks is not None:
+            record["masks"] = masks
+        if spec.overlays:
+            save_png(spec.draw(image, det), spec.out / "overlays" / names[index])
+        records.append(record)
+    return records
+
+
+def _sum_counts(per_rank: list[dict[str, Any]]) -> dict[str, Any]:
+    totals: dict[str, Any] = {
+        k: sum(c[k] for c in per_rank)
+        for k in ("attempted", "predicted", "detections", "skipped", "frames", "videos_skipped")
+    }
+    totals["resumed"] = per_rank[0]["resumed"]  # every rank counts the same done set
+    totals["first_error"] = next((c["first_error"] for c in per_rank if c["first_error"]), None)
+    return totals
+
+
+def _finish(out: Path, coco: bool) -> None:
+    """Rank 0, after every rank is done: one predictions.jsonl and one errors.jsonl (the
+    ranks' parts merged), then results.json from the records (`coco`)."""
+    merge_parts(out, PREDICTIONS)
+    merge_parts(out, ERRORS)
+    if coco:
+        write_coco_results(out)

@@ -1,0 +1,241 @@
+"""The files `blendmask predict` streams into: JSON lines that survive a crash, and the images
+read for them by DataLoader workers.
+
+OUT/predictions.jsonl holds one record per image, appended and flushed batch by batch, so memory
+does not grow with the number of images and a resumed run knows what is done:
+
+    {"file_name": "imgs/a.jpg", "image_id": 3, "height": 480, "width": 640,
+     "detections": [{"label": 0, "category_id": 1, "category": "person", "score": 0.93,
+                     "bbox": [x, y, w, h], "segmentation": {"size": [480, 640], "counts": "..."}},
+                    ...]}
+
+A process killed mid-write (SIGKILL) may leave a last line without its newline; readers ignore
+it and the next writer cuts it off before appending (`JsonLinesWriter`), so a torn line never
+breaks a rerun. Under torchrun each rank appends to its own part file
+(`predictions.part<rank>.jsonl`) and rank 0 merges the parts into predictions.jsonl at the end
+(`merge_parts`, which drops a record whose key is already there: a merge interrupted after its
+rename but before deleting the parts repeats nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from blendmask.atomic import atomic_write
+from blendmask.engine.distributed import DistInfo
+from blendmask.evaluation.coco import detections_to_coco_results
+from blendmask.predictor import load_input_image
+from blendmask.structures import Detections
+
+logger = logging.getLogger(__name__)
+
+PREDICTIONS = "predictions.jsonl"
+ERRORS = "errors.jsonl"
+RESULTS = "results.json"
+
+
+def part_path(out: Path, name: str, info: DistInfo) -> Path:
+    """Where this rank appends `name` (e.g. predictions.jsonl): the file itself in one
+    process, `<stem>.part<rank>.jsonl` under torchrun."""
+    if not info.distributed:
+        return out / name
+    stem = name.removesuffix(".jsonl")
+    return out / f"{stem}.part{info.rank}.jsonl"
+
+
+def part_files(out: Path, name: str) -> list[Path]:
+    """The per-rank part files of `name` left in `out` (this run's, or a killed run's)."""
+    stem = name.removesuffix(".jsonl")
+    return sorted(out.glob(f"{stem}.part*.jsonl"))
+
+
+class JsonLinesWriter:
+    """Appends records to a JSON lines file, one line each, flushed after every `write`.
+
+    The file is opened on the first write (no file when nothing is written). Before appending
+    to an existing file, a torn last line (no newline: its writer was killed mid-line) is cut
+    off, so the file stays one valid record per line.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: IO[bytes] | None = None
+
+    def write(self, records: Sequence[dict[str, Any]]) -> None:
+        if not records:
+            return
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            cut_torn_line(self.path)
+            self._file = open(self.path, "ab")  # noqa: SIM115 - closed in close()
+        lines = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
+        self._file.write(lines.encode())
+        # Flushed to the OS: a SIGKILL after this loses nothing (fsync would only add
+        # safety against a power cut, at a disk sync per batch).
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def cut_torn_line(path: Path) -> None:
+    """Truncate `path` after its last newline (nothing when it ends with one or is absent)."""
+    if not path.is_file():
+        return
+    with open(path, "rb+") as f:
+        end = f.seek(0, os.SEEK_END)
+        if end == 0:
+            return
+        f.seek(end - 1)
+        if f.read(1) == b"\n":
+            return
+        while end > 0:  # search backwards, a block at a time: files may be gigabytes
+            start = max(0, end - 65536)
+            f.seek(start)
+            newline = f.read(end - start).rfind(b"\n")
+            if newline >= 0:
+                f.truncate(start + newline + 1)
+                return
+            end = start
+        f.truncate(0)
+
+
+def read_records(path: Path) -> Iterator[dict[str, Any]]:
+    """The records of a JSON lines file, streamed; a torn last line or a line that is not a
+    JSON object (a damaged file) is skipped with a warning."""
+    if not path.is_file():
+        return
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            if not line.endswith(b"\n"):
+                logger.warning("%s: line %d is incomplete (a killed run); ignored", path, number)
+                return
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if not isinstance(record, dict):
+                logger.warning("%s: line %d is not a JSON object; ignored", path, number)
+                continue
+            yield record
+
+
+def record_key(record: dict[str, Any]) -> str:
+    """What identifies a record: its file (and frame, for video frames); an error record its
+    "path"."""
+    name = record.get("file_name", record.get("path"))
+    frame = record.get("frame")
+    return str(name) if frame is None else f"{name}#{frame}"
+
+
+def done_keys(out: Path, name: str = PREDICTIONS) -> set[str]:
+    """Keys of every record in OUT/`name` and its part files: the images already predicted."""
+    keys: set[str] = set()
+    for path in (out / name, *part_files(out, name)):
+        keys.update(record_key(r) for r in read_records(path))
+    return keys
+
+
+def merge_parts(out: Path, name: str) -> int:
+    """Append the part files of OUT/`name` to it (records already there skipped), atomically,
+    then delete the parts. Returns the number of records in OUT/`name`."""
+    parts = part_files(out, name)
+    target = out / name
+    if not parts:
+        return sum(1 for _ in read_records(target))
+    seen: set[str] = set()
+    count = 0
+
+    def write(f: IO[bytes]) -> None:
+        nonlocal count
+        for path in (target, *parts):
+            for record in read_records(path):
+                key = record_key(record)
+                if key in seen:
+                    continue
+                seen.add(key)
+                f.write((json.dumps(record, separators=(",", ":")) + "\n").encode())
+                count += 1
+
+    atomic_write(target, write)
+    for path in parts:
+        path.unlink(missing_ok=True)
+    return count
+
+
+def detection_entries(
+    det: Detections, category_ids: Sequence[int], class_names: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The "detections" of a record: the COCO result of each detection (RLE mask, xywh box,
+    original category id; `detections_to_coco_results`) with its 0-based label and name."""
+    entries = detections_to_coco_results([det], [0], category_ids)
+    for entry, label in zip(entries, det.labels.tolist()):
+        del entry["image_id"]
+        entry["label"] = int(label)
+        if class_names:
+            entry["category"] = class_names[label]
+    return entries
+
+
+def write_coco_results(out: Path) -> Path:
+    """OUT/results.json (COCO results: image_id, category_id, score, bbox, segmentation, plus
+    file_name) from OUT/predictions.jsonl, streamed record by record."""
+
+    def write(f: IO[bytes]) -> None:
+        f.write(b"[")
+        first = True
+        for record in read_records(out / PREDICTIONS):
+            for entry in record.get("detections", []):
+                result = {
+                    "image_id": record["image_id"],
+                    "category_id": entry["category_id"],
+                    "score": entry["score"],
+                    "bbox": entry["bbox"],
+                    "segmentation": entry["segmentation"],
+                    "file_name": record["file_name"],
+                }
+                f.write((b"" if first else b", ") + json.dumps(result).encode())
+                first = False
+        f.write(b"]")
+
+    return atomic_write(out / RESULTS, write)
+
+
+class ImageFiles(Dataset):
+    """`paths[i]` for i in `indices`, decoded (`load_input_image`: EXIF orientation, 16-bit,
+    gray, RGBA; `max_pixels` checked from the header) as (i, uint8 Tensor[3, H0, W0], None),
+    or (i, None, one-line reason) when the file cannot be read.
+
+    Returning the reason instead of raising keeps one bad file from ending a DataLoader (a
+    worker's exception would stop the whole loop).
+    """
+
+    def __init__(self, paths: Sequence[Path], indices: Sequence[int], max_pixels: int) -> None:
+        self.paths = paths
+        self.indices = indices
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> tuple[int, Tensor | None, str | None]:
+        index = self.indices[k]
+        try:
+            return index, load_input_image(self.paths[index], self.max_pixels), None
+        except (ValueError, OSError) as exc:  # corrupt, empty, not an image, too large, gone
+            return index, None, one_line(exc)
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
