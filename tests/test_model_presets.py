@@ -45,9 +45,10 @@ def shrunk(name: str) -> Config:
 
 
 def test_representatives_cover_every_network():
-    assert set(REPRESENTATIVES) == set(PRESETS) - {"R_50_3x"}
-    r50_1x, r50_3x = get_preset("R_50_1x"), get_preset("R_50_3x")
-    assert r50_1x.model == r50_3x.model and r50_1x.solver != r50_3x.solver
+    assert set(REPRESENTATIVES) == set(PRESETS) - {"R_50_3x", "Panoptic_R_50_3x"}
+    for one, three in [("R_50_1x", "R_50_3x"), ("Panoptic_R_50_1x", "Panoptic_R_50_3x")]:
+        r50_1x, r50_3x = get_preset(one), get_preset(three)
+        assert r50_1x.model == r50_3x.model and r50_1x.solver != r50_3x.solver
 
 
 def test_shrunk_networks_differ():
@@ -80,6 +81,7 @@ def make_batch(num_images: int = 2, size: tuple[int, int] = (96, 128), empty: bo
                     "boxes": torch.zeros(0, 4),
                     "labels": torch.zeros(0, dtype=torch.int64),
                     "masks": torch.zeros(0, *size, dtype=torch.uint8),
+                    "sem_seg": torch.ones(size, dtype=torch.int64),
                 }
             )
             continue
@@ -87,7 +89,14 @@ def make_batch(num_images: int = 2, size: tuple[int, int] = (96, 128), empty: bo
         masks = torch.zeros(2, *size, dtype=torch.uint8)
         for j, (x0, y0, x1, y1) in enumerate(boxes.int().tolist()):
             masks[j, y0:y1, x0:x1] = 1
-        targets.append({"boxes": boxes, "labels": torch.tensor([0, 2]), "masks": masks})
+        # Panoptic presets also read a semantic map (0 thing, 1 stuff, 255 ignore); the others
+        # ignore it.
+        sem_seg = torch.ones(size, dtype=torch.int64)
+        sem_seg[masks.bool().any(0)] = 0
+        sem_seg[:4] = 255
+        targets.append(
+            {"boxes": boxes, "labels": torch.tensor([0, 2]), "masks": masks, "sem_seg": sem_seg}
+        )
     return images, targets
 
 

@@ -357,6 +357,10 @@ def validate(cfg: Config) -> Config:
             "model.blender.fixed_onehot_attention: needs model.basis_module.num_bases == "
             f"attn_size**2 ({m.blender.attn_size**2}), got {m.basis_module.num_bases}"
         )
+    if m.panoptic.enabled and m.panoptic.num_stuff_classes < 1:
+        raise ConfigError("model.panoptic.num_stuff_classes: a panoptic model needs >= 1")
+    if m.panoptic.enabled and m.panoptic.norm == "GN" and m.panoptic.conv_dims % 32:
+        raise ConfigError("model.panoptic.conv_dims: GroupNorm(32) needs a multiple of 32")
     if not cfg.data.min_size_train:
         raise ConfigError("data.min_size_train: needs at least one size")
     return cfg

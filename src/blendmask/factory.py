@@ -21,6 +21,7 @@ from blendmask.modeling.blendmask import BlendMask
 from blendmask.modeling.fcos_head import FCOSHead
 from blendmask.modeling.fpn import FPN
 from blendmask.modeling.losses import BlendMaskCriterion
+from blendmask.modeling.panoptic import SemanticFPNHead
 from blendmask.modeling.postprocess import BlendMaskPostProcessor
 from blendmask.structures import BlenderSpec
 
@@ -36,10 +37,17 @@ def build_network(cfg: Config, *, load_pretrained: bool = True) -> BlendMask:
     """
     m = cfg.model
     body = _build_body(cfg, load_pretrained=load_pretrained)
+    panoptic = m.panoptic.enabled
+    if panoptic and not hasattr(body, "c2_channels"):
+        raise ConfigError(
+            f"model.panoptic.enabled: the semantic head needs C2 of a ResNet body, got "
+            f"model.backbone.name={m.backbone.name}"
+        )
     fpn = FPN(
         in_channels_list=list(body.out_channels),
         out_channels=m.fpn.out_channels,
         top_levels=m.fpn.top_levels,
+        p2_in_channels=body.c2_channels if panoptic else 0,
     )
     tower_channels = m.fcos.tower_channels or m.fpn.out_channels
     head = FCOSHead(
@@ -70,6 +78,19 @@ def build_network(cfg: Config, *, load_pretrained: bool = True) -> BlendMask:
         input_scale=m.input_scale,
         pixel_mean=list(m.pixel_mean),
         pixel_std=list(m.pixel_std),
+        panoptic_module=_build_panoptic(cfg) if panoptic else None,
+    )
+
+
+def _build_panoptic(cfg: Config) -> SemanticFPNHead:
+    """Panoptic FPN's semantic head on P2-P5: S stuff classes + the "thing" class."""
+    p = cfg.model.panoptic
+    return SemanticFPNHead(
+        in_channels=cfg.model.fpn.out_channels,
+        num_classes=p.num_stuff_classes + 1,
+        conv_dims=p.conv_dims,
+        norm=p.norm,
+        common_stride=p.common_stride,
     )
 
 
@@ -137,6 +158,8 @@ def build_criterion(cfg: Config) -> BlendMaskCriterion:
         sem_loss_on=m.basis_module.loss_on,
         sem_loss_weight=m.basis_module.loss_weight,
         common_stride=m.basis_module.common_stride,
+        panoptic_loss_weight=m.panoptic.loss_weight,
+        panoptic_ignore_value=m.panoptic.ignore_value,
     )
 
 

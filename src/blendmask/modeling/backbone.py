@@ -181,6 +181,7 @@ class ResNetBody(nn.Module):
 
         expansion = block_cls.expansion
         self.out_channels: list[int] = [128 * expansion, 256 * expansion, 512 * expansion]
+        self.c2_channels = 64 * expansion  # C2 (res2), read by the FPN's P2 (panoptic models)
         self.norm = norm
         self.freeze_at = freeze_at
         self._freeze()
@@ -209,14 +210,15 @@ class ResNetBody(nn.Module):
             module.eval()
         return self
 
-    def forward(self, x: Tensor) -> list[Tensor]:
-        """x (Tensor[N, 3, H, W]): normalised images -> [C3, C4, C5] at strides 8, 16, 32."""
+    def forward(self, x: Tensor, *, with_c2: bool = False) -> list[Tensor]:
+        """x (Tensor[N, 3, H, W]): normalised images -> [C3, C4, C5] at strides 8, 16, 32;
+        [C2, C3, C4, C5] (C2 at stride 4) with `with_c2`."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         c2 = self.layer1(x)
         c3 = self.layer2(c2)
         c4 = self.layer3(c3)
         c5 = self.layer4(c4)
-        return [c3, c4, c5]
+        return [c2, c3, c4, c5] if with_c2 else [c3, c4, c5]
 
 
 BODY_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "efficientnet_lite0")

@@ -87,9 +87,12 @@ class BlendMask(nn.Module):
         input_format: channel order the weights expect (BGR for MSRA / AdelaiDet weights).
         input_scale: multiply the [0, 1] input by this (255 for MSRA weights, 1 for torchvision).
         pixel_mean / pixel_std: per channel, in `input_format` order and `input_scale` units.
+        panoptic_module: optional semantic head on [P2, P3, P4, P5] (`panoptic.SemanticFPNHead`,
+            BlendMask Sec. 4.4); needs an FPN built with P2 and a body giving C2 (`with_c2`).
+            P2 feeds only this head; the instance outputs are unchanged.
 
-    Module tree (state-dict prefixes): body, fpn, head, top_layer, basis_module, plus the
-    buffers pixel_mean / pixel_std (Tensor[3, 1, 1]).
+    Module tree (state-dict prefixes): body, fpn, head, top_layer, basis_module, the optional
+    panoptic_module, plus the buffers pixel_mean / pixel_std (Tensor[3, 1, 1]).
     """
 
     def __init__(
@@ -106,8 +109,11 @@ class BlendMask(nn.Module):
         input_scale: float = 255.0,
         pixel_mean: list[float],
         pixel_std: list[float],
+        panoptic_module: nn.Module | None = None,
     ) -> None:
         super().__init__()
+        if panoptic_module is not None and not fpn.has_p2:
+            raise ValueError("panoptic_module: needs an FPN built with P2 (p2_in_channels > 0)")
         if basis_in_features is None:
             basis_in_features = ["p3", "p4", "p5"]
         if input_format not in INPUT_FORMATS:
@@ -140,6 +146,7 @@ class BlendMask(nn.Module):
         self.head = head
         self.top_layer = top_layer
         self.basis_module = basis_module
+        self.panoptic_module = panoptic_module
         if isinstance(top_layer, nn.Conv2d):
             nn.init.normal_(top_layer.weight, std=0.01)
             if top_layer.bias is not None:
@@ -221,7 +228,8 @@ class BlendMask(nn.Module):
 
         Returns BlendMaskOutputs: cls_logits (N, P, C), bbox_reg (N, P, 4) in stride units,
         ctrness (N, P), attentions (N, P, K*M*M), bases (N, K, H/4, W/4), sem_logits
-        (N, C+1, H/8, W/8) or None, points (P, 2), strides (P,), num_points_per_level.
+        (N, C+1, H/8, W/8) or None, points (P, 2), strides (P,), num_points_per_level, and
+        panoptic_logits (N, S+1, H, W) for a panoptic network (None otherwise).
         """
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images: expected a Tensor[N, 3, H, W], got {tuple(images.shape)}")
@@ -230,8 +238,14 @@ class BlendMask(nn.Module):
                 f"images: expected H and W padded to multiples of 32, got {tuple(images.shape)}"
             )
         x = self.normalize(images, image_sizes)
-        c_features = self.body(x)
-        p_features = self.fpn(c_features)
+        panoptic_logits = None
+        if self.panoptic_module is None:
+            c_features = self.body(x)
+            p_features = self.fpn(c_features)
+        else:
+            c2, *c_features = self.body(x, with_c2=True)
+            p2, p_features = self.fpn.forward_with_p2(c2, c_features)
+            panoptic_logits = self.panoptic_module([p2, *p_features[:3]])
         cls_logits, bbox_reg, ctrness, bbox_towers = self.head(p_features)
         attentions = [self.top_layer(t) for t in bbox_towers] if dense_attentions else None
 
@@ -261,4 +275,5 @@ class BlendMask(nn.Module):
             top_layer_params=None
             if dense_attentions
             else (self.top_layer.weight, self.top_layer.bias),
+            panoptic_logits=panoptic_logits,
         )

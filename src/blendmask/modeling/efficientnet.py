@@ -69,6 +69,7 @@ _HEAD_CHANNELS = 1280
 _NUM_IMAGENET_CLASSES = 1000
 # Blocks whose outputs are C3 (stride 8), C4 (stride 16), C5 (stride 32).
 _OUT_BLOCKS = (4, 10, 15)
+_C2_BLOCK = 2  # last block at stride 4 (24 channels): C2 for the P2 of panoptic models
 # Keys of the weight file that belong to the classifier, not to the body.
 _HEAD_PREFIXES = ("_conv_head.", "_bn1.", "_fc.")
 
@@ -222,6 +223,7 @@ class EfficientNetLite0Body(nn.Module):
             self._blocks[i]._project_conv.out_channels for i in _OUT_BLOCKS
         ]
         self.strides: list[int] = [8, 16, 32]
+        self.c2_channels = self._blocks[_C2_BLOCK]._project_conv.out_channels
         _init_weights(self)
 
         frozen: list[nn.Module] = []
@@ -232,14 +234,15 @@ class EfficientNetLite0Body(nn.Module):
             for p in module.parameters():
                 p.requires_grad_(False)
 
-    def forward(self, x: Tensor) -> list[Tensor]:
+    def forward(self, x: Tensor, *, with_c2: bool = False) -> list[Tensor]:
         """x (Tensor[N, 3, H, W]): normalised RGB -> [C3 (N, 40, H/8, W/8),
-        C4 (N, 112, H/16, W/16), C5 (N, 320, H/32, W/32)] (ceil division for odd sizes)."""
+        C4 (N, 112, H/16, W/16), C5 (N, 320, H/32, W/32)] (ceil division for odd sizes);
+        `with_c2` puts C2 (N, 24, H/4, W/4) first."""
         x = F.relu6(self._bn0(self._conv_stem(x)))
         features: list[Tensor] = []
         for i, block in enumerate(self._blocks):
             x = block(x)
-            if i in _OUT_BLOCKS:
+            if i in _OUT_BLOCKS or (with_c2 and i == _C2_BLOCK):
                 features.append(x)
         return features
 

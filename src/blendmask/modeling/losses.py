@@ -20,6 +20,7 @@ from torchvision.ops import sigmoid_focal_loss
 
 from ..structures import BlenderSpec, BlendMaskOutputs, Target
 from .blender import merge_bases, pool_bases
+from .panoptic import semantic_seg_loss
 from .targets import (
     FCOSTargets,
     assign_fcos_targets,
@@ -117,7 +118,8 @@ class BlendMaskCriterion(nn.Module):
 
     Keys (as the reference, so curves compare with published logs): loss_fcos_cls,
     loss_fcos_loc, loss_fcos_ctr, loss_mask and, when `sem_loss_on` and the network returns
-    semantic logits, loss_basis_sem.
+    semantic logits, loss_basis_sem; loss_sem_seg (panoptic semantic head, `panoptic.py`) when
+    the outputs carry panoptic logits.
 
     Normalisers are reduced over ranks once here: num_pos_avg = max(mean positives, 1) for the
     focal and centerness losses; loss_denorm = max(mean sum of centerness targets, 1e-6) for
@@ -138,6 +140,8 @@ class BlendMaskCriterion(nn.Module):
         sem_loss_on: bool = True,
         sem_loss_weight: float = 0.3,
         common_stride: int = 8,
+        panoptic_loss_weight: float = 0.5,
+        panoptic_ignore_value: int = 255,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -151,6 +155,8 @@ class BlendMaskCriterion(nn.Module):
         self.sem_loss_on = sem_loss_on
         self.sem_loss_weight = sem_loss_weight
         self.common_stride = common_stride
+        self.panoptic_loss_weight = panoptic_loss_weight
+        self.panoptic_ignore_value = panoptic_ignore_value
 
     def forward(self, outputs: BlendMaskOutputs, targets: list[Target]) -> dict[str, Tensor]:
         """Losses of a batch.
@@ -159,7 +165,8 @@ class BlendMaskCriterion(nn.Module):
             outputs: the network's BlendMaskOutputs.
             targets: per image {"boxes": float[G, 4] xyxy in resized input pixels,
                 "labels": int64[G] in [0, C), "masks": uint8[G, h, w] at the resized unpadded
-                size}; other keys are ignored.
+                size}, plus "sem_seg": int64[h, w] (0 thing, 1..S stuff, 255 ignore) for a
+                panoptic network; other keys are ignored.
 
         Returns:
             dict of scalar losses.
@@ -200,6 +207,19 @@ class BlendMaskCriterion(nn.Module):
             )
         if self.sem_loss_on and outputs.sem_logits is not None:
             losses["loss_basis_sem"] = self._semantic_loss(outputs.sem_logits, targets, gt_labels)
+        if outputs.panoptic_logits is not None:
+            missing = [i for i, t in enumerate(targets) if "sem_seg" not in t]
+            if missing:
+                raise ValueError(
+                    f"target {missing[0]} has no 'sem_seg': a panoptic model trains on panoptic "
+                    "data (semantic map: 0 thing, 1..S stuff, 255 ignore)"
+                )
+            losses["loss_sem_seg"] = semantic_seg_loss(
+                outputs.panoptic_logits,
+                [t["sem_seg"] for t in targets],
+                ignore_value=self.panoptic_ignore_value,
+                loss_weight=self.panoptic_loss_weight,
+            )
         return losses
 
     def _detection_losses(

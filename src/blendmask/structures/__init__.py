@@ -22,6 +22,7 @@ from blendmask.structures.detections import (
     ProbabilityPaster,
     resolve_classes,
 )
+from blendmask.structures.panoptic import PanopticSegmentation
 
 __all__ = [
     "POOLER_TYPES",
@@ -32,6 +33,7 @@ __all__ = [
     "Drawer",
     "ImageBatch",
     "MaskPaster",
+    "PanopticSegmentation",
     "ProbabilityPaster",
     "Target",
     "resolve_classes",
@@ -136,6 +138,8 @@ class BlendMaskOutputs(NamedTuple):
         top layer reads; only with `dense_attentions=False`.
     top_layer_params (tuple[Tensor[K*M*M, C_t, 3, 3], Tensor[K*M*M]] | None): the top layer's
         weight and bias; only with `dense_attentions=False`.
+    panoptic_logits (Tensor[N, S+1, H, W] | None): the semantic FPN head's logits (0 = thing,
+        1..S stuff) at the padded input size; None unless the network is panoptic.
     """
 
     cls_logits: Tensor
@@ -149,9 +153,11 @@ class BlendMaskOutputs(NamedTuple):
     num_points_per_level: tuple[int, ...]
     bbox_towers: tuple[Tensor, ...] | None = None
     top_layer_params: tuple[Tensor, Tensor] | None = None
+    panoptic_logits: Tensor | None = None
 
 
 # A training target for one image (see data/transforms.py), coordinates in resized-input pixels:
 #   {"boxes": float Tensor[G, 4] xyxy, "labels": int64 Tensor[G] in [0, C),
 #    "masks": uint8 Tensor[G, h, w] at the image's resized (unpadded) size}
+# and, for a panoptic model, "sem_seg": int64 Tensor[h, w] (0 = thing, 1..S stuff, 255 ignore)
 Target = dict[str, Tensor]
