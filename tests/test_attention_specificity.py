@@ -104,3 +104,25 @@ def test_no_pairs_and_bad_shapes() -> None:
         attention_specificity([_softmax_maps(1, 2, 3, 0), _softmax_maps(1, 2, 4, 0)])
     with pytest.raises(ValueError, match=r"\[D, K, R, R\]"):
         pairwise_distances(torch.zeros(2, 3, 3))
+
+
+def test_explain_figure_draws_the_attention_distances() -> None:
+    """`blendmask explain` shows the distance matrix of the explained detections; wrong = the
+    matrix is not the measure of evaluation/attention.py on the maps the figure shows, or the
+    panel is missing."""
+    from blendmask.explain import draw_explanation, explain_image
+    from blendmask.predictor import Predictor
+    from blendmask.presets import get_preset
+
+    torch.manual_seed(0)
+    predictor = Predictor.from_config(get_preset("tiny"), device="cpu")
+    predictor.postprocessor.score_thresh = 0.0
+    image = torch.rand(3, 50, 70, generator=torch.Generator().manual_seed(1))
+    expl = explain_image(predictor, image, top=3)
+    assert expl.attention_weights.shape[0] == 3
+    fig = draw_explanation(expl)
+    (panel,) = [ax for ax in fig.axes if ax.get_label() == "attention-distances"]
+    shown = torch.as_tensor(panel.images[0].get_array()).double()
+    expected = pairwise_distances(expl.attention_weights)
+    assert torch.allclose(shown, expected, atol=1e-6)
+    assert len(panel.texts) == 9  # every cell written

@@ -8,7 +8,9 @@ For the top detections of an image the figure shows the four steps of the blende
 - Eq. 2-3: the detection's K x M x M attention resized to R x R and normalised with a softmax
   over K (so the K maps sum to 1 at every pixel; with K = 1 the blender uses a sigmoid and so
   does the figure; with the FCIS assembly the maps are the fixed one-hot cells);
-- Eq. 4: the blended mask, sigmoid(sum_k attention_k * cropped base_k).
+- Eq. 4: the blended mask, sigmoid(sum_k attention_k * cropped base_k);
+- how instance-specific the attentions are: the distance between the attention maps of every
+  two detections (`evaluation/attention.py`; 0: the same maps, 1: different bases everywhere).
 
 `explain_image` collects these tensors (an `Explanation`) from the blender itself
 (`modeling/blender.py`: `pool_bases`, `attention_weights`) and the post-processor; this module
@@ -169,7 +171,8 @@ def draw_explanation(expl: Explanation, *, original_image: Tensor | None = None)
         ax.set_title(f"base {k + 1}", fontsize=7)
         ax.axis("off")
         _colorbar(fig, ax, image)
-    note = fig.add_subplot(grid[1, :first])
+    _draw_attention_distances(fig.add_subplot(grid[1, 0]), expl)
+    note = fig.add_subplot(grid[1, 1:first])
     note.axis("off")
     note.text(
         0.5,
@@ -194,6 +197,32 @@ def _colorbar(fig: Figure, ax: Axes, image: AxesImage) -> None:
     cax = ax.inset_axes([1.04, 0.0, 0.07, 1.0])
     bar = fig.colorbar(image, cax=cax)
     bar.ax.tick_params(labelsize=5, length=2, pad=1)
+
+
+def _draw_attention_distances(ax: Axes, expl: Explanation) -> None:
+    """The attention distance (`evaluation/attention.py`) between every two explained
+    detections, 0 (same maps) to 1 (different bases at every pixel). A matrix near 0 means the
+    top layer gives every instance the same attention: the blender is then a fixed mixture of
+    the bases. No colour bar: the values are written in the cells."""
+    from blendmask.evaluation.attention import pairwise_distances
+
+    ax.set_label("attention-distances")
+    count = expl.attention_weights.shape[0]
+    if count < 2:
+        ax.axis("off")
+        ax.text(0.5, 0.5, "attention distance:\nneeds 2 detections", ha="center", fontsize=6)
+        return
+    distances = pairwise_distances(expl.attention_weights).float()
+    ax.imshow(distances.numpy(), cmap="magma", vmin=0, vmax=1)
+    for i, row in enumerate(distances.tolist()):
+        for j, value in enumerate(row):
+            colour = "black" if value > 0.5 else "white"
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=5, color=colour)
+    ticks = list(range(count))
+    ax.set_xticks(ticks, labels=[str(t + 1) for t in ticks], fontsize=5)
+    ax.set_yticks(ticks, labels=[str(t + 1) for t in ticks], fontsize=5)
+    pairs = distances[torch.ones(count, count, dtype=torch.bool).triu(diagonal=1)]
+    ax.set_title(f"attention distance\nmean {float(pairs.mean()):.2f}", fontsize=6)
 
 
 def _draw_detections_panel(ax: Axes, expl: Explanation, original_image: Tensor | None) -> None:
