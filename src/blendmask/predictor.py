@@ -30,8 +30,9 @@ from blendmask.factory import build, build_postprocessor
 from blendmask.io import load_image, resolve_device
 from blendmask.modeling.blendmask import BlendMask
 from blendmask.modeling.inference import optimize_for_inference, to_channels_last
+from blendmask.modeling.panoptic import infer_panoptic
 from blendmask.modeling.postprocess import BlendMaskPostProcessor
-from blendmask.structures import Detections, ImageBatch, resolve_classes
+from blendmask.structures import Detections, ImageBatch, PanopticSegmentation, resolve_classes
 from blendmask.visualization import draw_detections
 
 __all__ = [
@@ -369,6 +370,25 @@ class Predictor:
             batch = ImageBatch(to_channels_last(batch.tensor), batch.image_sizes)
         dets = infer(self.inference_model(), self.postprocessor, batch, orig_sizes)
         return [self._finish(d.to("cpu")) for d in dets]
+
+    @torch.inference_mode()
+    def predict_panoptic(
+        self, images: ImageInput | Sequence[ImageInput]
+    ) -> list[PanopticSegmentation]:
+        """Panoptic results at original size (a `model.panoptic` model): the detections of
+        `__call__` merged with the semantic argmax (`modeling.panoptic.infer_panoptic`)."""
+        if getattr(self.model, "panoptic_module", None) is None:
+            raise ValueError(f"predict_panoptic: preset {self.cfg.preset!r} has no semantic head")
+        return in_batches(self._panoptic_batch, images, self.batch_size)  # type: ignore[arg-type]
+
+    def _panoptic_batch(self, images: Sequence[ImageInput]) -> list[PanopticSegmentation]:
+        batch, orig_sizes = self.preprocess(images)  # any memory layout: the same numbers
+        p = self.cfg.model.panoptic
+        return infer_panoptic(
+            self.inference_model(), self.postprocessor, batch, orig_sizes, finish=self._finish,
+            score_threshold=p.instance_score_threshold, overlap_threshold=p.overlap_threshold,
+            stuff_area_limit=p.stuff_area_limit, stuff_names=tuple(self.cfg.data.stuff_names),
+        )  # fmt: skip
 
     def _finish(self, det: Detections) -> Detections:
         """`det` above the score threshold, with the model's class names, category ids and

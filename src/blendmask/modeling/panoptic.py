@@ -23,13 +23,14 @@ H0/W0 original size, D detections.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..structures import Detections, PanopticSegmentation
+from ..structures import Detections, ImageBatch, PanopticSegmentation
 
 PANOPTIC_NORMS = ("GN", "none")
 
@@ -280,3 +281,37 @@ def panoptic_segmentation(
         detections=detections,
         stuff_names=stuff_names,
     )
+
+
+def infer_panoptic(
+    model: nn.Module,
+    postprocessor: Callable[..., list[Detections]],
+    batch: ImageBatch,
+    orig_sizes: list[tuple[int, int]],
+    *,
+    finish: Callable[[Detections], Detections] = lambda d: d,
+    score_threshold: float = 0.45,
+    overlap_threshold: float = 0.4,
+    stuff_area_limit: int = 4096,
+    stuff_names: tuple[str, ...] = (),
+) -> list[PanopticSegmentation]:
+    """The panoptic inference step of a batch: network (with the same switches as
+    `predictor.infer`: sparse top layer, no auxiliary semantics) -> post-processor ->
+    per image `finish` (the Predictor's score filter and names) on the CPU detections ->
+    `panoptic_segmentation`."""
+    outputs = model(batch.tensor, batch.image_sizes, dense_attentions=False, with_sem=False)
+    if outputs.panoptic_logits is None:
+        raise ValueError("infer_panoptic: the network has no semantic head (panoptic_module)")
+    dets = postprocessor(outputs, batch.image_sizes, orig_sizes)
+    return [
+        panoptic_segmentation(
+            finish(det.to("cpu")),
+            logits.cpu(),
+            size,
+            score_threshold=score_threshold,
+            overlap_threshold=overlap_threshold,
+            stuff_area_limit=stuff_area_limit,
+            stuff_names=stuff_names or None,
+        )
+        for det, logits, size in zip(dets, outputs.panoptic_logits, batch.image_sizes, strict=True)
+    ]
