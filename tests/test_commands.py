@@ -2,8 +2,8 @@
 
 - `demo` writes everything DESIGN.md lists, and `eval --weights` on its model reproduces its
   metrics (same weights, same evaluation path) and its detections;
-- `predict` on a folder writes COCO results whose RLE masks decode (pycocotools) to the masks
-  drawn in the overlays, with original category ids;
+- `predict --coco` on a folder writes COCO results whose RLE masks decode (pycocotools) to the
+  masks drawn in the overlays, with original category ids;
 - `eval --results` scores a results json without a model, as `eval --weights` did;
 - `train` flags: the linear scaling rule, bad input, the warning about a random ResNet body."""
 
@@ -138,6 +138,7 @@ def test_predict_folder_rle_matches_overlays(demo_run):
             "cpu",
             "--score-threshold",
             "0.0",
+            "--coco",
         ]
     )
     assert code == 0

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-pytest.importorskip("onnxruntime")
+ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 from test_export import spread_model  # noqa: E402
@@ -26,7 +27,7 @@ from test_export import spread_model  # noqa: E402
 from blendmask.checkpoint_io import save_model_file  # noqa: E402
 from blendmask.data.shapes import render_shapes_image  # noqa: E402
 from blendmask.export.compare import ParityReport, add_image, as_arrays, compare  # noqa: E402
-from blendmask.export.end_to_end import paste_in_images, top_layer_at  # noqa: E402
+from blendmask.export.end_to_end import paste_in_images  # noqa: E402
 from blendmask.export.end_to_end_onnx import (  # noqa: E402
     end_to_end_module,
     export_end_to_end_onnx,
@@ -154,19 +155,48 @@ print(int(out[4][0]), sorted(m for m in sys.modules if m.startswith("blendmask")
     assert modules == "['blendmask']"  # only the blocked placeholder
 
 
-def test_top_layer_at_equals_attentions_at() -> None:
-    """The traceable top layer at kept locations gives `attentions_at`'s numbers (levels of
-    different sizes, border locations, two images)."""
+def test_attentions_at_traced_holds_for_other_sizes(tmp_path: Path) -> None:
+    """`attentions_at`, the one top-layer-at-locations of the post-processor and the export,
+    traced (TorchScript and ONNX in onnxruntime) at one set of level sizes and batch size, gives
+    the dense 3x3 conv's values at others (border locations, every level, two images). Fails if
+    a level size or the batch size were frozen into the trace."""
     torch.manual_seed(0)
-    towers = (torch.randn(2, 5, 6, 7), torch.randn(2, 5, 3, 4), torch.randn(2, 5, 1, 2))
     weight, bias = torch.randn(8, 5, 3, 3), torch.randn(8)
-    total = 6 * 7 + 3 * 4 + 1 * 2
-    point = torch.tensor([[0, 6, 41, 42, 53, 54, 55], [55, 20, 43, 50, 1, 0, 48]])
-    assert int(point.max()) < total
-    got = top_layer_at(towers, weight, bias, point)
-    for n in range(2):
-        want = attentions_at(towers, weight, bias, torch.full((7,), n), point[n])
-        torch.testing.assert_close(got[n], want, rtol=1e-6, atol=1e-5)
+
+    class AtLocations(torch.nn.Module):
+        def forward(self, t0, t1, t2, image_inds, point_inds):
+            return attentions_at((t0, t1, t2), weight, bias, image_inds, point_inds)
+
+    def towers(n: int, h: int, w: int) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.randn(n, 5, -(-h // s), -(-w // s)) for s in (1, 2, 4))
+
+    def locations(shapes: list[tuple[int, int]], n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        total = sum(h * w for h, w in shapes)
+        # the first and last point of every level (borders), plus a spread of others
+        ends = [0, shapes[0][0] * shapes[0][1] - 1, total - 1]
+        points = torch.tensor(ends + list(range(1, total, max(total // 11, 1))))
+        return torch.arange(len(points)) % n, points
+
+    module = AtLocations()
+    example = (*towers(1, 6, 7), *locations([(6, 7), (3, 4), (2, 2)], 1))
+    traced = torch.jit.trace(module, example)
+    path = tmp_path / "at.onnx"
+    names = ["t0", "t1", "t2", "image_inds", "point_inds"]
+    dynamic = {name: {0: "n", 2: "h", 3: "w"} for name in names[:3]}
+    dynamic.update({name: {0: "d"} for name in names[3:]})
+    torch.onnx.export(
+        module, example, str(path), input_names=names, dynamic_axes=dynamic, dynamo=False
+    )
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    other = towers(2, 9, 13)
+    image_inds, point_inds = locations([tuple(t.shape[-2:]) for t in other], 2)
+    dense = [F.conv2d(t, weight, bias, padding=1).flatten(2) for t in other]  # (N, O, Hl*Wl)
+    want = torch.cat(dense, dim=2)[image_inds, :, point_inds]
+    torch.testing.assert_close(traced(*other, image_inds, point_inds), want)
+    feeds = dict(zip(names, (x.numpy() for x in (*other, image_inds, point_inds))))
+    got = torch.from_numpy(session.run(None, feeds)[0])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_paste_in_images_equals_paste_masks() -> None:
@@ -235,7 +265,8 @@ def test_export_cli_end_to_end_and_predict_onnx(tmp_path: Path, capsys) -> None:
     from PIL import Image
 
     Image.fromarray(shapes_images(1)[0]).save(image)
-    assert main(["predict", "--onnx", str(out), str(image), "--out", str(tmp_path / "pred")]) == 0
+    pred = tmp_path / "pred"
+    assert main(["predict", "--onnx", str(out), str(image), "--out", str(pred), "--coco"]) == 0
     results = json.loads((tmp_path / "pred" / "results.json").read_text())
     predictor = Predictor(cfg, model, spread_model(seed=4)[2], "cpu", score_threshold=None)
     want = predictor([str(image)])[0]

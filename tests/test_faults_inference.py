@@ -280,7 +280,7 @@ def test_predict_skips_a_corrupt_image_and_records_it(
     out = tmp_path / "out"
     (out).mkdir()
     (out / "errors.jsonl").write_text("stale\n")
-    assert main(predict_args(model_file, [folder], out, "--score-threshold", "0")) == 0
+    assert main(predict_args(model_file, [folder], out, "--score-threshold", "0", "--coco")) == 0
     summary = capsys.readouterr().out
     assert "3 image(s)" in summary and "1 skipped" in summary and "errors.jsonl" in summary
     results = json.loads((out / "results.json").read_text())
@@ -293,7 +293,7 @@ def test_predict_skips_a_corrupt_image_and_records_it(
     assert str(bad) in records[0]["error"]
     assert sorted(p.name for p in (out / "overlays").glob("*.png")) == sorted(p.name for p in good)
     # a clean run over the same --out leaves no stale list behind
-    assert main(predict_args(model_file, good, out)) == 0
+    assert main(predict_args(model_file, good, out, "--score-threshold", "0")) == 0
     assert not (out / "errors.jsonl").exists()
     assert not list(out.glob(".*.tmp")) and not list((out / "overlays").glob(".*.tmp"))
 
@@ -331,12 +331,12 @@ def test_second_writer_of_an_out_folder_is_refused(model_file, shapes_dataset, t
         assert main(predict_args(model_file, [image], out)) == 2
         err = error_line(capsys)
         assert f"another blendmask process is writing {out} (pid {holder.pid})" in err
-        assert not (out / "results.json").exists()
+        assert not (out / "predictions.jsonl").exists()
     finally:
         holder.communicate("", timeout=60)
     # the lock went with its process: the folder is free again
     assert main(predict_args(model_file, [image], out)) == 0
-    assert (out / "results.json").is_file()
+    assert (out / "predictions.jsonl").is_file()
 
 
 def test_output_lock_is_held_for_the_run(tmp_path):
