@@ -23,7 +23,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train", type=positive_int, default=1000, help="training images")
     parser.add_argument("--val", type=positive_int, default=100, help="validation images")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--preset", default="shapes_R_18")
+    parser.add_argument(
+        "--preset", default=None, help="default shapes_R_18 (shapes_panoptic with --panoptic)"
+    )
+    parser.add_argument(
+        "--panoptic",
+        action="store_true",
+        help="panoptic: shapes on textured stuff (sky, wall, grass), train shapes_panoptic, PQ",
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
 
@@ -35,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
         num_train=args.train,
         num_val=args.val,
         seed=args.seed,
-        preset=args.preset,
+        preset=args.preset or ("shapes_panoptic" if args.panoptic else "shapes_R_18"),
         overrides=args.overrides,
+        panoptic=args.panoptic,
     )
     return 0

@@ -28,6 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-images", default=None, help="folder of the training images")
     parser.add_argument("--val-json", default=None, help="COCO json evaluated during training")
     parser.add_argument("--val-images", default=None, help="folder of the validation images")
+    for split in ("train", "val"):  # COCO panoptic data (images: --train-images / --val-images)
+        parser.add_argument(
+            f"--{split}-panoptic-json", default=None, help=f"COCO panoptic json ({split})"
+        )
+        parser.add_argument(
+            f"--{split}-panoptic-images", default=None, help=f"folder of its PNGs ({split})"
+        )
     parser.add_argument("--out", required=True, help="run folder (resumes from OUT/last.pt)")
     parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument(
@@ -75,6 +82,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    for key in (
+        "train_panoptic_json",
+        "train_panoptic_images",
+        "val_panoptic_json",
+        "val_panoptic_images",
+    ):
+        if getattr(args, key):  # the panoptic flags are config fields: passed as --set
+            args.overrides.append(f"data.{key}={getattr(args, key)}")
     try:
         train_command(
             out=args.out,

@@ -52,7 +52,9 @@ def pick_cpu_threads(candidates: Sequence[int] | None = None) -> int:
     return best
 
 
-def _existing_shapes(data_dir: Path, num_train: int, num_val: int, seed: int) -> dict | None:
+def _existing_shapes(
+    data_dir: Path, num_train: int, num_val: int, seed: int, panoptic: bool = False
+) -> dict | None:
     """The paths of a shapes dataset already written with these sizes and seed, else None
     (the generator is deterministic, so such a dataset is the one it would write again)."""
     paths = {}
@@ -65,22 +67,31 @@ def _existing_shapes(data_dir: Path, num_train: int, num_val: int, seed: int) ->
             return None
         if len(data.get("images", [])) != count or data.get("info", {}).get("seed") != seed:
             return None
+        if data.get("info", {}).get("panoptic", False) != panoptic:
+            return None
+        if panoptic:  # the panoptic json and PNGs beside the instances
+            paths[f"{split}_panoptic_json"] = data_dir / "annotations" / f"panoptic_{split}.json"
+            paths[f"{split}_panoptic_images"] = data_dir / "annotations" / f"panoptic_{split}"
+            if len(list(paths[f"{split}_panoptic_images"].glob("*.png"))) != count:
+                return None
         if len(list(images_dir.glob("*.png"))) != count:
             return None
         paths[f"{split}_json"], paths[f"{split}_images"] = json_path, images_dir
     return paths
 
 
-def _shapes_data(data_dir: Path, num_train: int, num_val: int, seed: int) -> dict[str, Path]:
+def _shapes_data(
+    data_dir: Path, num_train: int, num_val: int, seed: int, panoptic: bool = False
+) -> dict[str, Path]:
     """The demo's shapes dataset under `data_dir`: the one there when it matches, else new."""
     from blendmask.data.shapes import write_shapes_dataset
 
-    paths = _existing_shapes(data_dir, num_train, num_val, seed)
+    paths = _existing_shapes(data_dir, num_train, num_val, seed, panoptic)
     if paths is None:
         logger.info(
             f"demo: writing the shapes dataset ({num_train} train / {num_val} val) to {data_dir}"
         )
-        paths = write_shapes_dataset(data_dir, num_train, num_val, seed=seed)
+        paths = write_shapes_dataset(data_dir, num_train, num_val, seed=seed, panoptic=panoptic)
     else:
         logger.info(f"demo: reusing the shapes dataset in {data_dir}")
     return paths
@@ -97,6 +108,7 @@ def run_demo(
     preset: str = "shapes_R_18",
     overrides: Sequence[str] = (),
     num_overlays: int = 8,
+    panoptic: bool = False,
 ) -> dict[str, Any]:
     """`blendmask demo --out DIR`: shapes data -> train `shapes_R_18` within a time budget ->
     evaluate -> draw. Writes DIR/{metrics.json, model.pt, overlays/*.png, explain.png,
@@ -108,10 +120,10 @@ def run_demo(
     start = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = _shapes_data(out / "data", num_train, num_val, seed)
+    paths = _shapes_data(out / "data", num_train, num_val, seed, panoptic)
     cfg = load_config(preset, None, list(overrides))
-    for key in ("train_json", "train_images", "val_json", "val_images"):
-        setattr(cfg.data, key, str(paths[key]))
+    for key, path in paths.items():  # the keys are data.* fields (panoptic ones too)
+        setattr(cfg.data, key, str(path))
     cfg.solver.seed = seed
     dev = resolve_device(device)
     threads_before = torch.get_num_threads()
@@ -122,7 +134,7 @@ def run_demo(
                 logger.info(f"demo: the CPU is busy; {threads} thread(s) run faster than more")
                 torch.set_num_threads(threads)
         # Reserve time for the final evaluation (~1 forward per val image) and the drawings.
-        reserve = 15.0 + 0.2 * num_val
+        reserve = 15.0 + (0.5 if panoptic else 0.2) * num_val  # PQ: one more pass
         budget = minutes * 60.0 - (time.perf_counter() - start) - reserve
         if budget <= 30:
             raise ValueError(f"demo: --minutes {minutes} leaves no time to train (need > 1.5)")
@@ -136,10 +148,10 @@ def run_demo(
         result = run_training(
             cfg, out_dir=out, dataset=dataset, device=str(dev), time_budget=time_budget
         )
-        _demo_drawings(result, paths, out, dev, num_overlays)
+        extra = _demo_outputs(result, paths, out, dev, num_overlays, panoptic)
     finally:
         torch.set_num_threads(threads_before)
-    metrics = dict(result.metrics)
+    metrics = {**result.metrics, **extra}
     metrics.update(
         {
             "iterations": result.iteration,
@@ -150,7 +162,8 @@ def run_demo(
         }
     )
     write_json(out / "metrics.json", metrics)
-    summary = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("bbox_AP", "segm_AP") if k in metrics)
+    keys = ("bbox_AP", "segm_AP", "PQ", "PQ_th", "PQ_st")
+    summary = ", ".join(f"{k} {metrics[k]:.3f}" for k in keys if k in metrics)
     logger.info(
         f"demo: {summary} after {result.iteration} iterations; "
         f"{metrics['seconds'] / 60:.1f} min in all; wrote {out}/metrics.json, model.pt, "
@@ -159,6 +172,24 @@ def run_demo(
     if not math.isfinite(metrics.get("segm_AP", math.nan)):
         raise RuntimeError("demo: evaluation produced no segm_AP")
     return metrics
+
+
+def _demo_outputs(
+    result: TrainResult,
+    paths: dict[str, Path],
+    out: Path,
+    dev: torch.device,
+    num_overlays: int,
+    panoptic: bool,
+) -> dict[str, Any]:
+    """The drawings; with `panoptic`, PQ on the val split and panoptic drawings (returned:
+    the metrics to add)."""
+    if panoptic:
+        from blendmask.engine.panoptic_demo import finish_panoptic_demo
+
+        return finish_panoptic_demo(result, paths, out, dev, num_overlays)
+    _demo_drawings(result, paths, out, dev, num_overlays)
+    return {}
 
 
 def _demo_drawings(

@@ -32,19 +32,36 @@ def worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def build_train_dataset(cfg: Config) -> CocoDataset:
-    """The training CocoDataset with multi-scale resize and horizontal flip (docs/reference.md §3.5)."""
-    from blendmask.data.transforms import Compose, RandomHorizontalFlip, ResizeShortestEdge
+def build_train_dataset(cfg: Config, *, progress: bool = False) -> CocoDataset:
+    """The training CocoDataset with its augmentation: the reference's multi-scale resize +
+    flip (docs/reference.md §3.5), or the crops, flips, rotations and colour jitter a preset
+    asks for (data/augment.py). With `data.cache_images` the images are decoded now, once."""
+    from blendmask.data.augment import training_transforms
 
     d = cfg.data
     if not d.train_json or not d.train_images:
         raise ValueError("train: needs --train-json and --train-images (data.train_json/_images)")
-    transforms = [ResizeShortestEdge(list(d.min_size_train), d.max_size_train)]
-    if d.hflip_train:
-        transforms.append(RandomHorizontalFlip(0.5))
-    return CocoDataset(
-        d.train_json, d.train_images, transforms=Compose(transforms), skip_empty=d.filter_empty
+    transforms = training_transforms(
+        min_size_train=d.min_size_train,
+        max_size_train=d.max_size_train,
+        min_size_test=d.min_size_test,
+        max_size_test=d.max_size_test,
+        crop_size=d.crop_size,
+        scale_jitter=d.scale_jitter,
+        hflip=d.hflip_train,
+        vflip=d.vflip_train,
+        rot90=d.rot90_train,
+        color_jitter=d.color_jitter,
     )
+    dataset = CocoDataset(
+        d.train_json,
+        d.train_images,
+        transforms=transforms,
+        skip_empty=d.filter_empty,
+        cache=d.cache_images,
+    )
+    dataset.preload(progress=progress)
+    return dataset
 
 
 def build_train_loader(

@@ -155,6 +155,10 @@ def resolve_dataset_classes(cfg: Config, dataset: CocoDataset, *, quiet: bool = 
         out.data.category_ids = [
             int(dataset.contiguous_to_category_id[i]) for i in range(dataset.num_classes)
         ]
+    if hasattr(dataset, "stuff_names"):  # a panoptic dataset: its stuff classes too
+        from blendmask.engine.panoptic import resolve_stuff_classes
+
+        out = resolve_stuff_classes(out, dataset, quiet=quiet)
     return out.validate()
 
 
