@@ -17,10 +17,12 @@ fixed-size, batched tensors instead of per-image Python lists.
 D is dynamic: the largest detection count of the batch (rows past an image's count are zero).
 Inside: normalisation and network (`BlendMask.forward`, sparse top layer), candidate selection
 (threshold, per-level top-k), box decoding, class-aware NMS (`nms.class_aware_nms`: ONNX
-`NonMaxSuppression`), the top layer at the kept locations (`top_layer_at`), the blender
-(`modeling/blender.py`: RoIAlign, attention resize, softmax over K, blend), rescaling and
-clipping to the original size, and pasting (`modeling/paste.py`'s separable bilinear weights
-as two matmuls over the whole image).
+`NonMaxSuppression`), the top layer at the kept locations, the blender (`modeling/blender.py`:
+RoIAlign, attention resize, softmax over K, blend), rescaling and clipping to the original
+size, and pasting (`modeling/paste.py`'s separable bilinear weights as two matmuls over the
+whole image). Box decoding, the top layer at kept locations, rescaling and the empty-box test
+are the post-processor's own functions (`postprocess.decode_boxes`, `attentions_at`,
+`rescale_boxes`, `nonempty_boxes`): on the same network outputs both give the same bits.
 
 Where it differs from `BlendMaskPostProcessor` (same detections otherwise, up to float
 rounding): ties in score at the per-level top-k, NMS or top-D cut are broken by lowest slot
@@ -41,7 +43,13 @@ from torch import Tensor, nn
 from blendmask.export.nms import INVALID_SCORE, class_aware_nms
 from blendmask.modeling.blender import merge_bases, pool_rois
 from blendmask.modeling.paste import _PASTE_EPS, _bilinear_weights
-from blendmask.modeling.postprocess import BlendMaskPostProcessor
+from blendmask.modeling.postprocess import (
+    BlendMaskPostProcessor,
+    attentions_at,
+    decode_boxes,
+    nonempty_boxes,
+    rescale_boxes,
+)
 from blendmask.structures import BlenderSpec
 
 INPUT_NAMES = ("images", "image_sizes", "orig_sizes")
@@ -97,66 +105,6 @@ def select_candidates(
     return point, label, score, valid
 
 
-def decode_boxes(bbox_reg: Tensor, points: Tensor, strides: Tensor, point: Tensor) -> Tensor:
-    """ltrb of the chosen locations -> xyxy in input pixels, unclipped (§4 step 3).
-
-    bbox_reg (Tensor[N, P, 4]) in stride units, points (Tensor[P, 2]), strides (Tensor[P]),
-    point (Tensor[N, Q]) -> Tensor[N, Q, 4].
-    """
-    reg = bbox_reg.float().gather(1, point[..., None].expand(-1, -1, 4))
-    reg = reg * strides[point][..., None].float()
-    xy = points[point].float()
-    return torch.cat([xy - reg[..., :2], xy + reg[..., 2:]], dim=2)
-
-
-def top_layer_at(
-    bbox_towers: tuple[Tensor, ...], weight: Tensor, bias: Tensor | None, point: Tensor
-) -> Tensor:
-    """The top layer (3x3 conv, padding 1) at the given locations only: the numbers of
-    `postprocess.attentions_at` (the same zero-padded 3 x 3 patches, the same matmul), in a
-    form a trace keeps for any input size (level sizes read from the tensors, one gather per
-    level) and any number of images.
-
-    Args:
-        bbox_towers (tuple[Tensor[N, C_t, Hl, Wl], ...]): per level, the top layer's input.
-        weight (Tensor[K*M*M, C_t, 3, 3]), bias (Tensor[K*M*M] | None): the top layer.
-        point (Tensor[N, D]): int64 index in P of each detection of each image.
-
-    Returns:
-        Tensor[N, D, K*M*M]: attention logits.
-    """
-    device = point.device
-    # Offsets of the 3 x 3 neighbourhood in padded coordinates, row-major (weight's order).
-    dy = torch.arange(3, device=device).repeat_interleave(3)
-    dx = torch.arange(3, device=device).repeat(3)
-    patches = None
-    start = 0
-    for tower in bbox_towers:
-        height, width = tower.shape[-2], tower.shape[-1]
-        local = point - start
-        inside = (local >= 0) & (local < height * width)
-        local = torch.where(inside, local, torch.zeros_like(local))
-        y, x = local // width, local % width
-        flat = (y[..., None] + dy) * (width + 2) + (x[..., None] + dx)  # (N, D, 9)
-        # (N, C_t, Hl+2, Wl+2) -> (N, C_t, (Hl+2)*(Wl+2)): zero padding of 1, as the conv's
-        table = F.pad(tower, (1, 1, 1, 1)).flatten(2)
-        index = flat.flatten(1)[:, None, :].expand(-1, tower.shape[1], -1)
-        gathered = table.gather(2, index)  # (N, C_t, D*9)
-        keep = inside.repeat_interleave(9, dim=1)[:, None, :]
-        # Exact zeros elsewhere: summing the levels leaves each patch's values untouched.
-        gathered = torch.where(keep, gathered, torch.zeros_like(gathered))
-        patches = gathered if patches is None else patches + gathered
-        start = start + height * width
-    assert patches is not None
-    # (N, C_t, D*9) -> (N, C_t, D, 9) -> (N, D, C_t, 9) -> (N, D, C_t*9): weight's layout
-    patches = patches.reshape(patches.shape[0], patches.shape[1], -1, 9)
-    patches = patches.permute(0, 2, 1, 3).flatten(2)
-    feats = patches @ weight.reshape(weight.shape[0], -1).t().to(patches.dtype)
-    if bias is not None:
-        feats = feats + bias.to(feats.dtype)
-    return feats
-
-
 def blend(bases: Tensor, boxes: Tensor, attentions: Tensor, spec: BlenderSpec) -> Tensor:
     """R x R mask probabilities (Eq. 1-4) with `pool_rois` and `merge_bases`.
 
@@ -172,21 +120,6 @@ def blend(bases: Tensor, boxes: Tensor, attentions: Tensor, spec: BlenderSpec) -
     logits = merge_bases(pooled, attentions.flatten(0, 1).float(), spec)
     r = spec.resolution
     return logits.sigmoid().reshape(n, -1, r, r)
-
-
-def rescale_and_clip(boxes: Tensor, image_sizes: Tensor, orig_sizes: Tensor) -> Tensor:
-    """Input pixels -> original pixels, clipped to the image (detectron2's
-    `detector_postprocess`, as the post-processor).
-
-    boxes (Tensor[N, D, 4]), image_sizes / orig_sizes (Tensor[N, 2]) (h, w) -> Tensor[N, D, 4].
-    """
-    orig = orig_sizes.float()
-    scale = orig / image_sizes.float()  # (N, 2): (h0 / h, w0 / w)
-    x = (boxes[..., 0::2] * scale[:, None, 1:2]).clamp(min=0)
-    y = (boxes[..., 1::2] * scale[:, None, 0:1]).clamp(min=0)
-    x = torch.minimum(x, orig[:, None, 1:2])
-    y = torch.minimum(y, orig[:, None, 0:1])
-    return torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], dim=2)
 
 
 def first_valid(valid: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
@@ -276,6 +209,16 @@ class EndToEndBlendMask(nn.Module):
         if self.pre_nms_topk < 1:
             raise ValueError(f"pre_nms_topk: expected >= 1 for export, got {self.pre_nms_topk}")
 
+    @staticmethod
+    def attentions(bbox_towers: tuple[Tensor, ...], top_layer: tuple, point: Tensor) -> Tensor:
+        """`attentions_at` for every image's rows: point (Tensor[N, D]) -> Tensor[N, D,
+        K*M*M]."""
+        weight, bias = top_layer
+        n, d = point.shape[0], point.shape[1]
+        image = torch.arange(n, device=point.device)[:, None].expand(n, d)
+        feats = attentions_at(bbox_towers, weight, bias, image.flatten(), point.flatten())
+        return feats.reshape(n, d, weight.shape[0])
+
     @property
     def output_names(self) -> tuple[str, ...]:
         return OUTPUT_NAMES + ((MASKS_OUTPUT,) if self.paste else ())
@@ -305,13 +248,12 @@ class EndToEndBlendMask(nn.Module):
         num, slot, top_score = first_valid(top_score > INVALID_SCORE / 2, slot, top_score)
         rows = torch.arange(slot.shape[1], device=slot.device)[None] < num[:, None]
         boxes = boxes.gather(1, slot[..., None].expand(-1, -1, 4))
-        weight, bias = out.top_layer_params
-        attentions = top_layer_at(out.bbox_towers, weight, bias, point.gather(1, slot))
+        attentions = self.attentions(out.bbox_towers, out.top_layer_params, point.gather(1, slot))
         mask_probs = blend(out.bases, boxes, attentions, self.spec)
         # Blended on the unclipped boxes, then rescaled, clipped and emptied ones dropped:
-        # the post-processor's order (docs/reference.md §1.9).
-        boxes = rescale_and_clip(boxes, image_sizes, orig_sizes)
-        nonempty = rows & (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
+        # the post-processor's order and functions (docs/reference.md §1.9).
+        boxes = rescale_boxes(boxes, image_sizes, orig_sizes)
+        nonempty = rows & nonempty_boxes(boxes)
         num, boxes, top_score, label, mask_probs = first_valid(
             nonempty, boxes, top_score, label.gather(1, slot), mask_probs
         )

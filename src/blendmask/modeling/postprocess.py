@@ -83,6 +83,44 @@ def top_k_per_group(scores: Tensor, groups: Tensor, k: int) -> Tensor:
     return torch.cat(kept) if kept else empty
 
 
+def decode_boxes(bbox_reg: Tensor, points: Tensor, strides: Tensor, point: Tensor) -> Tensor:
+    """ltrb of the chosen locations -> xyxy in input pixels, unclipped (docs/reference.md §4
+    step 3): (x - l*s, y - t*s, x + r*s, y + b*s). The one decoding of the post-processor and
+    the end-to-end export, so both round the same way.
+
+    bbox_reg (Tensor[N, P, 4]) in stride units, points (Tensor[P, 2]), strides (Tensor[P]),
+    point (Tensor[N, D]) int64 index in P -> Tensor[N, D, 4].
+    """
+    reg = bbox_reg.float().gather(1, point[..., None].expand(-1, -1, 4))
+    reg = reg * strides[point][..., None].float()
+    xy = points[point].float()
+    return torch.cat([xy - reg[..., :2], xy + reg[..., 2:]], dim=2)
+
+
+def rescale_boxes(boxes: Tensor, image_sizes: Tensor, orig_sizes: Tensor) -> Tensor:
+    """Input pixels -> original pixels, clipped to the image (detectron2's
+    `detector_postprocess`, docs/reference.md §1.9 1-2). The one rescaling of the
+    post-processor and the end-to-end export: the scale is a float32 quotient of the sizes
+    in both, so their boxes agree to the last bit.
+
+    boxes (Tensor[N, D, 4]), image_sizes / orig_sizes (Tensor[N, 2]) (h, w) -> Tensor[N, D, 4].
+    """
+    orig = orig_sizes.float()
+    scale = orig / image_sizes.float()  # (N, 2): (h0 / h, w0 / w)
+    x = (boxes[..., 0::2] * scale[:, None, 1:2]).clamp(min=0)
+    y = (boxes[..., 1::2] * scale[:, None, 0:1]).clamp(min=0)
+    x = torch.minimum(x, orig[:, None, 1:2])
+    y = torch.minimum(y, orig[:, None, 0:1])
+    return torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], dim=-1)
+
+
+def nonempty_boxes(boxes: Tensor) -> Tensor:
+    """Tensor[..., 4] xyxy -> bool Tensor[...]: width > 0 and height > 0, as detectron2's
+    `Boxes.nonempty()` (threshold 0): a clipped box is dropped only when it is empty, however
+    thin (docs/reference.md §1.9 2)."""
+    return (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
+
+
 def attentions_at(
     bbox_towers: tuple[Tensor, ...],
     weight: Tensor,
@@ -95,7 +133,9 @@ def attentions_at(
     Equal to `top_layer(bbox_towers[l])[n, :, y, x]` for each (n, point) up to float rounding
     (one matmul over the 3 x 3 patches instead of a conv), but costs O(D * C_t * 9 * K*M*M)
     instead of a dense conv over every level. The network leaves the top layer unevaluated
-    with `dense_attentions=False`; the post-processor calls this for its kept detections.
+    with `dense_attentions=False`; the post-processor and the end-to-end export
+    (`export/end_to_end.py`) call this for their kept detections. Traceable: level sizes are
+    read from the towers' shapes (one gather per level), so a trace holds for any input size.
 
     Args:
         bbox_towers (tuple[Tensor[N, C_t, Hl, Wl], ...]): per level, the top layer's input.
@@ -106,37 +146,36 @@ def attentions_at(
     Returns:
         Tensor[D, K*M*M]: attention logits.
     """
-    device = bbox_towers[0].device
-    widths = torch.tensor([t.shape[-1] for t in bbox_towers], device=device)
-    counts = torch.tensor([t.shape[-2] * t.shape[-1] for t in bbox_towers], device=device)
-    padded_sizes = torch.tensor(
-        [(t.shape[-2] + 2) * (t.shape[-1] + 2) for t in bbox_towers], device=device
-    )
-    # Zero padding of 1, then all levels in one (N, Q, C_t) table of padded pixels.
-    # (N, C_t, Hl+2, Wl+2) -> (N, (Hl+2)*(Wl+2), C_t) per level, concatenated
-    table = torch.cat(
-        [F.pad(t, (1, 1, 1, 1)).flatten(2).transpose(1, 2) for t in bbox_towers], dim=1
-    )
-    level_starts = torch.cumsum(counts, 0) - counts
-    padded_starts = torch.cumsum(padded_sizes, 0) - padded_sizes
-    level = torch.searchsorted(torch.cumsum(counts, 0), point_inds, right=True)
-    local = point_inds - level_starts[level]
-    w = widths[level]
-    y, x = local // w, local % w
-    # Padded coordinates of the 3x3 neighbourhood: (y + dy, x + dx), dy, dx in 0..2.
+    device = point_inds.device
+    # Offsets of the 3 x 3 neighbourhood in padded coordinates, row-major (weight's order).
     dy = torch.arange(3, device=device).repeat_interleave(3)
     dx = torch.arange(3, device=device).repeat(3)
-    flat = (
-        padded_starts[level, None]
-        + (y[:, None] + dy[None]) * (w[:, None] + 2)
-        + (x[:, None] + dx[None])
-    )
-    # (D, 9, C_t) -> (D, C_t, 9) -> (D, C_t*9), the order of weight.view(O, C_t*9)
-    patches = (
-        table[image_inds[:, None], flat]
-        .transpose(1, 2)
-        .reshape(len(point_inds), 9 * table.shape[2])
-    )
+    patches = None
+    start = 0
+    for tower in bbox_towers:
+        height, width = tower.shape[-2], tower.shape[-1]
+        local = point_inds - start
+        inside = (local >= 0) & (local < height * width)
+        local = torch.where(inside, local, torch.zeros_like(local))
+        y, x = local // width, local % width
+        # (D, 9) rows of the (N*(Hl+2)*(Wl+2), C_t) table below, image-major
+        flat = (
+            image_inds[:, None] * ((height + 2) * (width + 2))
+            + (y[:, None] + dy) * (width + 2)
+            + (x[:, None] + dx)
+        )
+        # Zero padding of 1, as the conv's: (N, C_t, Hl+2, Wl+2) -> (N*(Hl+2)*(Wl+2), C_t)
+        table = F.pad(tower, (1, 1, 1, 1)).permute(0, 2, 3, 1).reshape(-1, tower.shape[1])
+        gathered = table[flat]  # (D, 9, C_t)
+        # Exact zeros for the other levels' locations: the sum leaves each patch untouched.
+        gathered = torch.where(inside[:, None, None], gathered, torch.zeros_like(gathered))
+        patches = gathered if patches is None else patches + gathered
+        start = start + height * width
+    if patches is None:
+        raise ValueError("attentions_at: no bbox tower levels")
+    # (D, 9, C_t) -> (D, C_t, 9) -> (D, C_t*9), the order of weight.view(O, C_t*9); flatten,
+    # not reshape(-1, ...): onnxruntime's Reshape refuses a -1 next to a zero-size axis.
+    patches = patches.transpose(1, 2).flatten(1)
     feats = patches @ weight.reshape(weight.shape[0], -1).t().to(patches.dtype)
     if bias is not None:
         feats = feats + bias.to(feats.dtype)
@@ -233,12 +272,9 @@ class BlendMaskPostProcessor(nn.Module):
                 scores[keep],
                 levels[keep],
             )
-            # ltrb in stride units -> input pixels
-            reg = (
-                outputs.bbox_reg[i, point_inds].float() * outputs.strides[point_inds, None].float()
-            )
-            xy = outputs.points[point_inds].float()
-            boxes = torch.cat([xy - reg[:, :2], xy + reg[:, 2:]], dim=1)
+            boxes = decode_boxes(
+                outputs.bbox_reg[i : i + 1], outputs.points, outputs.strides, point_inds[None]
+            )[0]
             scores = scores.sqrt()
 
             keep = batched_nms(boxes, scores, labels, self.nms_thresh)  # by decreasing score
@@ -266,8 +302,9 @@ class BlendMaskPostProcessor(nn.Module):
         if outputs.bbox_towers is None or outputs.top_layer_params is None:
             raise ValueError("outputs hold neither attentions nor bbox_towers + top_layer_params")
         weight, bias = outputs.top_layer_params
-        image_inds = torch.full_like(point_inds, image)
-        return attentions_at(outputs.bbox_towers, weight, bias, image_inds, point_inds)
+        # Only this image's towers: the gather tables stay one image large.
+        towers = tuple(t[image : image + 1] for t in outputs.bbox_towers)
+        return attentions_at(towers, weight, bias, torch.zeros_like(point_inds), point_inds)
 
     @torch.no_grad()
     def blend(self, bases: Tensor, boxes: list[Tensor], attentions: list[Tensor]) -> list[Tensor]:
@@ -319,13 +356,10 @@ class BlendMaskPostProcessor(nn.Module):
         results = []
         for det, prob, (h, w), (h0, w0) in zip(dets, probs, image_sizes, orig_sizes):
             h0, w0 = int(h0), int(w0)
-            boxes = det["boxes"].clone()
             # detectron2's detector_postprocess: scale, clip, drop empty, then paste.
-            boxes[:, 0::2] *= w0 / w
-            boxes[:, 1::2] *= h0 / h
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(min=0, max=w0)
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(min=0, max=h0)
-            nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            sizes = torch.tensor([[h, w], [h0, w0]], device=det["boxes"].device)
+            boxes = rescale_boxes(det["boxes"][None], sizes[:1], sizes[1:])[0]
+            nonempty = nonempty_boxes(boxes)
             if not bool(nonempty.any()):
                 results.append(Detections.empty(h0, w0, device=boxes.device))
                 continue
