@@ -13,7 +13,7 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from blendmask.engine import checkpoint as ckpt
-from blendmask.engine.budget import TimeBudget, affordable_max_iter
+from blendmask.engine.budget import affordable_max_iter
 from blendmask.engine.loaders import build_train_dataset, build_train_loader
 from blendmask.engine.logging import MetricsFile, plot_curves, read_metrics
 from blendmask.engine.loop import run_training
@@ -239,41 +239,6 @@ def test_budget_plan_compresses_the_rest_of_the_schedule():
     # enough time: unchanged; no time: the update in flight still completes
     assert affordable_max_iter(iteration=0, max_iter=10, seconds_left=100, seconds_per_iter=1) == 10
     assert affordable_max_iter(iteration=7, max_iter=10, seconds_left=0, seconds_per_iter=1) == 8
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_time_budget_plans_after_the_timing_window_and_each_evaluation():
-    clock = _Clock()
-    budget = TimeBudget(60.0, clock=clock)
-    budget.begin(0)
-    due = []
-    for it in range(1, 14):
-        clock.now += 2.0 if it <= 3 else 1.0  # slow first iterations are not timed
-        budget.iteration_done(it)
-        due.append(budget.plan_due(it))
-    # timing starts after 3 iterations and runs over 10 before the first plan
-    assert due == [False] * 12 + [True]
-    assert budget.seconds_per_iteration(13, eval_period=0) == pytest.approx(1.0)
-    # 60 - 16 = 44 s left, 97% of it at 1 s/iteration: 42 more iterations
-    assert budget.plan(13, max_iter=1000, eval_period=0) == (13 + 42, pytest.approx(1.0))
-    assert budget.planned and not budget.plan_due(14)
-    # an evaluation of 5 s: left out of the timing, spread over its period, and plan again
-    clock.now += 5.0
-    budget.evaluation_done(5.0)
-    clock.now += 1.0
-    budget.iteration_done(14)
-    assert budget.plan_due(14)
-    assert budget.seconds_per_iteration(14, eval_period=10) == pytest.approx(1.0 + 0.5)
-    assert not budget.expired()
-    clock.now += 40.0
-    assert budget.expired()
 
 
 def test_resolve_dataset_classes_returns_a_new_config(shapes_dataset):

@@ -24,7 +24,7 @@ import yaml
 # ConfigError lives with the range checks (which config imports, never the reverse); it and
 # check_probability are re-exported here, where callers look for them.
 from blendmask.config_checks import ConfigError as ConfigError
-from blendmask.config_checks import check_numeric_fields, convert_value
+from blendmask.config_checks import check_augmentation, check_numeric_fields, convert_value
 from blendmask.config_checks import check_probability as check_probability
 
 MSRA_PIXEL_MEAN = [103.53, 116.28, 123.675]
@@ -166,6 +166,16 @@ class DataConfig:
     min_size_test: int = 800
     max_size_test: int = 1333
     hflip_train: bool = True
+    # Beyond the reference's resize + flip (data/augment.py): crop_size > 0 trains on random
+    # square crops of that side at scale_jitter x the test-time scale; vertical flips, quarter
+    # turns, ColorJitter (brightness, contrast, saturation, hue; 0 = off).
+    crop_size: int = 0
+    scale_jitter: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    vflip_train: bool = False
+    rot90_train: bool = False
+    color_jitter: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
+    # keep decoded training images and masks in memory (small datasets, many epochs)
+    cache_images: bool = False
     filter_empty: bool = True
     num_workers: int = 2
     aspect_ratio_grouping: bool = True
@@ -363,6 +373,7 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("model.panoptic.conv_dims: GroupNorm(32) needs a multiple of 32")
     if not cfg.data.min_size_train:
         raise ConfigError("data.min_size_train: needs at least one size")
+    check_augmentation(cfg.data.scale_jitter, cfg.data.color_jitter)
     return cfg
 
 

@@ -117,6 +117,9 @@ NUMERIC_RANGES: dict[str, Range] = {
     "data.max_size_train": AT_LEAST_1,
     "data.min_size_test": AT_LEAST_1,
     "data.max_size_test": AT_LEAST_1,
+    "data.crop_size": NON_NEGATIVE,  # 0 = no crop
+    "data.scale_jitter": POSITIVE,  # times the test-time scale
+    "data.color_jitter": NON_NEGATIVE,  # ColorJitter strengths, 0 = off
     "data.num_workers": NON_NEGATIVE,
     "data.category_ids": FINITE,  # COCO ids: any integer
     "data.stuff_ids": FINITE,
@@ -239,3 +242,17 @@ def convert_value(key: str, value: Any, tp: Any) -> Any:
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return "" if value is None else str(value)
     raise ConfigError(f"{key}: unsupported field type {tp!r}")
+
+
+def check_augmentation(scale_jitter: list[float], color_jitter: list[float]) -> None:
+    """data.scale_jitter: [lo, hi] with 0 < lo <= hi; data.color_jitter: four values >= 0, the
+    hue at most 0.5 (torchvision's ColorJitter)."""
+    if len(scale_jitter) != 2 or not 0 < scale_jitter[0] <= scale_jitter[1]:
+        raise ConfigError(
+            f"data.scale_jitter: expected [lo, hi] with 0 < lo <= hi, got {scale_jitter}"
+        )
+    if len(color_jitter) != 4 or any(not c >= 0 for c in color_jitter) or color_jitter[3] > 0.5:
+        raise ConfigError(
+            "data.color_jitter: expected [brightness, contrast, saturation, hue] >= 0 with hue "
+            f"<= 0.5, got {color_jitter}"
+        )

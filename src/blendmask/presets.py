@@ -253,20 +253,30 @@ def shapes_panoptic() -> Config:
 
 def nuclei_R_18() -> Config:
     """The real-data example: DSB2018 nuclei (1 class, ~55 small touching nuclei per image).
-    Small objects: the levels stop at P5."""
+    Small objects: the levels stop at P5. Built for `train --minutes` on a CPU (README)."""
     cfg = _small_cpu(Config(preset="nuclei_R_18"), num_classes=1)
     m = cfg.model
     m.fpn.top_levels = 0
     m.fcos.fpn_strides = [8, 16, 32]
     m.fcos.sizes_of_interest = [32, 64]
+    m.backbone.freeze_at = 3
+    d = cfg.data
     # Most images are 256-360 px with nuclei of ~8-35 px: upscale them so that a nucleus covers
     # several stride-8 locations; the few large images are capped by max_size.
-    cfg.data.min_size_train = [448, 512, 576]
-    cfg.data.max_size_train = 1024
-    cfg.data.min_size_test = 512
-    cfg.data.max_size_test = 1024
-    cfg.data.num_workers = 0
-    m.backbone.freeze_at = 3
+    d.min_size_test = 512
+    d.max_size_test = 1024
+    d.min_size_train = [448, 512, 576]  # only used without crops
+    d.max_size_train = 1024
+    # 49 training images: augment (microscopy has no up, left or colour of its own) and train on
+    # 384 px crops at the test scale x [0.8, 1.25], from images decoded once. Crops make an
+    # iteration ~2.5x cheaper than whole upscaled images, so the time budget sees more nuclei.
+    d.crop_size = 384
+    d.scale_jitter = [0.8, 1.25]
+    d.vflip_train = True
+    d.rot90_train = True
+    d.color_jitter = [0.2, 0.2, 0.2, 0.0]  # hue jitter costs ~10 ms a crop in torchvision
+    d.cache_images = True
+    d.num_workers = 0
     s = cfg.solver
     s.ims_per_batch = 4
     s.base_lr = 0.01  # 0.02 at batch 8, linearly scaled

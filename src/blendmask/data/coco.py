@@ -41,6 +41,7 @@ from blendmask.data.coco_json import (
     coco_api_from_dict,
     load_coco_json,
 )
+from blendmask.data.instance_masks import InstanceMasks
 from blendmask.data.segmentation import segmentation_to_rle
 from blendmask.io import image_to_tensor, load_image
 from blendmask.structures import Target
@@ -88,6 +89,8 @@ class CocoDataset(Dataset):
         transforms: callable (image, target) -> (image, target), e.g. `data.transforms.Compose`.
         skip_empty: drop images without a (non-crowd, non-degenerate) annotation, as the
             reference does for training (FILTER_EMPTY_ANNOTATIONS).
+        cache: keep each decoded image and its masks (box-local, `InstanceMasks`) in memory
+            after the first read, so later epochs skip the image and RLE decoding.
     """
 
     def __init__(
@@ -97,10 +100,13 @@ class CocoDataset(Dataset):
         *,
         transforms: Transform | None = None,
         skip_empty: bool = False,
+        cache: bool = False,
     ) -> None:
         self.json_path = Path(json_path)
         self.images_dir = Path(images_dir)
         self.transforms = transforms
+        # index -> (image, target), decoded once (`cache`): small datasets train many epochs
+        self._cache: dict[int, tuple[Tensor, Target]] | None = {} if cache else None
         data = load_coco_json(self.json_path)
         if not self.images_dir.is_dir():
             raise FileNotFoundError(
@@ -218,6 +224,34 @@ class CocoDataset(Dataset):
         seed: int | None = None
         if isinstance(index, tuple):
             index, seed = index
+        image, target = self._read(index)
+        if self.transforms is not None:
+            if seed is None:
+                image, target = self.transforms(image, target)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    image, target = self.transforms(image, target)
+        if isinstance(target["masks"], InstanceMasks):
+            target["masks"] = target["masks"].dense()
+        return image, filter_empty_instances(target)
+
+    def preload(self, progress: bool = False) -> None:
+        """Decode every image and its masks now, into the cache (with `cache=True`): workers
+        started afterwards share it instead of each decoding its own copy."""
+        if self._cache is None:
+            return
+        from tqdm import tqdm
+
+        for index in tqdm(range(len(self)), desc="caching images", disable=not progress):
+            self._read(index)
+
+    def _read(self, index: int) -> tuple[Tensor, Target]:
+        """The decoded image (Tensor[3, H, W] uint8) and its target before the transforms; from
+        the cache when on (masks then box-local `InstanceMasks`)."""
+        if self._cache is not None and index in self._cache:
+            image, target = self._cache[index]
+            return image, dict(target)
         image_id = self.image_ids[index]
         info = self._images[image_id]
         height, width = info["height"], info["width"]
@@ -247,14 +281,11 @@ class CocoDataset(Dataset):
             "image_id": image_id,
             "orig_size": (height, width),
         }
-        if self.transforms is not None:
-            if seed is None:
-                image, target = self.transforms(image, target)
-            else:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed)
-                    image, target = self.transforms(image, target)
-        return image, filter_empty_instances(target)
+        if self._cache is not None:
+            target["masks"] = InstanceMasks.from_dense(masks)
+            self._cache[index] = (image, target)
+            target = dict(target)
+        return image, target
 
 
 def filter_empty_instances(target: Target) -> Target:

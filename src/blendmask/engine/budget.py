@@ -1,20 +1,23 @@
 """`TimeBudget`: a wall-clock limit for training, and the number of iterations that fit in it.
 
-Used by `blendmask train --minutes` and the demo. After a short timing window the budget
-estimates the seconds per iteration and `plan` returns the last iteration that fits; the loop
-then re-plans the lr schedule to end there (`WarmupMultiStepSchedule.replan`), so the decay
-still happens. Training stops anyway once the time is up (`expired`).
+Used by `blendmask train --minutes` and the demo. The loop reports each update and each
+evaluation; the budget keeps the durations of the most recent updates (`WINDOW_ITERS`, evaluation
+time left out) and, every `REPLAN_EVERY` updates and after each evaluation, `plan` returns the
+last iteration that fits in what is left. The loop then re-plans the lr schedule to end there
+(`WarmupMultiStepSchedule.replan`), so the decay still happens. The plan grows as well as
+shrinks: a machine that was busy during the first minutes (another job, a slow start) and then
+frees up gets its time back, and one that slows down ends on time.
 
-What the estimate is made of lives in `seconds_per_iteration` and when to plan in `plan_due`:
-today the mean over all iterations since the timing window opened, planned once after the
-window and again after each evaluation (whose cost is then known), and only ever shrinking the
-schedule (`affordable_max_iter`). A moving window of recent iteration times, or growing the
-schedule when iterations turn out faster, changes these methods only.
+What is left is the budget minus the time already spent minus a reserve for the final
+evaluation (the last periodic evaluation's duration; before one has run, `RESERVE_FRACTION` of
+the budget), so that the whole command, evaluation included, ends close to the budget. Periodic
+evaluations still ahead are paid for by spreading each one's cost over its period.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 
 
@@ -30,19 +33,28 @@ def affordable_max_iter(
 
 
 class TimeBudget:
-    """`seconds` of training from construction (or from `start`, a `clock()` reading).
+    """`seconds` for the run from construction (or from `start`, a `clock()` reading).
 
     The loop calls `begin(start_iter)` once, `iteration_done(i)` after each update,
-    `evaluation_done(seconds)` after each evaluation, and `plan(i, ...)` when `plan_due(i)`.
+    `evaluation_done(seconds)` after each evaluation, and `plan(i, ...)` when `plan_due(i)`;
+    training stops when `expired()`.
+
+    reserve_final_eval: keep time for the final evaluation inside the budget (the demo, which
+        reserves its own time for evaluation and drawings, turns it off).
     """
 
-    # The first iterations are slow (allocator, cudnn autotuning, data workers starting): time
-    # from this many iterations after the start ...
+    # The first updates are slow (allocator, caches, data workers starting): not timed.
     WARMUP_ITERS = 3
-    # ... over this many before the first plan.
-    WINDOW_ITERS = 10
-    # Planned time as a fraction of what is left: slack for timing noise and the checkpoints.
-    MARGIN = 0.97
+    # Durations of the most recent updates the estimate is the mean of ...
+    WINDOW_ITERS = 20
+    # ... and how many are needed before the first plan.
+    MIN_TIMED = 10
+    # A plan every this many updates (and after each evaluation).
+    REPLAN_EVERY = 10
+    # Planned time as a fraction of what is left: slack for timing noise and checkpoints.
+    MARGIN = 0.99
+    # The final evaluation's share of the budget until an evaluation has been timed.
+    RESERVE_FRACTION = 0.04
 
     def __init__(
         self,
@@ -50,62 +62,80 @@ class TimeBudget:
         *,
         start: float | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        reserve_final_eval: bool = True,
     ) -> None:
         self.seconds = float(seconds)
         self._clock = clock
         self.start = clock() if start is None else float(start)
-        self._timing_from: int | None = None
-        self._timing_start: float | None = None
-        self._eval_seconds = 0.0  # all evaluations since the start, left out of the estimate
-        self._last_eval_seconds = 0.0
-        self._plan_wanted = True
+        self.reserve_final_eval = reserve_final_eval
+        self._timed_from: int | None = None
+        self._last_clock: float | None = None
+        self._durations: deque[float] = deque(maxlen=self.WINDOW_ITERS)
+        self._last_eval_seconds: float | None = None
+        self._last_plan_iteration: int | None = None
+        self._plan_wanted = False
         self.planned = False  # whether a plan was made (the first one also rescales evaluation)
 
     def elapsed(self) -> float:
         return self._clock() - self.start
 
+    def reserve(self) -> float:
+        """Seconds kept for the final evaluation."""
+        if not self.reserve_final_eval:
+            return 0.0
+        if self._last_eval_seconds is None:
+            return self.RESERVE_FRACTION * self.seconds
+        return self._last_eval_seconds
+
     def expired(self) -> bool:
-        return self.elapsed() > self.seconds
+        """Whether training must stop now to leave the final evaluation its time."""
+        return self.elapsed() + self.reserve() > self.seconds
 
     def begin(self, start_iter: int) -> None:
-        """Training (re)starts at `start_iter`: the timing window opens WARMUP_ITERS later."""
-        self._timing_from = start_iter + self.WARMUP_ITERS
+        """Training (re)starts at `start_iter`: updates are timed from WARMUP_ITERS later."""
+        self._timed_from = start_iter + self.WARMUP_ITERS
+        self._last_clock = None
 
     def iteration_done(self, iteration: int) -> None:
         """`iteration` updates are done."""
-        if iteration == self._timing_from:
-            self._timing_start = self._clock()
+        now = self._clock()
+        if (
+            self._last_clock is not None
+            and self._timed_from is not None
+            and iteration > self._timed_from
+        ):
+            self._durations.append(now - self._last_clock)
+        if self._timed_from is not None and iteration >= self._timed_from:
+            self._last_clock = now
 
     def evaluation_done(self, seconds: float) -> None:
-        """An evaluation took `seconds`: leave it out of the iteration times, spread its cost
-        over the evaluation period, and plan again (once timing has begun)."""
-        self._eval_seconds += seconds
+        """An evaluation took `seconds`: left out of the update times (the next update is timed
+        from now), spread over the evaluation period, and a plan is due."""
         self._last_eval_seconds = seconds
-        self._plan_wanted = self._timing_start is not None
+        if self._last_clock is not None:
+            self._last_clock = self._clock()
+        self._plan_wanted = True
 
     def plan_due(self, iteration: int) -> bool:
-        return (
-            self._plan_wanted
-            and self._timing_start is not None
-            and self._timing_from is not None
-            and iteration >= self._timing_from + self.WINDOW_ITERS
-        )
+        if len(self._durations) < self.MIN_TIMED:
+            return False
+        if self._plan_wanted or self._last_plan_iteration is None:
+            return True
+        return iteration - self._last_plan_iteration >= self.REPLAN_EVERY
 
-    def seconds_per_iteration(self, iteration: int, eval_period: int) -> float:
-        """Measured seconds per update after `iteration` updates, with the last evaluation's
-        cost spread over `eval_period` iterations (0: no evaluation during training)."""
-        assert self._timing_start is not None and self._timing_from is not None
-        measured = self._clock() - self._timing_start - self._eval_seconds
-        per_iter = measured / (iteration - self._timing_from)
-        if eval_period > 0:
+    def seconds_per_iteration(self, eval_period: int) -> float:
+        """Mean duration of the recent updates, plus the last evaluation's cost spread over
+        `eval_period` iterations (0: no evaluation during training)."""
+        per_iter = sum(self._durations) / len(self._durations)
+        if eval_period > 0 and self._last_eval_seconds is not None:
             per_iter += self._last_eval_seconds / eval_period
         return per_iter
 
     def plan(self, iteration: int, *, max_iter: int, eval_period: int) -> tuple[int, float]:
-        """(the end iteration that fits, the seconds per iteration it assumed); no further plan
-        is due until the next evaluation."""
-        per_iter = self.seconds_per_iteration(iteration, eval_period)
-        left = self.seconds - self.elapsed()
+        """(the end iteration that fits, capped at `max_iter`; the seconds per iteration it
+        assumed)."""
+        per_iter = self.seconds_per_iteration(eval_period)
+        left = self.seconds - self.elapsed() - self.reserve()
         new_max = affordable_max_iter(
             iteration=iteration,
             max_iter=max_iter,
@@ -113,5 +143,6 @@ class TimeBudget:
             seconds_per_iter=per_iter,
         )
         self._plan_wanted = False
+        self._last_plan_iteration = iteration
         self.planned = True
         return new_max, per_iter

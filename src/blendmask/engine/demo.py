@@ -142,7 +142,7 @@ def run_demo(
             f"demo: training {preset} on {dev.type} for at most {budget / 60:.1f} min "
             f"({cfg.solver.max_iter} iterations planned)"
         )
-        time_budget = TimeBudget(budget)
+        time_budget = TimeBudget(budget, reserve_final_eval=False)  # `reserve` holds it
         dataset = build_train_dataset(cfg)
         cfg = resolve_dataset_classes(cfg, dataset)
         result = run_training(

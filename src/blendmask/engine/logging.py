@@ -2,8 +2,9 @@
 bundled for the loop by `TrainingLog`; and `write_json` for the commands' outputs.
 
 `metrics.jsonl` has one JSON object per line: `{"type": "train", "iteration", "lr",
-"images_per_s", "loss", "loss_fcos_cls", ...}` at each logging step (losses averaged over the
-steps since the previous line and over ranks) and `{"type": "eval", "iteration", "bbox_AP",
+"images_per_s", "loss", "loss_fcos_cls", ..., "data_seconds"}` at each logging step (losses and
+the seconds each iteration waited for its batch, averaged over the steps since the previous line
+and over ranks) and `{"type": "eval", "iteration", "bbox_AP",
 "segm_AP", ...}` after each evaluation. `plot_curves` turns it into `curves.png`.
 """
 
@@ -226,7 +227,7 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path) -> Path | None:
     ax_loss.set_title("training losses")
     if loss_keys:
         ax_loss.legend(fontsize=7)
-    for key in ("bbox_AP", "segm_AP", "segm_AP50"):
+    for key in ("bbox_AP", "segm_AP", "segm_AP50", "segm_AP75"):
         pts = [(r["iteration"], r[key]) for r in evals if key in r]
         if pts:
             xs, ys = zip(*pts)
@@ -292,9 +293,10 @@ class TrainingLog:
         """Images/s counts from here (after an evaluation, which is not training time)."""
         self.window_start, self.window_iters = time.perf_counter(), 0
 
-    def step(self, losses: dict[str, float]) -> None:
-        """One update done with these (scalar) losses."""
-        self.averager.update(losses)
+    def step(self, losses: dict[str, float], data_seconds: float = 0.0) -> None:
+        """One update done with these (scalar) losses, after waiting `data_seconds` for its
+        batch (logged as `data_seconds`, the mean wait per iteration)."""
+        self.averager.update({**losses, "data_seconds": data_seconds})
         self.window_iters += 1
 
     def log(self, iteration: int, lr: float) -> None:

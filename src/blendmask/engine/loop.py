@@ -135,14 +135,17 @@ def train_iterations(
     """Train until the schedule's end (False) or the time budget's (True)."""
     s = run.cfg.solver
     while run.iteration < run.schedule.max_iter:
-        step = train_step(run, *next(batches))
+        waited = time.perf_counter()
+        images, targets = next(batches)
+        waited = time.perf_counter() - waited
+        step = train_step(run, images, targets)
         run.iteration += 1
         if step.nonfinite:
             note_nonfinite(run, step, log)
         else:
             run.nonfinite_streak = 0
             run.flush_checkpoint()  # its weights just gave a finite loss
-            log.step(step.losses)
+            log.step(step.losses, data_seconds=waited)
         if time_budget is not None:
             time_budget.iteration_done(run.iteration)
             if time_budget.plan_due(run.iteration):
@@ -276,22 +279,26 @@ def _out_of_time(budget: TimeBudget | None) -> bool:
 
 
 def plan_time_budget(run: TrainingRun, budget: TimeBudget, log: TrainingLog) -> None:
-    """Shrink the schedule to what fits in the budget (every rank takes rank 0's plan)."""
+    """Fit the schedule to the time left, longer or shorter, up to the configured `max_iter`
+    (every rank takes rank 0's plan). The plan is printed the first time and whenever its end
+    moves by more than 2% (small moves happen at every re-plan)."""
     first = not budget.planned
     eval_period = run.eval_period if run.has_val else 0
     planned, per_iter = budget.plan(
-        run.iteration, max_iter=run.schedule.max_iter, eval_period=eval_period
+        run.iteration, max_iter=run.cfg.solver.max_iter, eval_period=eval_period
     )
     new_max, old_max = int(dist_utils.broadcast_object(planned)), run.schedule.max_iter
     run.schedule.replan(new_max, iteration=run.iteration)
-    if new_max < old_max:
+    if first and run.eval_period > 0:
+        # the first plan keeps the number of evaluations: they draw the AP curve
+        run.eval_period = max(1, round(run.eval_period * new_max / run.cfg.solver.max_iter))
+    if first or abs(new_max - run.planned_shown) > 0.02 * run.planned_shown:
+        run.planned_shown = new_max
         log.write(
-            f"time budget {budget.seconds:.0f}s at {per_iter:.3f}s/iteration: training to "
-            f"iteration {new_max} (lr steps {run.schedule.steps}), not {old_max}"
+            f"time budget {budget.seconds:.0f}s at {per_iter:.2f}s/iteration (recent mean): "
+            f"training to iteration {new_max} (lr steps {run.schedule.steps}, evaluation every "
+            f"{run.eval_period}), was {old_max}"
         )
-        if run.eval_period > 0 and first:
-            # the first plan keeps the number of evaluations: they draw the AP curve
-            run.eval_period = max(1, round(run.eval_period * new_max / old_max))
     log.progress.set_total(run.schedule.max_iter)
 
 

@@ -82,7 +82,10 @@ def train_command(
     if not quiet:
         check_writable(out)  # before reading the dataset: a bad --out fails at once
     # The budget counts from here: reading the dataset is part of the time asked for.
-    budget = None if minutes is None else TimeBudget(minutes * 60.0)
+    budget = None
+    if minutes is not None:
+        has_val = bool(cfg.data.val_json and cfg.data.val_images)
+        budget = TimeBudget(minutes * 60.0, reserve_final_eval=has_val)
     dataset = build_train_dataset(cfg)
     cfg = resolve_dataset_classes(cfg, dataset, quiet=quiet)
     if new_out_if_changed and resume:

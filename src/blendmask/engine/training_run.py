@@ -57,6 +57,7 @@ class TrainingRun:
     saved_iteration: int | None = None  # of the last.pt on disk, when known
     pending: dict[str, Any] | None = None  # a checkpoint waiting for a finite loss (rank 0)
     pending_iteration: int | None = None
+    planned_shown: int = 0  # the schedule end the time budget last printed
 
     @property
     def has_val(self) -> bool:

@@ -1,0 +1,117 @@
+"""The time budget (engine/budget.py): a moving window of update times, plans that grow and
+shrink, a reserve for the final evaluation, and a run that ends on time whatever the load."""
+
+from __future__ import annotations
+
+import pytest
+
+from blendmask.engine.budget import TimeBudget
+from blendmask.engine.optim import compress_steps
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def simulate(
+    budget_s: float,
+    seconds_per_update,
+    *,
+    max_iter: int = 100_000,
+    eval_period: int = 0,
+    eval_seconds: float = 0.0,
+) -> dict:
+    """The loop of engine/loop.py against a fake clock: updates cost `seconds_per_update(t)`
+    (t: seconds since the start), an evaluation every `eval_period` updates and a final one
+    cost `eval_seconds`. Returns the plans made and when the run (final evaluation included)
+    ended."""
+    clock = Clock()
+    budget = TimeBudget(budget_s, clock=clock, reserve_final_eval=eval_seconds > 0)
+    budget.begin(0)
+    plans, end, it = [], max_iter, 0
+    while it < end:
+        clock.now += seconds_per_update(budget.elapsed())
+        it += 1
+        budget.iteration_done(it)
+        if budget.plan_due(it):
+            end, _ = budget.plan(it, max_iter=max_iter, eval_period=eval_period)
+            plans.append((it, end))
+        if budget.expired() and it < end:
+            break
+        if eval_period and it % eval_period == 0 and it < end:
+            clock.now += eval_seconds
+            budget.evaluation_done(eval_seconds)
+    clock.now += eval_seconds  # the final evaluation
+    return {"plans": plans, "iterations": it, "ended": budget.elapsed(), "budget": budget}
+
+
+def test_first_plan_after_the_timing_window_then_every_few_updates():
+    clock = Clock()
+    budget = TimeBudget(60.0, clock=clock, reserve_final_eval=False)
+    budget.begin(0)
+    due = []
+    for it in range(1, 30):
+        clock.now += 2.0 if it <= 3 else 1.0  # slow first updates are not timed
+        budget.iteration_done(it)
+        due.append(budget.plan_due(it))
+        if due[-1]:
+            budget.plan(it, max_iter=1000, eval_period=0)
+    first = due.index(True) + 1
+    assert first == TimeBudget.WARMUP_ITERS + TimeBudget.MIN_TIMED
+    assert budget.seconds_per_iteration(0) == pytest.approx(1.0)
+    later = [i + 1 for i, d in enumerate(due) if d][1:]
+    assert later == [first + TimeBudget.REPLAN_EVERY * k for k in range(1, len(later) + 1)]
+
+
+def test_plan_counts_the_recent_window_not_the_slow_start():
+    """A machine busy during the first updates (3 s each) and then free (1 s): the estimate
+    follows the recent updates, and the plan grows once the load is gone."""
+    result = simulate(300.0, lambda t: 3.0 if t < 60 else 1.0)
+    ends = [end for _, end in result["plans"]]
+    assert ends[-1] > ends[0] * 2  # grew: the first plan assumed 3 s per update
+    assert result["budget"].seconds_per_iteration(0) == pytest.approx(1.0)
+    assert result["ended"] == pytest.approx(300, rel=0.03)
+
+
+def test_plan_shrinks_when_the_machine_slows_down():
+    result = simulate(300.0, lambda t: 1.0 if t < 100 else 2.5)
+    ends = [end for _, end in result["plans"]]
+    assert min(ends[-5:]) < max(ends[:5])
+    assert result["ended"] == pytest.approx(300, rel=0.03)
+
+
+def test_run_ends_within_three_percent_with_evaluations():
+    """Periodic evaluations of 12 s and a final one: the reserve keeps the final evaluation
+    inside the budget, and the whole run ends within 3% of it."""
+    result = simulate(
+        900.0, lambda t: 3.5 if t < 180 else 1.2, max_iter=5000, eval_period=150, eval_seconds=12.0
+    )
+    assert result["ended"] == pytest.approx(900, rel=0.03)
+    assert result["budget"].reserve() == pytest.approx(12.0)
+
+
+def test_the_configured_schedule_caps_the_plan():
+    result = simulate(300.0, lambda t: 0.1, max_iter=200)
+    assert result["iterations"] == 200 and result["ended"] < 300
+
+
+def test_reserve_before_and_after_an_evaluation():
+    clock = Clock()
+    budget = TimeBudget(1000.0, clock=clock)
+    assert budget.reserve() == pytest.approx(TimeBudget.RESERVE_FRACTION * 1000)
+    budget.evaluation_done(7.0)
+    assert budget.reserve() == pytest.approx(7.0)
+    clock.now += 1000 - 7.0 - 0.5
+    assert not budget.expired()
+    clock.now += 1.0
+    assert budget.expired()  # the final evaluation would not fit any more
+    assert TimeBudget(10.0, clock=clock, reserve_final_eval=False).reserve() == 0.0
+
+
+def test_growing_plan_keeps_passed_lr_steps():
+    """A plan that grows after a decay must not undo it (the lr would jump back up)."""
+    assert compress_steps([40, 90], iteration=50, max_iter=100, new_max_iter=200) == [40, 50 + 120]
