@@ -51,6 +51,7 @@ class CocoPanopticDataset(Dataset):
         images_dir: folder of the images' `file_name`s.
         transforms: callable (image, target) -> (image, target); it must carry "sem_seg".
         skip_empty: drop images without a non-crowd thing segment (from the json).
+        cache: keep each decoded image and its targets (before the transforms) in memory.
     """
 
     def __init__(
@@ -61,11 +62,13 @@ class CocoPanopticDataset(Dataset):
         *,
         transforms: Transform | None = None,
         skip_empty: bool = False,
+        cache: bool = False,
     ) -> None:
         self.json_path = Path(json_path)
         self.panoptic_dir = Path(panoptic_dir)
         self.images_dir = Path(images_dir)
         self.transforms = transforms
+        self._cache: dict[int, tuple[Tensor, Target]] | None = {} if cache else None
         self.data: PanopticJson = load_panoptic_json(self.json_path)
         for folder, what in ((self.panoptic_dir, "PNG"), (self.images_dir, "image")):
             if not folder.is_dir():
@@ -184,10 +187,35 @@ class CocoPanopticDataset(Dataset):
             "orig_size": (height, width),
         }
 
+    def preload(self, progress: bool = False) -> None:
+        """Decode every image and its targets now, into the cache (with `cache=True`)."""
+        if self._cache is None:
+            return
+        from tqdm import tqdm
+
+        for index in tqdm(range(len(self)), desc="caching images", disable=not progress):
+            self._cache[index] = self._read(index)
+
     def __getitem__(self, index: int | tuple[int, int]) -> tuple[Tensor, Target]:
         seed: int | None = None
         if isinstance(index, tuple):
             index, seed = index
+        if self._cache is not None and index in self._cache:
+            image, target = self._cache[index]
+            target = dict(target)
+        else:
+            image, target = self._read(index)
+        if self.transforms is not None:
+            if seed is None:
+                image, target = self.transforms(image, target)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    image, target = self.transforms(image, target)
+        return image, filter_empty_instances(target)
+
+    def _read(self, index: int) -> tuple[Tensor, Target]:
+        """The decoded image (uint8 Tensor[3, H, W]) and its targets before the transforms."""
         image_id = self.image_ids[index]
         height, width = self.image_size(index)
         path = self.image_path(index)
@@ -201,12 +229,4 @@ class CocoPanopticDataset(Dataset):
                 f"{image_id} of {self.json_path} says {width}x{height}"
             )
         image = image_to_tensor(pil_image)
-        target = self.targets_from_ids(self.segment_ids(index), image_id)
-        if self.transforms is not None:
-            if seed is None:
-                image, target = self.transforms(image, target)
-            else:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed)
-                    image, target = self.transforms(image, target)
-        return image, filter_empty_instances(target)
+        return image, self.targets_from_ids(self.segment_ids(index), image_id)

@@ -39,7 +39,7 @@ def build_train_dataset(cfg: Config, *, progress: bool = False) -> CocoDataset:
     from blendmask.data.augment import training_transforms
 
     d = cfg.data
-    if not d.train_json or not d.train_images:
+    if not (d.train_json or d.train_panoptic_json) or not d.train_images:
         raise ValueError("train: needs --train-json and --train-images (data.train_json/_images)")
     transforms = training_transforms(
         min_size_train=d.min_size_train,
@@ -53,13 +53,25 @@ def build_train_dataset(cfg: Config, *, progress: bool = False) -> CocoDataset:
         rot90=d.rot90_train,
         color_jitter=d.color_jitter,
     )
-    dataset = CocoDataset(
-        d.train_json,
-        d.train_images,
-        transforms=transforms,
-        skip_empty=d.filter_empty,
-        cache=d.cache_images,
-    )
+    if d.train_panoptic_json:  # COCO panoptic: instances and sem_seg from the PNGs
+        from blendmask.data.panoptic import CocoPanopticDataset
+
+        dataset = CocoPanopticDataset(
+            d.train_panoptic_json,
+            d.train_panoptic_images,
+            d.train_images,
+            transforms=transforms,
+            skip_empty=d.filter_empty,
+            cache=d.cache_images,
+        )
+    else:
+        dataset = CocoDataset(
+            d.train_json,
+            d.train_images,
+            transforms=transforms,
+            skip_empty=d.filter_empty,
+            cache=d.cache_images,
+        )
     dataset.preload(progress=progress)
     return dataset
 
