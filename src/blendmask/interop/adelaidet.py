@@ -49,6 +49,7 @@ from blendmask.interop.adelaidet_keys import (
     ADELAIDET_PRESETS,
     ADELAIDET_RENAMES,
     COCO_CATEGORIES,
+    COCO_STUFF_CATEGORIES,
     OWN_BUFFERS,
     adelaidet_to_blendmask_key,
     blendmask_to_adelaidet_key,
@@ -60,6 +61,7 @@ from blendmask.modeling.state_dict import (
 )
 
 CLS_KEY = "proposal_generator.fcos_head.cls_logits.weight"
+SEM_SEG_KEY = "panoptic_module.predictor.weight"  # [S + 1, conv_dims, 1, 1]
 
 
 def _both_names(theirs: str, ours: str) -> str:
@@ -190,6 +192,13 @@ def adelaidet_config(
         # The published models are COCO's: results then carry COCO category ids.
         out.data.category_names = [name for name, _ in COCO_CATEGORIES]
         out.data.category_ids = [cid for _, cid in COCO_CATEGORIES]
+    if out.model.panoptic.enabled and SEM_SEG_KEY in state:
+        # The semantic head's class count is the file's (S stuff + the "thing" class).
+        out.model.panoptic.num_stuff_classes = int(state[SEM_SEG_KEY].shape[0]) - 1
+        if out.model.panoptic.num_stuff_classes == len(COCO_STUFF_CATEGORIES):
+            if not out.data.stuff_names:
+                out.data.stuff_names = [name for name, _ in COCO_STUFF_CATEGORIES]
+                out.data.stuff_ids = [cid for _, cid in COCO_STUFF_CATEGORIES]
     return out.validate()
 
 
@@ -245,7 +254,7 @@ def _does_not_fit(report: ConversionReport, cfg: Config) -> ValueError:
     assert fit is not None
     panoptic = any(k.startswith("panoptic_module.") for k in report.unexpected)
     extra = (
-        "  a panoptic checkpoint: its instance branch is complete; --allow-partial drops the "
+        "  a panoptic checkpoint: convert it with a Panoptic_* preset; --allow-partial drops the "
         "semantic branch and P2, which do not feed the instance outputs\n"
         if panoptic
         else ""
@@ -316,6 +325,7 @@ __all__ = [
     "ADELAIDET_PRESETS",
     "ADELAIDET_RENAMES",
     "COCO_CATEGORIES",
+    "COCO_STUFF_CATEGORIES",
     "Architecture",
     "ConversionReport",
     "adelaidet_config",

@@ -26,6 +26,7 @@ class Architecture:
     num_share_convs: int
     head_norm: str  # "GN", "BN" (one per level) or "none"
     basis_num_convs: int | None
+    panoptic: bool = False  # P2 + the semantic FPN head (`panoptic_module`)
 
     def describe(self) -> str:
         deform = (
@@ -36,6 +37,7 @@ class Architecture:
             f"{3 + self.top_levels} FPN levels, towers cls/box/share "
             f"{self.num_cls_convs}/{self.num_box_convs}/{self.num_share_convs} "
             f"({self.head_norm}), basis num_convs {self.basis_num_convs}"
+            + (", panoptic semantic head on P2-P5" if self.panoptic else "")
         )
 
 
@@ -94,6 +96,7 @@ def checkpoint_architecture(state: dict[str, Tensor]) -> Architecture:
         num_share_convs=_tower_convs(state, "share_tower"),
         head_norm="BN" if per_level_bn else ("GN" if group_norm else "none"),
         basis_num_convs=max(basis_last) - 2 if basis_last else None,
+        panoptic=any(k.startswith("panoptic_module.") for k in state),
     )
 
 
@@ -119,6 +122,7 @@ def config_architecture(cfg: Config) -> Architecture:
         num_share_convs=m.fcos.num_share_convs,
         head_norm=head_norm if total_convs else "none",
         basis_num_convs=m.basis_module.num_convs if m.basis_module.name == "ProtoNet" else None,
+        panoptic=m.panoptic.enabled,
     )
 
 

@@ -19,6 +19,9 @@ ADELAIDET_PRESETS = (
     "550_R_50_3x",
     "RT_R_50_4x",
     "RT_R_50_4x_bn_head",
+    "Panoptic_R_50_1x",
+    "Panoptic_R_50_3x",
+    "Panoptic_R_101_3x",
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -37,8 +40,9 @@ ADELAIDET_PRESETS = (
 #   rules); share tower as 550.
 # - RT_R_50_4x_bn_head: share-tower norms are one BN per level, `share_tower.{1,4,7}.{level}.*`;
 #   our PerLevelBatchNorm is a ModuleList, so the head rule maps them unchanged.
-# - Panoptic checkpoints: the instance branch maps as R_50; `backbone.fpn_lateral2/output2` and
-#   `panoptic_module.*` have no place here (P2 does not feed the instance branch).
+# - Panoptic checkpoints (Panoptic_* presets): the instance branch maps as R_50 / R_101;
+#   `backbone.fpn_lateral2/output2` go to `fpn.` with the FPN rule, and `panoptic_module.*`
+#   (our SemanticFPNHead, named as detectron2's semantic FPN head) keeps its names.
 ADELAIDET_RENAMES: list[tuple[str, str]] = [
     # Checkpoints made before AdelaiDet 281ee24 (2020-04-03) call the predictor `centerness`.
     (r"^proposal_generator\.fcos_head\.centerness\.", "proposal_generator.fcos_head.ctrness."),
@@ -100,6 +104,26 @@ COCO_CATEGORIES: list[tuple[str, int]] = [
     ("cell phone", 77), ("microwave", 78), ("oven", 79), ("toaster", 80), ("sink", 81),
     ("refrigerator", 82), ("book", 84), ("clock", 85), ("vase", 86), ("scissors", 87),
     ("teddy bear", 88), ("hair drier", 89), ("toothbrush", 90),
+]  # fmt: skip
+
+
+# COCO panoptic's 53 stuff categories (name, category id), sorted by id: semantic class s in 1..53
+# of the published panoptic models is entry s - 1 (0 is the "thing" class), as detectron2's
+# `coco_2017_*_panoptic_separated` data (docs/reference.md §6).
+COCO_STUFF_CATEGORIES: list[tuple[str, int]] = [
+    ("banner", 92), ("blanket", 93), ("bridge", 95), ("cardboard", 100), ("counter", 107),
+    ("curtain", 109), ("door-stuff", 112), ("floor-wood", 118), ("flower", 119), ("fruit", 122),
+    ("gravel", 125), ("house", 128), ("light", 130), ("mirror-stuff", 133), ("net", 138),
+    ("pillow", 141), ("platform", 144), ("playingfield", 145), ("railroad", 147), ("river", 148),
+    ("road", 149), ("roof", 151), ("sand", 154), ("sea", 155), ("shelf", 156), ("snow", 159),
+    ("stairs", 161), ("tent", 166), ("towel", 168), ("wall-brick", 171), ("wall-stone", 175),
+    ("wall-tile", 176), ("wall-wood", 177), ("water-other", 178), ("window-blind", 180),
+    ("window-other", 181), ("tree-merged", 184), ("fence-merged", 185), ("ceiling-merged", 186),
+    ("sky-other-merged", 187), ("cabinet-merged", 188), ("table-merged", 189),
+    ("floor-other-merged", 190), ("pavement-merged", 191), ("mountain-merged", 192),
+    ("grass-merged", 193), ("dirt-merged", 194), ("paper-merged", 195),
+    ("food-other-merged", 196), ("building-other-merged", 197), ("rock-merged", 198),
+    ("wall-other-merged", 199), ("rug-merged", 200),
 ]  # fmt: skip
 
 
