@@ -1,4 +1,4 @@
-"""write the synthetic shapes dataset (COCO json + PNGs)"""
+"""write the synthetic shapes dataset (COCO json + PNGs; --panoptic: stuff + COCO panoptic)"""
 
 from __future__ import annotations
 
@@ -13,11 +13,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val", type=int, default=50, help="number of validation images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument(
+        "--panoptic",
+        action="store_true",
+        help="shapes on textured stuff (sky, wall, grass); also writes the COCO panoptic json "
+        "+ PNGs (annotations/panoptic_{train,val}.json, annotations/panoptic_{train,val}/)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     paths = write_shapes_dataset(
-        args.out, args.train, args.val, seed=args.seed, image_size=args.image_size
+        args.out,
+        args.train,
+        args.val,
+        seed=args.seed,
+        image_size=args.image_size,
+        panoptic=args.panoptic,
     )
     for key, value in paths.items():
         print(f"{key}: {value}")
