@@ -14,6 +14,7 @@ import argparse
 import os
 
 from blendmask.cli.arguments import DEVICES, non_negative_int, positive_int, probability
+from blendmask.engine.panoptic_predict import is_panoptic_model_file, predict_panoptic_images
 from blendmask.engine.predict import predict_images
 from blendmask.engine.predict_outputs import MASK_MODES
 from blendmask.predictor import DEFAULT_SCORE_THRESHOLD, INFERENCE_KEYS
@@ -128,6 +129,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.weights and is_panoptic_model_file(args.weights):
+        return _run_panoptic(args)
     predictor = None
     if args.onnx:
         from blendmask.export.segmenter_predictor import SegmenterPredictor
@@ -155,6 +158,30 @@ def run(args: argparse.Namespace) -> int:
     )
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
         print(summary_line(summary))
+    return 0
+
+
+def _run_panoptic(args: argparse.Namespace) -> int:
+    """A panoptic model: OUT/panoptic/*.png, OUT/panoptic.json, OUT/overlays/*.png."""
+    unused = [f for f, v in (("--coco", args.coco), ("--save-masks", args.save_masks)) if v]
+    if unused:
+        raise ValueError(f"predict: {', '.join(unused)} are for instance models, not panoptic")
+    summary = predict_panoptic_images(
+        weights=args.weights,
+        inputs=args.inputs,
+        out=args.out,
+        device=args.device,
+        score_threshold=args.score_threshold,
+        overrides=args.overrides,
+        glob=args.glob,
+        overlays=not args.no_overlays,
+        strict=args.strict,
+    )
+    print(
+        f"{summary['images']} image(s), {summary['predicted']} predicted, "
+        f"{summary['segments']} segment(s), {summary['skipped']} skipped: wrote "
+        f"{summary['results']}" + (f" and {summary['overlays']}" if summary["overlays"] else "")
+    )
     return 0
 
 

@@ -189,3 +189,11 @@ def _write_results(
     if errors:
         lines = "".join(json.dumps(e) + "\n" for e in errors).encode()
         atomic_write(out / "errors.jsonl", lambda f: f.write(lines))
+
+
+def is_panoptic_model_file(weights: str | Path) -> bool:
+    """Whether a model.pt holds a panoptic model (its stored config has the semantic branch)."""
+    from blendmask.checkpoint_io import read_model_file
+
+    cfg, _ = read_model_file(weights)
+    return bool(cfg.model.panoptic.enabled)
