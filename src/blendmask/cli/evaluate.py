@@ -33,11 +33,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "OUT/plots/sheet.png (ground truth / predictions of a few images, misses and false "
         "positives marked)",
     )
+    parser.add_argument(
+        "--panoptic-json",
+        default=None,
+        help="COCO panoptic json: PQ / SQ / RQ of a panoptic model (with --panoptic-images, "
+        "--images; --json adds the instance AP)",
+    )
+    parser.add_argument("--panoptic-images", default=None, help="folder of the panoptic PNGs")
     # AP needs the low scores: by default every detection the model gives counts.
     add_postprocess_arguments(parser, None)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.panoptic_json or args.panoptic_images:
+        return _evaluate_panoptic(args)
     if args.results:
         if not args.json:
             raise ValueError("eval --results needs --json (the ground-truth COCO json)")
@@ -79,4 +88,33 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{metrics.get('images', 0)} image(s) in {metrics.get('seconds', 0)} s: wrote {args.out}/metrics.json"
     )
+    return 0
+
+
+def _evaluate_panoptic(args: argparse.Namespace) -> int:
+    """PQ of a panoptic model (`engine.panoptic.evaluate_panoptic_file`), printed as a table."""
+    from blendmask.engine.panoptic import evaluate_panoptic_file
+    from blendmask.evaluation.panoptic import format_pq_table
+
+    missing = [
+        f"--{k.replace('_', '-')}"
+        for k in ("weights", "panoptic_json", "panoptic_images", "images")
+        if not getattr(args, k)
+    ]
+    if missing:
+        raise ValueError(f"eval (panoptic): needs {', '.join(missing)}")
+    metrics = evaluate_panoptic_file(
+        weights=args.weights,
+        json_path=args.panoptic_json,
+        panoptic_dir=args.panoptic_images,
+        images=args.images,
+        out=args.out,
+        device=args.device,
+        overrides=args.overrides,
+        instances_json=args.json,
+    )
+    if args.json:
+        print(format_tables(metrics))
+    print(format_pq_table(metrics))
+    print(f"{metrics['images']} image(s) in {metrics['seconds']} s: wrote {args.out}/metrics.json")
     return 0
