@@ -1,7 +1,9 @@
 """COCO evaluation of a model or of a results json
 
 With --weights, runs the model file on --json / --images (`engine.evaluate.evaluate_model_file`);
-with --results, scores a COCO results json against --json without a model. Prints the COCO
+with --results, scores a COCO results json against --json without a model. Under
+`torchrun --nproc_per_node N -m blendmask eval --weights ...` each process predicts its share of
+the images and rank 0 evaluates them all (the metrics of one process) and prints. Prints the COCO
 summary table and the AP of each category (`evaluation.tables.format_tables`); OUT/metrics.json
 holds the same numbers ("per_category": {name: {"bbox_AP", "segm_AP"}}).
 """
@@ -12,6 +14,7 @@ import argparse
 
 from blendmask.cli.arguments import DEVICES, positive_int
 from blendmask.cli.predict import add_postprocess_arguments
+from blendmask.engine.distributed import cleanup_distributed, get_rank
 from blendmask.engine.evaluate import evaluate_model_file
 from blendmask.evaluation.results import evaluate_results_file
 from blendmask.evaluation.tables import format_tables
@@ -69,6 +72,20 @@ def run(args: argparse.Namespace) -> int:
         missing = [f"--{k}" for k in ("weights", "json", "images") if not getattr(args, k)]
         if missing:
             raise ValueError(f"eval: needs {', '.join(missing)} (or --results R.json with --json)")
+        metrics, main = _evaluate_model(args)
+        if not main:
+            return 0  # rank 0 prints and writes
+    print(format_tables(metrics))
+    print(
+        f"{metrics.get('images', 0)} image(s) in {metrics.get('seconds', 0)} s: wrote {args.out}/metrics.json"
+    )
+    return 0
+
+
+def _evaluate_model(args: argparse.Namespace) -> tuple[dict, bool]:
+    """(metrics, whether this is rank 0) of `evaluate_model_file` with the flags; under
+    torchrun each process takes its share of the images."""
+    try:
         metrics = evaluate_model_file(
             weights=args.weights,
             json_path=args.json,
@@ -84,11 +101,9 @@ def run(args: argparse.Namespace) -> int:
             classes=args.classes,
             plots=args.plots,
         )
-    print(format_tables(metrics))
-    print(
-        f"{metrics.get('images', 0)} image(s) in {metrics.get('seconds', 0)} s: wrote {args.out}/metrics.json"
-    )
-    return 0
+        return metrics, get_rank() == 0
+    finally:
+        cleanup_distributed()
 
 
 def _evaluate_panoptic(args: argparse.Namespace) -> int:

@@ -1,9 +1,12 @@
-"""Multi-process training helpers: `torchrun` set-up, rank queries and metric reductions.
+"""Multi-process helpers: `torchrun` set-up, rank queries and metric reductions.
 
 `torchrun --nproc_per_node N -m blendmask train ...` sets RANK / WORLD_SIZE / LOCAL_RANK /
 MASTER_ADDR / MASTER_PORT; `init_distributed` reads them and starts a process group (NCCL on
 CUDA, gloo on CPU). Without them everything runs as a single process (rank 0 of 1), and every
 helper here is then a no-op, so the training loop has one code path.
+
+Inference (`eval`, `predict`) splits the images with `shard_indices` and collects each rank's
+results with `gather_objects` / `all_gather_objects`.
 """
 
 from __future__ import annotations
@@ -51,7 +54,9 @@ def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    if world_size > 1 and not dist.is_initialized():
+    # Also for one process under torchrun (which sets MASTER_ADDR): the gathers of evaluation
+    # then go through the real backend (NCCL on one GPU), the path of N processes.
+    if not dist.is_initialized() and (world_size > 1 or "MASTER_ADDR" in os.environ):
         backend = "nccl" if device.type == "cuda" else "gloo"
         # A long timeout: rank 0 evaluates alone while the others wait at a barrier.
         dist.init_process_group(
@@ -66,6 +71,10 @@ def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
 def cleanup_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def _group_started() -> bool:
+    return dist.is_available() and dist.is_initialized()
 
 
 def get_world_size() -> int:
@@ -149,8 +158,21 @@ def all_gather_objects(obj: object) -> list:
     Picklable objects of any size (e.g. one rank's COCO results). Works with gloo and NCCL;
     with NCCL the current CUDA device must be this rank's GPU, which `init_distributed` sets.
     """
-    if get_world_size() == 1:
+    if not _group_started():
         return [obj]
     gathered: list = [None] * get_world_size()
     dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def gather_objects(obj: object, dst: int = 0) -> list | None:
+    """`obj` of every rank, in rank order, on rank `dst`; None on the other ranks.
+
+    Like `all_gather_objects`, but only `dst` holds the whole list (one copy of every rank's
+    results in memory, not one per rank). `[obj]` in a single process.
+    """
+    if not _group_started():
+        return [obj]
+    gathered: list | None = [None] * get_world_size() if get_rank() == dst else None
+    dist.gather_object(obj, gathered, dst=dst)
     return gathered

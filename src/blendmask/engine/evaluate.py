@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +63,12 @@ def evaluate_model(
 
     Images are resized to `data.min_size_test` / `max_size_test` by the Predictor (the same
     code path as `predict`), detections are pasted at the original size and scored with
-    pycocotools. Under torch.distributed every rank runs its share of the images and all ranks
-    get the same metrics. Returns the metrics (fractions) plus `images` and `seconds`; writes
-    the COCO results json to `results_path` when given (single process). Leaves `model` in
-    eval mode.
+    pycocotools. Under torch.distributed (a collective call) every rank predicts its share of
+    the images (`shard_indices`: contiguous blocks, each image once), rank 0 gathers the
+    results, evaluates them and writes the COCO results json to `results_path` when given, and
+    every rank returns its metrics. The results are sorted by image id before evaluation, so
+    the metrics equal those of one process. Returns the metrics (fractions) plus `images` and
+    `seconds`. Leaves `model` in eval mode.
 
     The model's labels are matched to the json's categories by id or name
     (`match_categories`: ValueError when they cannot be). An image that cannot be read ends
@@ -89,9 +92,10 @@ def evaluate_model(
         num_classes=cfg.model.fcos.num_classes,
         source=json_path,
     )
-    rank, world_size = dist_utils.get_rank(), dist_utils.get_world_size()
-    indices = list(range(rank, len(dataset), world_size))
-    _check_image_sizes(dataset, indices)
+    info = dist_utils.DistInfo(rank=dist_utils.get_rank(), world_size=dist_utils.get_world_size())
+    # Every rank checks every image's json size (cheap), so all refuse together.
+    _check_image_sizes(dataset, range(len(dataset)))
+    indices = dist_utils.shard_indices(len(dataset), info)
     labels = None if classes is None else resolve_classes(classes, cfg.data.category_names)
     predictor = Predictor(
         cfg,
@@ -109,15 +113,83 @@ def evaluate_model(
         label_to_category_id,
         category_ids=None if labels is None else [label_to_category_id[k] for k in labels],
     )
-    _predict_images(predictor, _EvalImages(dataset, indices), evaluator, batch_size, num_workers)
+    error = _predict_shard(
+        predictor, _EvalImages(dataset, indices), evaluator, batch_size, num_workers, info
+    )
+    metrics = _evaluate_on_main(
+        evaluator, error, info, per_category=per_category, results_path=results_path
+    )
+    metrics["images"] = len(dataset)
+    metrics["seconds"] = round(time.perf_counter() - start, 2)
+    return metrics
+
+
+def _predict_shard(
+    predictor: Predictor,
+    images: _EvalImages,
+    evaluator: COCOEvaluator,
+    batch_size: int,
+    num_workers: int,
+    info: dist_utils.DistInfo,
+) -> Exception | None:
+    """`_predict_images` over this rank's images. Under torch.distributed a bad image's error
+    is returned, not raised: the other ranks are about to wait for this one's results, and
+    `_evaluate_on_main` then stops every rank with it."""
+    try:
+        _predict_images(predictor, images, evaluator, batch_size, num_workers)
+    except (ValueError, OSError) as exc:
+        if not info.distributed:
+            raise
+        return exc
+    return None
+
+
+def _evaluate_on_main(
+    evaluator: COCOEvaluator,
+    error: Exception | None,
+    info: dist_utils.DistInfo,
+    *,
+    per_category: bool,
+    results_path: str | Path | None,
+) -> dict[str, Any]:
+    """Gather every rank's results on rank 0, evaluate them there (and write `results_path`)
+    and hand the metrics to every rank. A rank's `error` (or rank 0's own failure to
+    evaluate) stops every rank: the failed rank raises its own, the others a ValueError
+    naming that rank and the message."""
+    message = None if error is None else str(error)
+    parts = dist_utils.gather_objects((evaluator.results, evaluator.image_ids, message))
+    outcome: tuple[str, Any] | None = None
+    if parts is not None:  # rank 0
+        failures = [(rank, text) for rank, (_, _, text) in enumerate(parts) if text is not None]
+        if failures:
+            outcome = ("error", "rank {}: {}".format(*failures[0]))
+        else:
+            try:
+                outcome = ("metrics", _merge_and_evaluate(evaluator, parts, per_category))
+                if results_path is not None:
+                    text = json.dumps(evaluator.results).encode()
+                    atomic_write(results_path, lambda f: f.write(text))
+            except (ValueError, OSError) as exc:
+                if not info.distributed:
+                    raise
+                outcome = ("error", f"rank 0: {exc}")
+    kind, value = dist_utils.broadcast_object(outcome)
+    if kind == "error":
+        if error is not None:
+            raise error
+        raise ValueError(value)
+    return value
+
+
+def _merge_and_evaluate(
+    evaluator: COCOEvaluator, parts: list, per_category: bool
+) -> dict[str, Any]:
+    """The metrics of all ranks' (results, image ids, _) `parts` (rank 0's evaluator)."""
+    evaluator.reset()
+    evaluator.merge([(results, image_ids) for results, image_ids, _ in parts])
     metrics: dict[str, Any] = dict(evaluator.evaluate())
     if per_category:
         metrics["per_category"] = evaluator.per_category
-    metrics["images"] = len(dataset)
-    metrics["seconds"] = round(time.perf_counter() - start, 2)
-    if results_path is not None:
-        text = json.dumps(evaluator.results).encode()
-        atomic_write(results_path, lambda f: f.write(text))
     return metrics
 
 
@@ -171,7 +243,7 @@ class _EvalImages(Dataset):
         return image, image_id, None
 
 
-def _check_image_sizes(dataset: CocoDataset, indices: list[int]) -> None:
+def _check_image_sizes(dataset: CocoDataset, indices: Iterable[int]) -> None:
     """ValueError naming the first image whose json size is over `MAX_IMAGE_PIXELS` (the
     dataset checks each file against its json size when it reads it)."""
     for index in indices:
@@ -237,12 +309,17 @@ def evaluate_model_file(
     `overrides`: `key=value` changes of the model's inference settings (`--set`,
     `predictor.inference_config`); `options`: the knobs of `evaluate_model` (`score_threshold`,
     `nms_iou`, `max_detections`, `classes`). `plots`: also DIR/plots/{pr_curves,sheet}.png
-    (`evaluation.plots.write_eval_plots`)."""
+    (`evaluation.plots.write_eval_plots`).
+
+    Launched by torchrun, each process takes its share of the images (NCCL on CUDA, one GPU
+    per process; gloo on CPU) and rank 0 alone locks and writes DIR; every rank returns the
+    metrics. The caller ends the process group (`distributed.cleanup_distributed`)."""
     from blendmask.checkpoint_io import load_model_file
 
-    dev = resolve_device(device)
+    info, dev = dist_utils.init_distributed(resolve_device(device))
     out = Path(out)
-    with OutputLock(out):
+    with ExitStack() as stack:
+        _lock_output_on_main(stack, out, info)
         cfg, model, _, postprocessor = load_model_file(weights, dev)
         if overrides:
             cfg = inference_config(cfg, overrides)
@@ -256,13 +333,31 @@ def evaluate_model_file(
             device=dev,
             batch_size=batch_size,
             num_workers=num_workers,
-            results_path=out / "results.json",
+            results_path=out / "results.json" if info.is_main else None,
             per_category=True,
             **options,
         )
+        if not info.is_main:
+            return metrics
         write_json(out / "metrics.json", metrics)
         if plots:
             from blendmask.evaluation.plots import write_eval_plots
 
             write_eval_plots(json_path, out / "results.json", images, out / "plots")
     return metrics
+
+
+def _lock_output_on_main(stack: ExitStack, out: Path, info: dist_utils.DistInfo) -> None:
+    """Rank 0 takes `OutputLock(out)` into `stack`; the other ranks learn whether it could and
+    stop with its reason when not (rather than wait for it at the first gather)."""
+    refusal = None
+    if info.is_main:
+        try:
+            stack.enter_context(OutputLock(out))
+        except (ValueError, OSError) as exc:
+            if not info.distributed:
+                raise
+            refusal = str(exc)
+    refusal = dist_utils.broadcast_object(refusal)
+    if refusal is not None:
+        raise ValueError(refusal)

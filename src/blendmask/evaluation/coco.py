@@ -24,7 +24,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -331,8 +330,9 @@ def _load_results(coco_gt: COCO, results: list[dict[str, Any]]) -> COCO:
 class COCOEvaluator:
     """Collect detections image by image, then compute COCO metrics.
 
-    Results are converted to RLE as they arrive (small in memory). Under torch.distributed,
-    `evaluate` gathers every rank's results and all ranks return the same metrics.
+    Results are converted to RLE as they arrive (small in memory). One process's view: under
+    torch.distributed, `engine/evaluate.py` gathers every rank's `results` and `image_ids` into
+    the evaluator of rank 0 (`merge`) and evaluates there.
 
     Args:
         coco_gt: ground truth (a COCO object, e.g. `CocoDataset.coco`, or a json path).
@@ -373,19 +373,24 @@ class COCOEvaluator:
         )
         self.image_ids += [int(i) for i in image_ids]
 
+    def merge(self, parts: Sequence[tuple[list[dict[str, Any]], list[int]]]) -> None:
+        """Add other evaluators' (`results`, `image_ids`), e.g. those of the other ranks."""
+        for results, image_ids in parts:
+            self.results += results
+            self.image_ids += [int(i) for i in image_ids]
+
     def evaluate(self) -> dict[str, float]:
         """Metrics over the processed images only (keys: see the module docstring)."""
-        results, image_ids = self.results, self.image_ids
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            gathered: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, (results, image_ids))
-            results = [r for part, _ in gathered for r in part]
-            image_ids = [i for _, part in gathered for i in part]
+        # By image id, each image's results in the order they came (a stable sort, in place so
+        # a results json written after matches): COCOeval breaks score ties by result order, so
+        # any split of the images into batches or processes, merged in any order, gives the
+        # same metrics.
+        self.results.sort(key=lambda r: r["image_id"])
         report = coco_report(
             self.coco_gt,
-            results,
+            self.results,
             self.iou_types,
-            image_ids=image_ids,
+            image_ids=self.image_ids,
             max_detections=self.max_detections,
             category_ids=self.category_ids,
         )

@@ -1,0 +1,188 @@
+"""Distributed `eval`: two CPU processes under torchrun (gloo) give exactly the metrics, and the
+very COCO results, of one process, on a synthetic shapes val set and on a subset of the nuclei
+data (images with more than 100 nuclei, so more than 100 detections per image cross the gather).
+
+If the metrics or results differ, the sharding dropped an image or counted one twice, rank 0
+evaluated only its own share, or the merge changed the order of results (COCOeval breaks score
+ties by that order). If a rank other than 0 printed or wrote, the outputs would be written twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import NUCLEI_DIR
+
+from blendmask.checkpoint_io import save_model_file
+from blendmask.cli import main
+from blendmask.data.shapes import write_shapes_dataset
+from blendmask.predictor import Predictor
+from blendmask.presets import get_preset
+
+# Nuclei val images 1 (256 x 256, 8 nuclei), 18 (696 x 520, 106) and 23 (1272 x 603, 199).
+NUCLEI_IMAGE_IDS = (1, 18, 23)
+EVAL_FLAGS = ["--device", "cpu", "--num-workers", "0"]
+# The nuclei images are evaluated larger than the tiny preset's 64-96 px (nuclei of a few
+# pixels), keeping up to 150 detections per image.
+NUCLEI_FLAGS = ["--max-det", "150", "--set", "data.min_size_test=192"]
+NUCLEI_FLAGS += ["--set", "data.max_size_test=384"]
+
+# Every case's `eval` through the real command line, one after the other in the same workers
+# (each call starts and ends its process group): one torchrun start-up for all cases.
+CHILD = textwrap.dedent(
+    """
+    import json, sys
+    from blendmask.cli import main
+    codes = [main(["eval", *argv]) for argv in json.loads(sys.argv[1])]
+    sys.exit(max(codes))
+    """
+)
+
+
+def write_dense_model(path: Path, category_ids: list[int], names: list[str]) -> None:
+    """A seeded random tiny model whose detections overlap some objects.
+
+    A plain random model scores every location near the prior (0.01, under the 0.05 candidate
+    threshold) and gives no detection, so the comparison would hold trivially: the class bias
+    0 makes every location a candidate (the NMS keeps up to --max-det), the box bias a few
+    strides around each location, so some boxes match objects (AP > 0)."""
+    cfg = get_preset("tiny")
+    cfg.data.category_ids, cfg.data.category_names = category_ids, names
+    cfg.model.fcos.num_classes = len(category_ids)
+    torch.manual_seed(0)
+    predictor = Predictor.from_config(cfg, device="cpu")
+    torch.nn.init.constant_(predictor.model.head.cls_logits.bias, 0.0)
+    torch.nn.init.constant_(predictor.model.head.bbox_pred.bias, 1.5)
+    save_model_file(path, predictor.cfg, predictor.model)
+
+
+def _shapes_case(root: Path) -> list[str]:
+    # 5 val images: an uneven split over 2 ranks (3 + 2)
+    data = write_shapes_dataset(root / "shapes", num_train=1, num_val=5, seed=3, image_size=128)
+    categories = json.loads(Path(data["val_json"]).read_text())["categories"]
+    weights = root / "shapes_model.pt"
+    write_dense_model(weights, [c["id"] for c in categories], [c["name"] for c in categories])
+    return ["--weights", str(weights), "--json", str(data["val_json"])] + [
+        "--images",
+        str(data["val_images"]),
+    ]
+
+
+def _nuclei_case(root: Path) -> list[str]:
+    """A copy of a few nuclei val images and their annotations (the test never writes into the
+    shipped data)."""
+    source = json.loads((NUCLEI_DIR / "annotations" / "instances_val.json").read_text())
+    images = [i for i in source["images"] if i["id"] in NUCLEI_IMAGE_IDS]
+    (root / "nuclei").mkdir()
+    for image in images:
+        shutil.copy(NUCLEI_DIR / "images" / "val" / image["file_name"], root / "nuclei")
+    subset = {
+        **source,
+        "images": images,
+        "annotations": [a for a in source["annotations"] if a["image_id"] in NUCLEI_IMAGE_IDS],
+    }
+    json_path = root / "nuclei.json"
+    json_path.write_text(json.dumps(subset))
+    weights = root / "nuclei_model.pt"
+    write_dense_model(weights, [c["id"] for c in source["categories"]], ["nucleus"])
+    return ["--weights", str(weights), "--json", str(json_path), "--images", str(root / "nuclei")]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """{case: {"one": out dir, "two": out dir}} of each case evaluated by one process (in this
+    process, one thread: torchrun's default for each worker, since the kernels' results depend
+    on the thread count) and by two torchrun processes; "stdout": the torchrun output."""
+    root = tmp_path_factory.mktemp("dist_eval")
+    cases = {"shapes": _shapes_case(root)}
+    if (NUCLEI_DIR / "annotations" / "instances_val.json").is_file():
+        cases["nuclei"] = _nuclei_case(root) + NUCLEI_FLAGS
+    outs = {name: {"one": root / f"{name}_1", "two": root / f"{name}_2"} for name in cases}
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name, argv in cases.items():
+            assert main(["eval", *argv, *EVAL_FLAGS, "--out", str(outs[name]["one"])]) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+    script = root / "child.py"
+    script.write_text(CHILD)
+    argvs = [[*argv, *EVAL_FLAGS, "--out", str(outs[name]["two"])] for name, argv in cases.items()]
+    # --standalone: a rendezvous on a free local port
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+    proc = run_in_session([*command, "2", str(script), json.dumps(argvs)], timeout=280)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return {**outs, "stdout": proc.stdout, "cases": list(cases)}
+
+
+def run_in_session(command: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """`command` (a torchrun) in its own session, with one thread per process; when it times
+    out or the test is interrupted, the whole session is killed: a killed torchrun alone
+    leaves its workers behind, waiting for it."""
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
+
+
+def _outputs(out: Path) -> tuple[dict, list]:
+    metrics = json.loads((out / "metrics.json").read_text())
+    del metrics["seconds"]
+    return metrics, json.loads((out / "results.json").read_text())
+
+
+def _check_same_as_one_process(runs: dict, name: str) -> tuple[dict, list]:
+    one_metrics, one_results = _outputs(runs[name]["one"])
+    two_metrics, two_results = _outputs(runs[name]["two"])
+    assert two_metrics == one_metrics  # every key, per-category APs included, bit for bit
+    assert two_results == one_results
+    # rank 1 wrote nothing beside rank 0's files
+    assert sorted(p.name for p in runs[name]["two"].iterdir()) == [
+        ".lock",
+        "metrics.json",
+        "results.json",
+    ]
+    return two_metrics, two_results
+
+
+def test_two_process_eval_equals_one_process_on_shapes(runs):
+    metrics, results = _check_same_as_one_process(runs, "shapes")
+    assert metrics["images"] == 5
+    # every val image predicted, by exactly one rank (each image keeps its 100 detections)
+    assert Counter(r["image_id"] for r in results) == {i: 100 for i in range(1, 6)}
+    assert metrics["bbox_AP50"] > 0 and metrics["segm_AP50"] > 0  # not a trivial 0 == 0
+    # only rank 0 prints: one summary line per eval call
+    assert runs["stdout"].count("wrote") == len(runs["cases"])
+
+
+def test_two_process_eval_equals_one_process_on_nuclei(runs):
+    if "nuclei" not in runs["cases"]:
+        pytest.skip(f"shipped nuclei data not found at {NUCLEI_DIR}")
+    metrics, results = _check_same_as_one_process(runs, "nuclei")
+    assert metrics["images"] == len(NUCLEI_IMAGE_IDS)
+    per_image = Counter(r["image_id"] for r in results)
+    assert set(per_image) == set(NUCLEI_IMAGE_IDS)
+    assert per_image[23] > 100  # the >100-nuclei image's detections crossed the gather
