@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench lint clean
+.PHONY: venv demo test bench gpu-check lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/latency.py --onnx --with-bf16 --json benchmarks/results/latency.json --update-readme README.md
+
+# The CUDA paths on a CUDA machine, under 8 minutes (benchmarks/gpu_check.sh).
+gpu-check: $(STAMP)
+	PYTHON=$(BIN)/python bash benchmarks/gpu_check.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
