@@ -3,7 +3,7 @@
 BlendMask Sec. 4.4: the instance network plus a semantic branch on P2-P5, whose outputs are
 merged into one panoptic map. The reference builds detectron2's semantic FPN head
 (`panoptic_module`) and detectron2's `combine_semantic_and_instance_outputs`; the facts used
-here are in docs/reference.md §6:
+here are in docs/reference.md §6 and §6.1:
 
 - per level p_l (stride s_l), max(1, log2(s_l / 4)) blocks of [conv3x3 (no bias) + GroupNorm(32)
   + ReLU], each followed by a bilinear x2 upsample (align_corners=False) unless s_l == 4; the
