@@ -98,7 +98,7 @@ def _cell(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
 
 
 def metrics_table(rows: list[tuple[str, str]], groups: dict[str, list[dict]]) -> list[str]:
-    head = "| configuration | " + " | ".join(c for _, c in COLUMNS) + " | ms / image | seeds |"
+    head = "| configuration | " + " | ".join(c for _, c in COLUMNS) + " | CPU ms / image | seeds |"
     lines = [head, "|---|" + "---:|" * (len(COLUMNS) + 2)]
     for label, key in rows:
         records = groups.get(key, [])
@@ -106,7 +106,7 @@ def metrics_table(rows: list[tuple[str, str]], groups: dict[str, list[dict]]) ->
             lines.append(f"| {label} | " + " | ".join(["not run"] * (len(COLUMNS) + 1)) + " | 0 |")
             continue
         cells = [_cell([r["metrics"].get(m, math.nan) for r in records]) for m, _ in COLUMNS]
-        ms = _cell([r["ms_per_image"] for r in records], scale=1.0)
+        ms = _cell([r.get("cpu_ms_per_image", math.nan) for r in records], scale=1.0, digits=0)
         lines.append(f"| {label} | {' | '.join(cells)} | {ms} | {len(records)} |")
     return lines
 
@@ -135,7 +135,8 @@ def demo_row(demo: dict[str, Any]) -> list[str]:
     note = (
         f"The demo model (K = {demo['config']['num_bases']}, M = {demo['config']['attn_size']}, "
         f"R = {demo['config']['bottom_resolution']}) scores mask AP {100 * m['segm_AP']:.1f}, box AP "
-        f"{100 * m['bbox_AP']:.1f} on the same val set, {demo['ms_per_image']:.0f} ms / image."
+        f"{100 * m['bbox_AP']:.1f} on the same val set, "
+        f"{demo.get('cpu_ms_per_image', math.nan):.0f} CPU ms / image."
     )
     return [row, "", note]
 

@@ -75,7 +75,7 @@ def _record(name: str, seed: int, ap: float, ms: float) -> dict:
         "name": name,
         "seed": seed,
         "metrics": metrics,
-        "ms_per_image": ms,
+        "cpu_ms_per_image": ms,
         "specificity": spec,
         "train_seconds": 60.0,
     }
@@ -95,7 +95,7 @@ def test_report_mean_and_spread() -> None:
     assert mean == pytest.approx(0.25) and sd == pytest.approx(math.sqrt(0.005))
     text = ablations_report.report_markdown(results)
     row = next(line for line in text.splitlines() if line.startswith("| blender"))
-    assert "25.0 ± 7.1" in row and "12.0 ± 2.8" in row and row.endswith("| 2 |")
+    assert "25.0 ± 7.1" in row and "| 12 ± 3 |" in row and row.endswith("| 2 |")
     ws = next(line for line in text.splitlines() if line.startswith("| weighted sum"))
     assert "10.0 ± 0.0" in ws and ws.endswith("| 1 |")
     fcis = next(line for line in text.splitlines() if line.startswith("| assembler"))
