@@ -282,6 +282,10 @@ def evaluate_during_training(
         batch_size=batch_size,
         num_workers=min(cfg.data.num_workers, 2),
     )
+    if cfg.data.val_panoptic_json and cfg.model.panoptic.enabled:
+        from blendmask.engine.panoptic import evaluate_panoptic_metrics
+
+        metrics.update(evaluate_panoptic_metrics(cfg, model, postprocessor, device=device))
     model.train()
     log.evaluation(iteration, metrics)
     dist_utils.barrier()

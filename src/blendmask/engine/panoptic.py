@@ -201,3 +201,25 @@ def evaluate_panoptic_file(
         metrics.update(pq)
         write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def evaluate_panoptic_metrics(
+    cfg: Config, model: nn.Module, postprocessor: nn.Module, *, device: torch.device
+) -> dict[str, float]:
+    """PQ, SQ, RQ (all, _th, _st) on `data.val_panoptic_json` during training (one process:
+    under torch.distributed only rank 0 scores, the others get {})."""
+    from blendmask.engine import distributed as dist_utils
+    from blendmask.evaluation.panoptic import METRIC_KEYS
+
+    if dist_utils.get_rank() != 0:
+        return {}
+    metrics = evaluate_panoptic(
+        cfg,
+        model,
+        postprocessor,
+        json_path=cfg.data.val_panoptic_json,
+        panoptic_dir=cfg.data.val_panoptic_images,
+        images_dir=cfg.data.val_images,
+        device=device,
+    )
+    return {key: metrics[key] for key in METRIC_KEYS}

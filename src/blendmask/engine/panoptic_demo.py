@@ -22,22 +22,25 @@ SHEET_IMAGES = 4  # rows of DIR/panoptic_sheet.png
 def finish_panoptic_demo(
     result: TrainResult, paths: dict[str, Path], out: Path, dev: torch.device, num_overlays: int
 ) -> dict[str, Any]:
-    """PQ metrics of the trained model on the val split; writes DIR/overlays/*.png (panoptic),
+    """PQ metrics of the trained model on the val split (when the training's evaluation has not
+    given them); writes DIR/overlays/*.png (panoptic),
     DIR/panoptic_sheet.png (image | ground truth | prediction, a row per image) and
     DIR/explain.png."""
     from blendmask.explain import save_explanation
 
     cfg = result.cfg
-    metrics = evaluate_panoptic(
-        cfg,
-        result.model,
-        result.postprocessor,
-        json_path=paths["val_panoptic_json"],
-        panoptic_dir=paths["val_panoptic_images"],
-        images_dir=paths["val_images"],
-        device=dev,
-    )
-    metrics["pq_seconds"] = metrics.pop("seconds")
+    metrics: dict[str, Any] = {}
+    if "PQ" not in result.metrics:  # the training's last evaluation scores PQ when it can
+        metrics = evaluate_panoptic(
+            cfg,
+            result.model,
+            result.postprocessor,
+            json_path=paths["val_panoptic_json"],
+            panoptic_dir=paths["val_panoptic_images"],
+            images_dir=paths["val_images"],
+            device=dev,
+        )
+        metrics["pq_seconds"] = metrics.pop("seconds")
     val = CocoPanopticDataset(
         paths["val_panoptic_json"], paths["val_panoptic_images"], paths["val_images"]
     )
