@@ -14,6 +14,7 @@ the run. A missing source on the command line is an error (FileNotFoundError).
 from __future__ import annotations
 
 import fnmatch
+import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,10 +27,11 @@ LIST_SUFFIXES = (".txt", ".lst")
 
 @dataclass
 class Sources:
-    """The expanded sources: image files and video files, each in input order."""
+    """The expanded sources: image files and video files, each in input order, each once."""
 
     images: list[Path] = field(default_factory=list)
     videos: list[Path] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set, repr=False)
 
     def __len__(self) -> int:
         return len(self.images) + len(self.videos)
@@ -50,6 +52,8 @@ def expand_sources(sources: Sequence[str | Path], glob: str | None = None) -> So
         FileNotFoundError: a source that does not exist, or a folder with no matching file.
         ValueError: no source given.
     """
+    if not sources:
+        raise ValueError("predict: no input images given")
     found = Sources()
     for item in sources:
         path = Path(item)
@@ -65,13 +69,17 @@ def expand_sources(sources: Sequence[str | Path], glob: str | None = None) -> So
             _add(found, [path])
         else:
             raise FileNotFoundError(f"{path}: no such image, video, folder or list file")
-    if not sources:
-        raise ValueError("predict: no input images given")
     return found
 
 
 def _add(found: Sources, files: list[Path]) -> None:
+    """Append `files` to `found`, each file once: a file named again (by a folder and a list,
+    or as `a/../b.png` and `b.png`) would be predicted twice."""
     for path in files:
+        key = os.path.normpath(path)
+        if key in found.seen:
+            continue
+        found.seen.add(key)
         (found.videos if is_video(path) else found.images).append(path)
 
 

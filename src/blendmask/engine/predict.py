@@ -25,7 +25,9 @@ A second process writing the same OUT is refused (`OutputLock`, held by rank 0).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,7 @@ from blendmask.data.sources import Sources, expand_sources, output_names
 from blendmask.engine import distributed as dist_utils
 from blendmask.engine.distributed import DistInfo
 from blendmask.engine.loaders import worker_init
-from blendmask.engine.output_lock import OutputLock
+from blendmask.engine.output_lock import LOCK_NAME, OutputLock
 from blendmask.engine.predict_outputs import MASK_MODES, OutputSpec
 from blendmask.engine.predict_stream import (
     ERRORS,
@@ -304,7 +306,7 @@ def _run_images(
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=list,
-        worker_init_fn=worker_init if workers > 0 else None,
+        worker_init_fn=functools.partial(_worker_init, spec.out / LOCK_NAME) if workers else None,
     )
     counts = {"attempted": len(mine), "resumed": len(images) - len(pending), "predicted": 0}
     counts.update(detections=0, skipped=0, first_error=None)
@@ -331,6 +333,25 @@ def _run_images(
         errors.close()
         bar.close()
     return counts
+
+
+def _worker_init(lock_path: Path, worker_id: int) -> None:
+    """`worker_init`, and close this worker's copy of the descriptor of OUT/.lock.
+
+    A forked worker inherits it, and an flock lasts while any copy is open: a worker orphaned
+    by a killed main process would keep OUT locked against the rerun until it noticed and
+    exited. Closing the copy (not unlocking: that would free the main process's lock) leaves
+    the lock to the main process alone. Linux only (/proc); elsewhere workers are spawned and
+    inherit nothing."""
+    worker_init(worker_id)
+    fds = Path("/proc/self/fd")
+    if not fds.is_dir():
+        return
+    target = str(lock_path.resolve())
+    for fd in os.listdir(fds):
+        with contextlib.suppress(OSError):  # the listing's own descriptor is gone by now
+            if os.readlink(fds / fd) == target:
+                os.close(int(fd))
 
 
 def _predict_batch(

@@ -146,13 +146,14 @@ def done_keys(out: Path, name: str = PREDICTIONS) -> set[str]:
     return keys
 
 
-def merge_parts(out: Path, name: str) -> int:
+def merge_parts(out: Path, name: str) -> int | None:
     """Append the part files of OUT/`name` to it (records already there skipped), atomically,
-    then delete the parts. Returns the number of records in OUT/`name`."""
+    then delete the parts. Returns the number of records in OUT/`name`, or None when there
+    was no part (nothing read: the file may hold millions of lines)."""
     parts = part_files(out, name)
     target = out / name
     if not parts:
-        return sum(1 for _ in read_records(target))
+        return None
     seen: set[str] = set()
     count = 0
 
