@@ -257,3 +257,35 @@ def test_split_counts_attributes_modules_to_parts() -> None:
     assert parts["semantic_head"] == 5
     assert parts["fpn"] == 0
     assert parts["other"] == 100 - 95 and parts["total"] == 100
+
+
+def test_nuclei_budget_runs_trains_and_reports(tmp_path, shapes_dataset):
+    """benchmarks/nuclei_budget.py end to end on the shapes set (nuclei layout) with the tiny
+    preset, a 20 s budget and a competing job: the JSON has the run, its final metrics from
+    metrics.jsonl, the wall time against the budget and the checks; a second call keeps it."""
+    root = shapes_dataset["train_json"].parents[1]
+    out_json = tmp_path / "nuclei_budget.json"
+    args = ["--data", str(root), "--preset", "tiny", "--minutes", "0.33", "--seeds", "0"]
+    args += ["--conditions", "load", "--load-minutes", "0.05", "--load-threads", "1"]
+    args += ["--out", str(tmp_path / "runs"), "--json", str(out_json)]
+    run_script("nuclei_budget.py", *args, timeout=240)
+    report = json.loads(out_json.read_text())
+    (run,) = report["runs"]
+    assert run["seed"] == 0 and run["competing_load"] and run["budget_s"] == 0.33 * 60
+    assert 0 <= run["final"]["segm_AP"] <= 1 and run["iterations"] > 0
+    assert run["wall_s"] > 0 and run["curve"][-1]["iteration"] == run["iterations"]
+    assert set(report["checks"]) >= {"segm_AP >= 0.45", "every run within 3% of its budget"}
+    proc = run_script("nuclei_budget.py", *args)  # already done: nothing is re-run
+    assert "training" not in proc.stdout
+
+
+def test_loader_workers_reports_each_worker_count(tmp_path, shapes_dataset):
+    root = shapes_dataset["train_json"].parents[1]
+    out_json = tmp_path / "workers.json"
+    run_script(
+        "loader_workers.py", "--data", str(root), "--preset", "tiny", "--workers", "0", "1",
+        "--iterations", "6", "--skip", "2", "--log-period", "1", "--json", str(out_json),
+    )  # fmt: skip
+    rows = json.loads(out_json.read_text())["rows"]
+    assert [r["workers"] for r in rows] == [0, 1]
+    assert all(r["images_per_s"] > 0 and r["data_seconds_per_iter"] >= 0 for r in rows)

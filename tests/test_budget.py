@@ -115,3 +115,66 @@ def test_reserve_before_and_after_an_evaluation():
 def test_growing_plan_keeps_passed_lr_steps():
     """A plan that grows after a decay must not undo it (the lr would jump back up)."""
     assert compress_steps([40, 90], iteration=50, max_iter=100, new_max_iter=200) == [40, 50 + 120]
+
+
+class SlowStart:
+    """A training transform that sleeps for its first `slow` calls: a machine that is busy
+    while the run starts."""
+
+    def __init__(self, inner, slow: int, seconds: float) -> None:
+        self.inner, self.slow, self.seconds, self.calls = inner, slow, seconds, 0
+
+    def __call__(self, image, target):
+        import time
+
+        self.calls += 1
+        if self.calls <= self.slow:
+            time.sleep(self.seconds)
+        return self.inner(image, target)
+
+
+class QuickBudget(TimeBudget):
+    """The budget with a short timing window, so that a 20 s test run plans several times."""
+
+    WARMUP_ITERS, WINDOW_ITERS, MIN_TIMED, REPLAN_EVERY = 1, 6, 4, 4
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.plans: list[int] = []
+
+    def plan(self, iteration, *, max_iter, eval_period):
+        planned = super().plan(iteration, max_iter=max_iter, eval_period=eval_period)
+        self.plans.append(planned[0])
+        return planned
+
+
+def test_training_with_a_slow_start_uses_its_budget(tmp_path, shapes_dataset):
+    """run_training under a 20 s budget whose first iterations are slowed down (0.6 s of
+    sleep per batch): the first plans are short, later plans grow once the iterations speed up,
+    and training stops close to the budget, not at the first plan's end (which is what
+    happened when a plan could only shrink)."""
+    import time
+
+    from blendmask.engine.loaders import build_train_dataset
+    from blendmask.engine.loop import run_training
+    from blendmask.engine.train_config import resolve_dataset_classes
+    from blendmask.presets import get_preset
+
+    cfg = get_preset("tiny")
+    cfg.data.train_json = str(shapes_dataset["train_json"])
+    cfg.data.train_images = str(shapes_dataset["train_images"])
+    cfg.data.min_size_train, cfg.data.max_size_train = [64], 96
+    cfg.solver.max_iter, cfg.solver.steps, cfg.solver.log_period = 100_000, [90_000], 5
+    start = time.perf_counter()
+    budget = QuickBudget(20.0, start=start, reserve_final_eval=False)
+    dataset = build_train_dataset(cfg)
+    dataset.transforms = SlowStart(dataset.transforms, slow=2 * 10, seconds=0.3)
+    cfg = resolve_dataset_classes(cfg, dataset, quiet=True)
+    result = run_training(
+        cfg, out_dir=tmp_path, dataset=dataset, device="cpu", time_budget=budget, verbose=False
+    )
+    trained = time.perf_counter() - start
+    assert len(budget.plans) >= 3
+    assert max(budget.plans[1:]) > budget.plans[0]  # grew after the slow start
+    assert 0.9 * 20 <= trained <= 1.1 * 20  # checkpoint + curves.png are the slack
+    assert result.iteration > 10  # went on well past the slow iterations

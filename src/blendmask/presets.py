@@ -261,10 +261,11 @@ def nuclei_R_18() -> Config:
     m.fcos.sizes_of_interest = [32, 64]
     m.backbone.freeze_at = 3
     d = cfg.data
-    # Most images are 256-360 px with nuclei of ~8-35 px: upscale them so that a nucleus covers
-    # several stride-8 locations; the few large images are capped by max_size.
-    d.min_size_test = 512
-    d.max_size_test = 1024
+    # Most images are 256-360 px with nuclei of ~6-35 px: upscale them 3x so that a nucleus
+    # covers several stride-8 locations and its edge a few stride-4 base pixels (measured on
+    # the val split after 15 min: mask AP 0.376 at 512, 0.419 at 768, 0.406 at 1024).
+    d.min_size_test = 768
+    d.max_size_test = 1536
     d.min_size_train = [448, 512, 576]  # only used without crops
     d.max_size_train = 1024
     # 49 training images: augment (microscopy has no up, left or colour of its own) and train on

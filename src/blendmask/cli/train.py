@@ -53,7 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--minutes",
         type=positive_float,
         default=None,
-        help="time budget: shrink the schedule to fit and stop training after this long",
+        help="time budget for the whole run, final evaluation included: the schedule is re-planned "
+        "from recent iteration times to end on time (shorter or longer, up to max_iter)",
     )
     parser.add_argument(
         "--backbone-weights",

@@ -116,8 +116,13 @@ class TimeBudget:
             self._last_clock = self._clock()
         self._plan_wanted = True
 
+    def can_plan(self) -> bool:
+        """Whether enough updates were timed for an estimate (the same on every rank: it counts
+        iterations, not seconds)."""
+        return len(self._durations) >= self.MIN_TIMED
+
     def plan_due(self, iteration: int) -> bool:
-        if len(self._durations) < self.MIN_TIMED:
+        if not self.can_plan():
             return False
         if self._plan_wanted or self._last_plan_iteration is None:
             return True

@@ -134,7 +134,7 @@ def train_iterations(
 ) -> bool:
     """Train until the schedule's end (False) or the time budget's (True)."""
     s = run.cfg.solver
-    while run.iteration < run.schedule.max_iter:
+    while run.iteration < run.schedule.max_iter or _time_for_more(run, time_budget, log):
         waited = time.perf_counter()
         images, targets = next(batches)
         waited = time.perf_counter() - waited
@@ -273,6 +273,18 @@ def _autocast(run: TrainingRun) -> AbstractContextManager:
     return torch.autocast(device_type="cuda", dtype=torch.float16)
 
 
+def _time_for_more(run: TrainingRun, budget: TimeBudget | None, log: TrainingLog) -> bool:
+    """At the planned end with time to spare (the last plan was made while the machine was
+    slower): plan again, and go on when more iterations fit. The same on every rank (the plan
+    is rank 0's)."""
+    if budget is None or run.iteration >= run.cfg.solver.max_iter or not budget.can_plan():
+        return False
+    if dist_utils.broadcast_object(budget.expired()):
+        return False
+    plan_time_budget(run, budget, log)
+    return run.iteration < run.schedule.max_iter
+
+
 def _out_of_time(budget: TimeBudget | None) -> bool:
     """Whether rank 0's budget has run out (a collective call: all ranks stop together)."""
     return budget is not None and bool(dist_utils.broadcast_object(budget.expired()))
@@ -281,7 +293,7 @@ def _out_of_time(budget: TimeBudget | None) -> bool:
 def plan_time_budget(run: TrainingRun, budget: TimeBudget, log: TrainingLog) -> None:
     """Fit the schedule to the time left, longer or shorter, up to the configured `max_iter`
     (every rank takes rank 0's plan). The plan is printed the first time and whenever its end
-    moves by more than 2% (small moves happen at every re-plan)."""
+    moves by more than 5% (small moves happen at every re-plan)."""
     first = not budget.planned
     eval_period = run.eval_period if run.has_val else 0
     planned, per_iter = budget.plan(
@@ -292,7 +304,7 @@ def plan_time_budget(run: TrainingRun, budget: TimeBudget, log: TrainingLog) -> 
     if first and run.eval_period > 0:
         # the first plan keeps the number of evaluations: they draw the AP curve
         run.eval_period = max(1, round(run.eval_period * new_max / run.cfg.solver.max_iter))
-    if first or abs(new_max - run.planned_shown) > 0.02 * run.planned_shown:
+    if first or abs(new_max - run.planned_shown) > 0.05 * run.planned_shown:
         run.planned_shown = new_max
         log.write(
             f"time budget {budget.seconds:.0f}s at {per_iter:.2f}s/iteration (recent mean): "
