@@ -37,6 +37,7 @@ from blendmask.atomic import atomic_write
 
 IMAGES = REPO / "docs" / "images"
 DEMO_MODEL = WORK / "demo_model.pt"
+FIELDS = ("within", "across", "spatial")  # attention distances drawn per configuration
 
 
 def measure_demo(model: Path = DEMO_MODEL) -> dict[str, Any] | None:
@@ -157,21 +158,22 @@ def specificity_figure(results: dict[str, Any], path: Path | None = None) -> Pat
     rows = []
     for key, records in by_config(results).items():
         spec = [r["specificity"] for r in records]
-        rows.append((key, *(mean_sd([s[f] for s in spec]) for f in ("within", "across"))))
+        rows.append((key, *(mean_sd([s[f] for s in spec]) for f in FIELDS)))
     if "demo" in results:
         spec = results["demo"]["specificity"]
-        rows.append(("demo model (blendmask demo)", (spec["within"], 0.0), (spec["across"], 0.0)))
+        rows.append(("demo model (blendmask demo)", *((spec[f], 0.0) for f in FIELDS)))
     rows = [r for r in rows if not math.isnan(r[2][0])]
     if not rows:
         return None
-    fig = Figure(figsize=(6.4, 0.28 * len(rows) + 1.2))
+    fig = Figure(figsize=(6.4, 0.4 * len(rows) + 1.3))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     y = torch.arange(len(rows), dtype=torch.float64).numpy()
-    for offset, index, label in ((-0.2, 1, "within one image"), (0.2, 2, "across images")):
+    labels = ("within one image", "across images", "spatial: pixel vs box mean")
+    for index, label in enumerate(labels, start=1):
         means = [r[index][0] for r in rows]
         sds = [r[index][1] for r in rows]
-        ax.barh(y + offset, means, height=0.38, xerr=sds, label=label, capsize=2)
+        ax.barh(y + 0.27 * (index - 2), means, height=0.26, xerr=sds, label=label, capsize=2)
     ax.set_yticks(y, labels=[r[0] for r in rows], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)

@@ -94,6 +94,8 @@ def _cell(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
     mean, sd = mean_sd(values)
     if math.isnan(mean):
         return "-"
+    if sum(1 for v in values if v is not None and math.isfinite(v)) < 2:
+        return f"{mean * scale:.{digits}f}"  # one seed: no spread to show
     return f"{mean * scale:.{digits}f} ± {sd * scale:.{digits}f}"
 
 
