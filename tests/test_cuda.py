@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_distributed_eval import run_in_session, write_dense_model
+from test_distributed import run_in_session
+from test_distributed_eval import write_dense_model
 
 from blendmask.cli import main
 from blendmask.predictor import Predictor

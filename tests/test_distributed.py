@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from blendmask.engine.distributed import DistInfo, all_gather_objects, shard_indices
+from blendmask.engine.evaluate import METRIC_KEYS, evaluate_model_file
 
 # Goes through the real command line (`blendmask.cli.main(["train", ...])`), with the loop
 # (`run_training`) wrapped so each rank also saves the weights it ended with.
@@ -37,10 +38,11 @@ CHILD = textwrap.dedent(
         return result
 
     loop.run_training = train_and_dump
-    out, train_json, train_images = sys.argv[1:4]
+    out, train_json, train_images, val_json, val_images = sys.argv[1:6]
     sys.exit(main([
         "train", "--preset", "tiny", "--device", "cpu", "--out", out,
         "--train-json", train_json, "--train-images", train_images,
+        "--val-json", val_json, "--val-images", val_images,
         "--max-iter", "3", "--batch-size", "4", "--seed", "5",
         "--set", "solver.checkpoint_period=2",
     ]))
@@ -52,7 +54,7 @@ def test_two_process_training_keeps_ranks_identical(tmp_path, shapes_dataset):
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     out = tmp_path / "run"
-    proc = subprocess.run(
+    proc = run_in_session(
         [
             sys.executable,
             "-m",
@@ -64,11 +66,10 @@ def test_two_process_training_keeps_ranks_identical(tmp_path, shapes_dataset):
             str(out),
             str(shapes_dataset["train_json"]),
             str(shapes_dataset["train_images"]),
+            str(shapes_dataset["val_json"]),
+            str(shapes_dataset["val_images"]),
         ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        timeout=300,
+        timeout=280,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -92,6 +93,26 @@ def test_two_process_training_keeps_ranks_identical(tmp_path, shapes_dataset):
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in lines if r["type"] == "train"] == [1, 2, 3]
     # (.lock: rank 0's OutputLock, which keeps a second run out of the folder)
+    # The final evaluation ran sharded over both ranks (engine/evaluate.py, the path of
+    # `torchrun ... eval`): rank 0's record equals one process evaluating model.pt (one thread,
+    # as each torchrun worker).
+    (record,) = [r for r in lines if r["type"] == "eval"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        alone = evaluate_model_file(
+            weights=out / "model.pt",
+            json_path=shapes_dataset["val_json"],
+            images=shapes_dataset["val_images"],
+            out=tmp_path / "eval",
+            device="cpu",
+            num_workers=0,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert record["iteration"] == 3
+    assert {k: record[k] for k in METRIC_KEYS} == {k: alone[k] for k in METRIC_KEYS}
+
     assert sorted(p.name for p in out.iterdir() if p.name != ".lock") == [
         "curves.png",
         "last.pt",
@@ -146,12 +167,9 @@ GATHER_CHILD = textwrap.dedent(
 def test_all_gather_objects_over_three_gloo_processes(tmp_path):
     script = tmp_path / "child.py"
     script.write_text(GATHER_CHILD)
-    proc = subprocess.run(
+    proc = run_in_session(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "3"]
         + [str(script), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
         timeout=120,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -162,3 +180,28 @@ def test_all_gather_objects_over_three_gloo_processes(tmp_path):
         assert [len(g["blob"]) for g in view] == [0, 1000, 2000]
         assert [i for g in view for i in g["items"]] == list(range(7))
     assert views[0] == views[1] == views[2]
+
+
+def run_in_session(command: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """`command` (a torchrun) with one thread per process. When it times out or the test is
+    interrupted, torchrun gets SIGTERM, on which it stops its workers (each runs in a session
+    of its own, out of reach of a kill of torchrun's process group; a SIGKILLed torchrun
+    leaves them waiting for it forever), then SIGKILL after 30 s."""
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except BaseException:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()  # not communicate: a surviving worker may hold the pipes open
+        raise
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)

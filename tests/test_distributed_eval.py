@@ -10,10 +10,7 @@ ties by that order). If a rank other than 0 printed or wrote, the outputs would 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import textwrap
 from collections import Counter
@@ -22,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import NUCLEI_DIR
+from test_distributed import run_in_session
 
 from blendmask.checkpoint_io import save_model_file
 from blendmask.cli import main
@@ -125,27 +123,6 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     proc = run_in_session([*command, "2", str(script), json.dumps(argvs)], timeout=280)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return {**outs, "stdout": proc.stdout, "cases": list(cases)}
-
-
-def run_in_session(command: list[str], timeout: float) -> subprocess.CompletedProcess:
-    """`command` (a torchrun) in its own session, with one thread per process; when it times
-    out or the test is interrupted, the whole session is killed: a killed torchrun alone
-    leaves its workers behind, waiting for it."""
-    proc = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except BaseException:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
 
 
 def _outputs(out: Path) -> tuple[dict, list]:
