@@ -320,3 +320,20 @@ def test_predict_panoptic_segments_agree_with_the_map():
         Predictor.from_config(get_preset("tiny"), device="cpu").predict_panoptic(
             torch.rand(3, 32, 32)
         )
+
+
+def test_cli_convert_panoptic_then_predict_panoptic(tmp_path, capsys, panoptic_state):
+    """`blendmask convert --preset Panoptic_R_50_1x` without --allow-partial writes a model file
+    that loads back as a panoptic model (COCO stuff names) and predicts panoptic maps."""
+    from blendmask.cli import main as cli_main
+
+    ckpt = save(panoptic_state, tmp_path / "Panoptic_R_50_1x.pth")
+    out = tmp_path / "pan.pt"
+    small = ["--set", "data.min_size_test=64", "--set", "data.max_size_test=64"]
+    argv = ["convert", "--adelaidet", str(ckpt), "--preset", "Panoptic_R_50_1x", "--out", str(out)]
+    assert cli_main([*argv, *small]) == 0
+    assert "406 tensors loaded" in capsys.readouterr().out
+    predictor = Predictor.from_checkpoint(out, device="cpu", score_threshold=0.0)
+    assert predictor.cfg.data.stuff_names[-1] == "rug-merged"
+    result = predictor.predict_panoptic(torch.rand(3, 48, 64))[0]
+    assert result.segment_map.shape == (48, 64) and result.semantic.max() <= 53

@@ -134,7 +134,11 @@ def convert_to_model_file(
     )
     with torch.no_grad():
         outputs = model.to(dev)(torch.zeros(1, 3, 64, 64, device=dev))
-    if not all(bool(torch.isfinite(t).all()) for t in outputs[:5]):
+    checked = [
+        *outputs[:5],
+        *([outputs.panoptic_logits] if outputs.panoptic_logits is not None else []),
+    ]
+    if not all(bool(torch.isfinite(t).all()) for t in checked):
         raise ValueError(f"{path}: the converted network gives non-finite outputs")
     model = model.cpu()
     save_model_file(out, cfg, model)
