@@ -67,24 +67,26 @@ def test_predictor_on_cuda_matches_cpu(tmp_path, shapes_dataset):
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
         cpu = Predictor.from_checkpoint(weights, device="cpu", score_threshold=None)(image)[0]
-        gpu = Predictor.from_checkpoint(weights, device="cuda", score_threshold=None)(image)[0]
+        on_gpu = Predictor.from_checkpoint(weights, device="cuda", score_threshold=None)
+        gpu = on_gpu(image)[0]  # detections come back on the CPU
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-    assert gpu.boxes.device.type == "cuda"
+    assert next(on_gpu.model.parameters()).device.type == "cuda"
     assert len(cpu) == len(gpu) > 10
-    torch.testing.assert_close(gpu.scores.cpu(), cpu.scores, atol=1e-3, rtol=0)
-    # Near-equal scores may swap places: match each of the CPU's top half to the closest GPU
-    # box (the dense model's boxes are a stride, 8 px, apart) and compare label and mask.
-    top = len(cpu) // 2
-    distance = _box_distance(cpu.boxes[:top], gpu.boxes.cpu())
+    descending = [torch.sort(d.scores, descending=True).values for d in (gpu, cpu)]
+    torch.testing.assert_close(*descending, atol=1e-3, rtol=0)
+    # Near-equal scores may swap places: match each of the CPU's best half to the closest GPU
+    # box of the same class (the dense model's boxes are a stride, 8 px, apart; the classes
+    # share boxes) and compare the masks.
+    best = cpu.scores.argsort(descending=True)[: len(cpu) // 2]
+    distance = _box_distance(cpu.boxes[best], gpu.boxes)
+    distance[cpu.labels[best][:, None] != gpu.labels[None, :]] = float("inf")
     nearest = distance.argmin(dim=1)
     assert distance.min(dim=1).values.max() < 0.5
-    assert torch.equal(gpu.labels.cpu()[nearest], cpu.labels[:top])
-    cpu_masks, gpu_masks = cpu.masks[:top], gpu.masks.cpu()[nearest]
-    inter = (cpu_masks & gpu_masks).flatten(1).sum(1).float()
-    union = (cpu_masks | gpu_masks).flatten(1).sum(1).float()
-    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
-    assert iou.min() > 0.9, iou.min()
+    cpu_masks, gpu_masks = cpu.masks[best], gpu.masks[nearest]
+    # pixels at the 0.5 mask threshold may flip: at most 1% of the masks' pixels differ
+    differing = int((cpu_masks ^ gpu_masks).sum())
+    assert differing <= 0.01 * int((cpu_masks | gpu_masks).sum()), differing
 
 
 def _eval(command: list[str], out: Path, weights: Path, shapes_dataset: dict) -> dict:
