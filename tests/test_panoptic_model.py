@@ -337,3 +337,12 @@ def test_cli_convert_panoptic_then_predict_panoptic(tmp_path, capsys, panoptic_s
     assert predictor.cfg.data.stuff_names[-1] == "rug-merged"
     result = predictor.predict_panoptic(torch.rand(3, 48, 64))[0]
     assert result.segment_map.shape == (48, 64) and result.semantic.max() <= 53
+
+
+def test_shapes_panoptic_preset_names_the_synthetic_stuff_classes():
+    from blendmask.data.shapes_stuff import STUFF_CLASSES
+    from blendmask.presets import SHAPE_STUFF_NAMES
+
+    cfg = get_preset("shapes_panoptic")
+    assert list(SHAPE_STUFF_NAMES) == STUFF_CLASSES == cfg.data.stuff_names
+    assert cfg.model.panoptic.enabled and cfg.model.panoptic.num_stuff_classes == len(STUFF_CLASSES)

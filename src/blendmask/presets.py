@@ -42,8 +42,9 @@ from blendmask.config import (
 # here, not an import, so that this bottom-layer module imports nothing from data/;
 # tests/test_model_presets.py checks it against the data set's class list.
 NUM_SHAPE_CLASSES = 4
-# Stuff classes 1..S of `blendmask shapes --panoptic` (the data side's order; 0 is "thing").
-SHAPE_STUFF_NAMES = ("sky", "grass", "wall")
+# Stuff classes 1..S of `blendmask shapes --panoptic` (data/shapes_stuff.py's STUFF_CLASSES,
+# the json's order by category id; 0 is "thing"); tests/test_panoptic_model.py checks it.
+SHAPE_STUFF_NAMES = ("sky", "wall", "grass")
 NUM_SHAPE_STUFF_CLASSES = len(SHAPE_STUFF_NAMES)
 
 
@@ -244,7 +245,7 @@ def shapes_R_18() -> Config:
 def shapes_panoptic() -> Config:
     """CPU panoptic demo on the synthetic shapes data with stuff (`blendmask shapes
     --panoptic`): shapes_R_18 plus P2 and a narrow semantic head (64 channels) for the
-    NUM_SHAPE_STUFF_CLASSES stuff classes (sky, grass, wall) and the "thing" class."""
+    NUM_SHAPE_STUFF_CLASSES stuff classes (sky, wall, grass) and the "thing" class."""
     cfg = _panoptic(shapes_R_18(), "shapes_panoptic", NUM_SHAPE_STUFF_CLASSES)
     cfg.model.panoptic.conv_dims = 64
     cfg.data.stuff_names = list(SHAPE_STUFF_NAMES)
