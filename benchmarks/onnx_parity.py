@@ -1,5 +1,8 @@
 """The end-to-end export against the PyTorch `Predictor` on real images: every detection
 matched (same label, box IoU >= 0.999, score difference <= 1e-4) and mean mask IoU >= 0.99.
+Boxes with a side under 1 px are matched by coordinates (each within 1e-3 px, what IoU 0.999
+allows a 1 px box): their IoU moves by more than 0.001 with one float32 step of a coordinate
+(see `export/compare.py`).
 
     python benchmarks/onnx_parity.py --weights runs/demo/model.pt --images runs/demo/data/images/val
     python benchmarks/onnx_parity.py --synthetic-r50 [--set data.min_size_test=320]
@@ -99,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
+    from blendmask.export import compare
     from blendmask.export.compare import ParityReport, add_image, as_arrays
     from blendmask.export.end_to_end_onnx import export_end_to_end_onnx
     from blendmask.export.onnx import default_export_size
@@ -142,6 +146,13 @@ def main(argv: list[str] | None = None) -> int:
         "test_size": [cfg.data.min_size_test, cfg.data.max_size_test],
         "score_threshold": cfg.model.fcos.inference_th_test,
         "export_seconds": round(export_s, 1),
+        "criterion": {
+            "min_box_iou": compare.MIN_BOX_IOU,
+            "subpixel_below_px": compare.MIN_IOU_SIDE,
+            "subpixel_box_atol_px": compare.BOX_ATOL,
+            "max_score_diff": compare.MAX_SCORE_DIFF,
+            "min_mean_mask_iou": compare.MIN_MEAN_MASK_IOU,
+        },
         "total": total.summary(),
         "images": rows,
     }

@@ -33,7 +33,7 @@ MIN_MEAN_MASK_IOU = 0.99
 # Boxes with a side below MIN_IOU_SIDE px are compared by coordinates: each within BOX_ATOL px,
 # the shift IoU >= MIN_BOX_IOU allows one coordinate of a MIN_IOU_SIDE box (see the docstring).
 MIN_IOU_SIDE = 1.0
-BOX_ATOL = (1.0 - MIN_BOX_IOU) * MIN_IOU_SIDE
+BOX_ATOL = 1e-3  # = (1 - MIN_BOX_IOU) * MIN_IOU_SIDE
 
 
 def as_arrays(detections: Any) -> Arrays:
