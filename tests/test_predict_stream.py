@@ -251,9 +251,9 @@ def test_saved_masks_and_coco_results_equal_the_records(model_file, predictor, t
 def test_sigkill_midway_then_rerun_gives_every_image_once(model_file, tmp_path, capsys):
     folder = tmp_path / "images"
     folder.mkdir()
-    count = 60
+    count = 24
     for k in range(count):
-        Image.fromarray(noise(96, 96, 100 + k)).save(folder / f"im{k:03d}.png")
+        Image.fromarray(noise(64, 64, 100 + k)).save(folder / f"im{k:03d}.png")
     out = tmp_path / "out"
     command = [sys.executable, "-m", "blendmask", "predict", "--weights", str(model_file)]
     command += [str(folder), "--out", str(out), "--device", "cpu", "--batch-size", "2"]
@@ -264,20 +264,21 @@ def test_sigkill_midway_then_rerun_gives_every_image_once(model_file, tmp_path, 
     try:
         deadline = time.monotonic() + 240
         while run.poll() is None and time.monotonic() < deadline:
-            if lines.is_file() and lines.read_bytes().count(b"\n") >= 4:
+            if lines.is_file() and lines.read_bytes().count(b"\n") >= 2:
                 break
             time.sleep(0.02)
     finally:
         os.killpg(run.pid, signal.SIGKILL)
         run.wait()
+    assert lines.is_file(), "predict wrote no record within 240 s (a very busy machine?)"
     done = records(out)
-    assert 4 <= len(done) < count, "the run was not killed midway"
+    assert 2 <= len(done) < count, "the run was not killed midway"
     for record in done:  # a record on disk means its overlay is complete
         name = Path(record["file_name"]).stem + ".png"
-        assert Image.open(out / "overlays" / name).size == (96, 96)
+        assert Image.open(out / "overlays" / name).size == (64, 64)
     # What a kill in the middle of a write leaves: a last line without its newline.
     with open(lines, "ab") as f:
-        f.write(b'{"file_name": "' + str(folder / "im059.png").encode())
+        f.write(b'{"file_name": "' + str(folder / "im023.png").encode())
     assert predict(model_file, [folder], out, "--batch-size", "2") == 0
     assert f"{len(done)} already done" in capsys.readouterr().out
     names = [r["file_name"] for r in records(out)]  # every line parses
