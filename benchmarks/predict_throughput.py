@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
                 report["throughput"].append(
                     {"run": "predict", "batch": batch, "workers": workers, **row}
                 )
+                save()
         row = measure(args, "ours", **common)
         report["throughput"].append({"run": "plain loop, our Predictor", **row})
         save()
