@@ -138,7 +138,8 @@ def explain_figures(results: dict[str, Any]) -> list[Path]:
     image = busiest_val_image()
     written = []
     best = best_config(results)
-    models = {"demo": DEMO_MODEL}
+    # the blender baseline too: the best configuration need not be a blender
+    models = {"demo": DEMO_MODEL, "base": WORK / "shapes/base/seed0/model.pt"}
     if best is not None:
         models["best"] = WORK / best / "seed0" / "model.pt"
     for tag, model in models.items():

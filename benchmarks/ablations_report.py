@@ -100,14 +100,18 @@ def _cell(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
 
 
 def metrics_table(rows: list[tuple[str, str]], groups: dict[str, list[dict]]) -> list[str]:
-    head = "| configuration | " + " | ".join(c for _, c in COLUMNS) + " | CPU ms / image | seeds |"
-    lines = [head, "|---|" + "---:|" * (len(COLUMNS) + 2)]
+    head = "| configuration | " + " | ".join(c for _, c in COLUMNS)
+    head += " | mask / box | CPU ms / image | seeds |"
+    lines = [head, "|---|" + "---:|" * (len(COLUMNS) + 3)]
     for label, key in rows:
         records = groups.get(key, [])
         if not records:
-            lines.append(f"| {label} | " + " | ".join(["not run"] * (len(COLUMNS) + 1)) + " | 0 |")
+            lines.append(f"| {label} | " + " | ".join(["not run"] * (len(COLUMNS) + 2)) + " | 0 |")
             continue
         cells = [_cell([r["metrics"].get(m, math.nan) for r in records]) for m, _ in COLUMNS]
+        # mask AP per box AP: the mask quality with the detector's progress divided out
+        ratio = [r["metrics"]["segm_AP"] / max(r["metrics"]["bbox_AP"], 1e-6) for r in records]
+        cells.append(_cell(ratio, scale=1.0, digits=2))
         ms = _cell([r.get("cpu_ms_per_image", math.nan) for r in records], scale=1.0, digits=0)
         lines.append(f"| {label} | {' | '.join(cells)} | {ms} | {len(records)} |")
     return lines

@@ -96,6 +96,7 @@ def test_report_mean_and_spread() -> None:
     text = ablations_report.report_markdown(results)
     row = next(line for line in text.splitlines() if line.startswith("| blender"))
     assert "25.0 ± 7.1" in row and "| 12 ± 3 |" in row and row.endswith("| 2 |")
+    assert "| 1.00 ± 0.00 |" in row  # mask AP / box AP of each seed, then mean and sd
     ws = next(line for line in text.splitlines() if line.startswith("| weighted sum"))
     assert "| 10.0 |" in ws and "±" not in ws and ws.endswith("| 1 |")  # one seed, no spread
     fcis = next(line for line in text.splitlines() if line.startswith("| assembler"))
