@@ -35,8 +35,7 @@ EVAL_FLAGS = ["--device", "cpu", "--num-workers", "0"]
 NUCLEI_FLAGS = ["--max-det", "150", "--set", "data.min_size_test=192"]
 NUCLEI_FLAGS += ["--set", "data.max_size_test=384"]
 
-# Every case's `eval` through the real command line, one after the other in the same workers
-# (each call starts and ends its process group): one torchrun start-up for all cases.
+# A case's `eval` through the real command line in each torchrun worker.
 CHILD = textwrap.dedent(
     """
     import json, sys
@@ -117,12 +116,17 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
     script = root / "child.py"
     script.write_text(CHILD)
-    argvs = [[*argv, *EVAL_FLAGS, "--out", str(outs[name]["two"])] for name, argv in cases.items()]
-    # --standalone: a rendezvous on a free local port
+    # --standalone: a rendezvous on a free local port. One torchrun per case: a second process
+    # group started on the same torchrun store after the first was destroyed can hang in gloo's
+    # rendezvous (seen once in three runs), which is not what this test is about.
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
-    proc = run_in_session([*command, "2", str(script), json.dumps(argvs)], timeout=280)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return {**outs, "stdout": proc.stdout, "cases": list(cases)}
+    stdout = ""
+    for name, argv in cases.items():
+        argvs = [[*argv, *EVAL_FLAGS, "--out", str(outs[name]["two"])]]
+        proc = run_in_session([*command, "2", str(script), json.dumps(argvs)], timeout=200)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        stdout += proc.stdout
+    return {**outs, "stdout": stdout, "cases": list(cases)}
 
 
 def _outputs(out: Path) -> tuple[dict, list]:

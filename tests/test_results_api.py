@@ -273,7 +273,7 @@ def test_from_checkpoint_takes_knobs_and_inference_overrides(model_file):
 
 def test_predict_conf_iou_max_det_classes_set(model_file, shapes_dataset, tmp_path):
     images = Path(shapes_dataset["val_images"])
-    base = ["predict", "--weights", str(model_file), str(images), "--device", "cpu"]
+    base = ["predict", "--weights", str(model_file), str(images), "--device", "cpu", "--coco"]
     every_args = ["--conf", "0", "--max-det", "30", "--no-overlays"]
     assert main([*base, "--out", str(tmp_path / "all"), *every_args]) == 0
     every = json.loads((tmp_path / "all" / "results.json").read_text())
