@@ -225,13 +225,7 @@ class CocoDataset(Dataset):
         if isinstance(index, tuple):
             index, seed = index
         image, target = self._read(index)
-        if self.transforms is not None:
-            if seed is None:
-                image, target = self.transforms(image, target)
-            else:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed)
-                    image, target = self.transforms(image, target)
+        image, target = transform_sample(self.transforms, image, target, seed)
         if isinstance(target["masks"], InstanceMasks):
             target["masks"] = target["masks"].dense()
         return image, filter_empty_instances(target)
@@ -286,6 +280,20 @@ class CocoDataset(Dataset):
             self._cache[index] = (image, target)
             target = dict(target)
         return image, target
+
+
+def transform_sample(
+    transforms: Transform | None, image: Tensor, target: Target, seed: int | None
+) -> tuple[Tensor, Target]:
+    """Run `transforms` on one sample; with `seed`, under a torch RNG seeded with it (and
+    restored afterwards), so a sample's augmentation does not depend on the loading worker."""
+    if transforms is None:
+        return image, target
+    if seed is None:
+        return transforms(image, target)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return transforms(image, target)
 
 
 def filter_empty_instances(target: Target) -> Target:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from blendmask.data.coco import filter_empty_instances
+from blendmask.data.coco import filter_empty_instances, transform_sample
 from blendmask.data.panoptic_format import (
     PanopticJson,
     Segment,
@@ -205,13 +205,7 @@ class CocoPanopticDataset(Dataset):
             target = dict(target)
         else:
             image, target = self._read(index)
-        if self.transforms is not None:
-            if seed is None:
-                image, target = self.transforms(image, target)
-            else:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed)
-                    image, target = self.transforms(image, target)
+        image, target = transform_sample(self.transforms, image, target, seed)
         return image, filter_empty_instances(target)
 
     def _read(self, index: int) -> tuple[Tensor, Target]:
