@@ -151,6 +151,20 @@ def test_random_scaled_crop_scale_follows_the_test_time_resize():
         assert max(size) <= 64
 
 
+def test_random_scaled_crop_follows_a_fixed_test_scale():
+    """With data.test_scale the crops are at that factor (x jitter) for every image size, as
+    the Predictor resizes them; min_size_test is not used."""
+    crop = RandomScaledCrop(
+        96, scale_range=(0.8, 1.25), min_size_test=100, max_size_test=0, test_scale=3.0
+    )
+    torch.manual_seed(0)
+    for height, width in ((256, 256), (1024, 1024), (603, 1272)):
+        for _ in range(20):
+            _, _, h, w, size = crop.window(height, width)
+            assert 0.8 * 3.0 - 0.05 <= size[1] / w <= 1.25 * 3.0 + 0.05, (height, size, w)
+            assert max(size) <= 96
+
+
 def test_training_transforms_reference_path_unless_a_crop_is_asked_for():
     ref = training_transforms(
         min_size_train=[64], max_size_train=100, min_size_test=64, max_size_test=100

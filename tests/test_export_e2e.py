@@ -316,6 +316,7 @@ def test_graph_holds_the_whole_pipeline(tiny) -> None:
     meta = {e.key: e.value for e in proto.metadata_props}
     runtime = json.loads(meta["blendmask_end_to_end"])
     assert (runtime["min_size"], runtime["max_size"], runtime["size_divisibility"]) == (64, 96, 32)
+    assert runtime["scale"] == 0.0  # data.test_scale: the shortest-edge resize
 
 
 @pytest.mark.timeout(600)

@@ -71,10 +71,10 @@ print(json.dumps({{"heavy": heavy, "labels": labels.tolist(), "scores": scores.t
 def test_output_size_equals_the_packages(max_size: int) -> None:
     rng = np.random.default_rng(max_size)
     for height, width in rng.integers(1, 3000, size=(300, 2)).tolist() + [[1, 1], [800, 1333]]:
-        for min_size in (64, 320, 800):
-            assert get_output_size(height, width, min_size, max_size) == package_output_size(
-                height, width, min_size, max_size
-            )
+        for min_size, scale in ((64, 0.0), (320, 0.0), (800, 0.0), (800, 3.0), (64, 0.37)):
+            assert get_output_size(
+                height, width, min_size, max_size, scale
+            ) == package_output_size(height, width, min_size, max_size, scale)
 
 
 def test_preprocessing_equals_the_packages() -> None:
@@ -87,6 +87,11 @@ def test_preprocessing_equals_the_packages() -> None:
         assert torch.equal(torch.from_numpy(batch), want.tensor)
         assert sizes.tolist() == [list(s) for s in want.image_sizes]
         assert origs.tolist() == [list(s) for s in want_origs]
+    # a fixed factor (data.test_scale, the end-to-end metadata's "scale")
+    batch, sizes, _ = preprocess_images(images, 64, 0, 32, 1.5)
+    want, _ = preprocess(images, 64, 0, scale=1.5)
+    assert torch.equal(torch.from_numpy(batch), want.tensor)
+    assert sizes.tolist() == [list(s) for s in want.image_sizes]
 
 
 def _save(path: Path, image: Image.Image, **kwargs) -> Path:

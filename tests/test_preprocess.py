@@ -89,3 +89,35 @@ def test_bad_inputs_are_named():
         to_image_tensor(np.zeros((4, 4), dtype=np.uint8))
     with pytest.raises(ValueError, match=r"\[3, H, W\]"):
         to_image_tensor(torch.zeros(1, 4, 4))
+
+
+def test_predictor_resizes_by_the_configs_fixed_scale():
+    """data.test_scale > 0 (the nuclei preset: 3x): every image is resized by that factor,
+    whatever its size, in the Predictor, explain and the adapter alike; an explicit min_size
+    (or --set data.test_scale=0) brings the shortest-edge rule back."""
+    from blendmask.adapter import TorchvisionDetector
+    from blendmask.explain import explain_image
+    from blendmask.factory import build
+    from blendmask.predictor import Predictor, inference_config
+    from blendmask.presets import get_preset
+
+    cfg = get_preset("tiny")
+    cfg.data.test_scale, cfg.data.max_size_test = 2.0, 1000
+    torch.manual_seed(0)
+    model, _, post = build(cfg)
+    images = [torch.randint(0, 256, (3, 20, 30), dtype=torch.uint8),
+              torch.randint(0, 256, (3, 70, 50), dtype=torch.uint8)]  # fmt: skip
+    predictor = Predictor(cfg, model, post, "cpu")
+    batch, orig_sizes = predictor.preprocess(images)
+    assert batch.image_sizes == [(40, 60), (140, 100)] and orig_sizes == [(20, 30), (70, 50)]
+    dets = predictor(images)
+    assert [d.image_size for d in dets] == [(20, 30), (70, 50)]
+    assert explain_image(predictor, images[1], top=2).image.shape[-2:] == (140, 100)
+    shortest = Predictor(cfg, model, post, "cpu", min_size=64)
+    assert shortest.preprocess(images[:1])[0].image_sizes == [(64, 96)]
+    off = inference_config(cfg, ["data.test_scale=0"])
+    assert Predictor(off, model, post, "cpu").preprocess(images[:1])[0].image_sizes == [(64, 96)]
+    with pytest.raises(ValueError, match="test_scale"):
+        inference_config(cfg, ["data.test_scale=-1"])
+    assert TorchvisionDetector(config=cfg).test_scale == 2.0
+    assert TorchvisionDetector(config=cfg, min_size=64).test_scale == 0.0

@@ -54,6 +54,23 @@ def test_output_size_matches_detectron2_rule():
     assert get_output_size(100, 1000, 800, 0) == (800, 8000)  # max_size <= 0: no cap
 
 
+def test_output_size_with_a_fixed_scale_ignores_min_size_and_keeps_the_cap():
+    """data.test_scale > 0: both sides times the factor (nuclei: 3x for every image size)."""
+    for h, w in itertools.product([1, 31, 256, 603, 1024], [1, 33, 256, 1272]):
+        for scale, max_size in itertools.product([0.5, 1.0, 3.0], [0, 1536, 4096]):
+            want_h, want_w = h * scale, w * scale
+            if max_size > 0 and max(want_h, want_w) > max_size:
+                cap = max_size / max(want_h, want_w)
+                want_h, want_w = want_h * cap, want_w * cap
+            want = (int(want_h + 0.5), int(want_w + 0.5))
+            assert get_output_size(h, w, 800, max_size, scale) == want
+    assert get_output_size(256, 320, 768, 4096, 3.0) == (768, 960)
+    assert get_output_size(1024, 1024, 768, 4096, 3.0) == (3072, 3072)  # not shrunk to 768
+    assert get_output_size(603, 1272, 768, 1536, 3.0) == (728, 1536)  # the cap still holds
+    image = torch.zeros(3, 20, 30, dtype=torch.uint8)
+    assert resize_image(image, 800, 0, 2.5).shape == (3, 50, 75)
+
+
 def test_resize_image_size_and_range():
     image = torch.rand(3, 60, 90)
     resized = resize_image(image, 40, 1000)

@@ -111,6 +111,8 @@ class TorchvisionDetector(nn.Module):
             list(cfg.data.min_size_train) if min_size is not None else [cfg.data.min_size_test]
         )
         self.max_size = cfg.data.max_size_test
+        # a fixed test-time factor (`data.test_scale`) unless min_size was given
+        self.test_scale = 0.0 if min_size is not None else float(cfg.data.test_scale)
 
     @property
     def num_classes(self) -> int:
@@ -162,7 +164,9 @@ class TorchvisionDetector(nn.Module):
         return self.criterion(outputs, ours)
 
     def _detect(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
-        batch, orig_sizes = preprocess(images, self.min_sizes[-1], self.max_size)
+        batch, orig_sizes = preprocess(
+            images, self.min_sizes[-1], self.max_size, scale=self.test_scale
+        )
         return [
             _torchvision_output(d) for d in infer(self.model, self.postprocessor, batch, orig_sizes)
         ]

@@ -165,6 +165,10 @@ class DataConfig:
     max_size_train: int = 1333
     min_size_test: int = 800
     max_size_test: int = 1333
+    # > 0: test images are resized by this fixed factor instead of shortest side to
+    # min_size_test (still capped at max_size_test): for data whose objects have a physical
+    # size in pixels (microscopy), not a size relative to the image.
+    test_scale: float = 0.0
     hflip_train: bool = True
     # Beyond the reference's resize + flip (data/augment.py): crop_size > 0 trains on random
     # square crops of that side at scale_jitter x the test-time scale; vertical flips, quarter

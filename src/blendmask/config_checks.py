@@ -117,6 +117,7 @@ NUMERIC_RANGES: dict[str, Range] = {
     "data.max_size_train": AT_LEAST_1,
     "data.min_size_test": AT_LEAST_1,
     "data.max_size_test": AT_LEAST_1,
+    "data.test_scale": NON_NEGATIVE,  # 0 = the shortest-edge resize
     "data.crop_size": NON_NEGATIVE,  # 0 = no crop
     "data.scale_jitter": POSITIVE,  # times the test-time scale
     "data.color_jitter": NON_NEGATIVE,  # ColorJitter strengths, 0 = off

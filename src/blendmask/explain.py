@@ -86,16 +86,13 @@ def explain_image(
     Returns:
         an `Explanation` (tensors on the CPU).
     """
-    from blendmask.data.preprocess import preprocess
     from blendmask.modeling.blender import attention_weights, pool_bases
 
     if top < 0:
         raise ValueError(f"top: expected a number of detections >= 0, got {top}")
     post = predictor.postprocessor
     spec = post.blender
-    batch, orig_sizes = preprocess(
-        [image], predictor.min_size, predictor.max_size, device=predictor.device
-    )
+    batch, orig_sizes = predictor.preprocess([image])
     outputs = predictor.model(batch.tensor, batch.image_sizes)
 
     det = post.detect(outputs, batch.image_sizes)[0]

@@ -49,17 +49,23 @@ class Segmentation(NamedTuple):
     masks: np.ndarray | None
 
 
-def get_output_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
+def get_output_size(
+    height: int, width: int, min_size: int, max_size: int, scale: float = 0.0
+) -> tuple[int, int]:
     """`data/transforms.py::get_output_size`, the same arithmetic: shorter side to
-    `min_size`, longer side capped at `max_size` (<= 0: no cap), each rounded int(x + 0.5)."""
-    scale = min_size / min(height, width)
-    if height < width:
-        new_height, new_width = float(min_size), scale * width
+    `min_size` (or both sides times `scale` when > 0), longer side capped at `max_size`
+    (<= 0: no cap), each rounded int(x + 0.5)."""
+    if scale > 0:
+        new_height, new_width = height * scale, width * scale
     else:
-        new_height, new_width = scale * height, float(min_size)
+        factor = min_size / min(height, width)
+        if height < width:
+            new_height, new_width = float(min_size), factor * width
+        else:
+            new_height, new_width = factor * height, float(min_size)
     if max_size > 0 and max(new_height, new_width) > max_size:
-        scale = max_size / max(new_height, new_width)
-        new_height, new_width = new_height * scale, new_width * scale
+        cap = max_size / max(new_height, new_width)
+        new_height, new_width = new_height * cap, new_width * cap
     return int(new_height + 0.5), int(new_width + 0.5)
 
 
@@ -109,11 +115,11 @@ def load_rgb(image: RuntimeImage) -> np.ndarray:
     return image
 
 
-def resize_rgb(image: np.ndarray, min_size: int, max_size: int) -> np.ndarray:
+def resize_rgb(image: np.ndarray, min_size: int, max_size: int, scale: float = 0.0) -> np.ndarray:
     """uint8[H0, W0, 3] -> uint8[h, w, 3] at the test size, PIL bilinear on uint8 (as the
     package and the reference)."""
     height, width = image.shape[:2]
-    size = get_output_size(height, width, min_size, max_size)
+    size = get_output_size(height, width, min_size, max_size, scale)
     if size == (height, width):
         return image
     resized = Image.fromarray(np.ascontiguousarray(image)).resize(
@@ -140,7 +146,11 @@ def pad_batch(images: Sequence[np.ndarray], size_divisibility: int) -> np.ndarra
 
 
 def preprocess_images(
-    images: Sequence[RuntimeImage], min_size: int, max_size: int, size_divisibility: int = 32
+    images: Sequence[RuntimeImage],
+    min_size: int,
+    max_size: int,
+    size_divisibility: int = 32,
+    scale: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Images -> (float32[N, 3, H, W] batch, int64[N, 2] resized sizes (h, w), int64[N, 2]
     original sizes (H0, W0)): the end-to-end graph's inputs, as `data/preprocess.py` makes
@@ -148,7 +158,7 @@ def preprocess_images(
     decoded = [load_rgb(image) for image in images]
     if not decoded:
         raise ValueError("expected at least one image")
-    resized = [resize_rgb(image, min_size, max_size) for image in decoded]
+    resized = [resize_rgb(image, min_size, max_size, scale) for image in decoded]
     batch = pad_batch(resized, size_divisibility)
     image_sizes = np.array([image.shape[:2] for image in resized], dtype=np.int64)
     orig_sizes = np.array([image.shape[:2] for image in decoded], dtype=np.int64)
@@ -208,6 +218,7 @@ class OnnxSegmenter:
         self.metadata = self._read_metadata()
         self.min_size = int(self.metadata["min_size"])
         self.max_size = int(self.metadata["max_size"])
+        self.scale = float(self.metadata.get("scale", 0.0))  # absent in older exports
         self.size_divisibility = int(self.metadata["size_divisibility"])
         self.category_ids = list(self.metadata["category_ids"])
         self.category_names = list(self.metadata.get("category_names", []))
@@ -233,7 +244,9 @@ class OnnxSegmenter:
         self, images: Sequence[RuntimeImage]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`preprocess_images` with this file's sizes: the graph's three inputs."""
-        return preprocess_images(images, self.min_size, self.max_size, self.size_divisibility)
+        return preprocess_images(
+            images, self.min_size, self.max_size, self.size_divisibility, self.scale
+        )
 
     def predict_batch(self, images: Sequence[RuntimeImage]) -> list[Segmentation]:
         """One onnxruntime call for all `images` (padded to the largest): a `Segmentation`

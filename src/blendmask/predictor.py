@@ -4,30 +4,25 @@
 the sparse top layer, then the post-processor). `Predictor`, `blendmask eval`, `explain`, the
 ONNX predictor and the torchvision adapter all go through these two functions; resizing never
 happens inside the network (STYLE.md).
-
-Images larger than `MAX_IMAGE_PIXELS` are refused before they are decoded (`check_image_size`):
-memory grows with the image (a few copies of H0 x W0 x 3 bytes while decoding, resizing and
-drawing), and a corrupt or hostile header must not make the process allocate gigabytes.
 """
 
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
-from torch import Tensor, nn
+from torch import nn
 
 from blendmask.checkpoint_io import load_model_file
 from blendmask.config import Config, apply_overrides, check_probability
 from blendmask.data.preprocess import ImageInput, preprocess, to_image_tensor
 from blendmask.factory import build, build_postprocessor
-from blendmask.io import load_image, resolve_device
+from blendmask.input_images import MAX_IMAGE_PIXELS, check_image_size, load_input_image
+from blendmask.io import resolve_device
 from blendmask.modeling.blendmask import BlendMask
 from blendmask.modeling.inference import optimize_for_inference, to_channels_last
 from blendmask.modeling.panoptic import infer_panoptic
@@ -61,74 +56,13 @@ DEFAULT_SCORE_THRESHOLD = 0.3
 INFERENCE_KEYS = (
     "data.min_size_test",
     "data.max_size_test",
+    "data.test_scale",
     "model.fcos.inference_th_test",
     "model.fcos.nms_th",
     "model.fcos.pre_nms_topk_test",
     "model.fcos.post_nms_topk_test",
     "model.fcos.thresh_with_ctr",
 )
-
-# The largest image predict / eval / Predictor accept, in pixels (H0 x W0). Memory grows with
-# the image (~0.3 GB per RGB copy at this size), not with its detections: `blendmask predict`
-# of a 10000 x 10000 image peaks at ~2.4 GB RSS with overlays on a CPU (~1 GB of it torch).
-MAX_IMAGE_PIXELS = 10000 * 10000
-
-
-def check_image_size(image: ImageInput, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
-    """ValueError naming the image when it has more than `max_pixels` pixels.
-
-    Files are measured from their header (nothing decoded); a file whose header cannot be read
-    passes, and decoding it then reports why (`blendmask.io.load_image`).
-    """
-    name = str(image) if isinstance(image, (str, Path)) else "image"
-    width: int | None
-    height: int | None
-    if isinstance(image, (str, Path)):
-        try:
-            # PIL warns from 89 MP and refuses from 179 MP on its own; this check decides.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(image) as opened:
-                    width, height = opened.size
-        except Image.DecompressionBombError:
-            width = height = None  # over PIL's own ceiling: certainly over ours
-        except Exception:
-            return
-    elif isinstance(image, Image.Image):
-        width, height = image.size
-    elif len(getattr(image, "shape", ())) < 2:
-        return  # not an image: `to_image_tensor` says why
-    elif isinstance(image, Tensor):  # [3, H, W]
-        height, width = int(image.shape[-2]), int(image.shape[-1])
-    else:  # H x W x 3 array
-        height, width = int(image.shape[0]), int(image.shape[1])
-    if width is None or height is None or width * height > max_pixels:
-        size = "" if width is None or height is None else f" is {width} x {height} px,"
-        raise ValueError(
-            f"{name}{size} larger than the maximum image size of {max_pixels} pixels "
-            f"(MAX_IMAGE_PIXELS, {_side(max_pixels)}); downscale or tile it"
-        )
-
-
-def _side(pixels: int) -> str:
-    side = int(pixels**0.5)
-    return f"{side} x {side}" if side * side == pixels else f"{pixels} px"
-
-
-def load_input_image(image: ImageInput, max_pixels: int = MAX_IMAGE_PIXELS) -> Tensor:
-    """`to_image_tensor` after `check_image_size`: RGB Tensor[3, H0, W0] (uint8 for decoded
-    files), or ValueError / FileNotFoundError naming the file."""
-    check_image_size(image, max_pixels)
-    if isinstance(image, (str, Path)):
-        # Our limit replaces PIL's decompression-bomb limit (~89 MP) for the files we read.
-        # One export of the decoded RGB pixels, the PIL image freed before the writable copy
-        # torch needs: two H0 x W0 x 3 buffers at a time, not the three of `to_image_tensor`.
-        array = np.asarray(load_image(image, max_pixels=max_pixels))
-        image = torch.from_numpy(array.copy()).permute(2, 0, 1)
-        del array
-    tensor = to_image_tensor(image)
-    check_image_size(tensor, max_pixels)  # arrays, and files whose header was unreadable
-    return tensor
 
 
 def infer(
@@ -218,7 +152,8 @@ class Predictor:
       detections down to it appear;
     - `nms_iou`: class-aware NMS IoU (`model.fcos.nms_th`, 0.6);
     - `max_detections`: per image after NMS (`model.fcos.post_nms_topk_test`, 100);
-    - `min_size` / `max_size`: test size (`data.min_size_test` / `max_size_test`);
+    - `min_size` / `max_size`: test size (`data.min_size_test` / `max_size_test`); a config
+      with `data.test_scale` > 0 resizes by that factor instead, unless `min_size` is given;
     - `classes`: class names or 0-based labels to keep, applied before NMS and top-k.
 
     `self.model` is the given model, unchanged (saveable, trainable, used by `explain`). With
@@ -257,6 +192,7 @@ class Predictor:
         self.batch_size = batch_size
         self.min_size = _positive("min_size", min_size, cfg.data.min_size_test)
         self.max_size = _positive("max_size", max_size, cfg.data.max_size_test)
+        self.scale = 0.0 if min_size is not None else float(cfg.data.test_scale)
         self.max_image_pixels = MAX_IMAGE_PIXELS
         self.class_names = tuple(cfg.data.category_names) or None
         self.category_ids = tuple(cfg.data.category_ids) or None
@@ -359,7 +295,9 @@ class Predictor:
 
         ValueError for an image over `self.max_image_pixels` (default `MAX_IMAGE_PIXELS`)."""
         tensors = [load_input_image(image, self.max_image_pixels) for image in images]
-        return preprocess(tensors, self.min_size, self.max_size, device=self.device)
+        return preprocess(
+            tensors, self.min_size, self.max_size, scale=self.scale, device=self.device
+        )
 
     @torch.inference_mode()
     def predict_tensors(self, images: Sequence[ImageInput]) -> list[Detections]:

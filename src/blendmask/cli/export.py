@@ -25,6 +25,7 @@ from blendmask.io import resolve_device
 TEST_TIME_KEYS = (
     "data.min_size_test",
     "data.max_size_test",
+    "data.test_scale",
     "model.fcos.inference_th_test",
     "model.fcos.pre_nms_topk_test",
     "model.fcos.post_nms_topk_test",

@@ -58,7 +58,7 @@ def boxes_from_masks(masks: Tensor) -> Tensor:
 class RandomScaledCrop:
     """A square window of `crop_size` output pixels at a random position and a scale drawn
     uniformly from `scale_range` times the test-time scale (shortest side to `min_size_test`,
-    longest at most `max_size_test`). An image smaller than the window is taken whole along that
+    or `test_scale` when > 0; longest at most `max_size_test`). An image smaller than the window is taken whole along that
     side (no padding). Boxes are the tight boxes of the cropped masks, so an instance cut by the
     window gets the box of its visible part.
     """
@@ -70,6 +70,7 @@ class RandomScaledCrop:
         scale_range: Sequence[float],
         min_size_test: int,
         max_size_test: int,
+        test_scale: float = 0.0,
     ) -> None:
         lo, hi = (float(s) for s in scale_range)
         if crop_size < 1 or not 0 < lo <= hi:
@@ -81,10 +82,13 @@ class RandomScaledCrop:
         self.scale_range = (lo, hi)
         self.min_size_test = min_size_test
         self.max_size_test = max_size_test
+        self.test_scale = test_scale
 
     def window(self, height: int, width: int) -> tuple[int, int, int, int, tuple[int, int]]:
         """(top, left, h, w) of the window in the image, and its output size (h, w)."""
-        test_h, _ = get_output_size(height, width, self.min_size_test, self.max_size_test)
+        test_h, _ = get_output_size(
+            height, width, self.min_size_test, self.max_size_test, self.test_scale
+        )
         lo, hi = self.scale_range
         scale = test_h / height * (lo + (hi - lo) * float(torch.rand(())))
         side = max(1, math.floor(self.crop_size / scale))  # the window's side in image pixels
@@ -112,7 +116,7 @@ class RandomScaledCrop:
     def __repr__(self) -> str:
         return (
             f"RandomScaledCrop({self.crop_size}, scale_range={list(self.scale_range)}, "
-            f"test size {self.min_size_test}/{self.max_size_test})"
+            f"test size {self.min_size_test}/{self.max_size_test}, test scale {self.test_scale})"
         )
 
 
@@ -172,6 +176,7 @@ def training_transforms(
     max_size_train: int,
     min_size_test: int,
     max_size_test: int,
+    test_scale: float = 0.0,
     crop_size: int = 0,
     scale_jitter: Sequence[float] = (1.0, 1.0),
     hflip: bool = True,
@@ -188,6 +193,7 @@ def training_transforms(
             scale_range=scale_jitter,
             min_size_test=min_size_test,
             max_size_test=max_size_test,
+            test_scale=test_scale,
         )
     else:
         first = ResizeShortestEdge(list(min_size_train), max_size_train)

@@ -55,6 +55,7 @@ def preprocess(
     min_size: int,
     max_size: int,
     *,
+    scale: float = 0.0,
     size_divisibility: int = 32,
     device: torch.device | str | None = None,
 ) -> tuple[ImageBatch, list[tuple[int, int]]]:
@@ -64,6 +65,7 @@ def preprocess(
         images: paths, PIL images, H x W x 3 arrays or Tensor[3, H0, W0] (see
             `to_image_tensor`).
         min_size, max_size: the shortest-edge resize (`data.min_size_test` / `max_size_test`).
+        scale: > 0 resizes by this factor instead, capped at `max_size` (`data.test_scale`).
         size_divisibility: pad H and W up to a multiple of this.
         device: where the batch goes (None: stays on the CPU).
 
@@ -72,6 +74,6 @@ def preprocess(
     """
     tensors = [to_image_tensor(image) for image in images]
     orig_sizes = [(int(t.shape[1]), int(t.shape[2])) for t in tensors]
-    resized = [resize_image(t, min_size, max_size) for t in tensors]
+    resized = [resize_image(t, min_size, max_size, scale) for t in tensors]
     batch = pad_images(resized, size_divisibility)
     return (batch if device is None else batch.to(device)), orig_sizes

@@ -37,28 +37,34 @@ from blendmask.data.instance_masks import InstanceMasks
 from blendmask.structures import Target
 
 
-def get_output_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
+def get_output_size(
+    height: int, width: int, min_size: int, max_size: int, scale: float = 0.0
+) -> tuple[int, int]:
     """Size after resizing the shorter side to `min_size` with the longer side capped at
-    `max_size` (detectron2's rule; `max_size <= 0` means no cap).
+    `max_size` (detectron2's rule; `max_size <= 0` means no cap). With `scale > 0` both sides
+    are multiplied by `scale` instead (`data.test_scale`), under the same cap.
 
     Returns:
         (new_height, new_width), each rounded with int(x + 0.5).
     """
-    scale = min_size / min(height, width)
-    if height < width:
-        new_height, new_width = float(min_size), scale * width
+    if scale > 0:
+        new_height, new_width = height * scale, width * scale
     else:
-        new_height, new_width = scale * height, float(min_size)
+        factor = min_size / min(height, width)
+        if height < width:
+            new_height, new_width = float(min_size), factor * width
+        else:
+            new_height, new_width = factor * height, float(min_size)
     if max_size > 0 and max(new_height, new_width) > max_size:
-        scale = max_size / max(new_height, new_width)
-        new_height, new_width = new_height * scale, new_width * scale
+        cap = max_size / max(new_height, new_width)
+        new_height, new_width = new_height * cap, new_width * cap
     return int(new_height + 0.5), int(new_width + 0.5)
 
 
-def resize_image(image: Tensor, min_size: int, max_size: int) -> Tensor:
-    """Resize `image` (Tensor[3, H, W], uint8 or float) by the shortest-edge rule, keeping its
-    dtype (see `resize_to`)."""
-    new_size = get_output_size(image.shape[-2], image.shape[-1], min_size, max_size)
+def resize_image(image: Tensor, min_size: int, max_size: int, scale: float = 0.0) -> Tensor:
+    """Resize `image` (Tensor[3, H, W], uint8 or float) by the shortest-edge rule (or by
+    `scale` when > 0, see `get_output_size`), keeping its dtype (see `resize_to`)."""
+    new_size = get_output_size(image.shape[-2], image.shape[-1], min_size, max_size, scale)
     return resize_to(image, new_size)
 
 

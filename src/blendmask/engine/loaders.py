@@ -46,6 +46,7 @@ def build_train_dataset(cfg: Config, *, progress: bool = False) -> CocoDataset:
         max_size_train=d.max_size_train,
         min_size_test=d.min_size_test,
         max_size_test=d.max_size_test,
+        test_scale=d.test_scale,
         crop_size=d.crop_size,
         scale_jitter=d.scale_jitter,
         hflip=d.hflip_train,

@@ -41,8 +41,8 @@ def end_to_end_metadata(
     cfg: Config | None, module: EndToEndBlendMask, min_size: int, max_size: int
 ) -> dict[str, Any]:
     """What a runtime needs besides the graph: the preprocessing of `data/preprocess.py`
-    (`min_size` / `max_size` of the shortest-edge resize, padding to `size_divisibility`),
-    the classes and the outputs."""
+    (`min_size` / `max_size` of the shortest-edge resize, or the fixed factor `scale` when
+    > 0, padding to `size_divisibility`), the classes and the outputs."""
     num_classes = module.num_classes
     category_ids = list(cfg.data.category_ids) if cfg is not None else []
     category_names = list(cfg.data.category_names) if cfg is not None else []
@@ -50,6 +50,7 @@ def end_to_end_metadata(
         "format_version": END_TO_END_FORMAT_VERSION,
         "min_size": int(min_size),
         "max_size": int(max_size),
+        "scale": float(cfg.data.test_scale) if cfg is not None else 0.0,
         "size_divisibility": SIZE_DIVISIBILITY,
         "num_classes": num_classes,
         "category_ids": category_ids or list(range(1, num_classes + 1)),

@@ -139,6 +139,7 @@ class OnnxPredictor:
         self.strides = list(cfg.model.fcos.fpn_strides)
         self.min_size = cfg.data.min_size_test
         self.max_size = cfg.data.max_size_test
+        self.scale = float(cfg.data.test_scale)
         self.batch_size = batch_size
 
     def __call__(self, images: Any) -> list[Detections]:
@@ -162,7 +163,11 @@ class OnnxPredictor:
         """One batch of images at original size -> detections at original size (the same
         `preprocess` and post-processor as `Predictor`; only the network runs in onnxruntime)."""
         batch, orig_sizes = preprocess(
-            images, self.min_size, self.max_size, size_divisibility=SIZE_DIVISIBILITY
+            images,
+            self.min_size,
+            self.max_size,
+            scale=self.scale,
+            size_divisibility=SIZE_DIVISIBILITY,
         )
         outputs = self.raw_outputs(batch.tensor, batch.image_sizes)
         return self.postprocessor(outputs, batch.image_sizes, orig_sizes)

@@ -100,7 +100,7 @@ class TorchScriptSegmenter:
     def predict_batch(self, images: Sequence[RuntimeImage]) -> list[Segmentation]:
         m = self.metadata
         batch, image_sizes, orig_sizes = preprocess_images(
-            images, m["min_size"], m["max_size"], m["size_divisibility"]
+            images, m["min_size"], m["max_size"], m["size_divisibility"], m.get("scale", 0.0)
         )
         inputs = [torch.from_numpy(a).to(self.device) for a in (batch, image_sizes, orig_sizes)]
         outputs = [t.cpu().numpy() for t in self.module(*inputs)]
