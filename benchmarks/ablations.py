@@ -56,6 +56,7 @@ BUDGET = {
         "size": 192,
         "iterations": 300,
         "batch": 4,
+        "lr": 0.01,
         "lr_steps": [240],
         "warmup": 20,
     },
@@ -65,6 +66,7 @@ BUDGET = {
         "preset": "nuclei_R_18",
         "iterations": 300,
         "batch": 2,
+        "lr": 0.005,
         "lr_steps": [240],
         "warmup": 20,
     },
@@ -145,6 +147,8 @@ def config_overrides(ablation: Ablation, seed: int, data: dict[str, str]) -> lis
         f"solver.steps={b['lr_steps']}",
         f"solver.warmup_iters={b['warmup']}",
         f"solver.ims_per_batch={b['batch']}",
+        f"solver.base_lr={b['lr']}",  # the preset's rate scaled linearly to the batch
+        "solver.clip_grad_norm=10",  # as nuclei_R_18: single-batch gradient spikes
         "solver.eval_period=0",
         "solver.checkpoint_period=50",
         f"solver.log_period={b['iterations']}",

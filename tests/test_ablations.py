@@ -36,7 +36,12 @@ def test_every_configuration_is_a_valid_config(ablation: ablations.Ablation) -> 
         b["batch"],
         1,
     )
-    assert cfg.data.min_size_test == b["size"] and cfg.data.val_json == "v.json"
+    assert cfg.data.val_json == "v.json"
+    assert (cfg.solver.base_lr, cfg.solver.clip_grad_norm) == (b["lr"], 10)
+    if "size" in b:  # shapes: one size; nuclei keep the preset's fixed 3x scale
+        assert cfg.data.min_size_test == b["size"] and cfg.data.test_scale == 0
+    else:
+        assert cfg.data.test_scale == 3.0
     if ablation.name == "fcis":
         # FCIS: K = M * M bases, one-hot cells, nearest
         assert m.blender.fixed_onehot_attention and m.basis_module.num_bases == 16

@@ -72,9 +72,9 @@ def test_output_size_equals_the_packages(max_size: int) -> None:
     rng = np.random.default_rng(max_size)
     for height, width in rng.integers(1, 3000, size=(300, 2)).tolist() + [[1, 1], [800, 1333]]:
         for min_size, scale in ((64, 0.0), (320, 0.0), (800, 0.0), (800, 3.0), (64, 0.37)):
-            assert get_output_size(
+            assert get_output_size(height, width, min_size, max_size, scale) == package_output_size(
                 height, width, min_size, max_size, scale
-            ) == package_output_size(height, width, min_size, max_size, scale)
+            )
 
 
 def test_preprocessing_equals_the_packages() -> None:
