@@ -3,6 +3,8 @@ shrink, a reserve for the final evaluation, and a run that ends on time whatever
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from blendmask.engine.budget import TimeBudget
@@ -152,7 +154,8 @@ def test_training_with_a_slow_start_uses_its_budget(tmp_path, shapes_dataset):
     """run_training under a 20 s budget whose first iterations are slowed down (0.6 s of
     sleep per batch): the first plans are short, later plans grow once the iterations speed up,
     and training stops close to the budget, not at the first plan's end (which is what
-    happened when a plan could only shrink)."""
+    happened when a plan could only shrink). The evaluation period grows with the plan: one
+    fixed by the first (slow) plan evaluated a nuclei run every 18 of its 1,100 iterations."""
     import time
 
     from blendmask.engine.loaders import build_train_dataset
@@ -165,6 +168,9 @@ def test_training_with_a_slow_start_uses_its_budget(tmp_path, shapes_dataset):
     cfg.data.train_images = str(shapes_dataset["train_images"])
     cfg.data.min_size_train, cfg.data.max_size_train = [64], 96
     cfg.solver.max_iter, cfg.solver.steps, cfg.solver.log_period = 100_000, [90_000], 5
+    cfg.data.val_json = str(shapes_dataset["val_json"])
+    cfg.data.val_images = str(shapes_dataset["val_images"])
+    cfg.solver.eval_period = 25_000  # 3 periodic evaluations and the final one
     start = time.perf_counter()
     budget = QuickBudget(20.0, start=start, reserve_final_eval=False)
     dataset = build_train_dataset(cfg)
@@ -178,3 +184,7 @@ def test_training_with_a_slow_start_uses_its_budget(tmp_path, shapes_dataset):
     assert max(budget.plans[1:]) > budget.plans[0]  # grew after the slow start
     assert 0.9 * 20 <= trained <= 1.1 * 20  # checkpoint + curves.png are the slack
     assert result.iteration > 10  # went on well past the slow iterations
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    evaluated = [r["iteration"] for r in records if r["type"] == "eval"]
+    assert 2 <= len(evaluated) <= 5, evaluated  # the first plan alone: one every few iterations
+    assert evaluated[-1] == result.iteration

@@ -58,6 +58,7 @@ class TrainingRun:
     pending: dict[str, Any] | None = None  # a checkpoint waiting for a finite loss (rank 0)
     pending_iteration: int | None = None
     planned_shown: int = 0  # the schedule end the time budget last printed
+    last_eval_iteration: int = 0  # of the last periodic evaluation
 
     @property
     def has_val(self) -> bool:
@@ -65,8 +66,15 @@ class TrainingRun:
 
     def evaluation_due(self) -> bool:
         p, it = self.eval_period, self.iteration
-        # the final evaluation comes soon enough after the last half period
-        return self.has_val and p > 0 and it % p == 0 and it <= self.schedule.max_iter - p // 2
+        # the final evaluation comes soon enough after the last half period; a period the time
+        # budget just re-planned may not evaluate again within half a period of the last one
+        return (
+            self.has_val
+            and p > 0
+            and it % p == 0
+            and it <= self.schedule.max_iter - p // 2
+            and it - self.last_eval_iteration >= p // 2
+        )
 
     def snapshot_checkpoint(self) -> None:
         """Take the checkpoint of this iteration; `flush_checkpoint` writes it once a later
@@ -111,6 +119,7 @@ class TrainingRun:
         )
 
     def evaluate(self, log: TrainingLog, batch_size: int) -> dict[str, float]:
+        self.last_eval_iteration = self.iteration
         return evaluate_during_training(
             self.cfg,
             self.model,
