@@ -135,14 +135,16 @@ def config_overrides(ablation: Ablation, seed: int, data: dict[str, str]) -> lis
     """The full `--set` list of a run: the budget, the data, the seed, then the ablation."""
     b = BUDGET[ablation.dataset]
     size = b.get("size")
-    sizes = [
-        f"data.min_size_train=[{size}]",
-        f"data.max_size_train={2 * size}",
-        f"data.min_size_test={size}",
-        f"data.max_size_test={2 * size}",
-    ]
+    sizes = []
+    if size:
+        sizes = [
+            f"data.min_size_train=[{size}]",
+            f"data.max_size_train={2 * size}",
+            f"data.min_size_test={size}",
+            f"data.max_size_test={2 * size}",
+        ]
     return [
-        *(sizes if size else []),
+        *sizes,
         f"solver.max_iter={b['iterations']}",
         f"solver.steps={b['lr_steps']}",
         f"solver.warmup_iters={b['warmup']}",
