@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "blendmask"
 LAYERS: list[tuple[str, ...]] = [
     ("__init__", "__main__", "cli"),
     ("engine", "export", "explain", "adapter"),
-    ("predictor", "factory", "checkpoint_io", "interop"),
+    ("predictor", "input_images", "factory", "checkpoint_io", "interop"),
     ("modeling", "data", "evaluation", "visualization"),
     ("config", "config_checks", "presets", "structures", "io", "atomic", "onnx_runtime"),
 ]
