@@ -3,8 +3,6 @@ shrink, a reserve for the final evaluation, and a run that ends on time whatever
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from blendmask.engine.budget import TimeBudget
@@ -154,8 +152,7 @@ def test_training_with_a_slow_start_uses_its_budget(tmp_path, shapes_dataset):
     """run_training under a 20 s budget whose first iterations are slowed down (0.6 s of
     sleep per batch): the first plans are short, later plans grow once the iterations speed up,
     and training stops close to the budget, not at the first plan's end (which is what
-    happened when a plan could only shrink). The evaluation period grows with the plan: one
-    fixed by the first (slow) plan evaluated a nuclei run every 18 of its 1,100 iterations."""
+    happened when a plan could only shrink)."""
     import time
 
     from blendmask.engine.loaders import build_train_dataset
@@ -168,9 +165,6 @@ def test_training_with_a_slow_start_uses_its_budget(tmp_path, shapes_dataset):
     cfg.data.train_images = str(shapes_dataset["train_images"])
     cfg.data.min_size_train, cfg.data.max_size_train = [64], 96
     cfg.solver.max_iter, cfg.solver.steps, cfg.solver.log_period = 100_000, [90_000], 5
-    cfg.data.val_json = str(shapes_dataset["val_json"])
-    cfg.data.val_images = str(shapes_dataset["val_images"])
-    cfg.solver.eval_period = 25_000  # 3 periodic evaluations and the final one
     start = time.perf_counter()
     budget = QuickBudget(20.0, start=start, reserve_final_eval=False)
     dataset = build_train_dataset(cfg)
@@ -184,7 +178,51 @@ def test_training_with_a_slow_start_uses_its_budget(tmp_path, shapes_dataset):
     assert max(budget.plans[1:]) > budget.plans[0]  # grew after the slow start
     assert 0.9 * 20 <= trained <= 1.1 * 20  # checkpoint + curves.png are the slack
     assert result.iteration > 10  # went on well past the slow iterations
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    evaluated = [r["iteration"] for r in records if r["type"] == "eval"]
-    assert 2 <= len(evaluated) <= 5, evaluated  # the first plan alone: one every few iterations
-    assert evaluated[-1] == result.iteration
+
+
+def test_evaluation_period_follows_every_plan():
+    """Each plan rescales the evaluation period to keep the configured number of evaluations
+    (3 periodic + the final one here): a period fixed by the first plan alone, made from slow
+    iterations on a loaded machine, evaluated a nuclei run every 18 of its 1,100 iterations
+    (30 s each). After a re-plan, no evaluation comes within half a period of the last one."""
+    from types import SimpleNamespace
+
+    from blendmask.engine.loop import plan_time_budget
+    from blendmask.engine.training_run import TrainingRun
+    from blendmask.presets import get_preset
+
+    class FixedPlans:
+        def __init__(self, plans: list[int]) -> None:
+            self.plans, self.planned, self.seconds = plans, False, 900.0
+
+        def plan(self, iteration, *, max_iter, eval_period):
+            self.planned = True
+            return min(self.plans.pop(0), max_iter), 1.0
+
+    cfg = get_preset("tiny")
+    cfg.solver.max_iter, cfg.solver.steps, cfg.solver.eval_period = 2000, [1500], 500
+    schedule = SimpleNamespace(max_iter=2000, steps=[1500])
+    schedule.replan = lambda new_max, iteration: setattr(schedule, "max_iter", new_max)
+    run = SimpleNamespace(
+        cfg=cfg, schedule=schedule, eval_period=500, iteration=20, has_val=True,
+        planned_shown=0, last_eval_iteration=0,
+    )  # fmt: skip
+    log = SimpleNamespace(
+        write=lambda text: None, progress=SimpleNamespace(set_total=lambda total: None)
+    )
+    budget = FixedPlans([72, 1100, 1108])
+    plan_time_budget(run, budget, log)  # slow start: 72 iterations
+    assert run.eval_period == 18
+    run.iteration = 40
+    plan_time_budget(run, budget, log)  # the machine is free again
+    assert run.eval_period == 275
+    due = [it for it in range(41, 1101) if _due(TrainingRun, run, it)]
+    assert due == [275, 550, 825]
+    run.iteration, run.last_eval_iteration = 275, 275
+    plan_time_budget(run, budget, log)  # a re-plan right after an evaluation: period 277
+    assert run.eval_period == 277 and not _due(TrainingRun, run, 277)
+
+
+def _due(cls, run, iteration: int) -> bool:
+    run.iteration = iteration
+    return cls.evaluation_due(run)
