@@ -58,9 +58,9 @@ def boxes_from_masks(masks: Tensor) -> Tensor:
 class RandomScaledCrop:
     """A square window of `crop_size` output pixels at a random position and a scale drawn
     uniformly from `scale_range` times the test-time scale (shortest side to `min_size_test`,
-    or `test_scale` when > 0; longest at most `max_size_test`). An image smaller than the window is taken whole along that
-    side (no padding). Boxes are the tight boxes of the cropped masks, so an instance cut by the
-    window gets the box of its visible part.
+    or `test_scale` when > 0; longest at most `max_size_test`). An image smaller than the
+    window is taken whole along that side (no padding). Boxes are the tight boxes of the
+    cropped masks, so an instance cut by the window gets the box of its visible part.
     """
 
     def __init__(
