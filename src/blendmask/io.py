@@ -111,3 +111,23 @@ def image_to_tensor(image: Image.Image) -> Tensor:
     """PIL RGB image -> Tensor[3, H, W] uint8 (the decoded values; `pad_images` makes them float)."""
     array = np.asarray(image, dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def load_annotated_image(path: Path, size: tuple[int, int], source: str) -> Tensor:
+    """The image a dataset record points to -> Tensor[3, H, W] uint8, checked against the
+    record's (width, height) `size` after EXIF orientation.
+
+    `source` names the record in errors (e.g. "image id 7 of train.json"), so a bad file in a
+    dataset of thousands is found without a debugger. One function for every dataset format,
+    so they fail with the same message.
+    """
+    try:
+        pil_image = load_image(path)
+    except (FileNotFoundError, ValueError) as e:
+        raise type(e)(f"{e} ({source})") from e
+    if pil_image.size != size:
+        raise ValueError(
+            f"image {path} is {pil_image.width}x{pil_image.height} (w x h, after EXIF "
+            f"orientation) but {source} says {size[0]}x{size[1]}"
+        )
+    return image_to_tensor(pil_image)

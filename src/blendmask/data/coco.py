@@ -43,7 +43,7 @@ from blendmask.data.coco_json import (
 )
 from blendmask.data.instance_masks import InstanceMasks
 from blendmask.data.segmentation import segmentation_to_rle
-from blendmask.io import image_to_tensor, load_image
+from blendmask.io import load_annotated_image
 from blendmask.structures import Target
 
 # detectron2's filter_empty_instances threshold for boxes.
@@ -250,16 +250,9 @@ class CocoDataset(Dataset):
         info = self._images[image_id]
         height, width = info["height"], info["width"]
         path = self.image_path(index)
-        try:
-            pil_image = load_image(path)
-        except (FileNotFoundError, ValueError) as e:
-            raise type(e)(f"{e} (image id {image_id} of {self.json_path})") from e
-        if pil_image.size != (width, height):
-            raise ValueError(
-                f"image {path} is {pil_image.width}x{pil_image.height} (w x h, after EXIF "
-                f"orientation) but image id {image_id} of {self.json_path} says {width}x{height}"
-            )
-        image = image_to_tensor(pil_image)
+        image = load_annotated_image(
+            path, (width, height), f"image id {image_id} of {self.json_path}"
+        )
 
         instances = [a for a in self._instances.get(image_id, []) if not a.iscrowd]
         if instances:

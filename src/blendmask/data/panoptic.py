@@ -28,7 +28,7 @@ from blendmask.data.panoptic_format import (
     load_panoptic_json,
     read_segment_ids,
 )
-from blendmask.io import image_to_tensor, load_image
+from blendmask.io import load_annotated_image
 from blendmask.structures import Target
 
 IGNORE_LABEL = 255  # sem_seg value of void and crowd pixels
@@ -213,14 +213,7 @@ class CocoPanopticDataset(Dataset):
         image_id = self.image_ids[index]
         height, width = self.image_size(index)
         path = self.image_path(index)
-        try:
-            pil_image = load_image(path)
-        except (FileNotFoundError, ValueError) as e:
-            raise type(e)(f"{e} (image id {image_id} of {self.json_path})") from e
-        if pil_image.size != (width, height):
-            raise ValueError(
-                f"image {path} is {pil_image.width}x{pil_image.height} (w x h) but image id "
-                f"{image_id} of {self.json_path} says {width}x{height}"
-            )
-        image = image_to_tensor(pil_image)
+        image = load_annotated_image(
+            path, (width, height), f"image id {image_id} of {self.json_path}"
+        )
         return image, self.targets_from_ids(self.segment_ids(index), image_id)
