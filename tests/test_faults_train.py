@@ -562,3 +562,23 @@ def test_settings_that_do_not_change_the_weights_may_differ(two_iterations):
     assert config_differences(saved, cfg) == []
     cfg.solver.momentum = 0.5
     assert config_differences(saved, cfg) == [("solver.momentum", 0.9, 0.5)]
+
+
+def test_test_size_is_free_on_resume_only_when_the_crops_do_not_read_it(two_iterations):
+    """`data.min_size_test` sets the scale of `RandomScaledCrop`'s crops, so with crops a
+    change alters the training data and must be refused; with the reference resize it only
+    changes the periodic evaluations."""
+    from blendmask.engine.resume import config_differences
+
+    saved = torch.load(two_iterations / "last.pt", weights_only=True)["config"]
+    assert saved["data"]["crop_size"] == 0
+    cfg = from_dict(saved)
+    cfg.data.min_size_test, cfg.data.max_size_test = 17, 33
+    assert config_differences(saved, cfg) == []
+    cropped = from_dict(saved)
+    cropped.data.crop_size = 64
+    saved_cropped = cropped.to_dict()
+    cropped.data.min_size_test = saved["data"]["min_size_test"] + 8
+    assert config_differences(saved_cropped, cropped) == [
+        ("data.min_size_test", saved["data"]["min_size_test"], cropped.data.min_size_test)
+    ]

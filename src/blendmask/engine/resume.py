@@ -37,13 +37,14 @@ FREE_KEYS = frozenset(
         "data.num_workers",  # batches are a pure function of (seed, rank, iteration)
         "data.val_json",
         "data.val_images",
-        "data.min_size_test",
-        "data.max_size_test",
         "solver.checkpoint_period",
         "solver.eval_period",
         "solver.log_period",
     }
 )
+# Free too unless the run trains on crops, whose scale is relative to the test-time size
+# (data/augment.py RandomScaledCrop).
+TEST_SIZE_KEYS = frozenset({"data.min_size_test", "data.max_size_test"})
 # File names: the same file spelt differently (relative / absolute) is no change.
 PATH_KEYS = frozenset({"data.train_json", "data.train_images", "model.backbone.weights"})
 NEW_SETTINGS_FLAG = "--resume-with-new-settings"
@@ -64,10 +65,12 @@ def config_differences(saved: dict[str, Any], cfg: Config) -> list[tuple[str, An
     """(key, value in the checkpoint, value now) for each setting that differs and matters."""
     old = flatten_dict(from_dict(saved).to_dict())  # fills keys added since with their defaults
     new = flatten_dict(cfg.to_dict())
+    crops = bool(old.get("data.crop_size")) or bool(new.get("data.crop_size"))
+    free = FREE_KEYS if crops else FREE_KEYS | TEST_SIZE_KEYS
     diffs = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
-        if key in FREE_KEYS or a == b or (key in PATH_KEYS and _same_path(a, b)):
+        if key in free or a == b or (key in PATH_KEYS and _same_path(a, b)):
             continue
         diffs.append((key, a, b))
     return diffs
