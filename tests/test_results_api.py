@@ -369,3 +369,24 @@ def test_format_tables_and_category_subsets(shapes_dataset):
     assert lines[-1].split() == ["circle", "25.00", "-1"]
     with pytest.raises(ValueError, match="category ids"):
         run_coco_eval(shapes_dataset["val_json"], [], category_ids=[99])
+
+
+@pytest.mark.parametrize("flag, counted", [((), 100), (("--max-det", "150"), 150)])
+def test_eval_counts_the_detections_max_det_asks_for(
+    model_file, shapes_dataset, tmp_path, monkeypatch, flag, counted
+):
+    """COCOeval counts COCO's 100 detections per image unless `--max-det` asks the model for
+    another number; then it counts those (`test_evaluation` checks that the count changes AP
+    on an image with 150 objects)."""
+    from blendmask.engine import evaluate
+
+    seen = []
+
+    class Spy(evaluate.COCOEvaluator):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen.append(self.max_detections)
+
+    monkeypatch.setattr(evaluate, "COCOEvaluator", Spy)
+    assert main(eval_args(model_file, shapes_dataset, tmp_path / "ev", *flag)) == 0
+    assert seen == [counted]

@@ -49,7 +49,8 @@ def add_postprocess_arguments(parser: argparse.ArgumentParser, conf: float | Non
         dest="max_det",
         type=positive_int,
         default=None,
-        help="detections per image after NMS (default: the model's, 100)",
+        help="detections per image after NMS (default: the model's, 100); in eval also "
+        "the maxDets COCO counts (default 100)",
     )
     parser.add_argument(
         "--classes",

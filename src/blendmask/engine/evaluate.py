@@ -77,8 +77,9 @@ def evaluate_model(
 
     Knobs as `Predictor`'s, except that `score_threshold` defaults to None: every detection
     the model gives counts (AP needs the low scores). `classes` (names or 0-based labels)
-    also restricts the AP to those categories. `per_category`: add "per_category" ({name:
-    {"bbox_AP", "segm_AP"}}) to the metrics.
+    also restricts the AP to those categories. `max_detections` is also COCOeval's largest
+    maxDets (default: COCO's 100, whatever the model keeps). `per_category`: add
+    "per_category" ({name: {"bbox_AP", "segm_AP"}}) to the metrics.
     """
     start = time.perf_counter()
     # Evaluate in the layout training uses: a model fresh from training and the same weights
@@ -111,6 +112,9 @@ def evaluate_model(
     evaluator = COCOEvaluator(
         dataset.coco,
         label_to_category_id,
+        # COCO counts 100 detections per image; a caller who asks the model for more (or
+        # fewer) wants exactly those counted.
+        max_detections=100 if max_detections is None else max_detections,
         category_ids=None if labels is None else [label_to_category_id[k] for k in labels],
     )
     error = _predict_shard(
