@@ -27,7 +27,6 @@ import argparse
 import json
 import logging
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ablations_measure import TIMED_IMAGES, TOP_PER_IMAGE, measure_specificity, time_per_image  # noqa: E402
 from ablations_store import RESULTS, add_record, claim, locked, read_results, write_results  # noqa: E402
 from common import REPO, machine_info  # noqa: E402
 
@@ -60,7 +60,7 @@ BUDGET = {
         "lr_steps": [240],
         "warmup": 20,
     },
-    # Nuclei keep the preset's scale (test 768, 384 px training crops): at 1x a nucleus covers
+    # Nuclei keep the preset's scale (every image 3x, 384 px training crops): at 1x a nucleus covers
     # one or two stride-8 locations and every configuration's AP is noise.
     "nuclei": {
         "preset": "nuclei_R_18",
@@ -71,9 +71,6 @@ BUDGET = {
         "warmup": 20,
     },
 }
-SCORE_THRESHOLD = 0.3  # detections compared by the specificity measure (the Predictor default)
-TOP_PER_IMAGE = {"shapes": 10, "nuclei": 20}
-TIMED_IMAGES = 10  # time per image: median over the first val images (the CPU is shared)
 
 
 @dataclass(frozen=True)
@@ -110,6 +107,7 @@ def ablations() -> list[Ablation]:
     The baseline `base` is the shapes_R_18 blender: K = 4, M = 7, R = 28, bilinear top
     interpolation, RoIAlign bottom pooling. `M1_R28` (one scalar per base) is YOLACT's
     weighted sum of Table 1. K = 1 uses a sigmoid on both sides (blender.py), as in the paper.
+    `K16` and `fcis_learned` are not in the paper: they take the assembler apart.
     """
     shapes = [
         Ablation("shapes", "base"),
@@ -128,12 +126,21 @@ def ablations() -> list[Ablation]:
         Ablation("shapes", "top_nearest", ("model.blender.top_interp=nearest",)),
         Ablation("shapes", "pool_nearest", ("model.blender.pooler_type=ROIPool",)),
     ]
-    return shapes + nuclei + grid + bases + interp
+    # FCIS minus one thing at a time (Table 1's assembler beat the blender on shapes): the
+    # blender with the assembler's 16 bases, and the assembler with learned attention.
+    fcis_parts = [
+        Ablation("shapes", "K16", ("model.basis_module.num_bases=16",)),
+        Ablation("shapes", "fcis_learned", tuple(o for o in FCIS if "fixed_onehot" not in o)),
+    ]
+    return shapes + nuclei + grid + bases + interp + fcis_parts
 
 
-def config_overrides(ablation: Ablation, seed: int, data: dict[str, str]) -> list[str]:
-    """The full `--set` list of a run: the budget, the data, the seed, then the ablation."""
-    b = BUDGET[ablation.dataset]
+def config_overrides(
+    ablation: Ablation, seed: int, data: dict[str, str], budget: dict[str, Any] | None = None
+) -> list[str]:
+    """The full `--set` list of a run: the budget (default `BUDGET[dataset]`), the data, the
+    seed, then the ablation."""
+    b = BUDGET[ablation.dataset] if budget is None else budget
     size = b.get("size")
     sizes = []
     if size:
@@ -189,8 +196,11 @@ def train_command(ablation: Ablation, overrides: list[str], out: Path) -> str:
     return f"blendmask train --preset {BUDGET[ablation.dataset]['preset']} {sets} --out {out}"
 
 
-def run_one(ablation: Ablation, seed: int) -> dict[str, Any]:
-    """Train, evaluate, time and measure one (configuration, seed); returns its record."""
+def run_one(
+    ablation: Ablation, seed: int, budget: dict[str, Any] | None = None, work: Path = WORK
+) -> dict[str, Any]:
+    """Train, evaluate, time and measure one (configuration, seed) under `budget` (default
+    `BUDGET[dataset]`) in `work`/dataset/name/seedN; returns its record."""
     from blendmask.data.coco import CocoDataset
     from blendmask.engine.loaders import build_train_dataset
     from blendmask.engine.loop import run_training
@@ -199,8 +209,8 @@ def run_one(ablation: Ablation, seed: int) -> dict[str, Any]:
     from blendmask.presets import load_config
 
     data = dataset_paths(ablation.dataset)
-    overrides = config_overrides(ablation, seed, data)
-    out = WORK / ablation.dataset / ablation.name / f"seed{seed}"
+    overrides = config_overrides(ablation, seed, data, budget)
+    out = work / ablation.dataset / ablation.name / f"seed{seed}"
     cfg = load_config(BUDGET[ablation.dataset]["preset"], None, overrides)
     dataset = build_train_dataset(cfg)
     cfg = resolve_dataset_classes(cfg, dataset, quiet=True)
@@ -223,45 +233,6 @@ def run_one(ablation: Ablation, seed: int) -> dict[str, Any]:
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-
-
-def time_per_image(
-    predictor: Any, images: list[torch.Tensor], clock: Any = time.process_time
-) -> float:
-    """Median seconds of one `predict_tensors` call (resize, network, post-processing,
-    pasting) over the images, after one untimed warm-up call. The default clock is this
-    process's CPU time: with one thread it is the compute cost, and unlike wall time it does
-    not grow when other jobs take the shared cores."""
-    predictor.predict_tensors([images[0]])
-    times = []
-    for image in images:
-        start = clock()
-        predictor.predict_tensors([image])
-        times.append(clock() - start)
-    return statistics.median(times)
-
-
-def measure_specificity(predictor: Any, images: list[torch.Tensor], top: int) -> dict[str, Any]:
-    """`attention_specificity` of the best `top` detections (score >= SCORE_THRESHOLD) of
-    every image, with the blender's own normalised attentions (`explain_image`)."""
-    from blendmask.evaluation.attention import attention_specificity
-    from blendmask.explain import explain_image
-    from blendmask.predictor import Predictor
-
-    # A Predictor that keeps only the compared detections, so that explain_image pastes no more.
-    predictor = Predictor(
-        predictor.cfg,
-        predictor.model,
-        predictor.postprocessor,
-        predictor.device,
-        score_threshold=SCORE_THRESHOLD,
-        max_detections=top,
-    )
-    weights = [
-        explain_image(predictor, image, top=top, score_threshold=SCORE_THRESHOLD).attention_weights
-        for image in images
-    ]
-    return attention_specificity(weights).to_dict()
 
 
 # --- bookkeeping: the results json, claims, workers ----------------------------------------------

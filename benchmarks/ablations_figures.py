@@ -21,14 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from ablations import (
-    TIMED_IMAGES,
-    TOP_PER_IMAGE,
-    WORK,
-    dataset_paths,
-    measure_specificity,
-    time_per_image,
-)
+from ablations import WORK, dataset_paths
+from ablations_measure import TIMED_IMAGES, TOP_PER_IMAGE, measure_specificity, time_per_image
 from ablations_report import by_config, mean_sd
 from ablations_store import RESULTS, locked, read_results, write_results
 from common import REPO

@@ -70,6 +70,15 @@ TABLES: list[tuple[str, list[tuple[str, str]]]] = [
         "Table 6 (shapes): bottom pooling (bases -> R x R)",
         [("nearest (RoIPool-like)", "shapes/pool_nearest"), ("bilinear (RoIAlign)", "shapes/base")],
     ),
+    (
+        "Not in the paper (shapes): the assembler taken apart, one change per row",
+        [
+            ("blender (K = 4, M = 7, bilinear, learned)", "shapes/base"),
+            ("blender with 16 bases (K = 16, M = 7, bilinear, learned)", "shapes/K16"),
+            ("assembler with learned attention (K = 16, M = 4, nearest)", "shapes/fcis_learned"),
+            ("assembler (K = 16, M = 4, nearest, fixed one-hot)", "shapes/fcis"),
+        ],
+    ),
 ]
 
 

@@ -14,6 +14,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import ablations  # noqa: E402
+import ablations_longer  # noqa: E402
 import ablations_report  # noqa: E402
 
 from blendmask.presets import load_config  # noqa: E402
@@ -47,6 +48,9 @@ def test_every_configuration_is_a_valid_config(ablation: ablations.Ablation) -> 
         assert m.blender.fixed_onehot_attention and m.basis_module.num_bases == 16
         assert m.blender.attn_size**2 == m.basis_module.num_bases
         assert m.blender.top_interp == "nearest"
+    elif ablation.name == "fcis_learned":  # the assembler with learned attention
+        assert not m.blender.fixed_onehot_attention and m.basis_module.num_bases == 16
+        assert (m.blender.attn_size, m.blender.top_interp) == (4, "nearest")
     elif ablation.name.startswith("M"):
         mm, rr = ablation.name[1:].split("_R")
         assert (m.blender.attn_size, m.blender.bottom_resolution) == (int(mm), int(rr))
@@ -106,3 +110,25 @@ def test_report_mean_and_spread() -> None:
     assert "| 10.0 |" in ws and "±" not in ws and ws.endswith("| 1 |")  # one seed, no spread
     fcis = next(line for line in text.splitlines() if line.startswith("| assembler"))
     assert "not run" in fcis
+
+
+def test_longer_schedule_scales_only_the_iterations() -> None:
+    """ablations_longer.py: `factor` times the iterations with the lr step at the same
+    fraction of the run; batch, learning rate, warm-up and data as the tables' budget, and
+    every configuration it trains is one of the tables'."""
+    short, longer = ablations.BUDGET["shapes"], ablations_longer.longer_budget(4)
+    assert longer["iterations"] == 4 * short["iterations"] == 1200
+    assert [s / longer["iterations"] for s in longer["lr_steps"]] == [
+        s / short["iterations"] for s in short["lr_steps"]
+    ]
+    same = {k: v for k, v in longer.items() if k not in ("iterations", "lr_steps")}
+    assert same == {k: v for k, v in short.items() if k not in ("iterations", "lr_steps")}
+    assert short["iterations"] == 300  # longer_budget copied, not changed, the budget
+    names = {a.name for a in ablations.ablations() if a.dataset == "shapes"}
+    assert set(ablations_longer.NAMES) <= names
+    cfg = load_config(
+        "shapes_R_18",
+        None,
+        ablations.config_overrides(ablations.Ablation("shapes", "base"), 0, DATA, longer),
+    )
+    assert (cfg.solver.max_iter, list(cfg.solver.steps)) == (1200, [960])
