@@ -5,9 +5,10 @@ step moves with them; warm-up, batch and learning rate stay), each run exactly a
 `ablations.py` runs it (`run_one`: train, COCO eval, CPU time, attention specificity).
 
 Writes benchmarks/results/ablations_longer.json (resumable: a recorded run is not trained
-again) and prints mask AP at 1x (from ablations.json) beside the longer schedule.
+again) and prints each configuration's row of docs/ablations.md's tables at the tables' budget
+(from ablations.json) and at the longer schedule.
 
-    python benchmarks/ablations_longer.py --factor 4 --seeds 0 --jobs 2
+    python benchmarks/ablations_longer.py --factor 4 --seeds 0 1 --jobs 2
 """
 
 from __future__ import annotations
