@@ -109,14 +109,7 @@ def evaluate_model(
         max_detections=max_detections,
         classes=labels,
     )
-    evaluator = COCOEvaluator(
-        dataset.coco,
-        label_to_category_id,
-        # COCO counts 100 detections per image; a caller who asks the model for more (or
-        # fewer) wants exactly those counted.
-        max_detections=100 if max_detections is None else max_detections,
-        category_ids=None if labels is None else [label_to_category_id[k] for k in labels],
-    )
+    evaluator = _coco_evaluator(dataset, label_to_category_id, labels, max_detections)
     error = _predict_shard(
         predictor, _EvalImages(dataset, indices), evaluator, batch_size, num_workers, info
     )
@@ -126,6 +119,22 @@ def evaluate_model(
     metrics["images"] = len(dataset)
     metrics["seconds"] = round(time.perf_counter() - start, 2)
     return metrics
+
+
+def _coco_evaluator(
+    dataset: CocoDataset,
+    label_to_category_id: list[int],
+    labels: list[int] | None,
+    max_detections: int | None,
+) -> COCOEvaluator:
+    """The evaluator of `evaluate_model`: AP over `labels` (None: all), counting COCO's 100
+    detections per image unless the caller asked the model for another number."""
+    return COCOEvaluator(
+        dataset.coco,
+        label_to_category_id,
+        max_detections=100 if max_detections is None else max_detections,
+        category_ids=None if labels is None else [label_to_category_id[k] for k in labels],
+    )
 
 
 def _predict_shard(
