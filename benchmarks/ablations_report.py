@@ -143,9 +143,10 @@ def specificity_table(groups: dict[str, list[dict]]) -> list[str]:
 def demo_row(demo: dict[str, Any]) -> list[str]:
     """The demo model's specificity row and a line with its AP on the same val set."""
     s, m = demo["specificity"], demo["metrics"]
+    ratio = "-" if s["ratio"] is None else f"{s['ratio']:.2f}"
     row = (
         f"| demo model ({demo['model']}) | {s['within']:.3f} | {s['across']:.3f} | "
-        f"{s['ratio']:.2f} | {s['spatial']:.2f} | {s['detections']} |"
+        f"{ratio} | {s['spatial']:.2f} | {s['detections']} |"
     )
     note = (
         f"The demo model (K = {demo['config']['num_bases']}, M = {demo['config']['attn_size']}, "

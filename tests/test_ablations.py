@@ -4,6 +4,7 @@ are computed from the records (checked against numbers worked out here)."""
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ sys.path.insert(0, str(BENCH))
 import ablations  # noqa: E402
 import ablations_longer  # noqa: E402
 import ablations_report  # noqa: E402
+import ablations_store  # noqa: E402
 
 from blendmask.presets import load_config  # noqa: E402
 
@@ -110,6 +112,27 @@ def test_report_mean_and_spread() -> None:
     assert "| 10.0 |" in ws and "±" not in ws and ws.endswith("| 1 |")  # one seed, no spread
     fcis = next(line for line in text.splitlines() if line.startswith("| assembler"))
     assert "not run" in fcis
+
+
+def test_results_are_standard_json_with_undefined_ratios_as_null() -> None:
+    """The assembler's maps are all identical, so its specificity ratio is 0 / 0: stored as
+    null (Python's NaN is not JSON), shown as "-" in the tables, and not averaged in."""
+    fcis = _record("fcis", 0, 0.5, 9.0)
+    fcis["specificity"] = {**fcis["specificity"], "within": 0.0, "across": 0.0}
+    fcis["specificity"]["ratio"] = math.nan
+    results = {"runs": {"f0": fcis, "b0": _record("base", 0, 0.2, 10.0)}}
+    text = ablations_store.to_json(results)
+    assert "NaN" not in text
+    stored = json.loads(text)
+    assert stored["runs"]["f0"]["specificity"]["ratio"] is None
+    assert stored["runs"]["b0"]["metrics"] == results["runs"]["b0"]["metrics"]
+    table = ablations_report.report_markdown(stored)
+    row = next(line for line in table.splitlines() if line.startswith("| shapes/fcis"))
+    assert row.split("|")[4].strip() == "-"
+    demo = {"model": "m.pt", "specificity": stored["runs"]["f0"]["specificity"]}
+    demo |= {"metrics": fcis["metrics"], "cpu_ms_per_image": 9.0}
+    demo["config"] = {"num_bases": 16, "attn_size": 4, "bottom_resolution": 28}
+    assert "| - |" in ablations_report.demo_row(demo)[0]
 
 
 def test_longer_schedule_scales_only_the_iterations() -> None:
