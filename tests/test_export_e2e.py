@@ -274,6 +274,8 @@ def test_export_cli_end_to_end_and_predict_onnx(tmp_path: Path, capsys) -> None:
 
 
 def test_export_cli_refuses_training_settings_and_deformable(tmp_path: Path) -> None:
+    import onnx
+
     from blendmask.cli import main
     from blendmask.factory import build
     from blendmask.presets import get_preset
@@ -283,6 +285,12 @@ def test_export_cli_refuses_training_settings_and_deformable(tmp_path: Path) -> 
     save_model_file(weights, cfg, model)
     code = main(["export", "--weights", str(weights), "--set", "model.fpn.out_channels=8"])
     assert code == 2
+    # an inference setting is taken, and travels in the file's metadata
+    out = tmp_path / "scaled.onnx"
+    args = ["export", "--weights", str(weights), "--out", str(out), "--no-check"]
+    assert main([*args, "--set", "data.test_scale=2"]) == 0
+    meta = {e.key: e.value for e in onnx.load(str(out)).metadata_props}
+    assert json.loads(meta["blendmask_end_to_end"])["scale"] == 2.0
     cfg = get_preset("tiny")
     cfg.model.backbone.name = "resnet50"
     cfg.model.backbone.deform_interval = 3

@@ -16,22 +16,9 @@ import numpy as np
 import torch
 
 from blendmask.checkpoint_io import load_model_file
-from blendmask.config import ConfigError, apply_overrides
 from blendmask.export.onnx import SIZE_DIVISIBILITY, check_onnx, default_export_size, export_onnx
 from blendmask.io import resolve_device
-
-# The settings --set may change: they act after the network (or on its input size), so the
-# weights still fit.
-TEST_TIME_KEYS = (
-    "data.min_size_test",
-    "data.max_size_test",
-    "data.test_scale",
-    "model.fcos.inference_th_test",
-    "model.fcos.pre_nms_topk_test",
-    "model.fcos.post_nms_topk_test",
-    "model.fcos.nms_th",
-    "model.fcos.thresh_with_ctr",
-)
+from blendmask.predictor import INFERENCE_KEYS, inference_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="change a test-time setting before exporting: " + ", ".join(TEST_TIME_KEYS),
+        help="change a test-time setting before exporting: " + ", ".join(INFERENCE_KEYS),
     )
     parser.add_argument(
         "--check-images",
@@ -83,13 +70,8 @@ def _load(args: argparse.Namespace):
     device = resolve_device(args.device)
     cfg, model, _, post = load_model_file(args.weights, device)
     if args.overrides:
-        for item in args.overrides:
-            if item.split("=", 1)[0].strip() not in TEST_TIME_KEYS:
-                raise ConfigError(
-                    f"export --set {item}: only test-time settings can change after training "
-                    f"({', '.join(TEST_TIME_KEYS)})"
-                )
-        cfg = apply_overrides(cfg, list(args.overrides)).validate()
+        # only the settings that act after the network (or on its input size): the weights fit
+        cfg = inference_config(cfg, args.overrides)
         post = build_postprocessor(cfg).eval().to(device)
     return cfg, model, post
 
