@@ -6,33 +6,16 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from common import REPO
+from common import REPO, json_text
 
 from blendmask.atomic import atomic_write
 
 RESULTS = REPO / "benchmarks" / "results" / "ablations.json"
-
-
-def to_json(results: dict[str, Any]) -> str:
-    """The results as standard JSON: an undefined value (the specificity ratio of maps that
-    are all identical, 0 / 0) is null, not Python's NaN, which JSON parsers refuse."""
-
-    def finite(value: Any) -> Any:
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: finite(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [finite(v) for v in value]
-        return value
-
-    return json.dumps(finite(results), indent=1, allow_nan=False) + "\n"
 
 
 def read_results(path: Path = RESULTS) -> dict[str, Any]:
@@ -62,8 +45,7 @@ def add_record(
         results.setdefault("runs", {})[key] = record
         results["budget"] = budget
         results["runs"] = dict(sorted(results["runs"].items()))
-        text = to_json(results)
-        atomic_write(path, lambda f: f.write(text.encode()))
+        write_results(results, path)
 
 
 def claim(folder: Path) -> bool:
@@ -91,5 +73,6 @@ def claim(folder: Path) -> bool:
 
 def write_results(results: dict[str, Any], path: Path = RESULTS) -> None:
     """Write the whole json (call inside `locked(path)`)."""
-    text = to_json(results)
+    # indent 1, keys in insertion order: the layout the results files have always had
+    text = json_text(results, indent=1, sort_keys=False)
     atomic_write(path, lambda f: f.write(text.encode()))

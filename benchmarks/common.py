@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import platform
 import statistics
@@ -271,13 +272,30 @@ def box_stats(boxes: Tensor) -> dict[str, float]:
 # --- output --------------------------------------------------------------------------------------
 
 
+def json_text(data: dict[str, Any], *, indent: int = 2, sort_keys: bool = True) -> str:
+    """`data` as standard JSON text: an undefined float (NaN, e.g. a 0 / 0 ratio, or an
+    infinity) becomes null, not Python's NaN, which JSON parsers refuse."""
+
+    def finite(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(v) for v in value]
+        return value
+
+    return json.dumps(finite(data), indent=indent, sort_keys=sort_keys, allow_nan=False) + "\n"
+
+
 def write_json(path: str | Path | None, data: dict[str, Any]) -> None:
-    """Write `data` (pretty, sorted keys) to `path`, creating folders; nothing for None."""
+    """Write `data` (`json_text`: pretty, sorted keys) to `path`, creating folders; nothing
+    for None."""
     if path is None:
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    path.write_text(json_text(data), encoding="utf-8")
 
 
 def ratio(a: float, b: float) -> float | None:

@@ -17,7 +17,7 @@ sys.path.insert(0, str(BENCH))
 import ablations  # noqa: E402
 import ablations_longer  # noqa: E402
 import ablations_report  # noqa: E402
-import ablations_store  # noqa: E402
+import common  # noqa: E402
 
 from blendmask.presets import load_config  # noqa: E402
 
@@ -121,7 +121,7 @@ def test_results_are_standard_json_with_undefined_ratios_as_null() -> None:
     fcis["specificity"] = {**fcis["specificity"], "within": 0.0, "across": 0.0}
     fcis["specificity"]["ratio"] = math.nan
     results = {"runs": {"f0": fcis, "b0": _record("base", 0, 0.2, 10.0)}}
-    text = ablations_store.to_json(results)
+    text = common.json_text(results, indent=1, sort_keys=False)
     assert "NaN" not in text
     stored = json.loads(text)
     assert stored["runs"]["f0"]["specificity"]["ratio"] is None
