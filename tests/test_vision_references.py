@@ -10,7 +10,6 @@ the folder named by $BLENDMASK_TV_REFERENCES, else third_party/vision_references
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import sys
 from collections.abc import Iterator
@@ -18,28 +17,20 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
-from pycocotools import mask as mask_util
+from self_ground_truth import SIZE, write_ground_truth, write_model
 from torchvision.models.detection import KeypointRCNN, MaskRCNN
 from torchvision.transforms import functional as F
 
 from blendmask import TorchvisionDetector
-from blendmask.checkpoint_io import save_model_file
 from blendmask.engine.evaluate import evaluate_model_file
-from blendmask.factory import build
-from blendmask.predictor import Predictor
-from blendmask.presets import get_preset
 
 REFERENCES_ENV = "BLENDMASK_TV_REFERENCES"
 CHECKOUT = Path(__file__).resolve().parents[1] / "third_party" / "vision_references"
 NEEDED = ("engine.py", "coco_eval.py", "coco_utils.py", "utils.py")
 # Top-level module names the references use; set aside while they are imported.
 MODULE_NAMES = ("engine", "coco_eval", "coco_utils", "utils", "transforms", "presets")
-NAMES = ["circle", "rectangle", "triangle", "star"]
-SIZE = 64  # images and the model's test size: no resize, so uint8 and float inputs agree
 
 
 @pytest.fixture(scope="module")
@@ -62,64 +53,7 @@ def references() -> Iterator[dict[str, ModuleType]]:
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random tiny model.pt (4 classes, category ids 1-4) that detects on any image."""
-    torch.manual_seed(0)
-    cfg = get_preset("tiny")
-    cfg.model.fcos.num_classes = 4
-    cfg.model.fcos.inference_th_test = 0.0
-    cfg.data.category_names = list(NAMES)
-    cfg.data.category_ids = [1, 2, 3, 4]
-    cfg.data.min_size_test = cfg.data.max_size_test = SIZE
-    cfg = cfg.validate()
-    model, _, _ = build(cfg, load_pretrained=False)
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    save_model_file(path, cfg, model)
-    return path
-
-
-def write_ground_truth(model_file: Path, folder: Path, image_ids: list[int]) -> Path:
-    """Images of noise and a COCO json whose objects are the model's own 3 best masks per
-    image (uncompressed RLE, which the references' `ConvertCocoPolysToMask` reads): AP well
-    above 0, so a score of the wrong images or of boxes only shows."""
-    folder.mkdir()
-    predictor = Predictor.from_checkpoint(model_file, device="cpu", score_threshold=None)
-    images, annotations = [], []
-    for k, image_id in enumerate(image_ids):
-        pixels = np.random.default_rng(k).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / f"im{k}.png")
-        images.append({"id": image_id, "file_name": f"im{k}.png", "height": SIZE, "width": SIZE})
-        det = predictor.predict_tensors([pixels])[0]
-        masks = det.masks.numpy()
-        for d in [d for d in range(len(det)) if masks[d].any()][:3]:
-            rle = mask_util.encode(np.asfortranarray(masks[d].astype(np.uint8)))
-            counts = decompressed_counts(masks[d])
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": int(det.labels[d]) + 1,
-                    "segmentation": {"size": [SIZE, SIZE], "counts": counts},
-                    "bbox": mask_util.toBbox(rle).tolist(),
-                    "area": float(mask_util.area(rle)),
-                    "iscrowd": 0,
-                }
-            )
-    categories = [{"id": k + 1, "name": name} for k, name in enumerate(NAMES)]
-    path = folder / "gt.json"
-    path.write_text(
-        json.dumps({"images": images, "annotations": annotations, "categories": categories})
-    )
-    return path
-
-
-def decompressed_counts(mask: np.ndarray) -> list[int]:
-    """COCO's uncompressed RLE of a bool [H, W] mask: run lengths in column-major order,
-    starting with background."""
-    flat = mask.T.reshape(-1).astype(np.int8)
-    changes = np.flatnonzero(np.diff(flat)) + 1
-    bounds = np.concatenate([[0], changes, [flat.size]])
-    runs = np.diff(bounds).tolist()
-    return runs if flat[0] == 0 else [0, *runs]
+    return write_model(tmp_path_factory.mktemp("model") / "model.pt")
 
 
 def test_is_a_mask_rcnn_for_isinstance_without_its_modules(model_file):
