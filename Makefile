@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench gpu-check lint clean
+.PHONY: venv demo test bench gpu-check lint clean vision-references
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ bench: $(STAMP)
 # The CUDA paths on a CUDA machine, under 8 minutes (benchmarks/gpu_check.sh).
 gpu-check: $(STAMP)
 	PYTHON=$(BIN)/python bash benchmarks/gpu_check.sh
+
+# torchvision's references/detection for tests/test_vision_references.py (else it skips), copied
+# into the git-ignored third_party/vision_references/: make vision-references VISION=../vision
+# (a pytorch/vision checkout, or a bare git directory of it).
+vision-references:
+	bash tests/get_vision_references.sh "$(VISION)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -6,6 +6,10 @@ labels are 1-based, images float RGB in [0, 1] (uint8 raises torchvision's TypeE
 being read as 255x too bright), targets checked before anything runs, and masks returned as
 probabilities float[D, 1, H, W]. Images go through the one preprocessing path
 (`data/preprocess.py`) and `predictor.infer`.
+
+`TorchvisionDetector` subclasses `MaskRCNN` without running its constructor: loops that pick
+their work by `isinstance(model, MaskRCNN)` treat it as an instance-mask model (references/
+detection's `evaluate` scores `segm` only then), while none of Mask R-CNN's modules is built.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torchvision.models.detection import MaskRCNN
 
 from blendmask.checkpoint_io import load_model_file, save_model_file
 from blendmask.config import Config
@@ -38,8 +43,13 @@ __all__ = ["TargetError", "TorchvisionDetector"]
 logger = logging.getLogger(__name__)
 
 
-class TorchvisionDetector(nn.Module):
+class TorchvisionDetector(MaskRCNN):
     """BlendMask behind `torchvision.models.detection.maskrcnn_resnet50_fpn`'s interface.
+
+    An instance of `MaskRCNN` for `isinstance` (so torchvision's references/detection
+    `evaluate` scores masks as well as boxes), but an `nn.Module` holding BlendMask only:
+    `model`, `criterion`, `postprocessor`; Mask R-CNN's `backbone`, `rpn`, `roi_heads` and
+    `transform` do not exist here.
 
     `model(images)` (eval) -> one dict per image: "boxes" float[D, 4] xyxy, "labels" int64[D]
     in 1..num_classes-1, "scores" float[D], "masks" float[D, 1, H, W] probabilities in [0, 1]
@@ -85,7 +95,9 @@ class TorchvisionDetector(nn.Module):
         min_size: int | Sequence[int] | None = None,
         max_size: int | None = None,
     ) -> None:
-        super().__init__()
+        # nn.Module's constructor, not MaskRCNN's: that one builds Mask R-CNN's backbone and
+        # heads, which this module replaces; only the class relation is wanted.
+        nn.Module.__init__(self)
         if weights is not None and (weights_backbone is not None or config is not None):
             raise ValueError(
                 "TorchvisionDetector: weights (a model file) holds the whole model; give "

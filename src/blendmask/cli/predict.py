@@ -1,8 +1,9 @@
 """predict on images, folders, lists of paths and videos
 
 Streams OUT/predictions.jsonl (one record per image, RLE masks), OUT/overlays/, OUT/videos/ and
-with --coco OUT/results.json (`engine.predict.predict_images`); a rerun with the same --out
-resumes where the last one stopped. Images that cannot be read are skipped and listed in
+with --coco OUT/results.json (`engine.predict.predict_images`; with --json GT, image ids are
+GT's, so `eval --results` scores it); a rerun with the same --out resumes where the last one
+stopped. Images that cannot be read are skipped and listed in
 OUT/errors.jsonl (exit 0, the summary line counts them); --strict stops at the first one
 instead (exit 2). Post-processing flags (`add_postprocess_arguments`, shared with `eval`):
 --conf, --iou, --max-det, --classes, --set. Under torchrun the images are split across ranks.
@@ -112,6 +113,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--coco", action="store_true", help="also write OUT/results.json (COCO results format)"
     )
     parser.add_argument(
+        "--json",
+        dest="gt_json",
+        default=None,
+        metavar="GT",
+        help="ground-truth COCO json of the images: records and results.json take its image "
+        "ids (matched by file_name), for `eval --results` (default: ids given once per file)",
+    )
+    parser.add_argument(
         "--save-masks",
         choices=MASK_MODES,
         default=None,
@@ -156,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
         save_masks=args.save_masks,
         overlays=not args.no_overlays,
         strict=args.strict,
+        gt_json=args.gt_json,
     )
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
         print(summary_line(summary))
@@ -164,7 +174,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_panoptic(args: argparse.Namespace) -> int:
     """A panoptic model: OUT/panoptic/*.png, OUT/panoptic.json, OUT/overlays/*.png."""
-    unused = [f for f, v in (("--coco", args.coco), ("--save-masks", args.save_masks)) if v]
+    flags = (("--coco", args.coco), ("--save-masks", args.save_masks), ("--json", args.gt_json))
+    unused = [f for f, v in flags if v]
     if unused:
         raise ValueError(f"predict: {', '.join(unused)} are for instance models, not panoptic")
     summary = predict_panoptic_images(

@@ -41,6 +41,7 @@ from blendmask.engine import distributed as dist_utils
 from blendmask.engine.distributed import DistInfo
 from blendmask.engine.loaders import worker_init
 from blendmask.engine.output_lock import LOCK_NAME, OutputLock
+from blendmask.engine.predict_ids import image_ids
 from blendmask.engine.predict_outputs import MASK_MODES, OutputSpec
 from blendmask.engine.predict_stream import (
     ERRORS,
@@ -49,10 +50,9 @@ from blendmask.engine.predict_stream import (
     ImageFiles,
     JsonLinesWriter,
     done_keys,
-    merge_parts,
+    finish_outputs,
     part_files,
     part_path,
-    write_coco_results,
 )
 from blendmask.engine.video import predict_videos, video_done
 from blendmask.io import resolve_device
@@ -83,6 +83,7 @@ def predict_images(
     resume: bool = True,
     coco: bool = False,
     save_masks: str | None = None,
+    gt_json: str | Path | None = None,
 ) -> dict[str, Any]:
     """`blendmask predict --weights W SOURCE... --out DIR` (see the module docstring).
 
@@ -95,6 +96,9 @@ def predict_images(
     `max_image_pixels` and `predict_tensors` (`predict --onnx`: `SegmenterPredictor`). It
     takes `score_threshold` and `classes` (applied here), not `nms_iou`, `max_detections` or
     `overrides` (ValueError), which are the knobs of `Predictor.from_checkpoint`.
+
+    `gt_json`: a ground-truth COCO json whose image ids the records take (matched by
+    file_name); without it each file gets an id once, kept by resumed runs (`predict_ids`).
     """
     _check_arguments(predictor, save_masks, nms_iou, max_detections, overrides)
     sources = expand_sources(inputs, glob)
@@ -109,10 +113,12 @@ def predict_images(
         "overrides": list(overrides),
         "overlays": overlays,
         "save_masks": save_masks,
+        "json": None if gt_json is None else str(gt_json),
     }
     with _distributed(device) as (info, dev), _locked(out, info):
         _on_main(info, lambda: _prepare(out, settings, resume))
         done = done_keys(out) if resume else set()
+        ids = image_ids(sources.images, out if resume else None, gt_json)
         video_names = output_names(sources.videos, "")
         videos_pending = [k for k, n in enumerate(video_names) if not video_done(out, n)]
         dist_utils.barrier()  # every rank has read what is done before any rank writes
@@ -120,7 +126,7 @@ def predict_images(
             predictor = _load_predictor(weights, dev, batch_size, overrides, score_threshold, knobs)
         spec = _output_spec(predictor, out, score_threshold, classes, overlays, save_masks)
         counts = _run_images(
-            predictor, spec, sources.images, done, info, batch_size, workers, strict
+            predictor, spec, sources.images, ids, done, info, batch_size, workers, strict
         )
         counts["frames"], bad_videos = predict_videos(
             predictor, spec, sources.videos, video_names, videos_pending, info, batch_size, strict
@@ -128,7 +134,7 @@ def predict_images(
         counts["videos_skipped"] = bad_videos
         totals = _sum_counts(dist_utils.all_gather_objects(counts))
         dist_utils.barrier()
-        _on_main(info, lambda: _finish(out, coco))
+        _on_main(info, lambda: finish_outputs(out, coco))
     if totals["attempted"] and totals["skipped"] == totals["attempted"] and not done:
         if not sources.videos:
             raise ValueError(
@@ -290,6 +296,7 @@ def _run_images(
     predictor: Any,
     spec: OutputSpec,
     images: list[Path],
+    ids: list[int],
     done: set[str],
     info: DistInfo,
     batch_size: int,
@@ -319,11 +326,11 @@ def _run_images(
             bad = [(i, error) for i, image, error in batch if error is not None]
             if bad and strict:
                 raise ValueError(bad[0][1])
-            errors.write([{"path": str(images[i]), "image_id": i, "error": e} for i, e in bad])
+            errors.write([{"path": str(images[i]), "image_id": ids[i], "error": e} for i, e in bad])
             counts["skipped"] += len(bad)
             counts["first_error"] = counts["first_error"] or (bad[0][1] if bad else None)
             good = [(i, image) for i, image, error in batch if error is None]
-            written = _predict_batch(predictor, spec, good, images, names)
+            written = _predict_batch(predictor, spec, good, images, ids, names)
             records.write(written)
             counts["predicted"] += len(written)
             counts["detections"] += sum(len(r["detections"]) for r in written)
@@ -359,6 +366,7 @@ def _predict_batch(
     spec: OutputSpec,
     batch: list[tuple[int, Any]],
     images: list[Path],
+    ids: list[int],
     names: list[str],
 ) -> list[dict[str, Any]]:
     """The records of one batch of decoded images, their overlays and masks written first (a
@@ -368,7 +376,7 @@ def _predict_batch(
     records = []
     for (index, image), det in zip(batch, predictor.predict_tensors([im for _, im in batch])):
         det = spec.keep(det)
-        record = spec.record(det, file_name=str(images[index]), image_id=index)
+        record = spec.record(det, file_name=str(images[index]), image_id=ids[index])
         masks = spec.write_masks(det, Path(names[index]).stem)
         if masks is not None:
             record["masks"] = masks
@@ -386,12 +394,3 @@ def _sum_counts(per_rank: list[dict[str, Any]]) -> dict[str, Any]:
     totals["resumed"] = per_rank[0]["resumed"]  # every rank counts the same done set
     totals["first_error"] = next((c["first_error"] for c in per_rank if c["first_error"]), None)
     return totals
-
-
-def _finish(out: Path, coco: bool) -> None:
-    """Rank 0, after every rank is done: one predictions.jsonl and one errors.jsonl (the
-    ranks' parts merged), then results.json from the records (`coco`)."""
-    merge_parts(out, PREDICTIONS)
-    merge_parts(out, ERRORS)
-    if coco:
-        write_coco_results(out)

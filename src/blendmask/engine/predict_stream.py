@@ -188,6 +188,15 @@ def detection_entries(
     return entries
 
 
+def finish_outputs(out: Path, coco: bool) -> None:
+    """Rank 0, after every rank is done: one predictions.jsonl and one errors.jsonl (the
+    ranks' parts merged), then results.json from the records (`coco`)."""
+    merge_parts(out, PREDICTIONS)
+    merge_parts(out, ERRORS)
+    if coco:
+        write_coco_results(out)
+
+
 def write_coco_results(out: Path) -> Path:
     """OUT/results.json (COCO results: image_id, category_id, score, bbox, segmentation, plus
     file_name) from OUT/predictions.jsonl, streamed record by record."""

@@ -18,6 +18,7 @@ from blendmask.data.segmentation import (
     segmentation_to_rle,
 )
 from blendmask.evaluation.coco import IOU_TYPES, evaluate_coco, load_coco_gt
+from blendmask.evaluation.image_ids import GroundTruthImages
 
 
 def load_results_json(results_json: str | Path, coco_gt: COCO) -> list[dict[str, Any]]:
@@ -26,7 +27,9 @@ def load_results_json(results_json: str | Path, coco_gt: COCO) -> list[dict[str,
     Each result needs image_id (a ground-truth image), category_id (a ground-truth category),
     a finite score, and a bbox [x, y, w, h] (w, h >= 0) and/or a segmentation (RLE or
     polygons; converted to compressed RLE with str counts). Either every result has a
-    segmentation or none has.
+    segmentation or none has. A result with a "file_name" (`blendmask predict --coco` writes
+    the image's path) is the ground-truth image of that file_name (`GroundTruthImages`), whatever
+    its image_id (predict without --json numbers its own images).
 
     Raises:
         FileNotFoundError / ValueError naming the file and the offending result.
@@ -35,8 +38,9 @@ def load_results_json(results_json: str | Path, coco_gt: COCO) -> list[dict[str,
     results = _read_result_list(path)
     image_ids = set(coco_gt.getImgIds())
     category_ids = set(coco_gt.getCatIds())
+    files = GroundTruthImages(coco_gt.dataset.get("images", []), "the ground truth")
     checked = [
-        _check_result(result, f"result {k} of {path}", coco_gt, image_ids, category_ids)
+        _check_result(result, f"result {k} of {path}", coco_gt, (image_ids, files), category_ids)
         for k, result in enumerate(results)
     ]
     with_masks = sum("segmentation" in item for item in checked)
@@ -65,19 +69,20 @@ def _read_result_list(path: Path) -> list[Any]:
 
 
 def _check_result(
-    result: Any, where: str, coco_gt: COCO, image_ids: set[int], category_ids: set[int]
+    result: Any,
+    where: str,
+    coco_gt: COCO,
+    images: tuple[set[int], GroundTruthImages],
+    category_ids: set[int],
 ) -> dict[str, Any]:
-    """One result object -> its validated copy (float score and box, str RLE counts)."""
+    """One result object -> its validated copy (float score and box, str RLE counts, the
+    image_id of its file_name if it has one)."""
     if not isinstance(result, dict):
         raise ValueError(f"{where}: expected an object, got {type(result).__name__}")
     for key in ("image_id", "category_id", "score"):
-        if key not in result:
+        if key not in result and not (key == "image_id" and "file_name" in result):
             raise ValueError(f"{where}: missing '{key}'")
-    # is_int first: a list or object id would make the set lookup raise TypeError.
-    if not is_int(result["image_id"]) or result["image_id"] not in image_ids:
-        raise ValueError(
-            f"{where}: image_id {result['image_id']!r} is not an image of the ground truth"
-        )
+    image_id = _result_image_id(result, where, *images)
     if not is_int(result["category_id"]) or result["category_id"] not in category_ids:
         raise ValueError(
             f"{where}: category_id {result['category_id']!r} is not a ground-truth category "
@@ -86,7 +91,7 @@ def _check_result(
     score = result["score"]
     if not is_finite_number(score):
         raise ValueError(f"{where}: expected a finite number 'score', got {score!r}")
-    item = {"image_id": result["image_id"], "category_id": result["category_id"]}
+    item = {"image_id": image_id, "category_id": result["category_id"]}
     item["score"] = float(score)
     if "bbox" in result:
         bbox = result["bbox"]
@@ -100,11 +105,29 @@ def _check_result(
             raise ValueError(f"{where}: expected 'bbox' [x, y, w, h] with w, h >= 0, got {bbox!r}")
         item["bbox"] = [float(v) for v in bbox]
     if "segmentation" in result:
-        image = coco_gt.imgs[result["image_id"]]
+        image = coco_gt.imgs[image_id]
         item["segmentation"] = _check_result_segmentation(result["segmentation"], image, where)
     elif "bbox" not in item:
         raise ValueError(f"{where}: needs a 'bbox' or a 'segmentation'")
     return item
+
+
+def _result_image_id(
+    result: dict[str, Any], where: str, image_ids: set[int], files: GroundTruthImages
+) -> int:
+    """The ground-truth image of a result: that of its "file_name" when it has one (a path
+    whose tail is an image's file_name), else its "image_id"."""
+    name = result.get("file_name")
+    if name is not None:
+        if not isinstance(name, str):
+            raise ValueError(f"{where}: expected a string 'file_name', got {name!r}")
+        return files.image_id(name, where)
+    # is_int first: a list or object id would make the set lookup raise TypeError.
+    if not is_int(result["image_id"]) or result["image_id"] not in image_ids:
+        raise ValueError(
+            f"{where}: image_id {result['image_id']!r} is not an image of the ground truth"
+        )
+    return result["image_id"]
 
 
 def _check_result_segmentation(segmentation: Any, image: dict, where: str) -> dict[str, Any]:
