@@ -283,7 +283,10 @@ def test_export_cli_refuses_training_settings_and_deformable(tmp_path: Path) -> 
     cfg, model, _ = spread_model(seed=4)
     weights = tmp_path / "model.pt"
     save_model_file(weights, cfg, model)
-    code = main(["export", "--weights", str(weights), "--set", "model.fpn.out_channels=8"])
+    code = main(
+        ["export", "--weights", str(weights), "--out", str(tmp_path / "x.onnx")]
+        + ["--set", "model.fpn.out_channels=8"]
+    )
     assert code == 2
     # an inference setting is taken, and travels in the file's metadata
     out = tmp_path / "scaled.onnx"

@@ -126,3 +126,57 @@ def test_train_bad_panoptic_json_is_one_line(panoptic_setup, tmp_path, capsys):
     argv = ["train", "--preset", "tiny", "--train-images", str(s["images"])]
     argv += ["--train-panoptic-json", str(bad), "--train-panoptic-images", str(s["png"])]
     _one_line_exit_2(capsys, [*argv, "--out", str(tmp_path / "run")], "broken.json")
+
+
+def test_predict_honours_the_postprocess_flags(panoptic_setup, tmp_path, monkeypatch):
+    """Wrong if a panoptic `predict` takes --iou / --max-det / --classes / --batch-size and
+    drops them (it did): the thing instances are post-processed with them, and the images go
+    through the network --batch-size at a time."""
+    from blendmask.predictor import Predictor
+
+    s = panoptic_setup
+    seen = []
+    original = Predictor.predict_panoptic
+
+    def spy(self, images):
+        post = self.postprocessor
+        seen.append((len(images), post.nms_thresh, post.post_nms_topk, post.classes))
+        return original(self, images)
+
+    monkeypatch.setattr(Predictor, "predict_panoptic", spy)
+    argv = ["predict", "--weights", str(s["weights"]), str(s["images"])]
+    argv += ["--iou", "0.25", "--max-det", "3", "--classes", "1", "--batch-size", "2"]
+    assert main([*argv, "--out", str(tmp_path / "pred")]) == 0
+    assert seen == [(2, 0.25, 3, (1,))]
+    # an unknown class is refused as for an instance model
+    assert main([*argv[:4], "--classes", "99", "--out", str(tmp_path / "bad")]) == 2
+
+
+@pytest.mark.faults
+def test_predict_refuses_workers(panoptic_setup, tmp_path, capsys):
+    """The panoptic loop decodes in the main process: --num-workers N (or the old --workers)
+    is refused in one line rather than ignored; 0 is what it does, and is taken."""
+    s = panoptic_setup
+    argv = ["predict", "--weights", str(s["weights"]), str(s["images"])]
+    for flag in ("--num-workers", "--workers"):
+        _one_line_exit_2(capsys, [*argv, flag, "2", "--out", str(tmp_path / "p")], "--num-workers")
+    assert main([*argv, "--num-workers", "0", "--out", str(tmp_path / "p0")]) == 0
+
+
+@pytest.mark.faults
+def test_predict_with_no_readable_image_exits_2(panoptic_setup, tmp_path, capsys):
+    """Wrong if a panoptic `predict` whose every image is unreadable reports success (exit 0,
+    an empty panoptic.json) where an instance model's predict exits 2."""
+    s = panoptic_setup
+    folder = tmp_path / "junk"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"not a png")
+    (folder / "b.jpg").write_bytes(b"")
+    out = tmp_path / "pred"
+    argv = ["predict", "--weights", str(s["weights"]), str(folder), "--out", str(out)]
+    _one_line_exit_2(capsys, argv, "none of the 2 image(s) could be read")
+    assert len((out / "errors.jsonl").read_text().splitlines()) == 2
+    # one readable image among them is a success that lists the others
+    (folder / "c.png").write_bytes((next(s["images"].glob("*.png"))).read_bytes())
+    assert main(argv) == 0
+    assert "2 skipped" in capsys.readouterr().out

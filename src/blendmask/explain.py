@@ -303,26 +303,35 @@ def save_explanation(
     *,
     top: int = 4,
     device: str = "cpu",
-    score_threshold: float = 0.0,
+    score_threshold: float | None = None,
     dpi: int = 110,
 ) -> Path:
-    """Write the explanation figure of `image` to `out_png`.
+    """Write the explanation figure of `image` to `out_png` (".png" added when it has no
+    suffix, as matplotlib does).
 
     Args:
         weights_or_predictor: a model file (`model.pt`) or a `blendmask.Predictor`.
         image: an image path (or anything `Predictor` accepts).
         device: for a model file only.
+        score_threshold: explain detections scoring at least this (None: every candidate of
+            the model). For a model file it is the Predictor's `score_threshold`, so that
+            below the candidate threshold it lowers that too (0: the top candidates however
+            low, as `predict --conf 0`).
     Returns:
-        the PNG path (folders created).
+        the PNG path written (folders created).
     """
     from blendmask.predictor import Predictor
 
     if isinstance(weights_or_predictor, (str, Path)):
-        predictor = Predictor.from_checkpoint(weights_or_predictor, device=device)
+        predictor = Predictor.from_checkpoint(
+            weights_or_predictor, device=device, score_threshold=score_threshold
+        )
     else:
         predictor = weights_or_predictor
-    fig = explain_figure(predictor, image, top=top, score_threshold=score_threshold)
+    fig = explain_figure(predictor, image, top=top, score_threshold=score_threshold or 0.0)
     out_png = Path(out_png)
+    if not out_png.suffix:  # savefig would add it: return the name it writes
+        out_png = out_png.with_name(out_png.name + ".png")
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=dpi)
     return out_png

@@ -147,9 +147,9 @@ class Predictor:
     Post-processing knobs (keyword-only; None keeps the model's config), each for this
     Predictor only (the post-processor is copied before one is set, never changed in place):
     - `score_threshold`: drop detections scoring below it (default `DEFAULT_SCORE_THRESHOLD`,
-      0.3, as `blendmask predict`; None or 0 keeps all). Below sqrt of the model's candidate
-      threshold (`model.fcos.inference_th_test`, 0.05 -> 0.22) it lowers that too, so that
-      detections down to it appear;
+      0.3, as `blendmask predict`; None keeps every detection above the model's candidate
+      threshold). Below sqrt of that threshold (`model.fcos.inference_th_test`, 0.05 -> 0.22)
+      it lowers it too, so that detections down to it appear (0: every candidate);
     - `nms_iou`: class-aware NMS IoU (`model.fcos.nms_th`, 0.6);
     - `max_detections`: per image after NMS (`model.fcos.post_nms_topk_test`, 100);
     - `min_size` / `max_size`: test size (`data.min_size_test` / `max_size_test`); a config

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Callable
+from typing import Any
 
 DEVICES = ("cpu", "cuda", "auto")
+DEVICE_HELP = "cpu, cuda, or auto: cuda when available (default: %(default)s)"
 
 
 def positive_int(text: str) -> int:
@@ -15,9 +19,11 @@ def positive_int(text: str) -> int:
 
 
 def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (float() alone takes "nan" and "inf", and nan <= 0
+    is False: `--minutes nan` would pass as a time budget that never ends)."""
     value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite positive number, got {text}")
     return value
 
 
@@ -36,3 +42,14 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
     return value
+
+
+def add_hidden_alias(
+    parser: argparse.ArgumentParser, alias: str, dest: str, parse: Callable[[str], Any]
+) -> None:
+    """Accept `alias` as an old spelling of the option stored in `dest` (parsed by `parse`),
+    left out of --help so that each option has one name there. Its default is SUPPRESS: the
+    canonical option's default is the one that applies."""
+    parser.add_argument(
+        alias, dest=dest, type=parse, default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )

@@ -8,9 +8,15 @@ from blendmask.presets import load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default=None)
+    parser.add_argument("--preset", default=None, help="a preset name (see `blendmask presets`)")
     parser.add_argument("--config", default=None, help="YAML file: `preset:` plus overrides")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field (repeatable)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

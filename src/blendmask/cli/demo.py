@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import argparse
 
-from blendmask.cli.arguments import DEVICES, positive_float, positive_int
+from blendmask.cli.arguments import DEVICE_HELP, DEVICES, positive_float, positive_int
 from blendmask.engine.demo import run_demo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    parser.add_argument("--device", default="cpu", choices=DEVICES)
+    parser.add_argument("--device", default="cpu", choices=DEVICES, help=DEVICE_HELP)
     parser.add_argument(
         "--minutes",
         type=positive_float,
@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--train", type=positive_int, default=1000, help="training images")
     parser.add_argument("--val", type=positive_int, default=100, help="validation images")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the data and the training")
     parser.add_argument(
         "--preset", default=None, help="default shapes_R_18 (shapes_panoptic with --panoptic)"
     )
@@ -31,7 +31,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="panoptic: shapes on textured stuff (sky, wall, grass), train shapes_panoptic, PQ",
     )
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field of the preset (repeatable)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from blendmask.cli.arguments import DEVICES, positive_int
+from blendmask.cli.arguments import DEVICE_HELP, DEVICES, non_negative_int, positive_int
 from blendmask.cli.predict import add_postprocess_arguments
 from blendmask.engine.distributed import cleanup_distributed, get_rank
 from blendmask.engine.evaluate import evaluate_model_file
@@ -21,14 +21,23 @@ from blendmask.evaluation.tables import format_tables
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--weights", default=None, help="model file (model.pt) to evaluate")
+    # --results scores a results json instead of running a model: the two exclude each other.
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--weights", default=None, help="model file (model.pt) to evaluate")
+    source.add_argument("--results", default=None, help="score a COCO results json without a model")
     parser.add_argument("--json", default=None, help="ground-truth COCO instances json")
     parser.add_argument("--images", default=None, help="folder of the json's images")
     parser.add_argument("--out", required=True, help="writes OUT/metrics.json, OUT/results.json")
-    parser.add_argument("--device", default="auto", choices=DEVICES)
-    parser.add_argument("--batch-size", type=positive_int, default=1)
-    parser.add_argument("--num-workers", type=int, default=2, help="image loading processes")
-    parser.add_argument("--results", default=None, help="score a COCO results json without a model")
+    parser.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=1, help="images per forward pass (default 1)"
+    )
+    parser.add_argument(
+        "--num-workers",
+        type=non_negative_int,
+        default=2,
+        help="DataLoader processes decoding images (default 2; 0: the main process)",
+    )
     parser.add_argument(
         "--plots",
         action="store_true",

@@ -16,15 +16,29 @@ import numpy as np
 import torch
 
 from blendmask.checkpoint_io import load_model_file
-from blendmask.export.onnx import SIZE_DIVISIBILITY, check_onnx, default_export_size, export_onnx
+from blendmask.cli.arguments import DEVICE_HELP, DEVICES
+from blendmask.export.onnx import (
+    SIZE_DIVISIBILITY,
+    check_onnx,
+    check_opset,
+    default_export_size,
+    export_onnx,
+)
 from blendmask.io import resolve_device
 from blendmask.predictor import INFERENCE_KEYS, inference_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", required=True, help="model file (model.pt)")
-    parser.add_argument("--out", default=None, help="file to write (model.onnx / model.ts)")
-    parser.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
+    parser.add_argument(
+        "--out", required=True, help="file to write (e.g. model.onnx, or model.ts for TorchScript)"
+    )
+    parser.add_argument(
+        "--format",
+        default="onnx",
+        choices=["onnx", "torchscript"],
+        help="onnx (default; runs without PyTorch) or torchscript",
+    )
     parser.add_argument(
         "--end-to-end",
         action=argparse.BooleanOptionalAction,
@@ -40,11 +54,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--width", type=int, default=None, help="trace width (default: max test size, /32)"
     )
-    parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument(
+        "--opset",
+        type=int,
+        default=17,
+        help="ONNX opset (default 17; end to end needs >= 16; at most what torch's exporter writes)",
+    )
     parser.add_argument(
         "--static", action="store_true", help="raw export: fixed 1 x 3 x H x W input"
     )
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    parser.add_argument(
+        "--device", default="cpu", choices=DEVICES, help=DEVICE_HELP + "; traces and checks there"
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -77,6 +98,8 @@ def _load(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.format == "onnx":
+        check_opset(args.opset)  # before loading the model: a bad --opset fails at once
     cfg, model, post = _load(args)
     default_h, default_w = default_export_size(cfg)
     height = args.height or default_h
@@ -85,14 +108,20 @@ def run(args: argparse.Namespace) -> int:
         if args.format != "onnx":
             raise ValueError("--no-end-to-end writes ONNX only (the network's raw tensors)")
         return _run_raw(args, cfg, model, height, width)
-    out = args.out or ("model.onnx" if args.format == "onnx" else "model.ts")
     paste = not args.no_paste
     if args.format == "onnx":
         from blendmask.export.end_to_end_onnx import export_end_to_end_onnx
         from blendmask.onnx_runtime import OnnxSegmenter
 
         path = export_end_to_end_onnx(
-            model, post, out, height=height, width=width, opset=args.opset, paste=paste, cfg=cfg
+            model,
+            post,
+            args.out,
+            height=height,
+            width=width,
+            opset=args.opset,
+            paste=paste,
+            cfg=cfg,
         )
         print(f"wrote {path} (end to end, opset {args.opset}, traced at {height}x{width})")
         load = OnnxSegmenter
@@ -100,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         from blendmask.export.torchscript import TorchScriptSegmenter, export_torchscript
 
         path = export_torchscript(
-            model, post, out, height=height, width=width, paste=paste, cfg=cfg
+            model, post, args.out, height=height, width=width, paste=paste, cfg=cfg
         )
         print(f"wrote {path} (end to end, TorchScript, traced at {height}x{width})")
         load = TorchScriptSegmenter
@@ -137,9 +166,8 @@ def _synthetic_images(min_size: int, max_size: int) -> list[np.ndarray]:
 def _run_raw(args: argparse.Namespace, cfg, model, height: int, width: int) -> int:
     """Today's network-only export, checked output by output at two sizes."""
     dynamic = not args.static
-    out = args.out or "model.onnx"
     path = export_onnx(
-        model, out, height=height, width=width, opset=args.opset, dynamic=dynamic, cfg=cfg
+        model, args.out, height=height, width=width, opset=args.opset, dynamic=dynamic, cfg=cfg
     )
     print(f"wrote {path} (opset {args.opset}, traced at {height}x{width}, dynamic={dynamic})")
     if args.no_check:

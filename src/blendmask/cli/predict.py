@@ -12,13 +12,26 @@ instead (exit 2). Post-processing flags (`add_postprocess_arguments`, shared wit
 from __future__ import annotations
 
 import argparse
+import logging
+import math
 import os
+from typing import Any
 
-from blendmask.cli.arguments import DEVICES, non_negative_int, positive_int, probability
+from blendmask.cli.arguments import (
+    DEVICE_HELP,
+    DEVICES,
+    add_hidden_alias,
+    non_negative_int,
+    positive_int,
+    probability,
+)
 from blendmask.engine.panoptic_predict import is_panoptic_model_file, predict_panoptic_images
 from blendmask.engine.predict import predict_images
 from blendmask.engine.predict_outputs import MASK_MODES
 from blendmask.predictor import DEFAULT_SCORE_THRESHOLD, INFERENCE_KEYS
+
+logger = logging.getLogger("blendmask.predict")
+DEFAULT_WORKERS = 2  # DataLoader processes of an instance model's predict
 
 
 def class_list(text: str) -> list[int | str]:
@@ -30,29 +43,32 @@ def class_list(text: str) -> list[int | str]:
 
 
 def add_postprocess_arguments(parser: argparse.ArgumentParser, conf: float | None) -> None:
-    """--conf (= --score-threshold), --iou, --max-det, --classes, --set; `conf` is the
-    default score threshold (None: keep every detection the model gives)."""
-    keep = "keep every detection the model gives" if conf is None else conf
+    """--conf, --iou, --max-det, --classes, --set (--score-threshold and --max-detections:
+    hidden aliases); `conf` is the default score threshold (None: keep every detection the
+    model gives, i.e. its candidates above `model.fcos.inference_th_test`)."""
+    keep = "every detection the model gives" if conf is None else conf
     parser.add_argument(
         "--conf",
-        "--score-threshold",
         dest="score_threshold",
         type=probability,
         default=conf,
-        help=f"keep detections scoring at least this (default: {keep})",
+        metavar="CONF",
+        help=f"keep detections scoring at least this (default: {keep}); below the model's "
+        "candidate threshold it lowers that too: 0 keeps every candidate, up to --max-det",
     )
+    add_hidden_alias(parser, "--score-threshold", "score_threshold", probability)
     parser.add_argument(
         "--iou", type=probability, default=None, help="NMS IoU (default: the model's, 0.6)"
     )
     parser.add_argument(
         "--max-det",
-        "--max-detections",
         dest="max_det",
         type=positive_int,
         default=None,
         help="detections per image after NMS (default: the model's, 100); in eval also "
         "the maxDets COCO counts (default 100)",
     )
+    add_hidden_alias(parser, "--max-detections", "max_det", positive_int)
     parser.add_argument(
         "--classes",
         type=class_list,
@@ -86,17 +102,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", required=True, help="writes OUT/predictions.jsonl, OUT/overlays/, OUT/videos/"
     )
-    parser.add_argument("--device", default="auto", choices=DEVICES)
+    parser.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     add_postprocess_arguments(parser, DEFAULT_SCORE_THRESHOLD)
-    parser.add_argument("--batch-size", type=positive_int, default=1)
     parser.add_argument(
-        "--workers",
+        "--batch-size", type=positive_int, default=1, help="images per forward pass (default 1)"
+    )
+    parser.add_argument(
         "--num-workers",
         dest="workers",
         type=non_negative_int,
-        default=2,
-        help="DataLoader processes decoding images (0: decode in the main process)",
+        metavar="N",
+        default=None,
+        help=f"DataLoader processes decoding images (default {DEFAULT_WORKERS}; 0: in the "
+        "main process, where a panoptic model always decodes)",
     )
+    add_hidden_alias(parser, "--workers", "workers", non_negative_int)
     parser.add_argument(
         "--glob",
         default=None,
@@ -146,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
         from blendmask.export.segmenter_predictor import SegmenterPredictor
 
         predictor = SegmenterPredictor(args.onnx)
+        _warn_fixed_candidates(args.onnx, predictor.cfg, args.score_threshold)
     summary = predict_images(
         weights=args.weights,
         predictor=predictor,
@@ -158,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
         classes=args.classes,
         overrides=args.overrides,
         batch_size=args.batch_size,
-        workers=args.workers,
+        workers=DEFAULT_WORKERS if args.workers is None else args.workers,
         glob=args.glob,
         resume=args.resume,
         coco=args.coco,
@@ -172,18 +193,45 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warn_fixed_candidates(path: str, cfg: Any, score_threshold: float | None) -> None:
+    """--conf below an ONNX file's candidate threshold cannot lower it (as it does for a
+    model.pt): the threshold is a constant of the graph. Say so rather than keep fewer
+    detections than --conf promises."""
+    base = float(cfg.model.fcos.inference_th_test)
+    if score_threshold is not None and score_threshold * score_threshold < base:
+        logger.warning(
+            "predict --onnx: --conf %g is below the candidate threshold fixed in %s "
+            "(model.fcos.inference_th_test %g: scores under ~%.2f are not in the file); "
+            "export with --set model.fcos.inference_th_test=T to keep lower ones",
+            score_threshold,
+            path,
+            base,
+            math.sqrt(base),
+        )
+
+
 def _run_panoptic(args: argparse.Namespace) -> int:
     """A panoptic model: OUT/panoptic/*.png, OUT/panoptic.json, OUT/overlays/*.png."""
     flags = (("--coco", args.coco), ("--save-masks", args.save_masks), ("--json", args.gt_json))
     unused = [f for f, v in flags if v]
     if unused:
         raise ValueError(f"predict: {', '.join(unused)} are for instance models, not panoptic")
+    if args.workers:
+        # The panoptic loop reads its images in the main process: no DataLoader to give them.
+        raise ValueError(
+            f"predict: --num-workers {args.workers}: a panoptic model decodes its images in "
+            "the main process (leave the flag out or give 0)"
+        )
     summary = predict_panoptic_images(
         weights=args.weights,
         inputs=args.inputs,
         out=args.out,
         device=args.device,
         score_threshold=args.score_threshold,
+        nms_iou=args.iou,
+        max_detections=args.max_det,
+        classes=args.classes,
+        batch_size=args.batch_size,
         overrides=args.overrides,
         glob=args.glob,
         overlays=not args.no_overlays,

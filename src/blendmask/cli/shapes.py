@@ -11,8 +11,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--train", type=int, default=200, help="number of training images")
     parser.add_argument("--val", type=int, default=50, help="number of validation images")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random shapes")
+    parser.add_argument(
+        "--image-size", type=int, default=256, help="side of the square images in pixels"
+    )
     parser.add_argument(
         "--panoptic",
         action="store_true",

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import argparse
 
-from blendmask.cli.arguments import DEVICES, positive_float, positive_int
+from blendmask.cli.arguments import (
+    DEVICE_HELP,
+    DEVICES,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from blendmask.engine.distributed import cleanup_distributed
 from blendmask.engine.train import train_command
 
@@ -36,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             f"--{split}-panoptic-images", default=None, help=f"folder of its PNGs ({split})"
         )
     parser.add_argument("--out", required=True, help="run folder (resumes from OUT/last.pt)")
-    parser.add_argument("--device", default="auto", choices=DEVICES)
+    parser.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
     parser.add_argument(
         "--batch-size",
         type=positive_int,
@@ -48,13 +54,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-iter", type=positive_int, default=None, help="iterations (lr steps scale along)"
     )
     parser.add_argument("--seed", type=int, default=None, help="seed for a reproducible run")
-    parser.add_argument("--num-workers", type=int, default=None, help="data loader processes")
+    parser.add_argument(
+        "--num-workers",
+        type=non_negative_int,
+        default=None,
+        help="DataLoader processes (default: the config's data.num_workers, 2)",
+    )
     parser.add_argument(
         "--minutes",
         type=positive_float,
         default=None,
-        help="time budget for the whole run, final evaluation included: the schedule is re-planned "
-        "from recent iteration times to end on time (shorter or longer, up to max_iter)",
+        help="time budget in minutes (finite, > 0) for the whole run, final evaluation included: "
+        "the schedule is re-planned from recent iteration times to end on time (shorter or "
+        "longer, up to max_iter)",
     )
     parser.add_argument(
         "--backbone-weights",

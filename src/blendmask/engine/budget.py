@@ -16,6 +16,7 @@ evaluations still ahead are paid for by spreading each one's cost over its perio
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -65,6 +66,11 @@ class TimeBudget:
         reserve_final_eval: bool = True,
     ) -> None:
         self.seconds = float(seconds)
+        if not math.isfinite(self.seconds) or self.seconds <= 0:
+            # nan compares False with everything: the schedule would never be re-planned.
+            raise ValueError(
+                f"time budget (--minutes): expected a finite time > 0, got {seconds} s"
+            )
         self._clock = clock
         self.start = clock() if start is None else float(start)
         self.reserve_final_eval = reserve_final_eval

@@ -108,6 +108,10 @@ def predict_panoptic_images(
     out: str | Path,
     device: str = "auto",
     score_threshold: float | None = DEFAULT_SCORE_THRESHOLD,
+    nms_iou: float | None = None,
+    max_detections: int | None = None,
+    classes: Sequence[int | str] | None = None,
+    batch_size: int = 1,
     overrides: Sequence[str] = (),
     glob: str | None = None,
     overlays: bool = True,
@@ -115,7 +119,10 @@ def predict_panoptic_images(
 ) -> dict[str, Any]:
     """`blendmask predict --weights PANOPTIC_MODEL SOURCE... --out DIR` (module docstring).
 
-    Returns a summary: images, predicted, skipped, segments, and the paths written."""
+    `score_threshold`, `nms_iou`, `max_detections`, `classes` are the `Predictor` knobs of the
+    thing instances (stuff is the semantic branch's); `batch_size` images go through the
+    network at once. Returns a summary: images, predicted, skipped, segments, and the paths
+    written. ValueError when no image could be read at all (as instance `predict`)."""
     sources = expand_sources(inputs, glob)
     if sources.videos:
         raise ValueError(
@@ -124,44 +131,71 @@ def predict_panoptic_images(
     if not sources.images:
         raise ValueError(f"predict: the sources {', '.join(map(str, inputs))} name no image")
     out = Path(out)
+    knobs = {"nms_iou": nms_iou, "max_detections": max_detections, "classes": classes}
     with OutputLock(out):
         predictor = Predictor.from_checkpoint(
-            weights, device, overrides=overrides, score_threshold=score_threshold
+            weights,
+            device,
+            batch_size,
+            overrides=overrides,
+            score_threshold=score_threshold,
+            **knobs,
         )
         cfg = predictor.cfg
         thing_ids, stuff_ids = category_id_tables(cfg)
-        annotations, errors, segments = [], [], 0
-        for path, name in zip(sources.images, output_names(sources.images, ".png")):
-            try:
-                image = load_input_image(path, predictor.max_image_pixels)
-            except (ValueError, OSError) as exc:
-                if strict:
-                    raise
-                errors.append({"path": str(path), "error": str(exc)})
-                continue
-            result = predictor.predict_panoptic([image])[0]
-            ids, _, info = panoptic_to_coco(result, thing_ids, stuff_ids)
-            _write_png(out / "panoptic" / name, ids)
-            annotations.append({"file_name": name, "source": str(path), "segments_info": info})
-            segments += len(info)
-            if overlays:
-                picture = draw_panoptic(
-                    image,
-                    result,
-                    thing_names=cfg.data.category_names,
-                    stuff_names=cfg.data.stuff_names,
-                )
-                save_png(picture, out / "overlays" / name)
+        annotations: list[dict[str, Any]] = []
+        errors: list[dict[str, str]] = []
+        pairs = list(zip(sources.images, output_names(sources.images, ".png")))
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start : start + batch_size]
+            images = _read_images(chunk, predictor.max_image_pixels, errors, strict)
+            results = predictor.predict_panoptic([image for _, _, image in images])
+            for (path, name, image), result in zip(images, results):
+                ids, _, info = panoptic_to_coco(result, thing_ids, stuff_ids)
+                _write_png(out / "panoptic" / name, ids)
+                annotations.append({"file_name": name, "source": str(path), "segments_info": info})
+                if overlays:
+                    picture = draw_panoptic(
+                        image,
+                        result,
+                        thing_names=cfg.data.category_names,
+                        stuff_names=cfg.data.stuff_names,
+                    )
+                    save_png(picture, out / "overlays" / name)
         _write_results(out, annotations, cfg, thing_ids, stuff_ids, errors)
+    if not annotations:  # every image was unreadable (`strict` stopped at the first)
+        raise ValueError(
+            f"none of the {len(errors)} image(s) could be read (listed in "
+            f"{out / 'errors.jsonl'}); the first: {errors[0]['error']}"
+        )
     return {
         "images": len(sources.images),
         "predicted": len(annotations),
         "skipped": len(errors),
-        "segments": segments,
+        "segments": sum(len(a["segments_info"]) for a in annotations),
         "results": str(out / "panoptic.json"),
         "overlays": str(out / "overlays") if overlays else None,
         "errors": str(out / "errors.jsonl") if errors else None,
     }
+
+
+def _read_images(
+    chunk: Sequence[tuple[Path, str]],
+    max_pixels: int,
+    errors: list[dict[str, str]],
+    strict: bool,
+) -> list[tuple[Path, str, Tensor]]:
+    """(path, output name, uint8 Tensor[3, H0, W0]) of the readable images of `chunk`; each
+    unreadable one is appended to `errors` (`strict`: raised)."""
+    images = []
+    for path, name in chunk:
+        try:
+            images.append((path, name, load_input_image(path, max_pixels)))
+        except (ValueError, OSError) as exc:
+            if strict:
+                raise
+            errors.append({"path": str(path), "error": str(exc)})
+    return images
 
 
 def _write_png(path: Path, ids: np.ndarray) -> None:

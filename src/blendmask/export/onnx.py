@@ -106,8 +106,37 @@ def model_device(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
+def supported_opsets() -> tuple[int, int]:
+    """(lowest, highest) ONNX opset the installed torch's TorchScript exporter writes. torch
+    has no public name for them; its `torch.onnx._constants` holds them (read defensively)."""
+    try:
+        from torch.onnx import _constants
+    except ImportError:  # pragma: no cover - a torch that moved them: let the exporter judge
+        return 1, 10**6
+    low = getattr(_constants, "ONNX_MIN_OPSET", 1)
+    high = getattr(
+        _constants,
+        "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET",
+        getattr(_constants, "ONNX_MAX_OPSET", 10**6),
+    )
+    return int(low), int(high)
+
+
+def check_opset(opset: int) -> int:
+    """`opset`, or ValueError when the exporter cannot write it (torch's own error comes after
+    the whole traced graph has been printed, and exits 1 through the CLI)."""
+    low, high = supported_opsets()
+    if not low <= opset <= high:
+        raise ValueError(
+            f"--opset {opset}: torch {torch.__version__} exports opsets {low} to {high}"
+        )
+    return opset
+
+
 def onnx_export(module: nn.Module, args: tuple, path: str, **kwargs: Any) -> None:
-    """torch.onnx.export with the TorchScript exporter; unsupported ops become one line."""
+    """torch.onnx.export with the TorchScript exporter; an opset it cannot write and
+    unsupported ops become one line."""
+    check_opset(kwargs.get("opset_version", 17))
     try:
         torch.onnx.export(module, args, path, dynamo=False, **kwargs)
     except torch.onnx.errors.UnsupportedOperatorError as exc:
