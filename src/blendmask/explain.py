@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from blendmask.atomic import atomic_write
 from blendmask.structures import Detections
 
 if TYPE_CHECKING:
@@ -323,6 +324,7 @@ def save_explanation(
         predictor = weights_or_predictor
     fig = explain_figure(predictor, image, top=top, score_threshold=score_threshold)
     out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=dpi)
+    fmt = out_png.suffix.lstrip(".").lower() or "png"
+    # Whole or not at all, never through a link (`atomic_write`).
+    atomic_write(out_png, lambda f: fig.savefig(f, format=fmt, dpi=dpi))
     return out_png
