@@ -1,4 +1,5 @@
-"""Writing files so that nothing is lost: `atomic_write` and the errors it raises.
+"""Writing files so that nothing is lost and nothing is written through a planted link:
+`atomic_write`, `open_output` / `AppendFile` and the errors they raise.
 
 A file is written to a uniquely named temp file in its own folder, flushed to disk, then
 renamed over the target: a reader, or a run resumed after a crash, sees either the previous
@@ -8,15 +9,24 @@ keep a full disk full) and the error is one line naming the path and the reason.
 Temp files are named `.NAME.PID.XXXXXXXX.tmp`; a process killed mid-write (SIGKILL cannot be
 caught) leaves one behind, which `remove_stale_temps` deletes once that process is gone.
 
+Every file the package writes goes through here. None of them follows a symbolic link at its
+own name (`open_output` opens with O_NOFOLLOW; `atomic_write` refuses a link at the target), so
+a link planted at OUT/.lock or OUT/predictions.jsonl cannot make a run truncate or append to
+the file it points to; a FIFO or device there is refused too instead of blocking. The folder the
+user names (--out) may itself be a link; the subfolders the package makes in it are checked
+with `make_folder`.
+
 The bottom layer: imports nothing from the rest of the package.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +44,12 @@ _REASONS = {
     errno.EISDIR: "is a directory",
     errno.ENAMETOOLONG: "file name too long",
 }
+_LINK_REASON = "it is a symbolic link (blendmask does not write through links; remove it)"
+_NOT_FILE_REASON = "it is not a regular file"
+# Absent where the OS lacks them (Windows): opening then follows links as `open` does.
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 # `.last.pt.1234.k3j_x9ab.tmp` (this module) and `.last.pt.1234.tmp` (older versions).
 _TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)(\.[A-Za-z0-9_]+)?\.tmp$")
 
@@ -58,6 +74,9 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path
     tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # The rename would replace a link rather than follow it, but a link where an output
+        # goes was planted by someone: say so instead of quietly replacing it.
+        refuse_link(path)
         fd, tmp = tempfile.mkstemp(
             prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent
         )
@@ -155,9 +174,12 @@ def _remove_quietly(path: Path) -> None:
 
 
 def check_writable(folder: str | Path) -> Path:
-    """Create `folder` if needed and prove a file can be made in it (then remove it), so a
-    long job fails at its start rather than at its first save. Raises `WriteError`."""
+    """Prove that a file can be made in `folder` (creating it and any missing parents for the
+    test), so a long job fails at its start rather than at its first save. The folders it
+    created are removed again: a command that then fails its other checks leaves nothing
+    behind. Raises `WriteError`."""
     folder = Path(folder)
+    missing = [p for p in (folder, *folder.parents) if not os.path.lexists(p)]
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".write-test.{os.getpid()}.", suffix=".tmp", dir=folder)
@@ -165,7 +187,85 @@ def check_writable(folder: str | Path) -> Path:
         os.unlink(tmp)
     except OSError as exc:
         raise describe_write_error(folder, exc) from exc
+    finally:
+        for created in missing:  # deepest first
+            with contextlib.suppress(OSError):  # not empty: another process wrote there
+                created.rmdir()
     return folder
+
+
+def refuse_link(path: str | Path) -> None:
+    """`WriteError` naming `path` when it is a symbolic link (dangling or not)."""
+    if os.path.islink(path):
+        raise WriteError(errno.ELOOP, _LINK_REASON, str(path))
+
+
+def make_folder(path: str | Path) -> Path:
+    """`path` as a folder (made with its parents when missing), refused (`WriteError`) when it
+    is a symbolic link: for the subfolders the package makes inside an output folder."""
+    path = Path(path)
+    try:
+        refuse_link(path)
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise describe_write_error(path, exc) from exc
+    return path
+
+
+def open_output(path: str | Path, flags: int) -> int:
+    """`os.open(path, flags)` for writing without following a link at `path` and without
+    blocking on a FIFO there; the descriptor of a regular file, or `WriteError` naming `path`
+    (a link, a FIFO / device / folder, or the OS's reason). Makes the parent folder when
+    `flags` has O_CREAT."""
+    path = Path(path)
+    try:
+        if flags & os.O_CREAT:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        refuse_link(path)  # O_NOFOLLOW's ELOOP does not say why; this does
+        fd = os.open(path, flags | _NOFOLLOW | _CLOEXEC | _NONBLOCK, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a link made between the check and the open
+            raise WriteError(errno.ELOOP, _LINK_REASON, str(path)) from None
+        raise describe_write_error(path, exc) from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        # EEXIST: something other than a file is in the way (the CLI: exit 2, fixable).
+        raise WriteError(errno.EEXIST, _NOT_FILE_REASON, str(path))
+    if _NONBLOCK:
+        os.set_blocking(fd, True)
+    return fd
+
+
+class AppendFile:
+    """A file opened for appending (`open_output`: no link followed, created when missing)
+    whose `write` goes to the OS at once and whose errors (a full disk) name the file."""
+
+    def __init__(self, path: str | Path, *, readable: bool = False) -> None:
+        self.path = Path(path)
+        access = os.O_RDWR if readable else os.O_WRONLY
+        self.fd: int | None = open_output(self.path, access | os.O_APPEND | os.O_CREAT)
+
+    def write(self, data: bytes) -> None:
+        """Append all of `data` (unbuffered: a SIGKILL after this loses nothing of it)."""
+        if self.fd is None:
+            raise ValueError(f"{self.path}: write after close")
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self.fd, view) :]
+        except OSError as exc:
+            raise describe_write_error(self.path, exc) from exc
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> AppendFile:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def _pid_alive(pid: int) -> bool:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from blendmask.atomic import atomic_write
 from blendmask.structures import Detections
 
 if TYPE_CHECKING:
@@ -332,6 +333,7 @@ def save_explanation(
     out_png = Path(out_png)
     if not out_png.suffix:  # savefig would add it: return the name it writes
         out_png = out_png.with_name(out_png.name + ".png")
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=dpi)
+    fmt = out_png.suffix.lstrip(".").lower()
+    # Whole or not at all, never through a link (`atomic_write`).
+    atomic_write(out_png, lambda f: fig.savefig(f, format=fmt, dpi=dpi))
     return out_png

@@ -17,7 +17,7 @@ from PIL import Image
 from torch import Tensor
 
 from blendmask.data.preprocess import ImageInput, to_image_tensor
-from blendmask.io import load_image
+from blendmask.io import check_regular_file, load_image
 
 # The largest image predict / eval / Predictor accept, in pixels (H0 x W0). Memory grows with
 # the image (~0.3 GB per RGB copy at this size), not with its detections: `blendmask predict`
@@ -35,6 +35,7 @@ def check_image_size(image: ImageInput, max_pixels: int = MAX_IMAGE_PIXELS) -> N
     width: int | None
     height: int | None
     if isinstance(image, (str, Path)):
+        check_regular_file(image)  # before opening: a FIFO would block forever
         try:
             # PIL warns from 89 MP and refuses from 179 MP on its own; this check decides.
             with warnings.catch_warnings():

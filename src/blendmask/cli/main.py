@@ -84,6 +84,7 @@ USER_ERRNOS = frozenset(
         errno.EISDIR,
         errno.EEXIST,
         errno.ENAMETOOLONG,
+        errno.ELOOP,  # a link where an output goes (`atomic.refuse_link`)
     }
 )
 # torch re-raises an error of a DataLoader worker with the worker's whole traceback as message.

@@ -236,9 +236,11 @@ def _run_panoptic(args: argparse.Namespace) -> int:
         glob=args.glob,
         overlays=not args.no_overlays,
         strict=args.strict,
+        resume=args.resume,
     )
+    done = f"{summary['resumed']} already done, " if summary["resumed"] else ""
     print(
-        f"{summary['images']} image(s), {summary['predicted']} predicted, "
+        f"{summary['images']} image(s), {summary['predicted']} predicted, {done}"
         f"{summary['segments']} segment(s), {summary['skipped']} skipped: wrote "
         f"{summary['results']}" + (f" and {summary['overlays']}" if summary["overlays"] else "")
     )

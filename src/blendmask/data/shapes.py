@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as mask_util
 from tqdm import tqdm
 
+from blendmask.atomic import atomic_write, refuse_link
 from blendmask.data.shapes_stuff import PanopticShapesWriter, render_stuff
 
 SHAPE_CLASSES: list[str] = ["circle", "rectangle", "triangle", "star"]
@@ -124,6 +125,7 @@ def _write_split(
             pixels, instances = render_shapes_image(rng, image_size, background)
         image_id = i + 1
         file_name = f"{i:06d}.png"
+        refuse_link(images_dir / file_name)  # never write through a link planted there
         Image.fromarray(pixels, mode="RGB").save(
             images_dir / file_name, format="PNG", compress_level=PNG_COMPRESS_LEVEL
         )
@@ -151,9 +153,8 @@ def _write_split(
             for k, name in enumerate(SHAPE_CLASSES)
         ],
     }
-    json_path.write_text(
-        json.dumps(dataset, sort_keys=True, separators=(",", ":")) + "\n", encoding="utf-8"
-    )
+    text = (json.dumps(dataset, sort_keys=True, separators=(",", ":")) + "\n").encode()
+    atomic_write(json_path, lambda f: f.write(text))
     paths = {f"{split}_json": json_path, f"{split}_images": images_dir}
     if writer is not None:
         paths.update(writer.finish(info))

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from blendmask.atomic import atomic_write, refuse_link
 from blendmask.data.panoptic_format import id_to_rgb
 
 STUFF_CLASSES: list[str] = ["sky", "wall", "grass"]  # top to bottom
@@ -190,6 +191,7 @@ class PanopticShapesWriter:
             ids[mask] = segment_id
             segments.append(segment_info(segment_id, category_id, mask))
         png_name = Path(image["file_name"]).with_suffix(".png").name
+        refuse_link(self.png_dir / png_name)  # never write through a link planted there
         Image.fromarray(id_to_rgb(ids), mode="RGB").save(
             self.png_dir / png_name, format="PNG", compress_level=6
         )
@@ -207,9 +209,8 @@ class PanopticShapesWriter:
             "annotations": self.annotations,
             "categories": self.categories,
         }
-        self.json_path.write_text(
-            json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n", encoding="utf-8"
-        )
+        text = (json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n").encode()
+        atomic_write(self.json_path, lambda f: f.write(text))
         return {
             f"{self.split}_panoptic_json": self.json_path,
             f"{self.split}_panoptic_images": self.png_dir,

@@ -41,12 +41,15 @@ def is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_SUFFIXES
 
 
-def expand_sources(sources: Sequence[str | Path], glob: str | None = None) -> Sources:
+def expand_sources(
+    sources: Sequence[str | Path], glob: str | None = None, exclude: str | Path | None = None
+) -> Sources:
     """Image and video files named by `sources` (see the module docstring).
 
     `glob`: a shell pattern (`*.jpg`, `cam1_*`) the files found in folders must match (their
     name, or their path relative to the folder when the pattern holds a "/"); None: every
-    image and video suffix. Files named directly are taken whatever their name.
+    image and video suffix. Files named directly are taken whatever their name. `exclude`: a
+    folder not searched (predict's --out: a second run would predict its own overlays).
 
     Raises:
         FileNotFoundError: a source that does not exist, or a folder with no matching file.
@@ -58,7 +61,7 @@ def expand_sources(sources: Sequence[str | Path], glob: str | None = None) -> So
     for item in sources:
         path = Path(item)
         if path.is_dir():
-            files = _folder_files(path, glob)
+            files = _folder_files(path, glob, exclude)
             if not files:
                 wanted = glob or ", ".join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)
                 raise FileNotFoundError(f"{path}: folder holds no files matching {wanted}")
@@ -74,28 +77,40 @@ def expand_sources(sources: Sequence[str | Path], glob: str | None = None) -> So
 
 def _add(found: Sources, files: list[Path]) -> None:
     """Append `files` to `found`, each file once: a file named again (by a folder and a list,
-    or as `a/../b.png` and `b.png`) would be predicted twice."""
+    as `a/../b.png` and `b.png`, or through a link) would be predicted twice."""
     for path in files:
-        key = os.path.normpath(path)
+        key = os.path.realpath(path)
         if key in found.seen:
             continue
         found.seen.add(key)
         (found.videos if is_video(path) else found.images).append(path)
 
 
-def _folder_files(folder: Path, glob: str | None) -> list[Path]:
-    """The files under `folder` (recursively) matching `glob`, sorted by path."""
+def _folder_files(folder: Path, glob: str | None, exclude: str | Path | None) -> list[Path]:
+    """The files under `folder` (recursively, not into linked folders) matching `glob`, sorted
+    by path; nothing from `exclude` or below it."""
     suffixes = IMAGE_SUFFIXES + VIDEO_SUFFIXES
+    skip = os.path.realpath(exclude) if exclude is not None else None
+    if skip == os.path.realpath(folder):
+        raise ValueError(
+            f"{folder}: the input folder is the output folder; choose an --out outside it (or "
+            "a subfolder: it is left out of the search)"
+        )
     files = []
-    for path in folder.rglob("*"):
-        if glob is None:
-            ok = path.suffix.lower() in suffixes
-        else:
-            name = path.relative_to(folder).as_posix() if "/" in glob else path.name
-            ok = fnmatch.fnmatch(name, glob)
-        # `is_file` last: one stat per candidate, not per file of the tree.
-        if ok and path.is_file():
-            files.append(path)
+    for root, dirs, names in os.walk(folder):
+        if skip is not None:  # pruned, not filtered: an --out may hold a million overlays
+            dirs[:] = [d for d in dirs if os.path.realpath(os.path.join(root, d)) != skip]
+        for name in names:
+            path = Path(root, name)
+            if glob is None:
+                ok = path.suffix.lower() in suffixes
+            else:
+                ok = fnmatch.fnmatch(
+                    path.relative_to(folder).as_posix() if "/" in glob else name, glob
+                )
+            # `is_file` last: one stat per candidate, not per file of the tree.
+            if ok and path.is_file():
+                files.append(path)
     return sorted(files)
 
 
@@ -117,12 +132,28 @@ def read_path_list(list_file: Path) -> list[Path]:
 
 
 def output_names(paths: Sequence[Path], suffix: str) -> list[str]:
-    """One output file name per input: its stem + `suffix`, made unique with the input's index
-    when stems repeat (`0007_frame.png`). Depends on the whole input list only, so a resumed
-    run names every image as the first run did."""
-    stems = [p.stem for p in paths]
-    counts = Counter(stems)  # not stems.count per image: quadratic in a 100k-image folder
-    repeated = {s for s, n in counts.items() if n > 1}
-    return [
-        f"{i:04d}_{s}{suffix}" if s in repeated else f"{s}{suffix}" for i, s in enumerate(stems)
-    ]
+    """One output file name per input (its overlay, mask or video name): unique within the
+    list, and a plain name, never a path, whatever the input is called.
+
+    The rule: the input's stem, its leading dots made "_" (`...png` would give `..`, and
+    `.x` a hidden file) and an empty stem "_"; then every name that is not unique (compared
+    ignoring case: macOS and Windows folders do) gets the input's index in front,
+    `0007_frame`, and so on until none repeats (a file really called `0001_img.png` next to
+    two `img.png`). Depends on the whole input list only, so a resumed run names every image
+    as the first run did."""
+    names = [_safe_stem(p.stem) for p in paths]
+    for _ in range(len(names) + 1):  # each round lengthens the clashing names; ends soon
+        counts = Counter(n.casefold() for n in names)
+        clashing = [i for i, n in enumerate(names) if counts[n.casefold()] > 1]
+        if not clashing:
+            break
+        for i in clashing:
+            names[i] = f"{i:04d}_{names[i]}"
+    return [n + suffix for n in names]
+
+
+def _safe_stem(stem: str) -> str:
+    """`stem` as a name inside an output folder: no leading dot (`..` would climb out of
+    OUT/masks/, `.x` hides), never empty; path separators cannot occur in a stem."""
+    stripped = stem.lstrip(".")
+    return "_" * (len(stem) - len(stripped)) + stripped or "_"

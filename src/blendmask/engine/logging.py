@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from blendmask.atomic import atomic_write
+from blendmask.atomic import AppendFile, atomic_write, make_folder
 from blendmask.engine import distributed as dist_utils
 
 METRICS_FILE = "metrics.jsonl"
@@ -51,8 +51,9 @@ class MetricsFile:
     def write(self, record: dict[str, Any]) -> None:
         if self.path is None:
             return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record, sort_keys=False) + "\n")
+        # Not through a link; a full disk names the file.
+        with AppendFile(self.path) as f:
+            f.write((json.dumps(record, sort_keys=False) + "\n").encode())
 
     def truncate_after(self, iteration: int) -> None:
         """Drop lines past `iteration`: a resumed run repeats the steps after the checkpoint,
@@ -182,7 +183,7 @@ class TensorBoard:
         except ImportError:
             logger.warning("note: --tensorboard needs the tensorboard package; skipping it")
             return
-        self.writer = SummaryWriter(str(log_dir))
+        self.writer = SummaryWriter(str(make_folder(log_dir)))
 
     def scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
         if self.writer is None:
@@ -249,10 +250,17 @@ def plot_curves(metrics_path: str | Path, out_path: str | Path) -> Path | None:
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     fig.tight_layout()
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=100)
-    plt.close(fig)
+    try:
+        atomic_write(out_path, lambda f: fig.savefig(f, format=_figure_format(out_path), dpi=100))
+    finally:
+        plt.close(fig)
     return out_path
+
+
+def _figure_format(path: Path) -> str:
+    """matplotlib's format for `path` (its suffix; png without one): saving to a file object,
+    it cannot tell from the name."""
+    return path.suffix.lstrip(".").lower() or "png"
 
 
 class TrainingLog:

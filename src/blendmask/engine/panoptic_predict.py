@@ -3,8 +3,12 @@ R + 256 G + 256^2 B), its `segments_info` in one COCO panoptic results json, and
 (stuff tinted with its class colour, things filled and outlined in their own colours, labels).
 
 Writes OUT/panoptic/NAME.png, OUT/panoptic.json ({"annotations": [{"file_name", "source",
-"segments_info"}], "categories": [...]}: scoreable with `eval`'s PQ) and OUT/overlays/NAME.png.
-An image that cannot be read is skipped and listed in OUT/errors.jsonl (`strict`: stop).
+"real_path", "segments_info"}], "categories": [...]}: scoreable with `eval`'s PQ) and
+OUT/overlays/NAME.png (NAME: `data.sources.output_names`, kept for the images of a resumed
+run). An image that cannot be read is skipped and listed in OUT/errors.jsonl (`strict`: stop).
+A rerun into the same OUT resumes: images already in panoptic.json (by resolved path) are
+skipped and their annotations kept; other settings (model file content, threshold, ...) are
+refused (OUT/predict_settings.json).
 """
 
 from __future__ import annotations
@@ -19,11 +23,18 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from blendmask.atomic import atomic_write
+from blendmask.atomic import atomic_write, refuse_link, remove_stale_temps
 from blendmask.data.panoptic_format import id_to_rgb
 from blendmask.data.sources import expand_sources, output_names
 from blendmask.engine.output_lock import OutputLock
 from blendmask.engine.panoptic import category_id_tables, panoptic_to_coco
+from blendmask.engine.predict_settings import (
+    SETTINGS,
+    check_settings,
+    run_settings,
+    write_settings,
+)
+from blendmask.engine.predict_stream import real_key
 from blendmask.predictor import DEFAULT_SCORE_THRESHOLD, Predictor, load_input_image
 from blendmask.visualization import (
     class_color,
@@ -116,63 +127,60 @@ def predict_panoptic_images(
     glob: str | None = None,
     overlays: bool = True,
     strict: bool = False,
+    resume: bool = True,
 ) -> dict[str, Any]:
     """`blendmask predict --weights PANOPTIC_MODEL SOURCE... --out DIR` (module docstring).
 
     `score_threshold`, `nms_iou`, `max_detections`, `classes` are the `Predictor` knobs of the
     thing instances (stuff is the semantic branch's); `batch_size` images go through the
-    network at once. Returns a summary: images, predicted, skipped, segments, and the paths
-    written. ValueError when no image could be read at all (as instance `predict`)."""
-    sources = expand_sources(inputs, glob)
+    network at once. Resumes like instance predict: images already in OUT/panoptic.json are
+    skipped (their annotations kept), other settings over the same OUT are refused;
+    `resume=False` starts over. Returns a summary: images, predicted, resumed, skipped,
+    segments, and the paths written. ValueError when no image could be read at all (as
+    instance `predict`)."""
+    out = Path(out)
+    sources = expand_sources(inputs, glob, exclude=out)
     if sources.videos:
         raise ValueError(
             f"predict: a panoptic model takes images, not videos ({sources.videos[0]})"
         )
     if not sources.images:
         raise ValueError(f"predict: the sources {', '.join(map(str, inputs))} name no image")
-    out = Path(out)
     knobs = {"nms_iou": nms_iou, "max_detections": max_detections, "classes": classes}
+    # The model is checked before OUT is made: a refused one leaves nothing behind.
+    predictor = Predictor.from_checkpoint(
+        weights, device, batch_size, overrides=overrides, score_threshold=score_threshold, **knobs
+    )
+    settings = run_settings(weights, None, score_threshold, overrides, overlays=overlays, **knobs)
+    settings["panoptic"] = True
     with OutputLock(out):
-        predictor = Predictor.from_checkpoint(
-            weights,
-            device,
-            batch_size,
-            overrides=overrides,
-            score_threshold=score_threshold,
-            **knobs,
-        )
-        cfg = predictor.cfg
-        thing_ids, stuff_ids = category_id_tables(cfg)
-        annotations: list[dict[str, Any]] = []
+        annotations = _resume(out, settings, resume)
+        done, resumed = {_annotation_key(a) for a in annotations}, len(annotations)
+        names = _names(sources.images, annotations)
+        pending = [k for k, path in enumerate(sources.images) if real_key(path) not in done]
         errors: list[dict[str, str]] = []
-        pairs = list(zip(sources.images, output_names(sources.images, ".png")))
-        for start in range(0, len(pairs), batch_size):
-            chunk = pairs[start : start + batch_size]
-            images = _read_images(chunk, predictor.max_image_pixels, errors, strict)
-            results = predictor.predict_panoptic([image for _, _, image in images])
-            for (path, name, image), result in zip(images, results):
-                ids, _, info = panoptic_to_coco(result, thing_ids, stuff_ids)
-                _write_png(out / "panoptic" / name, ids)
-                annotations.append({"file_name": name, "source": str(path), "segments_info": info})
-                if overlays:
-                    picture = draw_panoptic(
-                        image,
-                        result,
-                        thing_names=cfg.data.category_names,
-                        stuff_names=cfg.data.stuff_names,
+        try:
+            for start in range(0, len(pending), batch_size):
+                chunk = [(sources.images[k], names[k]) for k in pending[start : start + batch_size]]
+                images = _read_images(chunk, predictor.max_image_pixels, errors, strict)
+                results = predictor.predict_panoptic([image for _, _, image in images])
+                for (path, name, image), result in zip(images, results):
+                    annotations.append(
+                        _write_one(predictor, image, result, path, name, out, overlays)
                     )
-                    save_png(picture, out / "overlays" / name)
-        _write_results(out, annotations, cfg, thing_ids, stuff_ids, errors)
-    if not annotations:  # every image was unreadable (`strict` stopped at the first)
+        finally:  # also on --strict's error: what was predicted stays listed
+            _write_results(out, annotations, predictor.cfg, errors)
+    if errors and len(annotations) == resumed:  # no image could be read (`strict`: the first)
         raise ValueError(
             f"none of the {len(errors)} image(s) could be read (listed in "
             f"{out / 'errors.jsonl'}); the first: {errors[0]['error']}"
         )
     return {
         "images": len(sources.images),
-        "predicted": len(annotations),
+        "predicted": len(pending) - len(errors),
+        "resumed": len(sources.images) - len(pending),
         "skipped": len(errors),
-        "segments": sum(len(a["segments_info"]) for a in annotations),
+        "segments": sum(len(a["segments_info"]) for a in annotations[resumed:]),
         "results": str(out / "panoptic.json"),
         "overlays": str(out / "overlays") if overlays else None,
         "errors": str(out / "errors.jsonl") if errors else None,
@@ -198,19 +206,88 @@ def _read_images(
     return images
 
 
+def _resume(out: Path, settings: dict[str, Any], resume: bool) -> list[dict[str, Any]]:
+    """The annotations already in OUT/panoptic.json (none with `resume=False`, or when there
+    is no such file), after checking that they were made with `settings`; records
+    `settings`."""
+    for name in ("panoptic", "overlays", "panoptic.json", "errors.jsonl", SETTINGS):
+        refuse_link(out / name)  # ours: a link there was planted
+    for folder in (out, out / "panoptic", out / "overlays"):
+        remove_stale_temps(folder)
+    results = out / "panoptic.json"
+    annotations: list[dict[str, Any]] = []
+    if resume and results.is_file():
+        check_settings(out, settings)
+        try:
+            annotations = list(json.loads(results.read_text())["annotations"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(
+                f"{results}: not a panoptic results file ({exc}); use --no-resume to start "
+                "over, or another --out"
+            ) from None
+    write_settings(out, settings)
+    return annotations
+
+
+def _annotation_key(annotation: dict[str, Any]) -> str:
+    """Which image an annotation is of: its resolved source path (older files: the source
+    as typed, resolved from the current folder)."""
+    return str(annotation.get("real_path") or real_key(annotation["source"]))
+
+
+def _names(images: list[Path], annotations: list[dict[str, Any]]) -> list[str]:
+    """The PNG name of each image: the one it had in `annotations` (a resumed run), else its
+    `output_names` name, made unique (index in front) against the names already used."""
+    used = {_annotation_key(a): a["file_name"] for a in annotations}
+    taken = {name.casefold() for name in used.values()}
+    names = []
+    for k, (path, name) in enumerate(zip(images, output_names(images, ".png"))):
+        if real_key(path) in used:
+            names.append(used[real_key(path)])
+            continue
+        while name.casefold() in taken:
+            name = f"{k:04d}_{name}"
+        taken.add(name.casefold())
+        names.append(name)
+    return names
+
+
+def _write_one(
+    predictor: Predictor,
+    image: Tensor,
+    result: Any,
+    path: Path,
+    name: str,
+    out: Path,
+    overlays: bool,
+) -> dict[str, Any]:
+    """Write one image's panoptic PNG (and overlay) from its `result`; its annotation."""
+    cfg = predictor.cfg
+    thing_ids, stuff_ids = category_id_tables(cfg)
+    ids, _, info = panoptic_to_coco(result, thing_ids, stuff_ids)
+    _write_png(out / "panoptic" / name, ids)
+    if overlays:
+        picture = draw_panoptic(
+            image, result, thing_names=cfg.data.category_names, stuff_names=cfg.data.stuff_names
+        )
+        save_png(picture, out / "overlays" / name)
+    return {
+        "file_name": name,
+        "source": str(path),
+        "real_path": real_key(path),
+        "segments_info": info,
+    }
+
+
 def _write_png(path: Path, ids: np.ndarray) -> None:
     picture = Image.fromarray(id_to_rgb(ids), mode="RGB")
     atomic_write(path, lambda f: picture.save(f, format="PNG"))
 
 
 def _write_results(
-    out: Path,
-    annotations: list[dict[str, Any]],
-    cfg: Any,
-    thing_ids: Sequence[int],
-    stuff_ids: Sequence[int],
-    errors: list[dict[str, str]],
+    out: Path, annotations: list[dict[str, Any]], cfg: Any, errors: list[dict[str, str]]
 ) -> None:
+    thing_ids, stuff_ids = category_id_tables(cfg)
     categories = [
         {"id": int(c), "name": n, "isthing": 1}
         for c, n in zip(thing_ids, cfg.data.category_names or [str(c) for c in thing_ids])
@@ -220,6 +297,7 @@ def _write_results(
     ]
     text = json.dumps({"annotations": annotations, "categories": categories}).encode()
     atomic_write(out / "panoptic.json", lambda f: f.write(text))
+    (out / "errors.jsonl").unlink(missing_ok=True)  # the last run's: tried again
     if errors:
         lines = "".join(json.dumps(e) + "\n" for e in errors).encode()
         atomic_write(out / "errors.jsonl", lambda f: f.write(lines))

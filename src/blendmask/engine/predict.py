@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import Any
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from blendmask.atomic import atomic_write, remove_stale_temps
+from blendmask.atomic import refuse_link, remove_stale_temps
 from blendmask.data.sources import Sources, expand_sources, output_names
 from blendmask.engine import distributed as dist_utils
 from blendmask.engine.distributed import DistInfo
@@ -43,6 +42,7 @@ from blendmask.engine.loaders import worker_init
 from blendmask.engine.output_lock import LOCK_NAME, OutputLock
 from blendmask.engine.predict_ids import image_ids
 from blendmask.engine.predict_outputs import MASK_MODES, OutputSpec
+from blendmask.engine.predict_settings import SETTINGS, check_settings, run_settings, write_settings
 from blendmask.engine.predict_stream import (
     ERRORS,
     PREDICTIONS,
@@ -53,14 +53,13 @@ from blendmask.engine.predict_stream import (
     finish_outputs,
     part_files,
     part_path,
+    real_key,
 )
 from blendmask.engine.video import predict_videos, video_done
 from blendmask.io import resolve_device
 from blendmask.predictor import DEFAULT_SCORE_THRESHOLD, Predictor
 from blendmask.structures import resolve_classes
 from blendmask.visualization import save_png
-
-SETTINGS = "predict_settings.json"
 
 
 def predict_images(
@@ -101,40 +100,46 @@ def predict_images(
     file_name); without it each file gets an id once, kept by resumed runs (`predict_ids`).
     """
     _check_arguments(predictor, save_masks, nms_iou, max_detections, overrides)
-    sources = expand_sources(inputs, glob)
+    out = Path(out)
+    sources = expand_sources(inputs, glob, exclude=out)
     if not len(sources):
         raise ValueError(f"predict: the sources {', '.join(map(str, inputs))} name no file")
-    out = Path(out)
     knobs = {"nms_iou": nms_iou, "max_detections": max_detections, "classes": classes}
-    settings = {
-        "model": _model_name(weights, predictor),
-        "score_threshold": score_threshold,
-        **knobs,
-        "overrides": list(overrides),
-        "overlays": overlays,
-        "save_masks": save_masks,
-        "json": None if gt_json is None else str(gt_json),
-    }
-    with _distributed(device) as (info, dev), _locked(out, info):
-        _on_main(info, lambda: _prepare(out, settings, resume))
-        done = done_keys(out) if resume else set()
-        ids = image_ids(sources.images, out if resume else None, gt_json)
-        video_names = output_names(sources.videos, "")
-        videos_pending = [k for k, n in enumerate(video_names) if not video_done(out, n)]
-        dist_utils.barrier()  # every rank has read what is done before any rank writes
+    settings = run_settings(weights, predictor, score_threshold, overrides, **knobs)
+    settings.update(
+        overlays=overlays,
+        save_masks=save_masks,
+        json=None if gt_json is None else str(gt_json),
+    )
+    with _distributed(device) as (info, dev):
+        # The model and its knobs are checked before OUT is made or touched: a refused
+        # model leaves no folder, .lock or settings behind.
         if predictor is None:
             predictor = _load_predictor(weights, dev, batch_size, overrides, score_threshold, knobs)
         spec = _output_spec(predictor, out, score_threshold, classes, overlays, save_masks)
-        counts = _run_images(
-            predictor, spec, sources.images, ids, done, info, batch_size, workers, strict
-        )
-        counts["frames"], bad_videos = predict_videos(
-            predictor, spec, sources.videos, video_names, videos_pending, info, batch_size, strict
-        )
-        counts["videos_skipped"] = bad_videos
-        totals = _sum_counts(dist_utils.all_gather_objects(counts))
-        dist_utils.barrier()
-        _on_main(info, lambda: finish_outputs(out, coco))
+        with _locked(out, info):
+            _on_main(info, lambda: _prepare(out, settings, resume))
+            done = done_keys(out) if resume else set()
+            ids = image_ids(sources.images, out if resume else None, gt_json)
+            video_names = output_names(sources.videos, "")
+            videos_pending = [k for k, n in enumerate(video_names) if not video_done(out, n)]
+            dist_utils.barrier()  # every rank has read what is done before any rank writes
+            counts = _run_images(
+                predictor, spec, sources.images, ids, done, info, batch_size, workers, strict
+            )
+            counts["frames"], counts["videos_skipped"] = predict_videos(
+                predictor,
+                spec,
+                sources.videos,
+                video_names,
+                videos_pending,
+                info,
+                batch_size,
+                strict,
+            )
+            totals = _sum_counts(dist_utils.all_gather_objects(counts))
+            dist_utils.barrier()
+            _on_main(info, lambda: finish_outputs(out, coco))
     if totals["attempted"] and totals["skipped"] == totals["attempted"] and not done:
         if not sources.videos:
             raise ValueError(
@@ -176,13 +181,6 @@ def _summary(
         "errors": str(out / ERRORS) if skipped else None,
         "overlays": str(out / "overlays") if overlays and sources.images else None,
     }
-
-
-def _model_name(weights: str | Path | None, predictor: Any) -> str:
-    if weights is not None:
-        return str(weights)
-    segmenter = getattr(predictor, "segmenter", None)  # `predict --onnx`
-    return str(getattr(segmenter, "path", type(predictor).__name__))
 
 
 def _output_spec(
@@ -250,25 +248,23 @@ def _prepare(out: Path, settings: dict[str, Any], resume: bool) -> None:
     """Rank 0, before any rank reads or writes: clear killed writers' temp files, start over
     (`resume=False`) or check that OUT's records were made with the same `settings`, and
     drop the previous errors (those images are tried again)."""
+    # Our subfolders and files: a link there was planted. Refused before anything is read
+    # through it (the records file is read for resuming).
+    for path in (out / PREDICTIONS, out / ERRORS, out / SETTINGS, out / RESULTS):
+        refuse_link(path)
     for folder in (out, out / "overlays", out / "videos", out / "masks"):
+        if folder != out:
+            refuse_link(folder)
         remove_stale_temps(folder)
     records = [out / PREDICTIONS, *part_files(out, PREDICTIONS)]
     if not resume:
         for path in (*records, out / RESULTS, *(out / "videos").glob("*.jsonl")):
             path.unlink(missing_ok=True)
-    elif any(p.is_file() for p in records) and (out / SETTINGS).is_file():
-        before = json.loads((out / SETTINGS).read_text())
-        changed = [k for k in settings if before.get(k) != settings[k]]
-        if changed:
-            raise ValueError(
-                f"{out} holds predictions made with other settings ("
-                + ", ".join(f"{k}: {before.get(k)!r} -> {settings[k]!r}" for k in changed)
-                + "); use --no-resume to start it over, or another --out"
-            )
+    elif any(p.is_file() for p in records):
+        check_settings(out, settings)
     for path in (out / ERRORS, *part_files(out, ERRORS)):
         path.unlink(missing_ok=True)
-    text = json.dumps(settings, indent=1).encode()
-    atomic_write(out / SETTINGS, lambda f: f.write(text))
+    write_settings(out, settings)
 
 
 def _load_predictor(
@@ -305,7 +301,7 @@ def _run_images(
 ) -> dict[str, Any]:
     """Predict this rank's share of the images not `done`, writing each batch's records,
     overlays and masks as it comes; returns this rank's counts."""
-    pending = [i for i, path in enumerate(images) if str(path) not in done]
+    pending = [i for i, path in enumerate(images) if real_key(path) not in done]
     mine = [pending[k] for k in dist_utils.shard_indices(len(pending), info)]
     names = output_names(images, ".png")
     loader = DataLoader(
@@ -377,6 +373,7 @@ def _predict_batch(
     for (index, image), det in zip(batch, predictor.predict_tensors([im for _, im in batch])):
         det = spec.keep(det)
         record = spec.record(det, file_name=str(images[index]), image_id=ids[index])
+        record["real_path"] = real_key(images[index])  # the resume key (`record_key`)
         masks = spec.write_masks(det, Path(names[index]).stem)
         if masks is not None:
             record["masks"] = masks

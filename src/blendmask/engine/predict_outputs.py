@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from blendmask.atomic import atomic_write
+from blendmask.atomic import atomic_write, make_folder
 from blendmask.engine.predict_stream import detection_entries
 from blendmask.modeling.paste import mask_windows
 from blendmask.structures import Detections
@@ -65,7 +65,8 @@ class OutputSpec:
 
     def write_masks(self, det: Detections, name: str) -> list[str] | str | None:
         """The mask files of `det` under OUT/masks named after `name` (a file stem); returns
-        their paths relative to OUT (a list for "instances", one path for "idmap")."""
+        their paths relative to OUT (a list for "instances", one path for "idmap"). `name`
+        comes from `data.sources.output_names`: a plain name, unique among the run's inputs."""
         if self.save_masks is None:
             return None
         if self.save_masks == "idmap":
@@ -74,6 +75,7 @@ class OutputSpec:
             return path.relative_to(self.out).as_posix()
         height, width = det.image_size
         paths: list[str] = [""] * len(det)
+        make_folder(self.out / "masks" / name)  # a link planted there would be written through
         for d, x, y, window in mask_windows(det):
             full = np.zeros((height, width), dtype=np.uint8)
             full[y : y + window.shape[0], x : x + window.shape[1]][window.numpy()] = 255

@@ -29,7 +29,7 @@ from typing import IO, Any
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from blendmask.atomic import atomic_write
+from blendmask.atomic import AppendFile, atomic_write, describe_write_error, open_output
 from blendmask.engine.distributed import DistInfo
 from blendmask.evaluation.coco import detections_to_coco_results
 from blendmask.predictor import load_input_image
@@ -58,29 +58,29 @@ def part_files(out: Path, name: str) -> list[Path]:
 
 
 class JsonLinesWriter:
-    """Appends records to a JSON lines file, one line each, flushed after every `write`.
+    """Appends records to a JSON lines file, one line each, written to the OS after every
+    `write`.
 
-    The file is opened on the first write (no file when nothing is written). Before appending
-    to an existing file, a torn last line (no newline: its writer was killed mid-line) is cut
-    off, so the file stays one valid record per line.
+    The file is opened on the first write (no file when nothing is written), never through a
+    link (`atomic.AppendFile`); a write that fails (a full disk) names the file. Before
+    appending to an existing file, a torn last line (no newline: its writer was killed
+    mid-line) is cut off, so the file stays one valid record per line.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._file: IO[bytes] | None = None
+        self._file: AppendFile | None = None
 
     def write(self, records: Sequence[dict[str, Any]]) -> None:
         if not records:
             return
         if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            cut_torn_line(self.path)
-            self._file = open(self.path, "ab")  # noqa: SIM115 - closed in close()
+            self._file = AppendFile(self.path, readable=True)
+            _cut_torn_line(self._file.fd, self.path)  # type: ignore[arg-type]
         lines = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
+        # Unbuffered: a SIGKILL after this loses nothing (fsync would only add safety against
+        # a power cut, at a disk sync per batch).
         self._file.write(lines.encode())
-        # Flushed to the OS: a SIGKILL after this loses nothing (fsync would only add
-        # safety against a power cut, at a disk sync per batch).
-        self._file.flush()
 
     def close(self) -> None:
         if self._file is not None:
@@ -89,25 +89,32 @@ class JsonLinesWriter:
 
 
 def cut_torn_line(path: Path) -> None:
-    """Truncate `path` after its last newline (nothing when it ends with one or is absent)."""
-    if not path.is_file():
+    """Truncate `path` after its last newline (nothing when it ends with one or is absent);
+    a link at `path` is refused (`WriteError`), not followed."""
+    if not os.path.lexists(path):
         return
-    with open(path, "rb+") as f:
-        end = f.seek(0, os.SEEK_END)
-        if end == 0:
-            return
-        f.seek(end - 1)
-        if f.read(1) == b"\n":
+    fd = open_output(path, os.O_RDWR)
+    try:
+        _cut_torn_line(fd, path)
+    finally:
+        os.close(fd)
+
+
+def _cut_torn_line(fd: int, path: Path) -> None:
+    try:
+        end = os.fstat(fd).st_size
+        if end == 0 or os.pread(fd, 1, end - 1) == b"\n":
             return
         while end > 0:  # search backwards, a block at a time: files may be gigabytes
             start = max(0, end - 65536)
-            f.seek(start)
-            newline = f.read(end - start).rfind(b"\n")
+            newline = os.pread(fd, end - start, start).rfind(b"\n")
             if newline >= 0:
-                f.truncate(start + newline + 1)
+                os.ftruncate(fd, start + newline + 1)
                 return
             end = start
-        f.truncate(0)
+        os.ftruncate(fd, 0)
+    except OSError as exc:
+        raise describe_write_error(path, exc) from exc
 
 
 def read_records(path: Path) -> Iterator[dict[str, Any]]:
@@ -132,10 +139,20 @@ def read_records(path: Path) -> Iterator[dict[str, Any]]:
 
 def record_key(record: dict[str, Any]) -> str:
     """What identifies a record: its file (and frame, for video frames); an error record its
-    "path"."""
-    name = record.get("file_name", record.get("path"))
+    "path". The file by its resolved path ("real_path"), so that `grow/a.png` typed in one
+    folder and `/data/grow/a.png` are one image; records of older versions have none and their
+    path as typed is resolved from the current folder."""
+    name = record.get("real_path")
+    if name is None:
+        typed = record.get("file_name", record.get("path"))
+        name = real_key(typed) if isinstance(typed, str) else str(typed)
     frame = record.get("frame")
     return str(name) if frame is None else f"{name}#{frame}"
+
+
+def real_key(path: str | Path) -> str:
+    """`path` resolved (absolute, links and `..` followed): the resume key of an image."""
+    return os.path.realpath(path)
 
 
 def done_keys(out: Path, name: str = PREDICTIONS) -> set[str]:

@@ -24,10 +24,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from blendmask.atomic import make_folder, refuse_link
 from blendmask.engine import distributed as dist_utils
 from blendmask.engine.distributed import DistInfo
 from blendmask.engine.predict_outputs import OutputSpec
 from blendmask.engine.predict_stream import ERRORS, JsonLinesWriter, one_line, part_path
+from blendmask.io import check_regular_file
 
 
 def video_done(out: Path, name: str) -> bool:
@@ -68,12 +70,15 @@ def predict_video(predictor: Any, spec: OutputSpec, path: Path, name: str, batch
     """Predict every frame of the video at `path` (see the module docstring); returns the
     number of frames. ValueError naming the file when it cannot be decoded."""
     av = _import_av()
-    folder = spec.out / "videos"
-    folder.mkdir(parents=True, exist_ok=True)
+    check_regular_file(path, "video")  # before av.open: a FIFO would block forever
+    folder = make_folder(spec.out / "videos")
     # Named like `atomic_write`'s temp files, so `remove_stale_temps` clears a killed run's.
     tmp_records = folder / f".{name}.jsonl.{os.getpid()}.tmp"
     tmp_video = folder / f".{name}.mp4.{os.getpid()}.tmp"
+    # Removed first (a link left there is removed, not followed); the writers then create
+    # them anew (`JsonLinesWriter` without following links).
     tmp_records.unlink(missing_ok=True)
+    tmp_video.unlink(missing_ok=True)
     records = JsonLinesWriter(tmp_records)
     writer = None
     count = 0
@@ -94,10 +99,12 @@ def predict_video(predictor: Any, spec: OutputSpec, path: Path, name: str, batch
             bar.close()
         if writer is not None:
             writer.close()
+            refuse_link(folder / f"{name}.mp4")
             os.replace(tmp_video, folder / f"{name}.mp4")
         records.close()
         if count == 0:
             raise ValueError(f"cannot read video {path}: it holds no frames")
+        refuse_link(folder / f"{name}.jsonl")
         os.replace(tmp_records, folder / f"{name}.jsonl")
     except av.FFmpegError as exc:
         raise ValueError(f"cannot read video {path}: {type(exc).__name__}: {exc}") from None

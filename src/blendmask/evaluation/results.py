@@ -11,6 +11,7 @@ from typing import Any
 
 from pycocotools.coco import COCO
 
+from blendmask.atomic import atomic_write
 from blendmask.data.segmentation import (
     check_segmentation,
     is_finite_number,
@@ -157,10 +158,10 @@ def write_evaluation(
 ) -> None:
     """Write `out_dir/metrics.json` and `out_dir/results.json`."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    with (out_dir / "results.json").open("w", encoding="utf-8") as f:
-        json.dump(list(results), f)
+    # Atomic, and never through a link planted at either name.
+    text = (json.dumps(metrics, indent=2) + "\n").encode()
+    atomic_write(out_dir / "metrics.json", lambda f: f.write(text))
+    atomic_write(out_dir / "results.json", lambda f: f.write(json.dumps(list(results)).encode()))
 
 
 def evaluate_results_file(

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from blendmask.atomic import refuse_link
 from blendmask.config import Config
 from blendmask.export.end_to_end import INPUT_NAMES, EndToEndBlendMask
 from blendmask.export.onnx import (
@@ -124,6 +125,7 @@ def export_end_to_end_onnx(
     refuse_deformable(model)
     onnx = require_module("onnx")
     path = Path(path)
+    refuse_link(path)  # the exporters write by name: they would follow a link there
     path.parent.mkdir(parents=True, exist_ok=True)
     module = end_to_end_module(model, postprocessor, paste=paste)
     names = list(module.output_names)

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from blendmask.atomic import refuse_link
 from blendmask.config import Config
 
 INPUT_NAMES = ("images", "image_sizes")
@@ -173,6 +174,7 @@ def export_onnx(
     refuse_deformable(model)
     onnx = require_module("onnx")
     path = Path(path)
+    refuse_link(path)  # the exporters write by name: they would follow a link there
     path.parent.mkdir(parents=True, exist_ok=True)
     device = model_device(model)
     images = torch.rand(1, 3, height, width, device=device)

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from blendmask.atomic import refuse_link
 from blendmask.config import Config
 from blendmask.export.end_to_end_onnx import (
     end_to_end_metadata,
@@ -57,6 +58,7 @@ def export_torchscript(
     """
     check_size(height, width)
     path = Path(path)
+    refuse_link(path)  # the exporters write by name: they would follow a link there
     path.parent.mkdir(parents=True, exist_ok=True)
     module = end_to_end_module(model, postprocessor, paste=paste)
     with torch.no_grad(), warnings.catch_warnings():
