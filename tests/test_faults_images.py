@@ -93,7 +93,10 @@ def test_float_images_in_0_1_are_accepted_with_a_rounding_margin(predictor):
     image = image_u8().astype(np.float32) / 255
     image[0, 0] = [-0.5 / 255, 1 + 0.5 / 255, 1.0]  # a user's own resize may overshoot
     assert check_image(image, "HWC") == "float"
-    assert predictor([image])[0].image_size == (48, 64)
+    want = predictor([image])[0]
+    assert want.image_size == (48, 64)
+    big_endian = predictor([image.astype(">f4")])[0]  # e.g. read from a FITS file
+    assert torch.equal(big_endian.scores, want.scores)
 
 
 def test_adapter_uses_the_same_check():

@@ -1,7 +1,7 @@
 """The one sanity check of an image a caller hands over as pixels (an array or a tensor):
 shape, size, dtype, value range and finite values. `Predictor`, `preprocess`, `explain`, the
-torchvision adapter and the ONNX runtime all call `check_image`, so one image is accepted or
-refused alike everywhere, with the same message.
+torchvision adapter and the ONNX runtime (which takes uint8 arrays only) all call `check_image`,
+so one image is accepted or refused alike everywhere, with the same message.
 
 The contract of pixel values (the network normalises them itself, from its config):
 - uint8: 0-255;
@@ -55,7 +55,8 @@ def check_image(image: Any, layout: Literal["HWC", "CHW"], name: str = "image") 
 
 def check_pixel_values(image: Any, name: str = "image") -> ImageKind:
     """The dtype and value part of `check_image` (any shape with at least one value)."""
-    dtype = str(image.dtype).removeprefix("torch.")
+    # numpy's name ("float32" also for big-endian ">f4"), torch's str ("torch.float32")
+    dtype = getattr(image.dtype, "name", None) or str(image.dtype).removeprefix("torch.")
     if dtype == "uint8":
         return "uint8"
     kind: ImageKind

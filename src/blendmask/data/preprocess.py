@@ -43,6 +43,8 @@ def to_image_tensor(image: ImageInput, *, name: str = "image") -> Tensor:
         kind = check_image(image, "HWC", name)
         if kind == "integer":
             image = image.astype(np.uint8)  # exact: the values are in 0-255
+        elif not image.dtype.isnative:
+            image = image.astype(image.dtype.newbyteorder("="))  # torch takes native order only
         elif not image.flags.writeable or not image.flags.c_contiguous:
             image = image.copy()  # torch cannot share a read-only or strided buffer
         image = torch.from_numpy(image).permute(2, 0, 1)
