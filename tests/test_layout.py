@@ -20,7 +20,16 @@ LAYERS: list[tuple[str, ...]] = [
     ("engine", "export", "explain", "adapter"),
     ("predictor", "input_images", "factory", "checkpoint_io", "interop"),
     ("modeling", "data", "evaluation", "visualization"),
-    ("config", "config_checks", "presets", "structures", "io", "atomic", "onnx_runtime"),
+    (
+        "config",
+        "config_checks",
+        "presets",
+        "structures",
+        "io",
+        "image_checks",
+        "atomic",
+        "onnx_runtime",
+    ),
 ]
 # Same-layer imports that would close a circle or mix concerns, forbidden explicitly.
 FORBIDDEN = {

@@ -30,7 +30,8 @@ def naive_output_size(h: int, w: int, short: int, max_size: int) -> tuple[int, i
     if max(newh, neww) > max_size:
         s = max_size / max(newh, neww)
         newh, neww = newh * s, neww * s
-    return int(newh + 0.5), int(neww + 0.5)
+    # ours, on purpose: >= 1 (detectron2 gives 0 for a 1 x 1333 image, which no resize makes)
+    return max(1, int(newh + 0.5)), max(1, int(neww + 0.5))
 
 
 def mask_box(mask: torch.Tensor) -> list[float]:

@@ -33,6 +33,10 @@ from torch import Tensor
 from blendmask.atomic import atomic_write
 from blendmask.structures import Detections
 
+# The longest side of the detections panel's picture, in pixels: the figure shows no more (it
+# is ~1800 px wide at the default dpi), and drawing a larger image only costs memory.
+PANEL_MAX_SIDE = 2048
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -109,9 +113,8 @@ def explain_image(
     # that clipping to the image empties.
     final = post(outputs, batch.image_sizes, orig_sizes)[0].to("cpu")
     n_final = min(int((final.scores >= score_threshold).sum()), top)
-    final = Detections(
-        final.boxes[:n_final], final.scores[:n_final], final.labels[:n_final], final.masks[:n_final]
-    )
+    # Box-local, as the post-processor gives them: pasting (`.masks`) costs D x H0 x W0 bytes.
+    final = final.select(slice(0, n_final))
     h, w = batch.image_sizes[0]
     stride = spec.bases_stride
     return Explanation(
@@ -230,6 +233,12 @@ def _draw_detections_panel(ax: Axes, expl: Explanation, original_image: Tensor |
 
     background = original_image if original_image is not None else expl.image
     dets = expl.detections
+    if max(background.shape[-2:]) > PANEL_MAX_SIDE and tuple(dets.image_size) == tuple(
+        background.shape[-2:]
+    ):
+        # The panel shows ~2000 pixels at most: draw at that size, not at the original's
+        # (an 8000 x 8000 overlay and matplotlib's float copies of it took gigabytes).
+        background, dets = _shrink_for_display(background, dets, PANEL_MAX_SIDE)
     if tuple(dets.image_size) != tuple(background.shape[-2:]):
         # Only the resized input to draw on: draw the blender's own boxes (resized-input
         # pixels, clipped as the post-processor clips them) and masks instead.
@@ -249,6 +258,34 @@ def _draw_detections_panel(ax: Axes, expl: Explanation, original_image: Tensor |
     ax.imshow(overlay.permute(1, 2, 0).numpy())
     ax.axis("off")
     ax.set_title("detections" if len(expl.boxes) else "no detections", fontsize=9)
+
+
+def _shrink_for_display(
+    image: Tensor, dets: Detections, max_side: int
+) -> tuple[Tensor, Detections]:
+    """`image` (Tensor[3, H0, W0]) resized so its longer side is `max_side`, and `dets` at that
+    size: box-local masks are pasted at the new size (boxes scaled), dense ones resized."""
+    from blendmask.data.transforms import resize_masks, resize_to
+
+    height, width = image.shape[-2:]
+    factor = max_side / max(height, width)
+    size = (max(1, round(height * factor)), max(1, round(width * factor)))
+    scale = torch.tensor([size[1] / width, size[0] / height] * 2)
+    boxes = dets.boxes.float() * scale
+    if dets.has_dense_masks or dets.paster is None:
+        masks = resize_masks(dets.masks.to(torch.uint8), size).bool()
+        small = Detections(boxes, dets.scores, dets.labels, masks)
+    else:
+        small = Detections(
+            boxes,
+            dets.scores,
+            dets.labels,
+            mask_probs=dets.mask_probs,
+            image_size=size,
+            mask_threshold=dets.mask_threshold,
+            paster=dets.paster,
+        )
+    return resize_to(image, size), small
 
 
 def _draw_detection_row(
@@ -290,9 +327,11 @@ def explain_figure(
     predictor: Predictor, image: Any, *, top: int = 4, score_threshold: float = 0.0
 ) -> Figure:
     """`explain_image` + `draw_explanation`: the figure for one image (see the module docs)."""
-    from blendmask.data.preprocess import to_image_tensor
+    from blendmask.input_images import load_input_image
 
-    image_t = to_image_tensor(image)
+    # Decoded once (the fewest copies of a large image, and the Predictor's size limit), then
+    # passed on as a tensor.
+    image_t = load_input_image(image, predictor.max_image_pixels)
     expl = explain_image(predictor, image_t, top=top, score_threshold=score_threshold)
     return draw_explanation(expl, original_image=image_t)
 

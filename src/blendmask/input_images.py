@@ -69,8 +69,10 @@ def _side(pixels: int) -> str:
 
 def load_input_image(image: ImageInput, max_pixels: int = MAX_IMAGE_PIXELS) -> Tensor:
     """`to_image_tensor` after `check_image_size`: RGB Tensor[3, H0, W0] (uint8 for decoded
-    files), or ValueError / FileNotFoundError naming the file."""
+    files and integer arrays, float in [0, 1] for float ones), or ValueError /
+    FileNotFoundError naming the file (the pixel contract: `blendmask.image_checks`)."""
     check_image_size(image, max_pixels)
+    name = str(image) if isinstance(image, (str, Path)) else "image"
     if isinstance(image, (str, Path)):
         # Our limit replaces PIL's decompression-bomb limit (~89 MP) for the files we read.
         # One export of the decoded RGB pixels, the PIL image freed before the writable copy
@@ -78,6 +80,6 @@ def load_input_image(image: ImageInput, max_pixels: int = MAX_IMAGE_PIXELS) -> T
         array = np.asarray(load_image(image, max_pixels=max_pixels))
         image = torch.from_numpy(array.copy()).permute(2, 0, 1)
         del array
-    tensor = to_image_tensor(image)
+    tensor = to_image_tensor(image, name=name)
     check_image_size(tensor, max_pixels)  # arrays, and files whose header was unreadable
     return tensor

@@ -28,6 +28,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image, ImageOps
 
+from blendmask.image_checks import check_image
+
 METADATA_KEY = "blendmask_end_to_end"  # = export/end_to_end_onnx.py END_TO_END_METADATA_KEY
 SUPPORTED_FORMAT_VERSION = 1
 
@@ -54,7 +56,7 @@ def get_output_size(
 ) -> tuple[int, int]:
     """`data/transforms.py::get_output_size`, the same arithmetic: shorter side to
     `min_size` (or both sides times `scale` when > 0), longer side capped at `max_size`
-    (<= 0: no cap), each rounded int(x + 0.5)."""
+    (<= 0: no cap), each rounded int(x + 0.5), at least 1."""
     if scale > 0:
         new_height, new_width = height * scale, width * scale
     else:
@@ -66,7 +68,8 @@ def get_output_size(
     if max_size > 0 and max(new_height, new_width) > max_size:
         cap = max_size / max(new_height, new_width)
         new_height, new_width = new_height * cap, new_width * cap
-    return int(new_height + 0.5), int(new_width + 0.5)
+    # At least 1: a 1 x 10000 image would otherwise get a 0-pixel side and stop the run.
+    return max(1, int(new_height + 0.5)), max(1, int(new_width + 0.5))
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -92,6 +95,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 def load_rgb(image: RuntimeImage) -> np.ndarray:
     """A path, PIL image or H x W x 3 uint8 RGB array -> uint8[H0, W0, 3] RGB, decoded as
     `io.load_image` does (EXIF orientation for files)."""
+    name = str(image) if isinstance(image, (str, Path)) else "image"
     if isinstance(image, (str, Path)):
         path = Path(image)
         if not path.is_file():
@@ -112,6 +116,7 @@ def load_rgb(image: RuntimeImage) -> np.ndarray:
             f"expected a uint8 RGB array (0-255), got {image.dtype}: the package resizes "
             "decoded uint8 images with PIL, and only those give the same numbers"
         )
+    check_image(image, "HWC", name)  # the package's check: an empty image is refused alike
     return image
 
 

@@ -144,6 +144,12 @@ class Predictor:
     on first access. Images over `max_image_pixels` (default `MAX_IMAGE_PIXELS`) raise
     ValueError before they are decoded.
 
+    Images: paths, PIL images, H x W x 3 numpy arrays or Tensor[3, H, W], RGB. Pixel values:
+    uint8 (or another integer dtype) in 0-255; float in [0, 1] (one grey level of slack). A
+    float image in 0-255 or already normalised, NaN / infinite values, other dtypes and empty
+    images raise a one-line ValueError (`blendmask.image_checks.check_image`); any aspect
+    ratio, 1 x N included, is predicted.
+
     Post-processing knobs (keyword-only; None keeps the model's config), each for this
     Predictor only (the post-processor is copied before one is set, never changed in place):
     - `score_threshold`: drop detections scoring below it (default `DEFAULT_SCORE_THRESHOLD`,

@@ -20,11 +20,8 @@ import torch
 from torch import Tensor
 
 from blendmask.data.transforms import resize_masks
+from blendmask.image_checks import check_image
 from blendmask.structures import Target
-
-# Float images may overshoot [0, 1] by this much (rounding of a user's own resize or colour
-# jitter) before they are refused as not being [0, 1] images at all.
-_RANGE_TOLERANCE = 1 / 255
 
 
 class TargetError(ValueError, AssertionError):
@@ -37,8 +34,9 @@ def check_images(images: Sequence[Tensor] | Tensor) -> list[Tensor]:
     """The images as a list, or the error torchvision gives (TypeError for a non-float image,
     with torchvision's message) or a ValueError saying what is wrong.
 
-    Float values outside [0, 1] (by more than one grey level) are refused: a float image in
-    0-255 or one already normalised would otherwise be normalised again, silently wrong.
+    Float values outside [0, 1] (by more than one grey level, `image_checks.RANGE_TOLERANCE`),
+    NaN and empty images are refused: a float image in 0-255 or one already normalised would
+    otherwise be normalised again, silently wrong.
     """
     if isinstance(images, Tensor):
         if images.dim() != 4:
@@ -63,16 +61,7 @@ def check_images(images: Sequence[Tensor] | Tensor) -> list[Tensor]:
                 "Expected input images to be of floating type (in range [0, 1]), "
                 f"but found type {image.dtype} instead"
             )
-        if image.shape[0] != 3 or image.shape[1] == 0 or image.shape[2] == 0:
-            raise ValueError(f"images[{i}]: expected an RGB Tensor[3, H, W], got {image.shape}")
-        inside = (image >= -_RANGE_TOLERANCE) & (image <= 1 + _RANGE_TOLERANCE)
-        if not bool(inside.all()):
-            lo, hi = float(image.min()), float(image.max())
-            raise ValueError(
-                f"images[{i}]: expected float values in [0, 1], found values in [{lo:g}, {hi:g}]"
-                " (NaN or infinite if shown so): divide a 0-255 image by 255; do not normalise "
-                "it, the model does (as torchvision's detectors do)"
-            )
+        check_image(image, "CHW", f"images[{i}]")  # the package's one check of images
     return list(images)
 
 

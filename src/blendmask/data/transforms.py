@@ -45,7 +45,8 @@ def get_output_size(
     are multiplied by `scale` instead (`data.test_scale`), under the same cap.
 
     Returns:
-        (new_height, new_width), each rounded with int(x + 0.5).
+        (new_height, new_width), each rounded with int(x + 0.5) and at least 1 (the reference
+        gives 0 for a side under half a pixel, which no resize can make).
     """
     if scale > 0:
         new_height, new_width = height * scale, width * scale
@@ -58,7 +59,8 @@ def get_output_size(
     if max_size > 0 and max(new_height, new_width) > max_size:
         cap = max_size / max(new_height, new_width)
         new_height, new_width = new_height * cap, new_width * cap
-    return int(new_height + 0.5), int(new_width + 0.5)
+    # At least 1: a 1 x 10000 image would otherwise get a 0-pixel side and stop the run.
+    return max(1, int(new_height + 0.5)), max(1, int(new_width + 0.5))
 
 
 def resize_image(image: Tensor, min_size: int, max_size: int, scale: float = 0.0) -> Tensor:
