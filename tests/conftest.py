@@ -6,19 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.paths import NUCLEI_DIR, TINY_COCO_IMAGES, TINY_COCO_JSON
 
 from blendmask.data.shapes import write_shapes_dataset
 
 # Two cores on CI; more threads only add contention between tiny ops.
 torch.set_num_threads(2)
-
-TESTS_DIR = Path(__file__).resolve().parent
-TEST_DATA = TESTS_DIR / "data"
-TINY_COCO_JSON = TEST_DATA / "tiny_coco" / "annotations.json"
-TINY_COCO_IMAGES = TEST_DATA / "tiny_coco" / "images"
-# The project's shipped real data sits next to the repository: <repo>/../shared/data.
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-NUCLEI_DIR = SHARED_DATA / "dsb2018_nuclei"
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +24,8 @@ def shapes_dataset(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def nuclei_dir() -> Path:
-    """shared/data/dsb2018_nuclei (annotations/, images/); the test is skipped without it."""
+    """The real nuclei data (annotations/, images/) of `helpers.paths.NUCLEI_DIR`; the test is
+    skipped without it."""
     if not (NUCLEI_DIR / "annotations" / "instances_val.json").is_file():
         pytest.skip(f"shipped nuclei data not found at {NUCLEI_DIR}")
     return NUCLEI_DIR

@@ -6,20 +6,15 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
+# benchmarks/ is on sys.path (pyproject.toml's pytest `pythonpath`), as it is for its scripts.
+import ablations
+import ablations_longer
+import ablations_report
+import common
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import ablations  # noqa: E402
-import ablations_longer  # noqa: E402
-import ablations_report  # noqa: E402
-import common  # noqa: E402
-
-from blendmask.presets import load_config  # noqa: E402
+from blendmask.presets import load_config
 
 DATA = {"train_json": "t.json", "train_images": "t", "val_json": "v.json", "val_images": "v"}
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_distributed import run_in_session
-from test_distributed_eval import write_dense_model
+from helpers.models import write_dense_model
+from helpers.processes import run_in_session
 
 from blendmask.cli import main
 from blendmask.predictor import Predictor

@@ -7,13 +7,12 @@ rank-1 files appear, a non-zero rank wrote outputs."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import textwrap
 
 import pytest
 import torch
+from helpers.processes import run_in_session
 
 from blendmask.engine.distributed import DistInfo, all_gather_objects, shard_indices
 from blendmask.engine.evaluate import METRIC_KEYS, evaluate_model_file
@@ -180,28 +179,3 @@ def test_all_gather_objects_over_three_gloo_processes(tmp_path):
         assert [len(g["blob"]) for g in view] == [0, 1000, 2000]
         assert [i for g in view for i in g["items"]] == list(range(7))
     assert views[0] == views[1] == views[2]
-
-
-def run_in_session(command: list[str], timeout: float) -> subprocess.CompletedProcess:
-    """`command` (a torchrun) with one thread per process. When it times out or the test is
-    interrupted, torchrun gets SIGTERM, on which it stops its workers (each runs in a session
-    of its own, out of reach of a kill of torchrun's process group; a SIGKILLed torchrun
-    leaves them waiting for it forever), then SIGKILL after 30 s."""
-    proc = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except BaseException:
-        proc.terminate()
-        try:
-            proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()  # not communicate: a surviving worker may hold the pipes open
-        raise
-    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)

@@ -18,14 +18,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import NUCLEI_DIR
-from test_distributed import run_in_session
+from helpers.models import write_dense_model
+from helpers.paths import NUCLEI_DIR
+from helpers.processes import run_in_session
 
-from blendmask.checkpoint_io import save_model_file
 from blendmask.cli import main
 from blendmask.data.shapes import write_shapes_dataset
-from blendmask.predictor import Predictor
-from blendmask.presets import get_preset
 
 # Nuclei val images 1 (256 x 256, 8 nuclei), 18 (696 x 520, 106) and 23 (1272 x 603, 199).
 NUCLEI_IMAGE_IDS = (1, 18, 23)
@@ -44,23 +42,6 @@ CHILD = textwrap.dedent(
     sys.exit(max(codes))
     """
 )
-
-
-def write_dense_model(path: Path, category_ids: list[int], names: list[str]) -> None:
-    """A seeded random tiny model whose detections overlap some objects.
-
-    A plain random model scores every location near the prior (0.01, under the 0.05 candidate
-    threshold) and gives no detection, so the comparison would hold trivially: the class bias
-    0 makes every location a candidate (the NMS keeps up to --max-det), the box bias a few
-    strides around each location, so some boxes match objects (AP > 0)."""
-    cfg = get_preset("tiny")
-    cfg.data.category_ids, cfg.data.category_names = category_ids, names
-    cfg.model.fcos.num_classes = len(category_ids)
-    torch.manual_seed(0)
-    predictor = Predictor.from_config(cfg, device="cpu")
-    torch.nn.init.constant_(predictor.model.head.cls_logits.bias, 0.0)
-    torch.nn.init.constant_(predictor.model.head.bbox_pred.bias, 1.5)
-    save_model_file(path, predictor.cfg, predictor.model)
 
 
 def _shapes_case(root: Path) -> list[str]:

@@ -18,6 +18,8 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
+from helpers.models import spread_model  # noqa: E402
+
 from blendmask.checkpoint_io import save_model_file  # noqa: E402
 from blendmask.export.onnx import OUTPUT_NAMES, check_onnx, export_onnx  # noqa: E402
 from blendmask.export.onnx_predictor import (  # noqa: E402
@@ -25,25 +27,7 @@ from blendmask.export.onnx_predictor import (  # noqa: E402
     fcos_points,
     read_onnx_config,
 )
-from blendmask.factory import build  # noqa: E402
 from blendmask.predictor import Predictor  # noqa: E402
-from blendmask.presets import get_preset  # noqa: E402
-
-
-def spread_model(seed: int = 0):
-    torch.manual_seed(seed)
-    cfg = get_preset("tiny")
-    model, _, post = build(cfg, load_pretrained=False)
-    with torch.no_grad():
-        for conv in (model.head.cls_logits, model.head.ctrness, model.head.bbox_pred):
-            conv.weight.normal_(0.0, 0.3)
-        # ltrb of at least ~1 stride: degenerate (zero-height) boxes make pasting ill-posed
-        model.head.bbox_pred.bias.fill_(1.0)
-        model.top_layer.weight.normal_(0.0, 0.3)
-        # Where the random bases are all 0 (dead ReLUs) every mask probability would be
-        # exactly 0.5 and pasting would threshold noise; a bias per base avoids that.
-        model.basis_module.tower[-1].bias.normal_(0.0, 1.0)
-    return cfg, model.eval(), post.eval()
 
 
 @pytest.fixture(scope="module")

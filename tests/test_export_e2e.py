@@ -3,7 +3,7 @@ onnxruntime and TorchScript against the PyTorch `Predictor` detection by detecti
 sizes (dynamic axes), an image without detections, the traceable pieces against the
 post-processor's own functions, the converted R_50 at a reduced size, and the CLI.
 
-The tiny preset with spread-out random weights (tests/test_export.py's `spread_model`), so that
+The tiny preset with spread-out random weights (`helpers.models.spread_model`), so that
 there are dozens of detections with distinct scores.
 """
 
@@ -22,10 +22,9 @@ import torch.nn.functional as F
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from test_export import spread_model  # noqa: E402
+from helpers.models import boxy_model, shapes_images, spread_model  # noqa: E402
 
 from blendmask.checkpoint_io import save_model_file  # noqa: E402
-from blendmask.data.shapes import render_shapes_image  # noqa: E402
 from blendmask.export.compare import ParityReport, add_image, as_arrays, compare  # noqa: E402
 from blendmask.export.end_to_end import paste_in_images  # noqa: E402
 from blendmask.export.end_to_end_onnx import (  # noqa: E402
@@ -37,32 +36,6 @@ from blendmask.modeling.paste import paste_masks  # noqa: E402
 from blendmask.modeling.postprocess import attentions_at  # noqa: E402
 from blendmask.onnx_runtime import OnnxSegmenter, preprocess_images  # noqa: E402
 from blendmask.predictor import Predictor  # noqa: E402
-
-
-def shapes_images(count: int = 10, seed: int = 0) -> list[np.ndarray]:
-    """Synthetic shapes photos (uint8 RGB) of varied sizes and aspect ratios: each is resized
-    to the tiny test size, and some are padded."""
-    rng = np.random.default_rng(seed)
-    images = []
-    for k in range(count):
-        pixels, _ = render_shapes_image(rng, 96 + 16 * (k % 4))
-        # Crop some to landscape / portrait so the resize and the padding vary.
-        if k % 3 == 1:
-            pixels = pixels[: pixels.shape[0] * 2 // 3]
-        elif k % 3 == 2:
-            pixels = pixels[:, : pixels.shape[1] * 3 // 5]
-        images.append(np.ascontiguousarray(pixels))
-    return images
-
-
-def boxy_model(seed: int = 0):
-    """`spread_model` with boxes of a few strides: its ltrb can reach ~0 after the ReLU, and
-    the IoU of a 0.01 px thin box moves by 0.5% with float rounding (box IoU >= 0.999 is the
-    acceptance figure)."""
-    cfg, model, post = spread_model(seed)
-    with torch.no_grad():
-        model.head.bbox_pred.bias.fill_(4.0)
-    return cfg, model, post
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +199,7 @@ def test_converted_r50_end_to_end_equals_predictor(tmp_path: Path) -> None:
     """R_50_1x with converted reference-style weights (a synthetic AdelaiDet checkpoint), one
     photo at test size 320: the 80-class, 5-level graph matches the Predictor."""
     skimage_data = pytest.importorskip("skimage.data")
-    from test_predictor_reference import synthetic_checkpoint
+    from helpers.reference import synthetic_checkpoint
 
     from blendmask.engine.convert import convert_adelaidet_model
     from blendmask.factory import build_postprocessor

@@ -10,18 +10,13 @@ in the post-processor on the other.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from blendmask.export.compare import (  # noqa: E402
+from blendmask.export.compare import (
     BOX_ATOL,
     MIN_BOX_IOU,
     ParityReport,
@@ -30,10 +25,10 @@ from blendmask.export.compare import (  # noqa: E402
     box_iou,
     boxes_match,
 )
-from blendmask.export.end_to_end_onnx import export_end_to_end_onnx  # noqa: E402
-from blendmask.modeling.blendmask import compute_points  # noqa: E402
-from blendmask.modeling.postprocess import BlendMaskPostProcessor  # noqa: E402
-from blendmask.structures import BlenderSpec, BlendMaskOutputs  # noqa: E402
+from blendmask.export.end_to_end_onnx import export_end_to_end_onnx
+from blendmask.modeling.blendmask import compute_points
+from blendmask.modeling.postprocess import BlendMaskPostProcessor
+from blendmask.structures import BlenderSpec, BlendMaskOutputs
 
 ort = pytest.importorskip("onnxruntime")
 

@@ -18,8 +18,7 @@ from PIL import Image
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from test_export import spread_model  # noqa: E402
-from test_export_e2e import boxy_model, shapes_images  # noqa: E402
+from helpers.models import boxy_model, shapes_images, spread_model  # noqa: E402
 
 from blendmask.data.preprocess import preprocess  # noqa: E402
 from blendmask.data.transforms import get_output_size as package_output_size  # noqa: E402

@@ -14,8 +14,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from reference_helpers import synthetic_state
-from test_adelaidet import DETECTRON2_PIXEL_MEAN, ReferenceForward, _our_name, key_list, save
+from helpers.adelaidet import DETECTRON2_PIXEL_MEAN, ReferenceForward, key_list, our_name, save
+from helpers.reference import synthetic_state
 from torch import Tensor
 
 from blendmask.engine.convert import convert_adelaidet, convert_adelaidet_model
@@ -50,7 +50,7 @@ def test_panoptic_preset_state_dict_is_a_rename_of_the_reference_keys(panoptic_s
     }
     theirs = {adelaidet_to_blendmask_key(k): tuple(v.shape) for k, v in panoptic_state.items()}
     assert len(panoptic_state) == 406 and theirs == ours
-    assert {_our_name(k) for k in panoptic_state} == set(ours)
+    assert {our_name(k) for k in panoptic_state} == set(ours)
     assert all(
         blendmask_to_adelaidet_key(adelaidet_to_blendmask_key(k)) == k for k in panoptic_state
     )
@@ -105,7 +105,7 @@ def test_panoptic_checkpoint_converts_strictly_and_semantic_head_equals_the_refe
     assert report.complete and len(report.loaded) == 406
     ours = model.state_dict()
     for key, value in panoptic_state.items():
-        assert torch.equal(ours[_our_name(key)], value), key
+        assert torch.equal(ours[our_name(key)], value), key
     p = cfg.model.panoptic
     assert p.enabled and p.num_stuff_classes == 53 and p.loss_weight == 0.5
     assert (p.instance_score_threshold, p.overlap_threshold, p.stuff_area_limit) == (

@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from self_ground_truth import write_ground_truth, write_model
+from helpers.self_ground_truth import write_ground_truth, write_model
 
 from blendmask.cli import main
 from blendmask.evaluation.image_ids import GroundTruthImages

@@ -9,25 +9,14 @@ detections.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-from reference_helpers import reference_resize, synthetic_state
+from helpers.reference import reference_resize, synthetic_checkpoint
 from torchvision.ops import box_iou
 
 from blendmask.engine.convert import convert_adelaidet_model
 from blendmask.predictor import Predictor
-
-KEYS = Path(__file__).resolve().parent / "data" / "keys" / "r50.json"
-
-
-def synthetic_checkpoint(path: Path, seed: int = 3) -> Path:
-    """Seeded random tensors with the reference R_50 checkpoint's keys and shapes."""
-    torch.save({"model": synthetic_state(json.loads(KEYS.read_text()), seed=seed)}, path)
-    return path
 
 
 def reference_batch(array: np.ndarray, min_size: int, max_size: int) -> tuple[torch.Tensor, tuple]:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers.reference import reference_resize
 from PIL import Image
-from reference_helpers import reference_resize
 
 from blendmask.data.preprocess import preprocess, to_image_tensor
 from blendmask.data.transforms import ResizeShortestEdge, resize_image

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import torch
-from self_ground_truth import SIZE, write_ground_truth, write_model
+from helpers.self_ground_truth import SIZE, write_ground_truth, write_model
 from torchvision.models.detection import KeypointRCNN, MaskRCNN
 from torchvision.transforms import functional as F
 

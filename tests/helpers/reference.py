@@ -1,18 +1,19 @@
-"""Helpers shared by tests that compare against the reference: its test-time resize written out
-independently of the package, and synthetic checkpoints with the reference's keys and shapes.
-
-Not a test module (no `test_` prefix); tests import it by name (pytest puts tests/ on sys.path).
-"""
+"""For tests that compare against the reference: its test-time resize written out independently
+of the package, and synthetic checkpoints with the reference's keys and shapes."""
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+
+from helpers.paths import KEYS_DIR
 
 
 def reference_size(h: int, w: int, min_size: int, max_size: int) -> tuple[int, int]:
@@ -56,3 +57,10 @@ def synthetic_state(
             t.normal_(0.0, gain / float(np.prod(shape[1:])) ** 0.5, generator=g)
         state[key] = t
     return state
+
+
+def synthetic_checkpoint(path: Path, seed: int = 3) -> Path:
+    """Seeded random tensors with the reference R_50 checkpoint's keys and shapes."""
+    entries = json.loads((KEYS_DIR / "r50.json").read_text())
+    torch.save({"model": synthetic_state(entries, seed=seed)}, path)
+    return path
