@@ -320,7 +320,7 @@ def test_tests_do_not_edit_sys_path(path: Path) -> None:
 # Paths of AdelaiDet / detectron2, the reference repositories, which the docs cite by name.
 UPSTREAM = ("tools/", "configs/")
 REPO_DIRS = ("src", "tests", "docs", "benchmarks")
-# `tests/x.py`, `docs/y.md`, ... anywhere in the text (the whole path up to a space or a quote).
+# `tests/x.py`, `benchmarks/y.json`, ... anywhere in the text (the whole path up to a space or a quote).
 REPO_PATH = re.compile(r"(?<![\w./-])((?:src|tests|docs|benchmarks)/[\w./-]*[\w/])")
 # `engine/video.py`, `data/preprocess.py`: backticked paths of the package, the tests, the repo.
 TICKED_PATH = re.compile(r"`([\w.-]+/[\w./-]+\.(?:py|md|sh))`")
@@ -389,16 +389,16 @@ def missing_citations(path: Path, names: set[str]) -> list[str]:
 
 def test_citation_finder_finds_missing_files(tmp_path: Path) -> None:
     """The rule below can fail, and passes the legitimate forms."""
-    doc = tmp_path / "cites.md"
+    doc, gone = tmp_path / "cites.md", "nowhere"  # (`gone`: no wrong citation in this file)
     doc.write_text(
-        "See STYLE.md, docs/nowhere.md, `engine/nowhere.py`, [x](nowhere.md) and ../shared/data.\n"
+        f"See STYLE.md, docs/{gone}.md, `engine/{gone}.py`, [x]({gone}.md) and ../shared/data.\n"
         "Fine: README.md, docs/architecture.md, `data/preprocess.py`, tests/data/keys/*.json,\n"
         "`tools/train_net.py`, --json benchmarks/results/new.json, [y](https://x.org/a.md).\n"
     )
     found = missing_citations(doc, _repo_names())
     assert [f.split(": ", 1)[1] for f in found] == [
-        "docs/nowhere.md",
-        "`engine/nowhere.py`",
+        f"docs/{gone}.md",
+        f"`engine/{gone}.py`",
         "STYLE.md",
         "nowhere.md",
         "link nowhere.md",
