@@ -10,8 +10,19 @@ from helpers.paths import NUCLEI_DIR, TINY_COCO_IMAGES, TINY_COCO_JSON
 
 from blendmask.data.shapes import write_shapes_dataset
 
-# Two cores on CI; more threads only add contention between tiny ops.
-torch.set_num_threads(2)
+# One thread: the tests' ops are tiny, and on a busy two-core machine a second thread mostly
+# waits (tests/test_network.py + test_model_presets.py: 38 s with two threads, 8 s with one).
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_count_for_every_test():
+    """A test that changes torch's thread count (a benchmark script run in-process, the demo)
+    leaves the next test's speed alone: without this the quick run (`-m "not slow"`) ran at
+    another thread count than the full one, and a test's time depended on what ran before."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -83,6 +83,7 @@ CONSTRUCTORS: dict[str, Callable[..., torch.nn.Module]] = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CONSTRUCTORS))
 def test_torchvision_training_loop_runs_with_either_model(name, shapes_dataset):
     torch.manual_seed(0)

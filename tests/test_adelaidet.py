@@ -220,6 +220,7 @@ def test_rename_table_spot_checks():
 # Our state dicts are a pure rename of the reference's
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["r50", "550_r50", "rt_r50", "rt_r50_bn_head", "r101_dcni3"])
 def test_preset_state_dict_maps_one_to_one_onto_reference_keys(name):
     reference = {k: (s, t) for k, s, t in entries(name)}
@@ -257,6 +258,7 @@ def r50_state() -> OrderedDict[str, Tensor]:
     return synthetic_state(entries("r50"), seed=1)
 
 
+@pytest.mark.slow
 def test_r50_checkpoint_lands_value_for_value_runs_and_equals_adelaidet(tmp_path, r50_state):
     path = save(r50_state, tmp_path / "R_50_1x.pth", legacy=True)  # 2020: legacy format
     cfg, state, report = convert_adelaidet(path, "R_50_1x")
@@ -282,6 +284,7 @@ def test_coco_categories_match_torchvision():
     assert COCO_CATEGORIES == expected and len(COCO_CATEGORIES) == 80
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["missing", "extra", "shape"])
 def test_strict_errors_name_the_bad_key(tmp_path, r50_state, case):
     state = OrderedDict(r50_state)
@@ -309,6 +312,7 @@ BAD_KEYS = {
 }
 
 
+@pytest.mark.slow
 def test_allow_partial_loads_what_fits_and_lists_the_rest(tmp_path, r50_state):
     state = OrderedDict(r50_state)
     del state[BAD_KEYS["missing"]]
@@ -332,6 +336,7 @@ def test_allow_partial_loads_what_fits_and_lists_the_rest(tmp_path, r50_state):
     assert loaded["basis_module.tower.5.weight"].shape == (4, 128, 1, 1)
 
 
+@pytest.mark.slow
 def test_wrong_preset_names_the_fitting_preset(tmp_path):
     path = save(synthetic_state(entries("550_r50")), tmp_path / "550.pth")
     with pytest.raises(ValueError) as info:
@@ -368,6 +373,7 @@ def test_adelaidet_config_returns_a_new_config(r50_state):
     assert m.fcos.num_classes == 80 and cfg.data.category_ids[:3] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_num_classes_from_the_file_and_fine_tuning_override(tmp_path):
     state = synthetic_state(pattern_entries(**FAMILIES["rt_r50"], num_classes=3))
     path = save(state, tmp_path / "three.pth")
@@ -390,6 +396,7 @@ def test_num_classes_from_the_file_and_fine_tuning_override(tmp_path):
     assert torch.equal(weights["top_layer.bias"], state["top_layer.bias"])
 
 
+@pytest.mark.slow
 def test_panoptic_checkpoint_needs_allow_partial_and_keeps_the_instance_branch(tmp_path):
     listed = key_list("panoptic_r50")
     if listed is None:
@@ -489,6 +496,7 @@ def test_checkpoint_architecture_reads_the_family():
 # Command line: convert, then predict with the written model file
 
 
+@pytest.mark.slow
 def test_cli_convert_then_predict(tmp_path, capsys):
     state = synthetic_state(entries("rt_r50"), seed=4)
     ckpt = save(state, tmp_path / "RT_R_50_4x.pth")
@@ -553,6 +561,7 @@ def _checkpoint(name: str, folder: Path) -> tuple[dict, Path]:
     return state, save(state, folder / f"{name}.pth", legacy=name == "rt_r50")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["550_r50", "rt_r50", "rt_r50_bn_head", "r50_dcni3"])
 def test_checkpoint_lands_and_network_equals_adelaidet_forward(tmp_path, name):
     state, path = _checkpoint(name, tmp_path)

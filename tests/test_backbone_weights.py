@@ -117,6 +117,7 @@ def _msra_blobs(state: dict[str, Tensor]) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------- torchvision
 
 
+@pytest.mark.slow
 def test_torchvision_file_round_trips_value_for_value(r50_file, r50_state):
     weights = read_backbone_weights(r50_file)
     assert weights.depth == 50
@@ -155,6 +156,7 @@ def test_module_prefix_and_wrapped_state_dict(tmp_path, r18_state):
 
 
 # protocol 2 is what the Python-2-era R-50.pkl uses (R-18 here to keep the slow encoding small)
+@pytest.mark.slow
 @pytest.mark.parametrize(("depth", "protocol"), [(50, pickle.HIGHEST_PROTOCOL), (18, 2)])
 def test_msra_pickle_maps_to_the_same_places(tmp_path, request, depth, protocol):
     state = request.getfixturevalue(f"r{depth}_state")
@@ -239,6 +241,7 @@ def test_detectron2_files_follow_their_author(tmp_path, r18_state):
 # ---------------------------------------------------------------- depths and errors
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("depth", [18, 34, 101])
 def test_depth_is_inferred_and_basic_blocks_load(tmp_path, depth):
     state = _resnet_state(depth)

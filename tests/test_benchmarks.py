@@ -38,6 +38,7 @@ def load_latency_module():
     return module
 
 
+@pytest.mark.slow
 def test_latency_writes_json_and_readme(tmp_path: Path) -> None:
     """Every model is timed at both detection counts, returns exactly that many detections,
     and the ratios and README block are written; a wrong forcing of the detection count or a
@@ -106,6 +107,7 @@ def test_update_readme_appends_markers_and_rejects_bad_order(tmp_path: Path) -> 
         latency.update_readme(tmp_path / "missing.md", "T")
 
 
+@pytest.mark.slow
 def test_flops_writes_parts_and_peak(tmp_path: Path) -> None:
     """FLOPs by part add up to the counted total, the matmul peak and the part times exist."""
     out = tmp_path / "flops.json"
@@ -149,6 +151,7 @@ def test_flops_writes_parts_and_peak(tmp_path: Path) -> None:
     assert data["profile_top_ops"] and "Name" in profile.read_text()
 
 
+@pytest.mark.slow
 def test_train_step_writes_time_and_memory(tmp_path: Path) -> None:
     """Both models take a step in their own process and report time, RSS and the ratios."""
     out = tmp_path / "train_step.json"
@@ -173,6 +176,7 @@ def test_train_step_writes_time_and_memory(tmp_path: Path) -> None:
     assert data["ratios"]["blendmask_over_maskrcnn_max_rss"] > 0
 
 
+@pytest.mark.slow
 def test_bf16_iou_writes_json(tmp_path: Path) -> None:
     """fp32 vs bf16 mask IoUs are fractions in [0, 1] (random weights, tiny preset)."""
     out = tmp_path / "bf16.json"
@@ -259,6 +263,7 @@ def test_split_counts_attributes_modules_to_parts() -> None:
     assert parts["other"] == 100 - 95 and parts["total"] == 100
 
 
+@pytest.mark.slow
 def test_nuclei_budget_runs_trains_and_reports(tmp_path, shapes_dataset):
     """benchmarks/nuclei_budget.py end to end on the shapes set (nuclei layout) with the tiny
     preset, a 20 s budget and a competing job: the JSON has the run, its final metrics from
@@ -279,6 +284,7 @@ def test_nuclei_budget_runs_trains_and_reports(tmp_path, shapes_dataset):
     assert "training" not in proc.stdout
 
 
+@pytest.mark.slow
 def test_loader_workers_reports_each_worker_count(tmp_path, shapes_dataset):
     root = shapes_dataset["train_json"].parents[1]
     out_json = tmp_path / "workers.json"

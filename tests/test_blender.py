@@ -59,6 +59,7 @@ def _naive_merge(pooled: torch.Tensor, attentions: torch.Tensor, m: int, mode: s
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])
 @pytest.mark.parametrize("m", [1, 7, 14])
 @pytest.mark.parametrize("k", [1, 4])

@@ -148,6 +148,7 @@ class QuickBudget(TimeBudget):
         return planned
 
 
+@pytest.mark.slow
 def test_training_with_a_slow_start_uses_its_budget(tmp_path, shapes_dataset):
     """run_training under a 20 s budget whose first iterations are slowed down (0.6 s of
     sleep per batch): the first plans are short, later plans grow once the iterations speed up,

@@ -107,6 +107,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return weights, image
 
 
+@pytest.mark.slow
 def test_explain_out_is_the_file_written(tiny_model, tmp_path, capsys) -> None:
     """Wrong if `--out DIR` (or a name without suffix) prints one path and writes another
     (it printed "wrote DIR" and wrote DIR.png)."""
@@ -125,6 +126,7 @@ def test_explain_out_is_the_file_written(tiny_model, tmp_path, capsys) -> None:
     assert not (tmp_path / "figures.png").exists()
 
 
+@pytest.mark.slow
 def test_explain_conf_zero_keeps_every_candidate(tiny_model, monkeypatch) -> None:
     """Wrong if `explain --conf 0` still applies the model's candidate threshold (0.05 on
     cls x ctr: nothing of a random model passes) where `predict --conf 0` keeps every

@@ -49,6 +49,7 @@ def demo_run(tmp_path_factory):
     return out, metrics
 
 
+@pytest.mark.slow
 def test_demo_writes_its_files(demo_run):
     out, metrics = demo_run
     for name in ("metrics.json", "model.pt", "explain.png", "curves.png", "metrics.jsonl"):
@@ -122,6 +123,7 @@ def test_eval_weights_reproduces_the_demo(demo_run, capsys):
     assert "needs --json" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_predict_folder_rle_matches_overlays(demo_run):
     out, _ = demo_run
     images_dir = out / "data" / "images" / "val"
@@ -223,6 +225,7 @@ def test_backbone_weights_set_the_input_conventions(tmp_path):
         resolve_train_config(**kwargs, backbone_weights=str(tmp_path / "nope.pth"))
 
 
+@pytest.mark.slow
 def test_train_warns_about_a_random_resnet_body(tmp_path, shapes_dataset, capsys):
     args = [
         "train",

@@ -49,6 +49,7 @@ CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_two_process_training_keeps_ranks_identical(tmp_path, shapes_dataset):
     script = tmp_path / "child.py"
     script.write_text(CHILD)
@@ -163,6 +164,7 @@ GATHER_CHILD = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_all_gather_objects_over_three_gloo_processes(tmp_path):
     script = tmp_path / "child.py"
     script.write_text(GATHER_CHILD)

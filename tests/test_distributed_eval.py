@@ -25,6 +25,9 @@ from helpers.processes import run_in_session
 from blendmask.cli import main
 from blendmask.data.shapes import write_shapes_dataset
 
+# Slow: torchrun with two processes (`pytest -m "not slow"` leaves these out).
+pytestmark = pytest.mark.slow
+
 # Nuclei val images 1 (256 x 256, 8 nuclei), 18 (696 x 520, 106) and 23 (1272 x 603, 199).
 NUCLEI_IMAGE_IDS = (1, 18, 23)
 EVAL_FLAGS = ["--device", "cpu", "--num-workers", "0"]

@@ -148,6 +148,7 @@ def test_frozen_bn_body_loads_and_matches_batchnorm_body():
 # ---------------------------------------------------------------- architecture
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("height", "width"), [(96, 128), (100, 70)])
 def test_feature_strides_and_channels(height, width):
     body = EfficientNetLite0Body()
@@ -189,6 +190,7 @@ def test_same_conv_matches_tensorflow_definition(size, kernel, stride):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_every_parameter_gets_a_gradient():
     body = EfficientNetLite0Body().train()
     feats = body(torch.randn(2, 3, 64, 64))
@@ -215,6 +217,7 @@ def _stem_and_groups(body: EfficientNetLite0Body) -> dict[int, list[nn.Module]]:
     return groups
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("freeze_at", [-1, 0, 1, 2, 3, 5])
 def test_freeze_at_freezes_exactly_the_leading_stages(freeze_at):
     body = EfficientNetLite0Body(freeze_at=freeze_at)

@@ -202,6 +202,7 @@ def _tiny_train_cfg(shapes_dataset):
     return cfg
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 1])
 def test_train_loader_resumes_the_same_batches(shapes_dataset, workers):
     """Batches from start_iter=k equal batches k, k+1, ... of a stream started at 0, with random
@@ -251,6 +252,7 @@ def test_resolve_dataset_classes_returns_a_new_config(shapes_dataset):
     assert resolved.data.category_ids == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_run_training_takes_a_resolved_config_and_leaves_it_alone(tmp_path, shapes_dataset):
     cfg = _tiny_train_cfg(shapes_dataset)
     cfg.solver.max_iter, cfg.solver.steps = 1, [1]

@@ -23,6 +23,9 @@ from blendmask.explain import (
 from blendmask.predictor import Predictor
 from blendmask.presets import get_preset
 
+# Slow: every test predicts and draws figures (`pytest -m "not slow"` leaves them out).
+pytestmark = pytest.mark.slow
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 

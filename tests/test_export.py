@@ -29,6 +29,9 @@ from blendmask.export.onnx_predictor import (  # noqa: E402
 )
 from blendmask.predictor import Predictor  # noqa: E402
 
+# Slow: the module fixture exports an ONNX graph (`pytest -m "not slow"` leaves these out).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory):

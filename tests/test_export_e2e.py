@@ -37,6 +37,9 @@ from blendmask.modeling.postprocess import attentions_at  # noqa: E402
 from blendmask.onnx_runtime import OnnxSegmenter, preprocess_images  # noqa: E402
 from blendmask.predictor import Predictor  # noqa: E402
 
+# Slow: every test exports or runs a whole graph (`pytest -m "not slow"` leaves them out).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory):

@@ -4,6 +4,7 @@ Predictor's answers differ from the trained model's."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
@@ -15,6 +16,9 @@ from blendmask.modeling.inference import (
     to_channels_last,
 )
 from blendmask.presets import get_preset
+
+# Slow: full networks, optimised and not (`pytest -m "not slow"` leaves these out).
+pytestmark = pytest.mark.slow
 
 
 def _model(preset: str):

@@ -123,6 +123,7 @@ def test_check_probability_accepts(value):
     assert check_probability("--score-threshold", value) == float(value)
 
 
+@pytest.mark.slow
 def test_weights_that_do_not_fit_their_config_give_a_short_message_with_fitting_presets(tmp_path):
     tiny = get_preset("tiny")
     model, _, _ = build(tiny, load_pretrained=False)

@@ -53,6 +53,7 @@ def test_results_beyond_what_coco_scores_do_not_change_the_metrics(tiny_coco, tm
     assert kept == sorted(kept, key=lambda r: results.index(r))  # file order
 
 
+@pytest.mark.slow
 def test_results_file_is_read_in_memory_bounded_by_the_kept_results(tiny_coco, tmp_path):
     """Fails if the whole file is held at once, as text or as raw objects (before: a 200 MB
     results json peaked at 3.2 GB RSS; 2.3 GB now, 0.9 GB of it torch's import): Python's peak

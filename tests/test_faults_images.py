@@ -119,6 +119,7 @@ def test_a_one_pixel_wide_image_is_predicted(predictor, size):
     assert det.image_size == size and det.masks.shape == (len(det), height, width)
 
 
+@pytest.mark.slow
 def test_predict_folder_with_a_thin_image_predicts_every_image(predictor, tmp_path, capsys):
     """Fails if a valid 1 x N image stops `blendmask predict` (before: exit 2 at that file,
     and every rerun stopped there, the images after it never predicted)."""
@@ -156,6 +157,7 @@ def segmenter(predictor, tmp_path_factory):
     )
 
 
+@pytest.mark.slow
 def test_onnx_segmenter_refuses_an_empty_image_and_predicts_a_thin_one(segmenter):
     """Fails if the numpy runtime meets a 0 x 0 image with a ZeroDivisionError or a 1 x N image
     with onnxruntime's / PIL's "height and width must be > 0" (its resize is the package's)."""
@@ -167,6 +169,7 @@ def test_onnx_segmenter_refuses_an_empty_image_and_predicts_a_thin_one(segmenter
         assert result.masks is not None and result.masks.shape[1:] == size
 
 
+@pytest.mark.slow
 def test_explain_of_a_large_image_draws_at_display_size(predictor, monkeypatch):
     """Fails if `explain` pastes every detection's mask at the original size or draws the
     detections panel there (before: 8000 x 8000 took 5.6 GB; now 1.7 GB, most of it torch):

@@ -171,6 +171,7 @@ def oracle_metrics(shapes_dataset, json_path: Path) -> dict[str, float]:
     )
 
 
+@pytest.mark.slow
 def test_swapped_category_ids_give_the_same_ap(shapes_dataset, tmp_path):
     plain = oracle_metrics(shapes_dataset, Path(shapes_dataset["val_json"]))
     swapped_json = edited_json(shapes_dataset, tmp_path, swap_ids_1_and_2)
@@ -233,6 +234,7 @@ def test_match_categories_rules():
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_eval_corrupt_image_in_a_worker_is_one_line(model_file, shapes_dataset, tmp_path, capsys):
     images = tmp_path / "images"
     shutil.copytree(shapes_dataset["val_images"], images)
@@ -273,6 +275,7 @@ def folder_with_a_corrupt_image(shapes_dataset, tmp_path) -> tuple[Path, Path, l
     return folder, bad, [folder / p.name for p in good]
 
 
+@pytest.mark.slow
 def test_predict_skips_a_corrupt_image_and_records_it(
     model_file, folder_with_a_corrupt_image, tmp_path, capsys
 ):
@@ -298,6 +301,7 @@ def test_predict_skips_a_corrupt_image_and_records_it(
     assert not list(out.glob(".*.tmp")) and not list((out / "overlays").glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_predict_strict_stops_at_a_corrupt_image(
     model_file, folder_with_a_corrupt_image, tmp_path, capsys
 ):
@@ -470,6 +474,7 @@ def peak_rss(num: int, side: int) -> int:
     return int(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_peak_memory_grows_with_the_image_not_with_detections():
     side = 2000
     image_bytes = side * side  # one bool mask of the image: 4 MB

@@ -296,6 +296,7 @@ def test_non_positive_max_iter_is_refused(tmp_path, shapes_dataset, capsys):
 # Full disk, read-only and misplaced run folders
 
 
+@pytest.mark.slow
 def test_disk_full_at_a_checkpoint_keeps_the_previous_one(
     tmp_path, two_iterations, shapes_dataset, monkeypatch, capsys
 ):
@@ -374,6 +375,7 @@ def test_out_below_a_file_says_not_a_directory(tmp_path, shapes_dataset, capsys)
 # Non-finite losses, and resuming with other settings
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["loss", "gradient"])
 def test_one_nonfinite_step_is_skipped_and_training_goes_on(
     tmp_path, shapes_dataset, monkeypatch, capsys, where
@@ -401,6 +403,7 @@ def test_one_nonfinite_step_is_skipped_and_training_goes_on(
     assert iteration_of(out / "last.pt") == 4
 
 
+@pytest.mark.slow
 def test_diverging_run_keeps_its_last_good_checkpoint_and_resumes_with_a_lower_lr(
     tmp_path, shapes_dataset, capsys
 ):
@@ -469,6 +472,7 @@ def _command(out: Path, shapes: dict[str, Path]) -> list[str]:
     return [sys.executable, "-m", "blendmask", *args]
 
 
+@pytest.mark.slow
 def test_killed_at_random_points_resumes_bitwise(tmp_path, shapes_dataset):
     """SIGKILL three times at random moments (mid-iteration, mid-checkpoint-write), resume
     each time: the weights equal an uninterrupted run's, and no temp file is left."""

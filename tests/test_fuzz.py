@@ -142,6 +142,7 @@ def _load_everything(json_path: Path, work: Path) -> None:
     evaluate_results_file(json_path, results, work / "out")
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.data())
 def test_fuzzed_coco_json_loads_or_raises_our_error(data):

@@ -8,6 +8,8 @@ import logging
 import subprocess
 import sys
 
+import pytest
+
 from blendmask.cli.main import command_logging
 from blendmask.engine.train_config import warn_if_random_body
 from blendmask.presets import get_preset
@@ -31,6 +33,7 @@ def test_a_program_silences_blendmask_with_the_logging_module(caplog):
     assert caplog.records == []
 
 
+@pytest.mark.slow
 def test_unconfigured_warnings_reach_stderr_and_are_silenced_in_a_plain_program():
     """In a fresh interpreter (no handlers): Python's last-resort handler prints warnings to
     stderr; `setLevel(ERROR)` on the `blendmask` logger silences them."""

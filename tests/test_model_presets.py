@@ -51,6 +51,7 @@ def test_representatives_cover_every_network():
         assert r50_1x.model == r50_3x.model and r50_1x.solver != r50_3x.solver
 
 
+@pytest.mark.slow
 def test_shrunk_networks_differ():
     """Each tested network has parameters (names or shapes) no other tested network has."""
     signatures = {}
@@ -100,6 +101,7 @@ def make_batch(num_images: int = 2, size: tuple[int, int] = (96, 128), empty: bo
     return images, targets
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", REPRESENTATIVES)
 def test_forward_backward_every_parameter_gets_gradient(name: str) -> None:
     torch.manual_seed(0)

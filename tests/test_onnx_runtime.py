@@ -40,6 +40,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return export_end_to_end_onnx(model, post, folder / "tiny.onnx", height=64, width=96, cfg=cfg)
 
 
+@pytest.mark.slow
 def test_runtime_runs_without_torch(exported: Path, tmp_path: Path) -> None:
     """In a fresh interpreter: import the runtime, segment an image file, and torch (or any
     blendmask module that needs it) was never imported. The results equal this process's."""

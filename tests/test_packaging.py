@@ -13,6 +13,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+import pytest
 import tomllib
 import torch
 import torchvision
@@ -43,6 +44,7 @@ def test_torch_and_torchvision_are_ranges_holding_installed_and_newer():
         assert spec.contains(newer) and spec.contains(Version(f"{version.major + 1}.0.0"))
 
 
+@pytest.mark.slow
 def test_one_version_source():
     assert blendmask.__version__ == metadata.version("blendmask") == PYPROJECT["project"]["version"]
     out = subprocess.run(

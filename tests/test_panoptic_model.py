@@ -322,6 +322,7 @@ def test_predict_panoptic_segments_agree_with_the_map():
         )
 
 
+@pytest.mark.slow
 def test_cli_convert_panoptic_then_predict_panoptic(tmp_path, capsys, panoptic_state):
     """`blendmask convert --preset Panoptic_R_50_1x` without --allow-partial writes a model file
     that loads back as a panoptic model (COCO stuff names) and predicts panoptic maps."""

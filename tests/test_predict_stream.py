@@ -248,6 +248,7 @@ def test_saved_masks_and_coco_results_equal_the_records(model_file, predictor, t
 # Crash and resume
 
 
+@pytest.mark.slow
 def test_sigkill_midway_then_rerun_gives_every_image_once(model_file, tmp_path, capsys):
     folder = tmp_path / "images"
     folder.mkdir()
@@ -290,6 +291,7 @@ def test_sigkill_midway_then_rerun_gives_every_image_once(model_file, tmp_path, 
     assert "other settings" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_share_a_half_done_folder(model_file, tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()

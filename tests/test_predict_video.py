@@ -64,6 +64,7 @@ def predictor(model_file):
     return Predictor.from_checkpoint(model_file, device="cpu", score_threshold=None)
 
 
+@pytest.mark.slow
 def test_video_gives_annotated_video_and_a_record_per_frame(predictor, tmp_path):
     from blendmask.engine.predict import predict_images
 

@@ -18,6 +18,9 @@ from torchvision.ops import box_iou
 from blendmask.engine.convert import convert_adelaidet_model
 from blendmask.predictor import Predictor
 
+# Slow: a converted R_50 on a photo (`pytest -m "not slow"` leaves it out).
+pytestmark = pytest.mark.slow
+
 
 def reference_batch(array: np.ndarray, min_size: int, max_size: int) -> tuple[torch.Tensor, tuple]:
     """The reference's test-time input: its resize, then zero padding to a multiple of 32;

@@ -271,6 +271,7 @@ def test_from_checkpoint_takes_knobs_and_inference_overrides(model_file):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_predict_conf_iou_max_det_classes_set(model_file, shapes_dataset, tmp_path):
     images = Path(shapes_dataset["val_images"])
     base = ["predict", "--weights", str(model_file), str(images), "--device", "cpu", "--coco"]
@@ -333,6 +334,7 @@ def eval_args(model_file: Path, shapes_dataset, out: Path, *extra: str) -> list[
     ]
 
 
+@pytest.mark.slow
 def test_eval_prints_and_keeps_ap_per_category(model_file, shapes_dataset, tmp_path, capsys):
     assert main(eval_args(model_file, shapes_dataset, tmp_path / "ev", "--max-det", "20")) == 0
     printed = capsys.readouterr().out
@@ -371,6 +373,7 @@ def test_format_tables_and_category_subsets(shapes_dataset):
         run_coco_eval(shapes_dataset["val_json"], [], category_ids=[99])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag, counted", [((), 100), (("--max-det", "150"), 150)])
 def test_eval_counts_the_detections_max_det_asks_for(
     model_file, shapes_dataset, tmp_path, monkeypatch, flag, counted

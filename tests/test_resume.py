@@ -13,7 +13,11 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
+
+# Slow: trains, kills and resumes runs (`pytest -m "not slow"` leaves it out).
+pytestmark = pytest.mark.slow
 
 ITERATIONS = 6
 KILL_AFTER = 3

@@ -6,9 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from blendmask.cli import main
+
+# Slow: real training runs (`pytest -m "not slow"` leaves them out).
+pytestmark = pytest.mark.slow
 
 FAST = [
     "--preset",

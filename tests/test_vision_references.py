@@ -56,6 +56,7 @@ def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_model(tmp_path_factory.mktemp("model") / "model.pt")
 
 
+@pytest.mark.slow
 def test_is_a_mask_rcnn_for_isinstance_without_its_modules(model_file):
     model = TorchvisionDetector(weights=model_file)
     # references/detection's `_get_iou_types`: bbox + segm, not keypoints

@@ -87,6 +87,7 @@ def test_paint_windows_is_torchvisions_fill_with_the_top_mask_over_overlaps() ->
     assert bool(overlap.any()) and torch.equal(out[:, overlap], expected[:, overlap])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "box",
     [
@@ -215,6 +216,7 @@ def test_write_eval_plots_writes_curves_and_a_sheet(tmp_path: Path) -> None:
             assert png.size[0] > 500 and png.size[1] > 300
 
 
+@pytest.mark.slow
 def test_eval_plots_cli_writes_both_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """`blendmask eval --weights W ... --plots` (tiny model at random init: few or no
     detections, which must not stop the plots)."""
