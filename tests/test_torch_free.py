@@ -20,6 +20,7 @@ pytest.importorskip("onnx")
 
 from test_export_e2e import boxy_model, shapes_images  # noqa: E402
 
+import blendmask  # noqa: E402
 from blendmask.export.end_to_end_onnx import export_end_to_end_onnx  # noqa: E402
 from blendmask.onnx_runtime import OnnxSegmenter  # noqa: E402
 
@@ -55,3 +56,11 @@ def test_runtime_imports_and_runs_without_the_other_dependencies(tmp_path: Path)
     want = OnnxSegmenter(exported)(image)
     assert out["labels"] == want.labels.tolist() and len(out["labels"]) > 0
     assert out["pixels"] == int(want.masks.sum()) > 0
+
+
+def test_every_public_name_still_loads_from_the_package() -> None:
+    """The names `blendmask/__init__.py` loads on first use are `__all__`, and each resolves."""
+    assert sorted(blendmask._LAZY) == sorted(blendmask.__all__)
+    for name in blendmask.__all__:
+        assert getattr(blendmask, name) is getattr(sys.modules[blendmask._LAZY[name]], name), name
+    assert set(blendmask.__all__) <= set(dir(blendmask))

@@ -9,6 +9,15 @@ from __future__ import annotations
 
 from importlib import import_module as _import_module
 from importlib import metadata as _metadata
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the names for type checkers; at run time `__getattr__` loads them
+    from blendmask.adapter import TorchvisionDetector
+    from blendmask.config import Config, ConfigError
+    from blendmask.factory import build
+    from blendmask.predictor import Predictor
+    from blendmask.presets import PRESETS, get_preset, load_config
+    from blendmask.structures import Detections
 
 try:
     # One version source: pyproject.toml, read back from the installed package's metadata.
