@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench gpu-check check-min-torch lint clean
+.PHONY: venv demo test bench gpu-check lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,14 +28,15 @@ bench: $(STAMP)
 gpu-check: $(STAMP)
 	PYTHON=$(BIN)/python bash benchmarks/gpu_check.sh
 
-# The oldest torch / torchvision pyproject.toml allows, and the torch-free onnxruntime install,
-# each in a scratch venv under build/ (downloads torch the first time; not part of `test`).
-check-min-torch:
-	PYTHON=$(PYTHON) bash scripts/check_min_torch.sh
-
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
+
+# The oldest torch / torchvision pyproject.toml allows, and the torch-free onnxruntime install,
+# each in a scratch venv under build/ (downloads torch the first time; not part of `test`).
+.PHONY: check-min-torch
+check-min-torch:
+	PYTHON=$(PYTHON) bash scripts/check_min_torch.sh
