@@ -40,3 +40,9 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
+
+# The oldest torch / torchvision pyproject.toml allows, and the torch-free onnxruntime install,
+# each in a scratch venv under build/ (downloads torch the first time; not part of `test`).
+.PHONY: check-min-torch
+check-min-torch:
+	PYTHON=$(PYTHON) bash scripts/check_min_torch.sh

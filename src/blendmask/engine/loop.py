@@ -208,7 +208,7 @@ def train_step(run: TrainingRun, images: Any, targets: list[dict[str, Any]]) -> 
         if s.clip_grad_norm > 0:
             norm = nn.utils.clip_grad_norm_(params, s.clip_grad_norm)
         else:
-            norm = nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            norm = total_grad_norm(params)
         # After DDP's all-reduce the gradients, hence this decision, are the same on all ranks.
         if not bool(torch.isfinite(norm)):
             run.optimizer.zero_grad(set_to_none=True)
@@ -218,6 +218,18 @@ def train_step(run: TrainingRun, images: Any, targets: list[dict[str, Any]]) -> 
     run.schedule.step()
     terms = {k: float(v.detach()) for k, v in losses.items()}
     return Step({"loss": float(loss.detach()), **terms}, lr)
+
+
+def total_grad_norm(params: list[Tensor]) -> Tensor:
+    """The 2-norm of all the gradients of `params` together, as `clip_grad_norm_` measures it;
+    the gradients are left as they are."""
+    get_total_norm = getattr(nn.utils, "get_total_norm", None)  # torch >= 2.6
+    if get_total_norm is not None:
+        return get_total_norm([p.grad for p in params if p.grad is not None])
+    # torch 2.5 (the declared floor) has no get_total_norm, but clip_grad_norm_ returns the
+    # same norm; with an infinite max_norm its coefficient is clamped to exactly 1, so a finite
+    # norm changes no gradient (a non-finite one makes the caller drop them anyway).
+    return nn.utils.clip_grad_norm_(params, float("inf"))
 
 
 def _nonfinite_losses(run: TrainingRun, losses: dict[str, Tensor], loss: Tensor) -> list[str]:
