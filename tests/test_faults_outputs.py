@@ -214,6 +214,25 @@ def test_colliding_names_keep_every_overlay_and_id_map(models, tmp_path):
     assert len(list((out / "masks").iterdir())) == 3
 
 
+def test_image_added_to_a_grown_folder_keeps_the_others_overlays(models, tmp_path):
+    """Wrong if an image added to the folder that sorts first takes an earlier image's overlay
+    name on resume (`output_names` of the new list gives `w/img.png` `0000_img.png`, the name
+    `x/img.png` was written under) and overwrites it."""
+    for sub in ("x/img.png", "y/img.png"):
+        _image(tmp_path / "in" / sub)
+    out = tmp_path / "out"
+    predict_images(weights=models["a"], inputs=[tmp_path / "in"], out=out, device="cpu")
+    before = {p.name: p.read_bytes() for p in (out / "overlays").iterdir()}
+    assert len(before) == 2
+    _image(tmp_path / "in" / "w" / "img.png", seed=7)
+    predict_images(weights=models["a"], inputs=[tmp_path / "in"], out=out, device="cpu")
+    after = {p.name: p.read_bytes() for p in (out / "overlays").iterdir()}
+    assert len(after) == 3
+    assert all(after[name] == data for name, data in before.items())
+    records = list(read_records(out / "predictions.jsonl"))
+    assert len({r["output_name"] for r in records}) == 3
+
+
 def test_dots_name_writes_its_masks_inside_masks_folder(models, tmp_path):
     """Wrong if `...png` (stem `..`) with --save-masks instances writes OUT/masks/../k.png."""
     image = _image(tmp_path / "in" / "...png")

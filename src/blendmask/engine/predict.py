@@ -51,9 +51,11 @@ from blendmask.engine.predict_stream import (
     JsonLinesWriter,
     done_keys,
     finish_outputs,
+    image_output_names,
     part_files,
     part_path,
     real_key,
+    sum_counts,
 )
 from blendmask.engine.video import predict_videos, video_done
 from blendmask.io import resolve_device
@@ -121,11 +123,20 @@ def predict_images(
             _on_main(info, lambda: _prepare(out, settings, resume))
             done = done_keys(out) if resume else set()
             ids = image_ids(sources.images, out if resume else None, gt_json)
+            names = image_output_names(sources.images, out, resume)
             video_names = output_names(sources.videos, "")
             videos_pending = [k for k, n in enumerate(video_names) if not video_done(out, n)]
             dist_utils.barrier()  # every rank has read what is done before any rank writes
             counts = _run_images(
-                predictor, spec, sources.images, ids, done, info, batch_size, workers, strict
+                predictor,
+                spec,
+                sources.images,
+                (ids, names),
+                done,
+                info,
+                batch_size,
+                workers,
+                strict,
             )
             counts["frames"], counts["videos_skipped"] = predict_videos(
                 predictor,
@@ -137,7 +148,7 @@ def predict_images(
                 batch_size,
                 strict,
             )
-            totals = _sum_counts(dist_utils.all_gather_objects(counts))
+            totals = sum_counts(dist_utils.all_gather_objects(counts))
             dist_utils.barrier()
             _on_main(info, lambda: finish_outputs(out, coco))
     if totals["attempted"] and totals["skipped"] == totals["attempted"] and not done:
@@ -292,7 +303,7 @@ def _run_images(
     predictor: Any,
     spec: OutputSpec,
     images: list[Path],
-    ids: list[int],
+    ids_names: tuple[list[int], list[str]],
     done: set[str],
     info: DistInfo,
     batch_size: int,
@@ -300,10 +311,11 @@ def _run_images(
     strict: bool,
 ) -> dict[str, Any]:
     """Predict this rank's share of the images not `done`, writing each batch's records,
-    overlays and masks as it comes; returns this rank's counts."""
+    overlays and masks as it comes (`ids_names`: each image's id and output file name);
+    returns this rank's counts."""
+    ids, names = ids_names
     pending = [i for i, path in enumerate(images) if real_key(path) not in done]
     mine = [pending[k] for k in dist_utils.shard_indices(len(pending), info)]
-    names = output_names(images, ".png")
     loader = DataLoader(
         ImageFiles(images, mine, predictor.max_image_pixels),
         batch_size=batch_size,
@@ -374,6 +386,7 @@ def _predict_batch(
         det = spec.keep(det)
         record = spec.record(det, file_name=str(images[index]), image_id=ids[index])
         record["real_path"] = real_key(images[index])  # the resume key (`record_key`)
+        record["output_name"] = names[index]  # kept by resumed runs (`image_output_names`)
         masks = spec.write_masks(det, Path(names[index]).stem)
         if masks is not None:
             record["masks"] = masks
@@ -381,13 +394,3 @@ def _predict_batch(
             save_png(spec.draw(image, det), spec.out / "overlays" / names[index])
         records.append(record)
     return records
-
-
-def _sum_counts(per_rank: list[dict[str, Any]]) -> dict[str, Any]:
-    totals: dict[str, Any] = {
-        k: sum(c[k] for c in per_rank)
-        for k in ("attempted", "predicted", "detections", "skipped", "frames", "videos_skipped")
-    }
-    totals["resumed"] = per_rank[0]["resumed"]  # every rank counts the same done set
-    totals["first_error"] = next((c["first_error"] for c in per_rank if c["first_error"]), None)
-    return totals

@@ -30,6 +30,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from blendmask.atomic import AppendFile, atomic_write, describe_write_error, open_output
+from blendmask.data.sources import output_names
 from blendmask.engine.distributed import DistInfo
 from blendmask.evaluation.coco import detections_to_coco_results
 from blendmask.predictor import load_input_image
@@ -163,6 +164,31 @@ def done_keys(out: Path, name: str = PREDICTIONS) -> set[str]:
     return keys
 
 
+def image_output_names(images: list[Path], out: Path, resume: bool) -> list[str]:
+    """Each image's overlay / mask file name: the one its record has ("output_name"; a
+    resumed run writes nothing new for it), else `output_names`' name, lengthened with the
+    image's index while it clashes with a name already taken. An image added to a grown
+    folder can sort before the others and get an earlier image's name from `output_names`:
+    without this it would overwrite that image's overlay and masks."""
+    names = output_names(images, ".png")
+    recorded: dict[str, str] = {}
+    if resume:
+        for path in (out / PREDICTIONS, *part_files(out, PREDICTIONS)):
+            for record in read_records(path):
+                if isinstance(record.get("output_name"), str):
+                    recorded[record_key(record)] = record["output_name"]
+    taken = {name.casefold() for name in recorded.values()}
+    for k, path in enumerate(images):
+        own = recorded.get(real_key(path))
+        if own is not None:
+            names[k] = own
+            continue
+        while names[k].casefold() in taken:
+            names[k] = f"{k:04d}_{names[k]}"
+        taken.add(names[k].casefold())
+    return names
+
+
 def merge_parts(out: Path, name: str) -> int | None:
     """Append the part files of OUT/`name` to it (records already there skipped), atomically,
     then delete the parts. Returns the number of records in OUT/`name`, or None when there
@@ -266,3 +292,14 @@ class ImageFiles(Dataset):
 def one_line(exc: BaseException) -> str:
     text = str(exc)
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def sum_counts(per_rank: list[dict[str, Any]]) -> dict[str, Any]:
+    """The counts of `_run_images` summed over the ranks."""
+    totals: dict[str, Any] = {
+        k: sum(c[k] for c in per_rank)
+        for k in ("attempted", "predicted", "detections", "skipped", "frames", "videos_skipped")
+    }
+    totals["resumed"] = per_rank[0]["resumed"]  # every rank counts the same done set
+    totals["first_error"] = next((c["first_error"] for c in per_rank if c["first_error"]), None)
+    return totals
