@@ -18,9 +18,18 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "blendmask"
 LAYERS: list[tuple[str, ...]] = [
     ("__init__", "__main__", "cli"),
     ("engine", "export", "explain", "adapter"),
-    ("predictor", "input_images", "factory", "checkpoint_io", "interop"),
+    ("predictor", "input_images", "factory", "checkpoint_io", "checkpoint_reader", "interop"),
     ("modeling", "data", "evaluation", "visualization"),
-    ("config", "config_checks", "presets", "structures", "io", "atomic", "onnx_runtime"),
+    (
+        "config",
+        "config_checks",
+        "config_yaml",
+        "presets",
+        "structures",
+        "io",
+        "atomic",
+        "onnx_runtime",
+    ),
 ]
 # Same-layer imports that would close a circle or mix concerns, forbidden explicitly.
 FORBIDDEN = {
