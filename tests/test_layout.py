@@ -18,11 +18,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "blendmask"
 LAYERS: list[tuple[str, ...]] = [
     ("__init__", "__main__", "cli"),
     ("engine", "export", "explain", "adapter"),
-    ("predictor", "input_images", "factory", "checkpoint_io", "interop"),
+    ("predictor", "input_images", "factory", "checkpoint_io", "checkpoint_reader", "interop"),
     ("modeling", "data", "evaluation", "visualization"),
     (
         "config",
         "config_checks",
+        "config_yaml",
         "presets",
         "structures",
         "io",

@@ -24,8 +24,15 @@ import yaml
 # ConfigError lives with the range checks (which config imports, never the reverse); it and
 # check_probability are re-exported here, where callers look for them.
 from blendmask.config_checks import ConfigError as ConfigError
-from blendmask.config_checks import check_augmentation, check_numeric_fields, convert_value
+from blendmask.config_checks import (
+    check_augmentation,
+    check_categories,
+    check_numeric_fields,
+    convert_value,
+    shown,
+)
 from blendmask.config_checks import check_probability as check_probability
+from blendmask.config_yaml import load_yaml, load_yaml_file
 
 MSRA_PIXEL_MEAN = [103.53, 116.28, 123.675]
 MSRA_PIXEL_STD = [1.0, 1.0, 1.0]
@@ -293,12 +300,12 @@ def apply_overrides(cfg: Config, assignments: list[str]) -> Config:
     """Apply `a.b=value` strings; values are parsed as YAML scalars / lists then type-checked."""
     for item in assignments:
         if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got {item!r}")
+            raise ConfigError(f"--set expects key=value, got {shown(item)}")
         key, raw = item.split("=", 1)
         key = key.strip()
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+            value = load_yaml(raw, f"--set {key}") if raw.strip() else ""
+        except ConfigError:  # not YAML: the text itself (the field's type decides)
             value = raw
         set_value(cfg, key, value)
     return cfg
@@ -313,13 +320,7 @@ def from_dict(data: dict[str, Any]) -> Config:
 
 def read_config_file(path: str | Path) -> tuple[str | None, dict[str, Any]]:
     """(the `preset:` it names or None, its other fields as a nested dict) of a YAML file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    data = load_yaml_file(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     preset = data.pop("preset", None)
@@ -346,7 +347,9 @@ def validate(cfg: Config) -> Config:
     flat = flatten_dict(cfg.to_dict())
     for key, allowed in _CHOICES.items():
         if flat[key] not in allowed:
-            raise ConfigError(f"{key}: got {flat[key]!r}, allowed values: {', '.join(allowed)}")
+            raise ConfigError(
+                f"{key}: got {shown(flat[key])}, allowed values: {', '.join(allowed)}"
+            )
     m = cfg.model
     n_levels = len(m.fcos.fpn_strides)
     if n_levels != 3 + m.fpn.top_levels:
@@ -357,12 +360,12 @@ def validate(cfg: Config) -> Config:
     if len(m.fcos.sizes_of_interest) != n_levels - 1:
         raise ConfigError(
             f"model.fcos.sizes_of_interest: expected {n_levels - 1} values for {n_levels} levels, "
-            f"got {m.fcos.sizes_of_interest}"
+            f"got {shown(m.fcos.sizes_of_interest)}"
         )
     if any(a >= b for a, b in zip(m.fcos.sizes_of_interest, m.fcos.sizes_of_interest[1:])):
         raise ConfigError(
             f"model.fcos.sizes_of_interest: expected increasing values (one object size range "
-            f"per level), got {m.fcos.sizes_of_interest}"
+            f"per level), got {shown(m.fcos.sizes_of_interest)}"
         )
     if len(m.pixel_mean) != 3 or len(m.pixel_std) != 3:
         raise ConfigError("model.pixel_mean / model.pixel_std: expected 3 values each")
@@ -378,6 +381,8 @@ def validate(cfg: Config) -> Config:
     if not cfg.data.min_size_train:
         raise ConfigError("data.min_size_train: needs at least one size")
     check_augmentation(cfg.data.scale_jitter, cfg.data.color_jitter)
+    num_stuff = m.panoptic.num_stuff_classes if m.panoptic.enabled else None
+    check_categories(cfg.data, m.fcos.num_classes, num_stuff)
     return cfg
 
 

@@ -16,15 +16,36 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 import typing
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
 
 class ConfigError(ValueError):
     """A config key, value or file that cannot be used; the message names the key."""
+
+
+class _ShortRepr(reprlib.Repr):
+    """reprlib's bounded repr, also for integers too long for `repr` (over 4300 digits)."""
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 128:
+            return f"<an integer of {x.bit_length()} bits>"
+        return repr(x)
+
+
+_SHORT_REPR = _ShortRepr()
+_SHORT_REPR.maxlevel, _SHORT_REPR.maxstring, _SHORT_REPR.maxother = 3, 60, 60
+SHOWN_CHARACTERS = 100
+
+
+def shown(value: Any) -> str:
+    """`repr(value)` cut to a few items, levels and `SHOWN_CHARACTERS`, for messages: a value
+    read from a file may be a 9**9-item alias bomb or a 100 MB string, whose whole repr would
+    take minutes and gigabytes."""
+    text = _SHORT_REPR.repr(value)
+    return text if len(text) <= SHOWN_CHARACTERS else text[: SHOWN_CHARACTERS - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -69,16 +90,27 @@ AT_LEAST_1 = Range(low=1)  # sizes, counts and periods that must be non-zero
 NON_NEGATIVE = Range(low=0)  # counts and periods where 0 means "none" / "off"
 UNIT = Range(low=0, high=1)  # thresholds and probabilities
 OPEN_UNIT = Range(low=0, high=1, low_open=True, high_open=True)
+# Upper bounds on what sizes memory: far above any real setting (the presets' largest: 4096 px,
+# 256 channels, 4 convs), far below what makes a build or a first image run out of memory
+# (`model.fpn.out_channels=100000000` would ask for petabytes, not name the key).
+MAX_SIDE = 8192  # pixels of a resized image side
+MAX_CHANNELS = 4096
+MAX_CLASSES = 100_000
+MAX_CONVS = 64
+SIDE = Range(low=1, high=MAX_SIDE)
+CHANNELS = Range(low=1, high=MAX_CHANNELS)
+CLASSES = Range(low=1, high=MAX_CLASSES)
+CONVS = Range(low=0, high=MAX_CONVS)
 
 NUMERIC_RANGES: dict[str, Range] = {
     # 0 or -1: train everything; 1-5: freeze the stem and up to res5.
     "model.backbone.freeze_at": Range(low=-1, high=5),
     "model.backbone.deform_interval": NON_NEGATIVE,  # 0 = no DCN
-    "model.fpn.out_channels": AT_LEAST_1,
+    "model.fpn.out_channels": CHANNELS,
     "model.fpn.top_levels": Range(low=0, high=2),  # P6, P7
-    "model.fcos.num_classes": AT_LEAST_1,
+    "model.fcos.num_classes": CLASSES,
     "model.fcos.fpn_strides": AT_LEAST_1,
-    "model.fcos.tower_channels": NON_NEGATIVE,  # 0 = the FPN's width
+    "model.fcos.tower_channels": Range(low=0, high=MAX_CHANNELS),  # 0 = the FPN's width
     # The cls bias is -log((1 - p) / p): infinite at 0 and 1.
     "model.fcos.prior_prob": OPEN_UNIT,
     "model.fcos.inference_th_test": UNIT,
@@ -88,22 +120,22 @@ NUMERIC_RANGES: dict[str, Range] = {
     "model.fcos.loss_alpha": UNIT,
     "model.fcos.loss_gamma": NON_NEGATIVE,
     "model.fcos.sizes_of_interest": AT_LEAST_1,
-    "model.fcos.num_cls_convs": NON_NEGATIVE,
-    "model.fcos.num_box_convs": NON_NEGATIVE,
-    "model.fcos.num_share_convs": NON_NEGATIVE,
+    "model.fcos.num_cls_convs": CONVS,
+    "model.fcos.num_box_convs": CONVS,
+    "model.fcos.num_share_convs": CONVS,
     "model.fcos.pos_radius": POSITIVE,
-    "model.blender.attn_size": AT_LEAST_1,
-    "model.blender.bottom_resolution": AT_LEAST_1,
+    "model.blender.attn_size": Range(low=1, high=64),  # K = M * M bases when one-hot
+    "model.blender.bottom_resolution": Range(low=1, high=1024),
     "model.blender.pooler_sampling_ratio": NON_NEGATIVE,  # 0 = adaptive (ROIAlign)
     "model.blender.pooler_scale": POSITIVE,
     "model.blender.instance_loss_weight": NON_NEGATIVE,
-    "model.basis_module.num_bases": AT_LEAST_1,
-    "model.basis_module.convs_dim": AT_LEAST_1,
-    "model.basis_module.num_convs": NON_NEGATIVE,
+    "model.basis_module.num_bases": CHANNELS,
+    "model.basis_module.convs_dim": CHANNELS,
+    "model.basis_module.num_convs": CONVS,
     "model.basis_module.loss_weight": NON_NEGATIVE,
     "model.basis_module.common_stride": AT_LEAST_1,
-    "model.panoptic.num_stuff_classes": NON_NEGATIVE,
-    "model.panoptic.conv_dims": AT_LEAST_1,
+    "model.panoptic.num_stuff_classes": Range(low=0, high=MAX_CLASSES),
+    "model.panoptic.conv_dims": CHANNELS,
     "model.panoptic.common_stride": AT_LEAST_1,
     "model.panoptic.loss_weight": NON_NEGATIVE,
     "model.panoptic.ignore_value": Range(low=0, high=255),  # a value of the uint8 label map
@@ -113,12 +145,12 @@ NUMERIC_RANGES: dict[str, Range] = {
     "model.input_scale": POSITIVE,
     "model.pixel_mean": FINITE,
     "model.pixel_std": POSITIVE,  # divided by
-    "data.min_size_train": AT_LEAST_1,
-    "data.max_size_train": AT_LEAST_1,
-    "data.min_size_test": AT_LEAST_1,
-    "data.max_size_test": AT_LEAST_1,
+    "data.min_size_train": SIDE,
+    "data.max_size_train": SIDE,
+    "data.min_size_test": SIDE,
+    "data.max_size_test": SIDE,
     "data.test_scale": NON_NEGATIVE,  # 0 = the shortest-edge resize
-    "data.crop_size": NON_NEGATIVE,  # 0 = no crop
+    "data.crop_size": Range(low=0, high=MAX_SIDE),  # 0 = no crop
     "data.scale_jitter": POSITIVE,  # times the test-time scale
     "data.color_jitter": NON_NEGATIVE,  # ColorJitter strengths, 0 = off
     "data.num_workers": NON_NEGATIVE,
@@ -147,13 +179,13 @@ def check_number(key: str, value: Any, allowed: Range, *, integer: bool = False)
     kind = "an integer" if integer else "a number"
     ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
     if isinstance(value, bool) or not ok_type:
-        raise ConfigError(f"{key}: expected {kind} {allowed.describe()}, got {value!r}")
+        raise ConfigError(f"{key}: expected {kind} {allowed.describe()}, got {shown(value)}")
     try:
         inside = allowed.contains(value)
     except OverflowError:  # an int too large for a float
         inside = False
     if not inside:
-        raise ConfigError(f"{key}: got {value!r}, expected {kind} {allowed.describe()}")
+        raise ConfigError(f"{key}: got {shown(value)}, expected {kind} {allowed.describe()}")
 
 
 def check_probability(name: str, value: Any) -> float:
@@ -198,7 +230,10 @@ def convert_value(key: str, value: Any, tp: Any) -> Any:
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip() else []
+            # Imported here: config_yaml imports this module (for ConfigError and `shown`).
+            from blendmask.config_yaml import load_yaml
+
+            value = load_yaml(value, key) if value.strip() else []
         if isinstance(value, tuple):
             value = list(value)
         if not isinstance(value, list):
@@ -213,10 +248,10 @@ def convert_value(key: str, value: Any, tp: Any) -> Any:
             return False
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
-        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        raise ConfigError(f"{key}: expected true/false, got {shown(value)}")
     if tp is int:
         if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            raise ConfigError(f"{key}: expected an integer, got {shown(value)}")
         if isinstance(value, int):
             return value
         if isinstance(value, float) and value.is_integer():
@@ -226,22 +261,23 @@ def convert_value(key: str, value: Any, tp: Any) -> Any:
                 return int(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        raise ConfigError(f"{key}: expected an integer, got {shown(value)}")
     if tp is float:
         if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
+            raise ConfigError(f"{key}: expected a number, got {shown(value)}")
+        try:  # an int over 1e308 overflows
+            if isinstance(value, (int, float, str)):
                 return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        except (ValueError, OverflowError):
+            pass
+        raise ConfigError(f"{key}: expected a number, got {shown(value)}")
     if tp is str:
         if isinstance(value, (dict, list)):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return "" if value is None else str(value)
+            raise ConfigError(f"{key}: expected a string, got {shown(value)}")
+        try:
+            return "" if value is None else str(value)
+        except ValueError:  # an int of over 4300 digits
+            raise ConfigError(f"{key}: expected a string, got {shown(value)}") from None
     raise ConfigError(f"{key}: unsupported field type {tp!r}")
 
 
@@ -250,10 +286,34 @@ def check_augmentation(scale_jitter: list[float], color_jitter: list[float]) -> 
     hue at most 0.5 (torchvision's ColorJitter)."""
     if len(scale_jitter) != 2 or not 0 < scale_jitter[0] <= scale_jitter[1]:
         raise ConfigError(
-            f"data.scale_jitter: expected [lo, hi] with 0 < lo <= hi, got {scale_jitter}"
+            f"data.scale_jitter: expected [lo, hi] with 0 < lo <= hi, got {shown(scale_jitter)}"
         )
     if len(color_jitter) != 4 or any(not c >= 0 for c in color_jitter) or color_jitter[3] > 0.5:
         raise ConfigError(
             "data.color_jitter: expected [brightness, contrast, saturation, hue] >= 0 with hue "
-            f"<= 0.5, got {color_jitter}"
+            f"<= 0.5, got {shown(color_jitter)}"
         )
+
+
+def check_categories(data: Any, num_classes: int, num_stuff: int | None) -> None:
+    """`data.category_names` / `category_ids`: none, or one per class (`num_classes`), the ids
+    unique: predictions are written with them by label, so a short list fails mid-run and a
+    repeated id writes two classes as one. The same for `stuff_*` of a panoptic model
+    (`num_stuff` stuff classes; None: not panoptic, not checked)."""
+    kinds = [("category", num_classes, data.category_names, data.category_ids)]
+    if num_stuff is not None:
+        kinds.append(("stuff", num_stuff, data.stuff_names, data.stuff_ids))
+    for kind, count, names, ids in kinds:
+        for field, values in ((f"{kind}_names", names), (f"{kind}_ids", ids)):
+            if values and len(values) != count:
+                raise ConfigError(
+                    f"data.{field}: {len(values)} values for {count} classes (expected one "
+                    "per class, or none)"
+                )
+        seen: set[int] = set()
+        for i, category_id in enumerate(ids):
+            if category_id in seen:
+                raise ConfigError(
+                    f"data.{kind}_ids[{i}]: id {category_id} repeated (each class needs its own)"
+                )
+            seen.add(category_id)

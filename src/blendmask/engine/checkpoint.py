@@ -21,6 +21,8 @@ from with a lower learning rate.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,8 +32,18 @@ from torch import nn
 
 from blendmask.atomic import atomic_write
 from blendmask.checkpoint_io import check_finite_weights
+from blendmask.checkpoint_reader import (
+    Field,
+    Schema,
+    non_negative,
+    read_checkpoint,
+    state_dict_problem,
+    stored_config,
+)
 from blendmask.config import Config
+from blendmask.config_checks import shown
 from blendmask.engine.optim import WarmupMultiStepSchedule
+from blendmask.modeling.state_dict import load_state_dict_checked
 
 CHECKPOINT_FORMAT_VERSION = 1
 LAST_CHECKPOINT = "last.pt"
@@ -169,22 +181,46 @@ def save_training_state(
     write_training_state(path, payload)
 
 
+# Every top-level field of `last.pt` with its type, and the parts of each that restoring reads
+# without checking them itself; `read_training_state` refuses anything else in one line.
+_NUMBER = (int, float)
+TRAINING_SCHEMA = Schema(
+    kind="training checkpoint",
+    newest=CHECKPOINT_FORMAT_VERSION,
+    fields={
+        "format_version": Field(int, required=False),
+        "iteration": Field(int, check=non_negative),
+        "config": Field(dict),
+        "model": Field(dict, check=state_dict_problem),
+        "optimizer": Field({"state": dict, "param_groups": [{"params": [int]}]}),
+        "scheduler": Field({"last_epoch": int, "base_lrs": [_NUMBER]}),
+        "scaler": Field(dict, required=False),
+        "rng": Field(
+            {
+                "torch": torch.Tensor,
+                "numpy": {
+                    "name": str,
+                    "keys": torch.Tensor,
+                    "pos": int,
+                    "has_gauss": int,
+                    "cached_gaussian": _NUMBER,
+                },
+                "python": {"version": int, "internal": [int], "gauss": (*_NUMBER, type(None))},
+                "cuda?": [torch.Tensor],
+            }
+        ),  # fmt: skip
+        "extra": Field(
+            {"schedule?": {"max_iter": int, "steps": [int], "eval_period?": int}}, False
+        ),
+    },
+)
+
+
 def read_training_state(path: str | Path) -> dict[str, Any]:
-    """Load a `last.pt` (CPU tensors); raises ValueError naming the file if it is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not our file"
-        raise ValueError(f"{path}: not a readable training checkpoint ({exc})") from None
-    required = ("iteration", "config", "model", "optimizer", "scheduler", "rng")
-    if not isinstance(payload, dict) or any(k not in payload for k in required):
-        raise ValueError(f"{path}: not a training checkpoint (expected keys {', '.join(required)})")
-    if payload.get("format_version", 0) > CHECKPOINT_FORMAT_VERSION:
-        raise ValueError(
-            f"{path}: checkpoint format {payload['format_version']} is newer than this blendmask"
-        )
+    """Load a `last.pt` (CPU tensors) checked against `TRAINING_SCHEMA`, its config validated;
+    raises FileNotFoundError, or ValueError naming the file and the field."""
+    payload = read_checkpoint(path, TRAINING_SCHEMA)
+    stored_config(path, payload)
     return payload
 
 
@@ -196,16 +232,35 @@ def restore_training_state(
     scheduler: Stateful,
     scaler: torch.amp.GradScaler | None,
     restore_rng: bool = True,
+    source: str | Path = LAST_CHECKPOINT,
 ) -> int:
-    """Load a `read_training_state` payload into the objects; returns the iteration to run next."""
-    unwrap(model).load_state_dict(payload["model"])
-    optimizer.load_state_dict(payload["optimizer"])
-    scheduler.load_state_dict(payload["scheduler"])
+    """Load a `read_training_state` payload into the objects; returns the iteration to run next.
+    ValueError naming `source` (the file) and the field whose content does not fit them."""
+    load_state_dict_checked(unwrap(model), payload["model"], source=f"{source}: field 'model'")
+    with _field_of(source, "optimizer"):
+        optimizer.load_state_dict(payload["optimizer"])
+    with _field_of(source, "scheduler"):
+        scheduler.load_state_dict(payload["scheduler"])
     if scaler is not None and payload.get("scaler"):
-        scaler.load_state_dict(payload["scaler"])
+        with _field_of(source, "scaler"):
+            scaler.load_state_dict(payload["scaler"])
     if restore_rng:
-        set_rng_state(payload["rng"])
+        with _field_of(source, "rng"):
+            set_rng_state(payload["rng"])
     return int(payload["iteration"])
+
+
+@contextmanager
+def _field_of(source: str | Path, name: str) -> Iterator[None]:
+    """torch's own checks of a state (group counts, tensor sizes, the RNG state's length) as a
+    ValueError naming the file and the field: its message is torch's first line."""
+    try:
+        yield
+    except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(
+            f"{source}: field {name!r} does not fit this run ({shown(reason)})"
+        ) from None
 
 
 # --------------------------------------------------------------------------------------------

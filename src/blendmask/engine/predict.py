@@ -29,7 +29,7 @@ import functools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -121,43 +121,44 @@ def predict_images(
         spec = _output_spec(predictor, out, score_threshold, classes, overlays, save_masks)
         with _locked(out, info):
             _on_main(info, lambda: _prepare(out, settings, resume))
-            done = done_keys(out) if resume else set()
-            ids = image_ids(sources.images, out if resume else None, gt_json)
-            names = image_output_names(sources.images, out, resume)
-            video_names = output_names(sources.videos, "")
-            videos_pending = [k for k, n in enumerate(video_names) if not video_done(out, n)]
+            state = _read_state(out, sources, resume, gt_json)
             dist_utils.barrier()  # every rank has read what is done before any rank writes
             counts = _run_images(
-                predictor,
-                spec,
-                sources.images,
-                (ids, names),
-                done,
-                info,
-                batch_size,
-                workers,
-                strict,
+                predictor, spec, sources.images, state, info, batch_size, workers, strict
             )
             counts["frames"], counts["videos_skipped"] = predict_videos(
-                predictor,
-                spec,
-                sources.videos,
-                video_names,
-                videos_pending,
-                info,
-                batch_size,
-                strict,
+                predictor, spec, sources.videos, *state.videos, info, batch_size, strict
             )
             totals = sum_counts(dist_utils.all_gather_objects(counts))
             dist_utils.barrier()
             _on_main(info, lambda: finish_outputs(out, coco))
-    if totals["attempted"] and totals["skipped"] == totals["attempted"] and not done:
+    if totals["attempted"] and totals["skipped"] == totals["attempted"] and not state.done:
         if not sources.videos:
             raise ValueError(
                 f"none of the {totals['attempted']} image(s) could be read (listed in "
                 f"{out / ERRORS}); the first: {totals['first_error']}"
             )
     return _summary(out, sources, totals, coco, overlays)
+
+
+class _State(NamedTuple):
+    """What OUT holds when a run starts, read by every rank before any writes: the images
+    done, each image's id and output file name, the videos' names and those still to do."""
+
+    done: set[str]
+    ids: list[int]
+    names: list[str]
+    videos: tuple[list[str], list[int]]
+
+
+def _read_state(out: Path, sources: Sources, resume: bool, gt_json: str | Path | None) -> _State:
+    video_names = output_names(sources.videos, "")
+    return _State(
+        done=done_keys(out) if resume else set(),
+        ids=image_ids(sources.images, out if resume else None, gt_json),
+        names=image_output_names(sources.images, out, resume),
+        videos=(video_names, [k for k, n in enumerate(video_names) if not video_done(out, n)]),
+    )
 
 
 def _check_arguments(
@@ -303,17 +304,15 @@ def _run_images(
     predictor: Any,
     spec: OutputSpec,
     images: list[Path],
-    ids_names: tuple[list[int], list[str]],
-    done: set[str],
+    state: _State,
     info: DistInfo,
     batch_size: int,
     workers: int,
     strict: bool,
 ) -> dict[str, Any]:
     """Predict this rank's share of the images not `done`, writing each batch's records,
-    overlays and masks as it comes (`ids_names`: each image's id and output file name);
-    returns this rank's counts."""
-    ids, names = ids_names
+    overlays and masks as it comes; returns this rank's counts."""
+    done, ids, names = state.done, state.ids, state.names
     pending = [i for i, path in enumerate(images) if real_key(path) not in done]
     mine = [pending[k] for k in dist_utils.shard_indices(len(pending), info)]
     loader = DataLoader(

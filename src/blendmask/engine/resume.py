@@ -173,6 +173,7 @@ def resume_training(
         scheduler=schedule,
         scaler=scaler,
         restore_rng=restore_rng,
+        source=path,
     )
     if changed:
         _apply_hyperparameters(optimizer, wanted, schedule, iteration)
