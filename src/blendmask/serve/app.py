@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,6 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from blendmask import __version__
 from blendmask.serve.backends import Knobs, OnnxBackend, TorchBackend, parse_classes
 from blendmask.serve.batching import MicroBatcher, QueueFull
 from blendmask.serve.errors import install_error_handlers, internal_error
@@ -35,6 +34,16 @@ from blendmask.serve.metrics import ServerMetrics
 from blendmask.serve.uploads import HTTPError, decode_image, image_bytes, read_limited
 
 logger = logging.getLogger("blendmask.serve")
+
+
+def package_version() -> str:
+    """blendmask's version, from the installed metadata as `blendmask.__version__` (which this
+    layer may not import)."""
+    try:
+        return metadata.version("blendmask")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
 
 STATIC_FILES = {"/": "index.html", "/static/app.js": "app.js", "/static/style.css": "style.css"}
 MEDIA_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css"}
@@ -153,7 +162,7 @@ class Server:
             "category_ids": list(cfg.data.category_ids),
             "input_size": {"min_size": cfg.data.min_size_test, "max_size": cfg.data.max_size_test},
             "precision": "float32",
-            "version": __version__,
+            "version": package_version(),
             "settings": {k: v for k, v in asdict(self.settings).items() if k != "weights"},
         }
 
@@ -178,7 +187,7 @@ def create_app(
 
     app = FastAPI(
         title="blendmask serve",
-        version=__version__,
+        version=package_version(),
         description="BlendMask instance segmentation over HTTP: detections, overlays, "
         'explanations. Errors are {"error": "..."}.',
         lifespan=lifespan,

@@ -114,6 +114,17 @@ def add_routes(app: FastAPI, server: Server) -> None:
             png = await run_in_threadpool(server.backend.explain_png, image, top=top, conf=conf)
         return Response(png, media_type="image/png")
 
+    add_service_routes(app, server)
+
+    for route, (data, media_type) in server.pages.items():
+        app.add_api_route(
+            route, _static(data, media_type), methods=["GET"], include_in_schema=False
+        )
+
+
+def add_service_routes(app: FastAPI, server: Server) -> None:
+    """GET /health, /model, /metrics."""
+
     @app.get("/health", tags=["service"])
     async def health() -> dict[str, Any]:
         """Alive and the model loaded; the queue's depth."""
@@ -128,11 +139,6 @@ def add_routes(app: FastAPI, server: Server) -> None:
     async def metrics() -> Response:
         """Prometheus text: requests, errors, latency histogram, batch sizes, queue depth."""
         return Response(server.metrics.text(), media_type=server.metrics.content_type)
-
-    for route, (data, media_type) in server.pages.items():
-        app.add_api_route(
-            route, _static(data, media_type), methods=["GET"], include_in_schema=False
-        )
 
 
 def _static(data: bytes, media_type: str) -> Callable[[], Awaitable[Response]]:

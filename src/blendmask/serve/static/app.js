@@ -101,6 +101,7 @@ async function predict(file) {
 }
 
 function showExplain(on) {
+  if (!on && state.image) setStatus(`${state.detections.length} detections`);
   $("explain").hidden = !on;
   $("overlay").hidden = on;
   $("toggle").textContent = on ? "show overlay" : "show bases / attention";
