@@ -6,8 +6,8 @@ Retry-After under overload, and a clean SIGTERM. The micro-batcher is also teste
 from __future__ import annotations
 
 import io
-import signal
 import json
+import signal
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -258,3 +258,31 @@ def test_polygons_outline_the_mask() -> None:
     outer = max(polygons, key=len)
     xs, ys = outer[0::2], outer[1::2]
     assert (min(xs), max(xs), min(ys), max(ys)) == (10, 30, 5, 25)  # pixel edges
+
+
+def test_onnx_backend_equals_predictor(model_file: Path, image_file: Path) -> None:
+    """`--backend onnx` with a model.pt: exported at start, onnxruntime gives the detections
+    of `Predictor`, with the same knobs."""
+    pytest.importorskip("onnxruntime")
+    from blendmask.serve.backends import Knobs, OnnxBackend
+
+    backend = OnnxBackend(model_file)
+    image = np.asarray(Image.open(image_file).convert("RGB"))
+    for knobs, options in [
+        (Knobs(conf=0.0), {"score_threshold": 0.0}),
+        (
+            Knobs(conf=0.065, max_det=30, labels=(1, 2)),
+            {"score_threshold": 0.065, "max_detections": 30, "classes": [1, 2]},
+        ),
+    ]:
+        predictor = Predictor.from_checkpoint(model_file, device="cpu", **options)
+        served = backend.predict(knobs, [image])[0].to_json()
+        expected = predictor(image_file)[0].to_json()
+        # onnxruntime's kernels are not PyTorch's: boxes within 1e-3 px, scores within 1e-5.
+        assert len(served) == len(expected) > 0
+        for got, want in zip(served, expected):
+            assert np.allclose(got["box"], want["box"], atol=1e-3)
+            assert got["score"] == pytest.approx(want["score"], abs=1e-5)
+            assert got["label"] == want["label"]
+    with pytest.raises(NotImplementedError, match="--backend torch"):
+        backend.explain_png(image, top=1, conf=0.0)
