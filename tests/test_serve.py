@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import signal
+import sys
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -287,3 +288,16 @@ def test_onnx_backend_equals_predictor(model_file: Path, image_file: Path) -> No
             assert got["label"] == want["label"]
     with pytest.raises(NotImplementedError, match="--backend torch"):
         backend.explain_png(image, top=1, conf=0.0)
+
+
+def test_without_the_extra_the_command_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, model_file: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from blendmask.cli.main import main
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if not installed
+    assert main(["serve", "--weights", str(model_file)]) == 2
+    assert "pip install 'blendmask[serve]'" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert main(["serve", "--weights", "missing.pt"]) == 2
+    assert "missing.pt: model file not found" in capsys.readouterr().err
