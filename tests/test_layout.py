@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "blendmask"
 # Top to bottom; a module may import its own layer's modules or any lower layer.
 LAYERS: list[tuple[str, ...]] = [
     ("__init__", "__main__", "cli"),
-    ("engine", "export", "explain", "adapter"),
+    ("engine", "export", "explain", "adapter", "serve"),
     ("predictor", "input_images", "factory", "checkpoint_io", "checkpoint_reader", "interop"),
     ("modeling", "data", "evaluation", "visualization"),
     (

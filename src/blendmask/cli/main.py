@@ -35,6 +35,7 @@ from blendmask.cli import (
     export,
     predict,
     presets,
+    serve,
     shapes,
     train,
 )
@@ -49,6 +50,7 @@ SUBCOMMANDS: dict[str, ModuleType] = {
     "predict": predict,
     "explain": explain,
     "export": export,
+    "serve": serve,
     "convert": convert,
     "presets": presets,
     "config": config,
