@@ -52,7 +52,7 @@ SHAPES_SIZES = {"train": 400, "val": 40, "seed": 0, "image_size": 192}
 # 100 minutes of one core for the whole list (docs/ablations.md, "Budget").
 BUDGET = {
     "shapes": {
-        "preset": "shapes_R_18",
+        "preset": "shapes_lite0",
         "size": 192,
         "iterations": 300,
         "batch": 4,
@@ -63,7 +63,7 @@ BUDGET = {
     # Nuclei keep the preset's scale (every image 3x, 384 px training crops): at 1x a nucleus covers
     # one or two stride-8 locations and every configuration's AP is noise.
     "nuclei": {
-        "preset": "nuclei_R_18",
+        "preset": "nuclei_lite0",
         "iterations": 300,
         "batch": 2,
         "lr": 0.005,
@@ -104,7 +104,7 @@ FCIS = _blender(
 def ablations() -> list[Ablation]:
     """Every configuration, the most important first (a short run still fills Table 1).
 
-    The baseline `base` is the shapes_R_18 blender: K = 4, M = 7, R = 28, bilinear top
+    The baseline `base` is the shapes_lite0 blender: K = 4, M = 7, R = 28, bilinear top
     interpolation, RoIAlign bottom pooling. `M1_R28` (one scalar per base) is YOLACT's
     weighted sum of Table 1. K = 1 uses a sigmoid on both sides (blender.py), as in the paper.
     `K16` and `fcis_learned` are not in the paper: they take the assembler apart.
@@ -157,7 +157,7 @@ def config_overrides(
         f"solver.warmup_iters={b['warmup']}",
         f"solver.ims_per_batch={b['batch']}",
         f"solver.base_lr={b['lr']}",  # the preset's rate scaled linearly to the batch
-        "solver.clip_grad_norm=10",  # as nuclei_R_18: single-batch gradient spikes
+        "solver.clip_grad_norm=10",  # as nuclei_lite0: single-batch gradient spikes
         "solver.eval_period=0",
         "solver.checkpoint_period=50",
         f"solver.log_period={b['iterations']}",

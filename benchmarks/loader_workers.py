@@ -51,7 +51,7 @@ def measure(args: argparse.Namespace, workers: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA))
-    parser.add_argument("--preset", default="nuclei_R_18")
+    parser.add_argument("--preset", default="nuclei_lite0")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--iterations", type=int, default=60)
     parser.add_argument("--skip", type=int, default=10)

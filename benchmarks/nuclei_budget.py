@@ -1,4 +1,4 @@
-"""Nuclei on a CPU budget: `blendmask train --preset nuclei_R_18 --minutes M` on the DSB2018
+"""Nuclei on a CPU budget: `blendmask train --preset nuclei_lite0 --minutes M` on the DSB2018
 nuclei subset, evaluated on its val split, for each seed, on a quiet machine and with a
 competing CPU-bound job during the first minutes.
 
@@ -114,7 +114,7 @@ def verdict(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA))
-    parser.add_argument("--preset", default="nuclei_R_18")
+    parser.add_argument("--preset", default="nuclei_lite0")
     parser.add_argument("--minutes", type=float, default=15.0)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--load-minutes", type=float, default=3.0)

@@ -17,7 +17,7 @@
 Each measurement runs in its own process (`--one`), so peak RSS and caches are its own.
 
     nice -n 19 python benchmarks/predict_throughput.py \
-        --json benchmarks/results/predict_throughput.json [--threads 2] [--preset shapes_R_18]
+        --json benchmarks/results/predict_throughput.json [--threads 2] [--preset shapes_lite0]
 """
 
 from __future__ import annotations
@@ -218,7 +218,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", default=None, help="write the report here")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--preset", default="shapes_R_18")
+    p.add_argument("--preset", default="shapes_lite0")
     p.add_argument("--images", type=int, default=200)
     p.add_argument("--maskrcnn-images", type=int, default=20)
     p.add_argument("--tiny-small", type=int, default=200)
