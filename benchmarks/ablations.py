@@ -39,12 +39,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ablations_measure import TIMED_IMAGES, TOP_PER_IMAGE, measure_specificity, time_per_image  # noqa: E402
 from ablations_store import RESULTS, add_record, claim, locked, read_results, write_results  # noqa: E402
-from common import REPO, machine_info  # noqa: E402
+from common import DEFAULT_NUCLEI, NUCLEI_VARIABLE, REPO, machine_info  # noqa: E402
 
 WORK = REPO / "runs" / "ablations"
-NUCLEI = Path(
-    os.environ.get("BLENDMASK_NUCLEI", REPO.parent / "shared" / "data" / "dsb2018_nuclei")
-)
+NUCLEI = Path(os.environ.get(NUCLEI_VARIABLE, DEFAULT_NUCLEI))
 SHAPES_SIZES = {"train": 400, "val": 40, "seed": 0, "image_size": 192}
 # Same budget for every configuration of a data set. 150 shapes iterations (the first budget)
 # left one blender seed on the detector's early plateau (mask AP 6 against 25 for the other

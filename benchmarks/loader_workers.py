@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from common import DEFAULT_NUCLEI, NUCLEI_VARIABLE, write_json
+
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "dsb2018_nuclei"
+DEFAULT_DATA = Path(os.environ.get(NUCLEI_VARIABLE, DEFAULT_NUCLEI))
 
 
 def measure(args: argparse.Namespace, workers: int) -> dict[str, Any]:
@@ -63,9 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [measure(args, w) for w in args.workers]
     for row in rows:
         print(json.dumps(row))
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"preset": args.preset, "rows": rows}, indent=2) + "\n")
+    write_json(args.json, {"preset": args.preset, "rows": rows}, sort_keys=False)
     return 0
 
 

@@ -20,14 +20,17 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from common import DEFAULT_NUCLEI, NUCLEI_VARIABLE, write_json
+
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "dsb2018_nuclei"
+DEFAULT_DATA = Path(os.environ.get(NUCLEI_VARIABLE, DEFAULT_NUCLEI))
 TARGETS = {"segm_AP": 0.45, "segm_AP75": 0.45}
 
 
@@ -140,9 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result["final"]), f"wall {result['wall_s']} s", flush=True)
             done = [r for r in done if (r["seed"], r["competing_load"], r["budget_s"] / 60) != key]
             done.append(result)
-            json_path.parent.mkdir(parents=True, exist_ok=True)
             report = {"preset": args.preset, "runs": done, "checks": verdict(done)}
-            json_path.write_text(json.dumps(report, indent=2) + "\n")
+            write_json(json_path, report, sort_keys=False)
     if json_path.is_file():
         print(json.dumps(json.loads(json_path.read_text())["checks"], indent=2))
     return 0

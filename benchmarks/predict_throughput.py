@@ -192,8 +192,11 @@ def main(argv: list[str] | None = None) -> None:
 def write_report(report: dict[str, Any], path: str | None) -> None:
     """The report so far (after each measurement: a run cut short keeps what it measured)."""
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(report, indent=1) + "\n")
+        # Here, not at the top: common imports torch, which the parent process otherwise never
+        # needs (each measurement runs in its own subprocess).
+        from common import write_json
+
+        write_json(path, report, indent=1, sort_keys=False)
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:

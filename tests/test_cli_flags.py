@@ -75,7 +75,7 @@ def test_workers_default_is_not_a_given_flag() -> None:
 
 
 def test_presets_print_whole_descriptions(monkeypatch, capsys) -> None:
-    """Wrong if a preset's description is cut at its first docstring line (as it was: "...,
+    """Wrong if a preset's description is cut at its first docstring line (e.g. "...,
     K=4, M=14," and the rest lost) or if lines run past the terminal's width."""
     width = 80
     monkeypatch.setenv("COLUMNS", str(width))
