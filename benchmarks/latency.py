@@ -19,7 +19,7 @@ input size (torchvision's transform, heads and mask pasting; our network + post-
 
     python benchmarks/latency.py --json benchmarks/results/latency.json \
         [--threads 2] [--device cpu|cuda] [--size 800 1333] [--repeats 3] [--precision fp32|bf16] \
-        [--update-readme README.md]
+        [--update-readme docs/results.md]
 """
 
 from __future__ import annotations
@@ -391,9 +391,7 @@ def readme_block(data: dict[str, Any]) -> str:
     )
     lines.append(f"Ratios: {ratio_text}.")
     lines.append("")
-    lines.append(
-        "Method, FLOPs by part, the profile and the planned speed-ups: `benchmarks/README.md`."
-    )
+    lines.append("Method: `benchmarks/README.md`; FLOPs and time by part: below.")
     return "\n".join(lines)
 
 
@@ -464,7 +462,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="time our network without optimize_for_inference (BatchNorm folding, channels-last)",
     )
-    p.add_argument("--update-readme", type=Path, default=None, metavar="README")
+    p.add_argument(
+        "--update-readme",
+        type=Path,
+        default=None,
+        metavar="MARKDOWN",
+        help="rewrite the block between the bench markers of this file (make bench: docs/results.md)",
+    )
     p.add_argument(
         "--from-json",
         type=Path,
@@ -479,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.from_json is not None:
         if args.update_readme is None:
-            raise SystemExit("--from-json needs --update-readme README")
+            raise SystemExit("--from-json needs --update-readme FILE")
         if not args.from_json.is_file():
             raise SystemExit(f"--from-json: {args.from_json} not found")
         data = json.loads(args.from_json.read_text(encoding="utf-8"))

@@ -40,8 +40,6 @@ from blendmask.config import (
     read_config_file,
 )
 
-logger = logging.getLogger(__name__)
-
 # The synthetic shapes data (`data/shapes.py`): circle, rectangle, triangle, star. A number
 # here, not an import, so that this bottom-layer module imports nothing from data/;
 # tests/test_model_presets.py checks it against the data set's class list.
@@ -230,8 +228,8 @@ def shapes_lite0() -> Config:
     cfg = _small_cpu(Config(preset="shapes_lite0"), num_classes=NUM_SHAPE_CLASSES)
     # Tuned for steps per second on a 2-core CPU (`blendmask demo`): the body is frozen up to
     # and including the C3 stage (ImageNet edges and colours serve the shapes as they are), so
-    # backward stops at stride 16. The demo's time budget shrinks this schedule to fit (the
-    # docs/results.md gives a measured run).
+    # backward stops at stride 16. The demo's time budget shrinks this schedule to fit
+    # (docs/results.md gives a measured run).
     cfg.model.backbone.freeze_at = 3
     cfg.data.min_size_train = [224, 256, 288]
     cfg.data.max_size_train = 512
@@ -258,8 +256,8 @@ def shapes_panoptic() -> Config:
 
 def nuclei_lite0() -> Config:
     """The real-data example: DSB2018 nuclei (1 class, ~55 small touching nuclei per image),
-    a pretrained EfficientNet-Lite0 body; formerly `nuclei_R_18`, still accepted. Small objects:
-    the levels stop at P5. Built for `train --minutes` on a CPU (docs/training.md)."""
+    EfficientNet-Lite0 body (formerly `nuclei_R_18`), levels P3-P5, for `train --minutes` on a
+    CPU (docs/training.md)."""
     cfg = _small_cpu(Config(preset="nuclei_lite0"), num_classes=1)
     m = cfg.model
     m.fpn.top_levels = 0
@@ -360,29 +358,24 @@ PRESETS: dict[str, Callable[[], Config]] = {
 }
 
 
-# Old names that still resolve, with a warning: they said ResNet-18 of an EfficientNet-Lite0 body.
-# Not in PRESETS, so `blendmask presets` and the preset searches list each network once.
-DEPRECATED_PRESETS: dict[str, str] = {
-    "shapes_R_18": "shapes_lite0",
-    "nuclei_R_18": "nuclei_lite0",
-}
+# Old names (they said ResNet-18 of an EfficientNet-Lite0 body), resolved with a warning; not in
+# PRESETS, so `blendmask presets` and the preset searches list each network once.
+DEPRECATED_PRESETS: dict[str, str] = {"shapes_R_18": "shapes_lite0", "nuclei_R_18": "nuclei_lite0"}
 
 
 def resolve_preset_name(name: str) -> str:
-    """`name`, or the preset an old name stands for: a DeprecationWarning for code, and one
-    log line for the command line (whose console prints the `blendmask` logger)."""
-    new = DEPRECATED_PRESETS.get(name)
-    if new is None:
-        return name
-    message = f"preset '{name}' is now called '{new}' (the old name will be removed)"
-    warnings.warn(message, DeprecationWarning, stacklevel=3)
-    logger.warning(message)
+    """`name`, or the preset an old name stands for: a DeprecationWarning for code and one log
+    line for the command line (whose console prints the `blendmask` logger)."""
+    new = DEPRECATED_PRESETS.get(name, name)
+    if new != name:
+        message = f"preset '{name}' is now called '{new}' (the old name will be removed)"
+        warnings.warn(message, DeprecationWarning, stacklevel=3)
+        logging.getLogger(__name__).warning(message)
     return new
 
 
 def get_preset(name: str) -> Config:
-    """A fresh Config for preset `name` (see PRESETS; an old name of DEPRECATED_PRESETS warns and
-    gives its new preset)."""
+    """A fresh Config for preset `name` (PRESETS, or an old name of DEPRECATED_PRESETS)."""
     name = resolve_preset_name(name)
     if name not in PRESETS:
         close = difflib.get_close_matches(name, list(PRESETS), n=1)
