@@ -336,7 +336,8 @@ def compute_ratios(models: dict[str, Any], blender: dict[str, Any], ours: str, l
 
 
 def readme_block(data: dict[str, Any]) -> str:
-    """The markdown between the README markers: setting, table and ratios."""
+    """The markdown between the bench markers (`make bench`: in docs/results.md): setting,
+    table and ratios."""
     m = data["machine"]
     s = data["settings"]
     lo, hi = (str(n) for n in s["detections"][:2]) if len(s["detections"]) > 1 else ("", "")
@@ -467,7 +468,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         default=None,
         metavar="MARKDOWN",
-        help="rewrite the block between the bench markers of this file (make bench: docs/results.md)",
+        help="rewrite the block between the bench markers of this file (docs/results.md)",
     )
     p.add_argument(
         "--from-json",

@@ -2,7 +2,7 @@
 nuclei subset, evaluated on its val split, for each seed, on a quiet machine and with a
 competing CPU-bound job during the first minutes.
 
-What it checks (the figures the README quotes): mask AP and mask AP75 of the final evaluation,
+What it checks (the figures docs/results.md quotes): mask AP and mask AP75 of the final evaluation,
 the wall time of the whole command against its budget (it must end within 3%), and how much
 the competing job changes the result (the time budget re-plans from recent iterations, so the
 run should still use its time and land on the same figures).

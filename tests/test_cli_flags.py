@@ -1,6 +1,7 @@
 """The command-line surface: every flag documented, one name per option (old spellings are
 hidden aliases that still parse), `presets` printing whole descriptions, `explain --out` writing
-where it says, and `--conf 0` keeping every candidate (as the README says) in `explain` too."""
+where it says, and `--conf 0` keeping every candidate (as docs/python_api.md says) in `explain`
+too."""
 
 from __future__ import annotations
 
