@@ -17,7 +17,6 @@ Writes the file to a temporary folder; prints and optionally stores the figures.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -30,6 +29,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tests"))
+
+from common import write_json  # noqa: E402
 
 # skimage.data photos shipped with scikit-image (no download); gray ones are stacked to RGB.
 SKIMAGE_PHOTOS = (
@@ -158,8 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"total: {total.line()}")
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(args.json, summary, sort_keys=False)
     return 0 if total.passed() else 1
 
 

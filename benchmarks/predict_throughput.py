@@ -17,7 +17,7 @@
 Each measurement runs in its own process (`--one`), so peak RSS and caches are its own.
 
     nice -n 19 python benchmarks/predict_throughput.py \
-        --json benchmarks/results/predict_throughput.json [--threads 2] [--preset shapes_R_18]
+        --json benchmarks/results/predict_throughput.json [--threads 2] [--preset shapes_lite0]
 """
 
 from __future__ import annotations
@@ -192,8 +192,11 @@ def main(argv: list[str] | None = None) -> None:
 def write_report(report: dict[str, Any], path: str | None) -> None:
     """The report so far (after each measurement: a run cut short keeps what it measured)."""
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(report, indent=1) + "\n")
+        # Here, not at the top: common imports torch, which the parent process otherwise never
+        # needs (each measurement runs in its own subprocess).
+        from common import write_json
+
+        write_json(path, report, indent=1, sort_keys=False)
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -218,7 +221,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", default=None, help="write the report here")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--preset", default="shapes_R_18")
+    p.add_argument("--preset", default="shapes_lite0")
     p.add_argument("--images", type=int, default=200)
     p.add_argument("--maskrcnn-images", type=int, default=20)
     p.add_argument("--tiny-small", type=int, default=200)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,14 @@ TESTS_DIR = Path(__file__).resolve().parent
 TEST_DATA = TESTS_DIR / "data"
 TINY_COCO_JSON = TEST_DATA / "tiny_coco" / "annotations.json"
 TINY_COCO_IMAGES = TEST_DATA / "tiny_coco" / "images"
-# The project's shipped real data sits next to the repository: <repo>/../shared/data.
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-NUCLEI_DIR = SHARED_DATA / "dsb2018_nuclei"
+# The DSB2018 nuclei set (COCO json with RLE masks): $BLENDMASK_NUCLEI, by default the
+# data/dsb2018_nuclei folder of the "shared" folder beside the repository (docs/training.md).
+NUCLEI_DIR = Path(
+    os.environ.get(
+        "BLENDMASK_NUCLEI",
+        Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018_nuclei",
+    )
+)
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +37,7 @@ def shapes_dataset(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def nuclei_dir() -> Path:
-    """shared/data/dsb2018_nuclei (annotations/, images/); the test is skipped without it."""
+    """The nuclei set (annotations/, images/) at NUCLEI_DIR; the test is skipped without it."""
     if not (NUCLEI_DIR / "annotations" / "instances_val.json").is_file():
         pytest.skip(f"shipped nuclei data not found at {NUCLEI_DIR}")
     return NUCLEI_DIR

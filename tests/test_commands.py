@@ -1,6 +1,6 @@
 """The demo, eval, predict and train commands end to end, on the tiny preset.
 
-- `demo` writes everything DESIGN.md lists, and `eval --weights` on its model reproduces its
+- `demo` writes its data, model, metrics and pictures, and `eval --weights` on its model reproduces its
   metrics (same weights, same evaluation path) and its detections;
 - `predict --coco` on a folder writes COCO results whose RLE masks decode (pycocotools) to the
   masks drawn in the overlays, with original category ids;

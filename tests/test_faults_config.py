@@ -135,7 +135,7 @@ def test_weights_that_do_not_fit_their_config_give_a_short_message_with_fitting_
     tiny = get_preset("tiny")
     model, _, _ = build(tiny, load_pretrained=False)
     # The weights of `tiny` under the config of another preset (the other network).
-    other = from_dict(get_preset("nuclei_R_18").to_dict())
+    other = from_dict(get_preset("nuclei_lite0").to_dict())
     save_model_file(tmp_path / "model.pt", other, model)
     with pytest.raises(ValueError) as info:
         load_model_file(tmp_path / "model.pt")

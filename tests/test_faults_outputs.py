@@ -127,7 +127,7 @@ def test_link_at_predictions_jsonl_is_refused_and_its_target_untouched(models, t
 
 
 def _released(path: Path) -> None:
-    """Unblock a thread stuck opening the FIFO `path` (before the fix it waits forever)."""
+    """Unblock a thread stuck opening the FIFO `path` (an open with no writer waits forever)."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
         os.close(fd)

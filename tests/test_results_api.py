@@ -1,5 +1,4 @@
-"""What detection users reach for, checked on a tiny model (issue "Fit the habits of detection
-users", Results):
+"""What detection users reach for, checked on a tiny model:
 
 - `Detections`: 0-based labels, class names and category ids from the model's config,
   indexing / `filter` by score and class (names or labels), soft mask probabilities, `plot` /

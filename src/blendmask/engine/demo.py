@@ -105,12 +105,12 @@ def run_demo(
     num_train: int = 1000,
     num_val: int = 100,
     seed: int = 0,
-    preset: str = "shapes_R_18",
+    preset: str = "shapes_lite0",
     overrides: Sequence[str] = (),
     num_overlays: int = 8,
     panoptic: bool = False,
 ) -> dict[str, Any]:
-    """`blendmask demo --out DIR`: shapes data -> train `shapes_R_18` within a time budget ->
+    """`blendmask demo --out DIR`: shapes data -> train `shapes_lite0` within a time budget ->
     evaluate -> draw. Writes DIR/{metrics.json, model.pt, overlays/*.png, explain.png,
     curves.png} (plus the run records: last.pt, metrics.jsonl) and the data under DIR/data.
 
