@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("__init__", "__main__", "cli"),
     ("engine", "export", "explain", "adapter"),
     ("predictor", "input_images", "factory", "checkpoint_io", "interop"),
-    ("modeling", "data", "evaluation", "visualization"),
+    ("modeling", "data", "evaluation", "visualization", "painting"),
     ("config", "config_checks", "presets", "structures", "io", "atomic", "onnx_runtime"),
 ]
 # Same-layer imports that would close a circle or mix concerns, forbidden explicitly.
