@@ -45,6 +45,7 @@ from blendmask.engine.predict_outputs import MASK_MODES, OutputSpec
 from blendmask.engine.predict_stream import (
     ERRORS,
     PREDICTIONS,
+    RECORD_VERSION,
     RESULTS,
     ImageFiles,
     JsonLinesWriter,
@@ -109,6 +110,7 @@ def predict_images(
         "overrides": list(overrides),
         "overlays": overlays,
         "save_masks": save_masks,
+        "record_version": RECORD_VERSION,  # records of another layout are not resumed into
     }
     with _distributed(device) as (info, dev), _locked(out, info):
         _on_main(info, lambda: _prepare(out, settings, resume))
@@ -368,12 +370,13 @@ def _predict_batch(
     records = []
     for (index, image), det in zip(batch, predictor.predict_tensors([im for _, im in batch])):
         det = spec.keep(det)
-        record = spec.record(det, file_name=str(images[index]), image_id=index)
-        masks = spec.write_masks(det, Path(names[index]).stem)
+        pasted = spec.paste(det)  # once, for the record, the mask files and the overlay
+        record = spec.record(det, pasted, file_name=str(images[index]), image_id=index)
+        masks = spec.write_masks(det, Path(names[index]).stem, pasted)
         if masks is not None:
             record["masks"] = masks
         if spec.overlays:
-            save_png(spec.draw(image, det), spec.out / "overlays" / names[index])
+            save_png(spec.draw(image, det, pasted), spec.out / "overlays" / names[index])
         records.append(record)
     return records
 
