@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -70,11 +71,13 @@ def owner_map(
     """
     dtype = torch.int16 if count < 2**15 - 1 else torch.int32
     owner = torch.full(image_size, -1, dtype=dtype)
+    array = owner.numpy()  # the same memory
     for d, x, y, window in windows:
         top = d if ranks is None else int(ranks[d])
-        region = owner[y : y + window.shape[0], x : x + window.shape[1]]
-        # In place on the image's slice; no gather of the window's pixels (4x faster).
-        region.masked_fill_(window & (region < top), top)
+        region = array[y : y + window.shape[0], x : x + window.shape[1]]
+        # One pass over the window, in place, no temporaries: max(region, top) where the
+        # mask is (a boolean-indexed gather and scatter is ~5x slower).
+        np.maximum(region, top, where=window.numpy(), out=region)
     return owner
 
 
