@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("__init__", "__main__", "cli"),
     ("engine", "export", "explain", "adapter", "serve"),
     ("predictor", "input_images", "factory", "checkpoint_io", "checkpoint_reader", "interop"),
-    ("modeling", "data", "evaluation", "visualization"),
+    ("modeling", "data", "evaluation", "visualization", "painting"),
     (
         "config",
         "config_checks",

@@ -46,6 +46,7 @@ from blendmask.engine.predict_settings import SETTINGS, check_settings, run_sett
 from blendmask.engine.predict_stream import (
     ERRORS,
     PREDICTIONS,
+    RECORD_VERSION,
     RESULTS,
     ImageFiles,
     JsonLinesWriter,
@@ -112,6 +113,7 @@ def predict_images(
         overlays=overlays,
         save_masks=save_masks,
         json=None if gt_json is None else str(gt_json),
+        record_version=RECORD_VERSION,  # records of another layout are not resumed into
     )
     with _distributed(device) as (info, dev):
         # The model and its knobs are checked before OUT is made or touched: a refused
@@ -383,13 +385,14 @@ def _predict_batch(
     records = []
     for (index, image), det in zip(batch, predictor.predict_tensors([im for _, im in batch])):
         det = spec.keep(det)
-        record = spec.record(det, file_name=str(images[index]), image_id=ids[index])
+        pasted = spec.paste(det)  # once, for the record, the mask files and the overlay
+        record = spec.record(det, pasted, file_name=str(images[index]), image_id=ids[index])
         record["real_path"] = real_key(images[index])  # the resume key (`record_key`)
         record["output_name"] = names[index]  # kept by resumed runs (`image_output_names`)
-        masks = spec.write_masks(det, Path(names[index]).stem)
+        masks = spec.write_masks(det, Path(names[index]).stem, pasted)
         if masks is not None:
             record["masks"] = masks
         if spec.overlays:
-            save_png(spec.draw(image, det), spec.out / "overlays" / names[index])
+            save_png(spec.draw(image, det, pasted), spec.out / "overlays" / names[index])
         records.append(record)
     return records
