@@ -24,8 +24,13 @@ SETTINGS_ENV = "BLENDMASK_SERVE_SETTINGS"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", required=True, help="model file (model.pt, or .onnx)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: local only)")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    parser.add_argument(
+        "--backend",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="torch: the Predictor; onnx: onnxruntime on an exported file (a .pt is exported at start)",
+    )
     parser.add_argument("--device", default="cpu", choices=DEVICES, help="torch backend only")
     parser.add_argument("--workers", type=positive_int, default=1, help="server processes")
     parser.add_argument("--max-batch", type=positive_int, default=4, help="images per batch")
@@ -38,8 +43,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout", type=positive_float, default=30.0, help="seconds per request (then 504)"
     )
-    parser.add_argument("--max-upload-mb", type=positive_float, default=20.0)
-    parser.add_argument("--max-pixels", type=positive_int, default=25_000_000)
+    parser.add_argument(
+        "--max-upload-mb",
+        type=positive_float,
+        default=20.0,
+        help="largest request body in MB; larger uploads get 413 (default 20)",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=25_000_000,
+        help="largest image in pixels, checked on its header before decoding (default 25 M)",
+    )
 
 
 def app_from_environment():  # noqa: ANN201 - a FastAPI app; fastapi is an optional import
