@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch import Tensor
 
-from blendmask.config import Config
+from blendmask.config import Config, from_dict
 from blendmask.data.preprocess import ImageInput, preprocess
 from blendmask.export.onnx import (
     CONFIG_METADATA_KEY,
@@ -86,10 +87,6 @@ def outputs_from_onnx(
 
 def read_onnx_config(path: str | Path) -> Config | None:
     """The config stored in an exported file's metadata, or None."""
-    import yaml
-
-    from blendmask.config import from_dict
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: ONNX file not found")

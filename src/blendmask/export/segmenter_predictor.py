@@ -1,5 +1,5 @@
 """`blendmask predict --onnx`: the numpy-only runtime (`blendmask.onnx_runtime.OnnxSegmenter`)
-behind the interface `engine/predict.py` uses of a `Predictor` (`cfg`, `max_image_pixels`,
+behind the interface `prediction/predict.py` uses of a `Predictor` (`cfg`, `max_image_pixels`,
 `predict_tensors`), so the results json and overlays are written by the same code.
 
 Shapes: D detections, H0/W0 original image size.
@@ -22,7 +22,7 @@ from blendmask.structures import Detections
 
 
 class SegmenterPredictor:
-    """An end-to-end ONNX file as a `Predictor` for `engine.predict.predict_images`.
+    """An end-to-end ONNX file as a `Predictor` for `prediction.predict.predict_images`.
 
     Args:
         path: an end-to-end file written by `blendmask export` (with its config, as the

@@ -2,7 +2,7 @@
 line of OUT/errors.jsonl and of OUT/results.json).
 
 - With a ground-truth json (`predict --json GT`): the id of the GT image each file is
-  (`evaluation.image_ids.GroundTruthImages`: matched by file_name), so that
+  (`metrics.image_ids.GroundTruthImages`: matched by file_name), so that
   `eval --results OUT/results.json --json GT` scores them; a file that is no image of GT is an
   error before anything runs.
 - Without: an id given once per file and kept. A file already in OUT/predictions.jsonl (a
@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from blendmask.data.segmentation import is_int
-from blendmask.engine.predict_stream import PREDICTIONS, part_files, read_records, record_key
-from blendmask.evaluation.coco import load_coco_gt
-from blendmask.evaluation.image_ids import GroundTruthImages
+from blendmask.metrics.coco import load_coco_gt
+from blendmask.metrics.image_ids import GroundTruthImages
+from blendmask.prediction.predict_stream import PREDICTIONS, part_files, read_records, record_key
 
 
 def image_ids(images: Sequence[Path], out: Path | None, gt_json: str | Path | None) -> list[int]:

@@ -12,13 +12,19 @@ from typing import Any
 
 import torch
 
-from blendmask.engine.budget import TimeBudget
-from blendmask.engine.loaders import build_train_dataset
-from blendmask.engine.logging import write_json
-from blendmask.engine.loop import TrainResult, run_training
-from blendmask.engine.train_config import resolve_dataset_classes
+from blendmask.atomic import write_json
+from blendmask.data.coco import CocoDataset
+from blendmask.data.shapes import write_shapes_dataset
+from blendmask.explain import save_explanation
 from blendmask.io import resolve_device
+from blendmask.predictor import Predictor
 from blendmask.presets import load_config
+from blendmask.training.budget import TimeBudget
+from blendmask.training.loaders import build_train_dataset
+from blendmask.training.loop import TrainResult, run_training
+from blendmask.training.panoptic_demo import finish_panoptic_demo
+from blendmask.training.train_config import resolve_dataset_classes
+from blendmask.visualization import draw_detections, save_png
 
 logger = logging.getLogger(__name__)
 
@@ -84,8 +90,6 @@ def _shapes_data(
     data_dir: Path, num_train: int, num_val: int, seed: int, panoptic: bool = False
 ) -> dict[str, Path]:
     """The demo's shapes dataset under `data_dir`: the one there when it matches, else new."""
-    from blendmask.data.shapes import write_shapes_dataset
-
     paths = _existing_shapes(data_dir, num_train, num_val, seed, panoptic)
     if paths is None:
         logger.info(
@@ -115,7 +119,7 @@ def run_demo(
     curves.png} (plus the run records: last.pt, metrics.jsonl) and the data under DIR/data.
 
     `minutes` bounds the whole command: training stops early (with its schedule shrunk to fit,
-    see `engine.loop.run_training`) so that data, training, evaluation and drawing end in time.
+    see `training.loop.run_training`) so that data, training, evaluation and drawing end in time.
     """
     start = time.perf_counter()
     out = Path(out)
@@ -185,8 +189,6 @@ def _demo_outputs(
     """The drawings; with `panoptic`, PQ on the val split and panoptic drawings (returned:
     the metrics to add)."""
     if panoptic:
-        from blendmask.engine.panoptic_demo import finish_panoptic_demo
-
         return finish_panoptic_demo(result, paths, out, dev, num_overlays)
     _demo_drawings(result, paths, out, dev, num_overlays)
     return {}
@@ -200,11 +202,6 @@ def _demo_drawings(
     num_overlays: int,
 ) -> None:
     """Overlays of the first val images and the blender figure of the first one."""
-    from blendmask.data.coco import CocoDataset
-    from blendmask.explain import save_explanation
-    from blendmask.predictor import Predictor
-    from blendmask.visualization import draw_detections, save_png
-
     predictor = Predictor(result.cfg, result.model, result.postprocessor, dev)
     val = CocoDataset(paths["val_json"], paths["val_images"])
     names = list(result.cfg.data.category_names)

@@ -31,9 +31,9 @@ from torch.utils.data import Dataset
 
 from blendmask.atomic import AppendFile, atomic_write, describe_write_error, open_output
 from blendmask.data.sources import output_names
-from blendmask.engine.distributed import DistInfo
-from blendmask.evaluation.coco import detections_to_coco_results
+from blendmask.metrics.coco import detections_to_coco_results
 from blendmask.predictor import load_input_image
+from blendmask.runtime.distributed import DistInfo
 from blendmask.structures import Detections
 
 logger = logging.getLogger(__name__)

@@ -6,10 +6,10 @@ file, `--set` overrides, the config stored in a model file), so that `solver.max
 the allowed range, instead of an untrained model or an error deep inside torch. Every int and
 float field of `config.Config` has a rule in `NUMERIC_RANGES` (tests/test_config.py fails for
 a new field without one). `check_probability` is the same check for command-line values such as
-`--score-threshold`. `convert_value` turns a YAML or `--set` value into a field's type.
+`--score-threshold`.
 
-Kept apart from config.py (which imports this module, never the reverse) so that the table
-does not push config.py past the project's module size.
+Kept apart from config/__init__.py (which imports this module, never the reverse) so that the table
+does not push it past the project's module size.
 """
 
 from __future__ import annotations
@@ -221,64 +221,6 @@ def check_numeric_fields(cfg: Any) -> None:
                 check_number(f"{key}[{i}]", item, allowed, integer=integer)
         else:
             check_number(key, value, allowed, integer=integer)
-
-
-def convert_value(key: str, value: Any, tp: Any) -> Any:
-    """Convert `value` (from YAML or a `--set` string) to the annotated config field type `tp`
-    (bool, int, float, str or a list of those), or raise ConfigError naming `key`."""
-    origin = typing.get_origin(tp)
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if isinstance(value, str):
-            # Imported here: config_yaml imports this module (for ConfigError and `shown`).
-            from blendmask.config_yaml import load_yaml
-
-            value = load_yaml(value, key) if value.strip() else []
-        if isinstance(value, tuple):
-            value = list(value)
-        if not isinstance(value, list):
-            value = [value]
-        return [convert_value(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1"):
-            return True
-        if isinstance(value, str) and value.lower() in ("false", "no", "off", "0"):
-            return False
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        raise ConfigError(f"{key}: expected true/false, got {shown(value)}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected an integer, got {shown(value)}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected an integer, got {shown(value)}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, got {shown(value)}")
-        try:  # an int over 1e308 overflows
-            if isinstance(value, (int, float, str)):
-                return float(value)
-        except (ValueError, OverflowError):
-            pass
-        raise ConfigError(f"{key}: expected a number, got {shown(value)}")
-    if tp is str:
-        if isinstance(value, (dict, list)):
-            raise ConfigError(f"{key}: expected a string, got {shown(value)}")
-        try:
-            return "" if value is None else str(value)
-        except ValueError:  # an int of over 4300 digits
-            raise ConfigError(f"{key}: expected a string, got {shown(value)}") from None
-    raise ConfigError(f"{key}: unsupported field type {tp!r}")
 
 
 def check_augmentation(scale_jitter: list[float], color_jitter: list[float]) -> None:

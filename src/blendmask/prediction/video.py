@@ -25,11 +25,11 @@ import torch
 from tqdm import tqdm
 
 from blendmask.atomic import make_folder, refuse_link
-from blendmask.engine import distributed as dist_utils
-from blendmask.engine.distributed import DistInfo
-from blendmask.engine.predict_outputs import OutputSpec
-from blendmask.engine.predict_stream import ERRORS, JsonLinesWriter, one_line, part_path
 from blendmask.io import check_regular_file
+from blendmask.prediction.predict_outputs import OutputSpec
+from blendmask.prediction.predict_stream import ERRORS, JsonLinesWriter, one_line, part_path
+from blendmask.runtime import distributed as dist_utils
+from blendmask.runtime.distributed import DistInfo
 
 
 def video_done(out: Path, name: str) -> bool:

@@ -16,10 +16,11 @@ from pathlib import Path
 
 from blendmask.config import Config, apply_overrides, from_dict
 from blendmask.data.coco import CocoDataset
-from blendmask.engine.checkpoint import LAST_CHECKPOINT, read_training_state
-from blendmask.engine.optim import scale_lr
+from blendmask.evaluation.evaluate_panoptic import resolve_stuff_classes
 from blendmask.interop.torchvision_weights import resolve_weight_conventions
 from blendmask.presets import load_config
+from blendmask.training.checkpoint import LAST_CHECKPOINT, read_training_state
+from blendmask.training.optim import scale_lr
 
 logger = logging.getLogger(__name__)
 
@@ -156,8 +157,6 @@ def resolve_dataset_classes(cfg: Config, dataset: CocoDataset, *, quiet: bool = 
             int(dataset.contiguous_to_category_id[i]) for i in range(dataset.num_classes)
         ]
     if hasattr(dataset, "stuff_names"):  # a panoptic dataset: its stuff classes too
-        from blendmask.engine.panoptic import resolve_stuff_classes
-
         out = resolve_stuff_classes(out, dataset, quiet=quiet)
     return out.validate()
 

@@ -30,9 +30,9 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from blendmask.atomic import atomic_write
-from blendmask.evaluation.coco import load_coco_gt
-from blendmask.evaluation.results import load_results_json
 from blendmask.io import load_image
+from blendmask.metrics.coco import load_coco_gt
+from blendmask.metrics.results import load_results_json
 from blendmask.modeling.paste import MaskWindow
 from blendmask.visualization import (
     Color,
@@ -120,7 +120,7 @@ def _new_figure(width: float, height: float) -> Figure:
 def accumulated_eval(
     coco_gt: COCO, results: Sequence[dict[str, Any]], iou_type: str
 ) -> COCOeval | None:
-    """COCOeval of `results` for one IoU type after `accumulate()`, as `evaluation.coco` runs
+    """COCOeval of `results` for one IoU type after `accumulate()`, as `metrics.coco` runs
     it (segm without the results' boxes); None when the results cannot be scored that way
     (no results, or box-only results for segm)."""
     if iou_type == "segm":

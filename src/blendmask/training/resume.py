@@ -23,12 +23,12 @@ import torch
 from torch import nn
 
 from blendmask.config import Config, ConfigError, flatten_dict, from_dict
-from blendmask.engine.checkpoint import (
+from blendmask.training.checkpoint import (
     LAST_CHECKPOINT,
     read_training_state,
     restore_training_state,
 )
-from blendmask.engine.optim import WarmupMultiStepSchedule
+from blendmask.training.optim import WarmupMultiStepSchedule
 
 # Keys whose value does not change the weights a run ends with.
 FREE_KEYS = frozenset(

@@ -11,7 +11,7 @@ Metric keys, fractions in [0, 1] (pycocotools' stats; -1 means "no ground truth 
 Zero detections give AP 0 (not a crash). pycocotools' prints are captured; a summary table
 (with AP per category) is returned by `run_coco_eval` and kept as `COCOEvaluator.summary`, and
 the AP per category as `COCOEvaluator.per_category` ({name: {"bbox_AP", "segm_AP"}}, the key
-`per_category` of `eval`'s metrics.json; `evaluation.tables.format_tables` prints both).
+`per_category` of `eval`'s metrics.json; `metrics.tables.format_tables` prints both).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from blendmask.data.coco_json import coco_api_from_dict, load_coco_json
-from blendmask.evaluation.rle import window_to_rle
+from blendmask.metrics.rle import window_to_rle
 from blendmask.modeling.paste import mask_windows
 from blendmask.structures import Detections
 
@@ -57,7 +57,7 @@ def detections_to_coco_results(
     """Convert per-image detections to COCO result dicts.
 
     Masks are encoded one detection at a time (box-local masks from their windows, see
-    `evaluation.rle`), so memory stays O(H0 x W0) whatever the number of detections.
+    `metrics.rle`), so memory stays O(H0 x W0) whatever the number of detections.
 
     Args:
         detections: one `Detections` per image (boxes xyxy and masks bool[D, H0, W0], dense
@@ -331,7 +331,7 @@ class COCOEvaluator:
     """Collect detections image by image, then compute COCO metrics.
 
     Results are converted to RLE as they arrive (small in memory). One process's view: under
-    torch.distributed, `engine/evaluate.py` gathers every rank's `results` and `image_ids` into
+    torch.distributed, `evaluation/evaluate.py` gathers every rank's `results` and `image_ids` into
     the evaluator of rank 0 (`merge`) and evaluates there.
 
     Args:

@@ -19,8 +19,8 @@ from blendmask.data.segmentation import (
     is_int,
     segmentation_to_rle,
 )
-from blendmask.evaluation.coco import IOU_TYPES, evaluate_coco, load_coco_gt
-from blendmask.evaluation.image_ids import GroundTruthImages
+from blendmask.metrics.coco import IOU_TYPES, evaluate_coco, load_coco_gt
+from blendmask.metrics.image_ids import GroundTruthImages
 
 
 def load_results_json(

@@ -4,7 +4,7 @@ videos, resumable, sharded across torchrun ranks.
 - Sources (`data/sources.py::expand_sources`) become image files and video files.
 - Images are decoded in DataLoader workers (`ImageFiles`), run in batches through the one
   inference path (`Predictor.predict_tensors`: `preprocess` then `infer`) and written as they
-  come: one JSON line per image in OUT/predictions.jsonl (`engine/predict_stream.py`), its
+  come: one JSON line per image in OUT/predictions.jsonl (`prediction/predict_stream.py`), its
   overlay in OUT/overlays/, its masks in OUT/masks/ (`--save-masks`). Memory does not grow with
   the number of images.
 - Resume (default): images whose record is already in OUT/predictions.jsonl are skipped, so a
@@ -13,7 +13,7 @@ videos, resumable, sharded across torchrun ranks.
   two models' results.
 - An unreadable image is skipped and recorded in OUT/errors.jsonl (one {"path", "image_id",
   "error"} line each; they are tried again by the next run); `strict` ends the run instead.
-- Videos go through `engine/video.py`: OUT/videos/<name>.mp4 (annotated, same frame count) and
+- Videos go through `prediction/video.py`: OUT/videos/<name>.mp4 (annotated, same frame count) and
   OUT/videos/<name>.jsonl (one record per frame).
 - Under torchrun the pending images (and videos) are split across ranks (`shard_indices`,
   each exactly once); each rank appends to its own part file and rank 0 merges them.
@@ -35,15 +35,18 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from blendmask.atomic import refuse_link, remove_stale_temps
+from blendmask.data.batching import worker_init
 from blendmask.data.sources import Sources, expand_sources, output_names
-from blendmask.engine import distributed as dist_utils
-from blendmask.engine.distributed import DistInfo
-from blendmask.engine.loaders import worker_init
-from blendmask.engine.output_lock import LOCK_NAME, OutputLock
-from blendmask.engine.predict_ids import image_ids
-from blendmask.engine.predict_outputs import MASK_MODES, OutputSpec
-from blendmask.engine.predict_settings import SETTINGS, check_settings, run_settings, write_settings
-from blendmask.engine.predict_stream import (
+from blendmask.io import resolve_device
+from blendmask.prediction.predict_ids import image_ids
+from blendmask.prediction.predict_outputs import MASK_MODES, OutputSpec
+from blendmask.prediction.predict_settings import (
+    SETTINGS,
+    check_settings,
+    run_settings,
+    write_settings,
+)
+from blendmask.prediction.predict_stream import (
     ERRORS,
     PREDICTIONS,
     RESULTS,
@@ -57,9 +60,11 @@ from blendmask.engine.predict_stream import (
     real_key,
     sum_counts,
 )
-from blendmask.engine.video import predict_videos, video_done
-from blendmask.io import resolve_device
+from blendmask.prediction.video import predict_videos, video_done
 from blendmask.predictor import DEFAULT_SCORE_THRESHOLD, Predictor
+from blendmask.runtime import distributed as dist_utils
+from blendmask.runtime.distributed import DistInfo
+from blendmask.runtime.output_lock import LOCK_NAME, OutputLock
 from blendmask.structures import resolve_classes
 from blendmask.visualization import save_png
 

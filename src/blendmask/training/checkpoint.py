@@ -4,13 +4,13 @@
 buffers), scheduler (iteration count), AMP scaler, the iteration, the RNG states of torch
 (CPU and CUDA), numpy and Python, the resolved config, and the schedule in force (a time budget
 may have shortened it). The data order needs no state: batches are a pure function of
-(seed, rank, iteration) (see engine/loaders.py), so resuming re-creates the sampler and skips
+(seed, rank, iteration) (see training/loaders.py), so resuming re-creates the sampler and skips
 the batches already seen.
 
 Everything is stored as tensors, numbers, strings, lists and dicts, so the file also loads with
 `torch.load(weights_only=True)`. `DIR/model.pt` (config + weights only) is written by
 `blendmask.checkpoint_io.save_model_file`. Resuming with a config that may differ from the
-saved one is engine/resume.py.
+saved one is training/resume.py.
 
 A checkpoint never holds non-finite weights (`write_training_state` refuses), and the training
 loop writes one only after the next loss proved its weights finite (`training_state` takes a
@@ -41,9 +41,9 @@ from blendmask.checkpoint_reader import (
     stored_config,
 )
 from blendmask.config import Config
-from blendmask.config_checks import shown
-from blendmask.engine.optim import WarmupMultiStepSchedule
+from blendmask.config.checks import shown
 from blendmask.modeling.state_dict import load_state_dict_checked
+from blendmask.training.optim import WarmupMultiStepSchedule
 
 CHECKPOINT_FORMAT_VERSION = 1
 LAST_CHECKPOINT = "last.pt"

@@ -1,5 +1,5 @@
 """What `blendmask predict` makes of one image's detections: its JSON record, its overlay and
-its mask files. Shared by images (`engine/predict.py`) and video frames (`engine/video.py`).
+its mask files. Shared by images (`prediction/predict.py`) and video frames (`prediction/video.py`).
 
 Masks are read one detection at a time (`mask_windows`: box-local masks pasted window by
 window), so memory is bounded by the image size, not by detections x image size.
@@ -17,8 +17,8 @@ from PIL import Image
 from torch import Tensor
 
 from blendmask.atomic import atomic_write, make_folder
-from blendmask.engine.predict_stream import detection_entries
 from blendmask.modeling.paste import mask_windows
+from blendmask.prediction.predict_stream import detection_entries
 from blendmask.structures import Detections
 from blendmask.visualization import draw_detections
 
@@ -53,7 +53,7 @@ class OutputSpec:
         return det if bool(keep.all()) else det.select(keep)
 
     def record(self, det: Detections, **fields: Any) -> dict[str, Any]:
-        """{**fields, "height", "width", "detections": [...]} (see `engine/predict_stream.py`)."""
+        """{**fields, "height", "width", "detections": [...]} (see `prediction/predict_stream.py`)."""
         height, width = det.image_size
         entries = detection_entries(det, self.category_ids, self.class_names)
         return {**fields, "height": int(height), "width": int(width), "detections": entries}

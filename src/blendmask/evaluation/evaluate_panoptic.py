@@ -20,14 +20,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from blendmask.atomic import write_json
+from blendmask.checkpoint_io import load_model_file
 from blendmask.config import Config
 from blendmask.data.panoptic import CocoPanopticDataset
 from blendmask.data.panoptic_format import PanopticCategory
-from blendmask.engine.logging import write_json
-from blendmask.engine.output_lock import OutputLock
-from blendmask.evaluation.panoptic import PanopticEvaluator
+from blendmask.evaluation.evaluate import evaluate_model
+from blendmask.factory import build_postprocessor
 from blendmask.io import resolve_device
+from blendmask.metrics.panoptic import METRIC_KEYS, PanopticEvaluator
 from blendmask.predictor import Predictor, inference_config
+from blendmask.runtime import distributed as dist_utils
+from blendmask.runtime.output_lock import OutputLock
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +129,7 @@ def evaluate_panoptic(
 ) -> dict[str, Any]:
     """PQ / SQ / RQ (all, _th, _st, per class) of a panoptic model on a COCO panoptic
     dataset, through `Predictor.predict_panoptic` (the path `predict` takes). Returns the
-    metrics of `evaluation.panoptic.PanopticEvaluator` plus "seconds"; leaves `model` in eval
+    metrics of `metrics.panoptic.PanopticEvaluator` plus "seconds"; leaves `model` in eval
     mode."""
     start = time.perf_counter()
     dataset = CocoPanopticDataset(json_path, panoptic_dir, images_dir)
@@ -158,10 +162,6 @@ def evaluate_panoptic_file(
     """`blendmask eval --weights W --panoptic-json J --panoptic-images P --images D --out O`:
     PQ of a panoptic model file; with `instances_json` (`--json`) also its COCO bbox / segm
     AP. Writes O/metrics.json (PQ, SQ, RQ, PQ_th, ..., "per_class") and returns it."""
-    from blendmask.checkpoint_io import load_model_file
-    from blendmask.engine.evaluate import evaluate_model
-    from blendmask.factory import build_postprocessor
-
     dev = resolve_device(device)
     out = Path(out)
     with OutputLock(out):
@@ -208,9 +208,6 @@ def evaluate_panoptic_metrics(
 ) -> dict[str, float]:
     """PQ, SQ, RQ (all, _th, _st) on `data.val_panoptic_json` during training (one process:
     under torch.distributed only rank 0 scores, the others get {})."""
-    from blendmask.engine import distributed as dist_utils
-    from blendmask.evaluation.panoptic import METRIC_KEYS
-
     if dist_utils.get_rank() != 0:
         return {}
     metrics = evaluate_panoptic(

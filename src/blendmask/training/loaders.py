@@ -1,7 +1,7 @@
 """The training data: the dataset with its augmentations, and a deterministic infinite loader.
 
 The batch of iteration i on rank r is a pure function of (seed, r, i), which is what exact
-resumption needs (see `engine/loop.py`): the sampler is re-created from the seed and skips the
+resumption needs (see `training/loop.py`): the sampler is re-created from the seed and skips the
 batches before the checkpoint (indices only, see data/samplers.py), and each sample's random
 resize and flip draw from an RNG seeded by (seed, rank, i, position in the batch), not from a
 worker's global RNG, so any number of workers gives the same batches.
@@ -16,28 +16,22 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from blendmask.config import Config
+from blendmask.data.augment import training_transforms
+from blendmask.data.batching import collate, worker_init
 from blendmask.data.coco import CocoDataset
+from blendmask.data.panoptic import CocoPanopticDataset
+from blendmask.data.samplers import GroupedBatchSampler, TrainingSampler, mix_seed
 
 
 def rank_seed(seed: int, rank: int, iteration: int) -> int:
     """A seed for the global RNGs of `rank` when (re)starting at `iteration` (31-bit)."""
-    from blendmask.data.samplers import mix_seed
-
     return mix_seed(seed, rank, iteration) >> 1
-
-
-def worker_init(_: int) -> None:
-    """DataLoader `worker_init_fn`: one thread per worker."""
-    # Workers decode and resize; one thread each keeps them from fighting the main process.
-    torch.set_num_threads(1)
 
 
 def build_train_dataset(cfg: Config, *, progress: bool = False) -> CocoDataset:
     """The training CocoDataset with its augmentation: the reference's multi-scale resize +
     flip (docs/reference.md §3.5), or the crops, flips, rotations and colour jitter a preset
     asks for (data/augment.py). With `data.cache_images` the images are decoded now, once."""
-    from blendmask.data.augment import training_transforms
-
     d = cfg.data
     if not (d.train_json or d.train_panoptic_json) or not d.train_images:
         raise ValueError("train: needs --train-json and --train-images (data.train_json/_images)")
@@ -55,8 +49,6 @@ def build_train_dataset(cfg: Config, *, progress: bool = False) -> CocoDataset:
         color_jitter=d.color_jitter,
     )
     if d.train_panoptic_json:  # COCO panoptic: instances and sem_seg from the PNGs
-        from blendmask.data.panoptic import CocoPanopticDataset
-
         dataset = CocoPanopticDataset(
             d.train_panoptic_json,
             d.train_panoptic_images,
@@ -92,9 +84,6 @@ def build_train_loader(
     Aspect-ratio grouping (landscape / portrait batches) as the reference when
     `data.aspect_ratio_grouping`; each rank reads its own shard of the shuffled stream.
     """
-    from blendmask.data.batching import collate
-    from blendmask.data.samplers import GroupedBatchSampler, TrainingSampler, mix_seed
-
     seed = cfg.solver.seed
     sampler = TrainingSampler(
         len(dataset), shuffle=True, seed=seed, rank=rank, world_size=world_size

@@ -8,17 +8,17 @@ budget (the CPU demo), and exact resumption.
 
 Exact resumption. A run resumed from `DIR/last.pt` continues bit-for-bit (on CPU) as if it had
 not stopped, because nothing in the data path depends on hidden state: the batch of iteration
-i on rank r is a pure function of (seed, r, i) (engine/loaders.py), and model, optimiser,
-scheduler, AMP scaler and global RNG states come from the checkpoint (engine/checkpoint.py).
+i on rank r is a pure function of (seed, r, i) (training/loaders.py), and model, optimiser,
+scheduler, AMP scaler and global RNG states come from the checkpoint (training/checkpoint.py).
 
 Nothing lost, no silent wrong answer. An update whose loss (or, without AMP, gradient) is not
 finite is skipped with a one-line message, and `MAX_NONFINITE_STEPS` in a row stop the run
 with an error. A periodic checkpoint is snapshotted at its iteration and written once the next
 loss shows its weights are finite, so the `last.pt` of a diverged run is one to continue from
-with a lower learning rate (`--resume-with-new-settings`, engine/resume.py). Files are written
+with a lower learning rate (`--resume-with-new-settings`, training/resume.py). Files are written
 atomically (`blendmask.atomic`): a full disk or a read-only folder leaves the previous file.
 
-The Config is resolved before it gets here (engine/train_config.py) and is never changed.
+The Config is resolved before it gets here (training/train_config.py) and is never changed.
 """
 
 from __future__ import annotations
@@ -34,14 +34,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from blendmask.checkpoint_io import save_model_file
 from blendmask.config import Config
 from blendmask.data.coco import CocoDataset
-from blendmask.engine import distributed as dist_utils
-from blendmask.engine.budget import TimeBudget
-from blendmask.engine.loaders import build_train_dataset, targets_to
-from blendmask.engine.logging import CURVES_FILE, METRICS_FILE, TrainingLog, plot_curves
-from blendmask.engine.resume import NEW_SETTINGS_FLAG
-from blendmask.engine.training_run import TrainingRun, prepare_run, start_batches
+from blendmask.runtime import distributed as dist_utils
+from blendmask.training.budget import TimeBudget
+from blendmask.training.loaders import build_train_dataset, targets_to
+from blendmask.training.logging import CURVES_FILE, METRICS_FILE, TrainingLog, plot_curves
+from blendmask.training.resume import NEW_SETTINGS_FLAG
+from blendmask.training.training_run import TrainingRun, prepare_run, start_batches
 
 logger = logging.getLogger(__name__)
 
@@ -81,12 +82,12 @@ def run_training(
     """Train `cfg` and write `out_dir/{last.pt, model.pt, metrics.jsonl, curves.png}`.
 
     Args:
-        cfg: a resolved Config (see engine/train_config.py), not changed here. `solver` is the
+        cfg: a resolved Config (see training/train_config.py), not changed here. `solver` is the
             schedule, with `ims_per_batch` the total over all processes; a val set is
             evaluated every `solver.eval_period` iterations and at the end.
         out_dir: the run folder; when it holds `last.pt` and `resume`, training continues from
             it. A `last.pt` of another config is refused, naming the keys that differ, unless
-            only solver settings differ and `new_settings` (engine/resume.py).
+            only solver settings differ and `new_settings` (training/resume.py).
         dataset: the training set of `cfg` when already built (`loaders.build_train_dataset`).
         device: cpu | cuda | auto. Under torchrun each process takes GPU LOCAL_RANK.
         time_budget: stop training when it runs out, with the schedule shrunk to fit (so the lr
@@ -355,8 +356,6 @@ def finish_run(
 ) -> dict[str, float]:
     """Save `last.pt` and `model.pt`, evaluate a last time (returns those metrics, empty
     without a val set) and draw curves.png."""
-    from blendmask.checkpoint_io import save_model_file
-
     main = run.info.is_main
     log.progress.close()
     if stopped and main:

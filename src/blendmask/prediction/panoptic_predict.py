@@ -24,18 +24,19 @@ from PIL import Image
 from torch import Tensor
 
 from blendmask.atomic import atomic_write, refuse_link, remove_stale_temps
+from blendmask.checkpoint_io import read_model_file
 from blendmask.data.panoptic_format import id_to_rgb
 from blendmask.data.sources import expand_sources, output_names
-from blendmask.engine.output_lock import OutputLock
-from blendmask.engine.panoptic import category_id_tables, panoptic_to_coco
-from blendmask.engine.predict_settings import (
+from blendmask.evaluation.evaluate_panoptic import category_id_tables, panoptic_to_coco
+from blendmask.prediction.predict_settings import (
     SETTINGS,
     check_settings,
     run_settings,
     write_settings,
 )
-from blendmask.engine.predict_stream import real_key
+from blendmask.prediction.predict_stream import real_key
 from blendmask.predictor import DEFAULT_SCORE_THRESHOLD, Predictor, load_input_image
+from blendmask.runtime.output_lock import OutputLock
 from blendmask.visualization import (
     class_color,
     draw_labels,
@@ -305,7 +306,5 @@ def _write_results(
 
 def is_panoptic_model_file(weights: str | Path) -> bool:
     """Whether a model.pt holds a panoptic model (its stored config has the semantic branch)."""
-    from blendmask.checkpoint_io import read_model_file
-
     cfg, _ = read_model_file(weights)
     return bool(cfg.model.panoptic.enabled)

@@ -1,5 +1,5 @@
 """Training records: a progress bar, `metrics.jsonl`, `curves.png` and optional TensorBoard,
-bundled for the loop by `TrainingLog`; and `write_json` for the commands' outputs.
+bundled for the loop by `TrainingLog`.
 
 `metrics.jsonl` has one JSON object per line: `{"type": "train", "iteration", "lr",
 "images_per_s", "loss", "loss_fcos_cls", ..., "data_seconds"}` at each logging step (losses and
@@ -23,21 +23,14 @@ import torch
 from tqdm import tqdm
 
 from blendmask.atomic import AppendFile, atomic_write, make_folder
-from blendmask.engine import distributed as dist_utils
+from blendmask.runtime import distributed as dist_utils
 
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
 EVAL_SUMMARY_KEYS = ("bbox_AP", "segm_AP", "segm_AP50")
 
-# This module is blendmask.engine.logging; `logging` above is the standard library's.
+# This module is blendmask.training.logging; `logging` above is the standard library's.
 logger = logging.getLogger(__name__)
-
-
-def write_json(path: str | Path, data: Any) -> None:
-    """Write `data` as indented JSON atomically (`atomic_write`), so readers never see half a
-    file and a failed write names the path and the reason."""
-    text = json.dumps(data, indent=2).encode()
-    atomic_write(path, lambda f: f.write(text))
 
 
 class MetricsFile:

@@ -22,14 +22,16 @@ from torch import nn
 from blendmask.atomic import check_writable, remove_stale_temps
 from blendmask.config import Config
 from blendmask.data.coco import CocoDataset
-from blendmask.engine import checkpoint as ckpt
-from blendmask.engine import distributed as dist_utils
-from blendmask.engine.evaluate import evaluate_during_training
-from blendmask.engine.loaders import build_train_loader, rank_seed
-from blendmask.engine.logging import TrainingLog
-from blendmask.engine.optim import WarmupMultiStepSchedule, build_optimizer
-from blendmask.engine.resume import resume_training
+from blendmask.evaluation.evaluate import evaluate_model
+from blendmask.evaluation.evaluate_panoptic import evaluate_panoptic_metrics
+from blendmask.factory import build
 from blendmask.io import resolve_device
+from blendmask.runtime import distributed as dist_utils
+from blendmask.training import checkpoint as ckpt
+from blendmask.training.loaders import build_train_loader, rank_seed
+from blendmask.training.logging import TrainingLog
+from blendmask.training.optim import WarmupMultiStepSchedule, build_optimizer
+from blendmask.training.resume import resume_training
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +139,7 @@ def check_dataset_classes(cfg: Config, dataset: CocoDataset) -> None:
         raise ValueError(
             f"{cfg.data.train_json} has {dataset.num_classes} categories but "
             f"model.fcos.num_classes={cfg.model.fcos.num_classes}; resolve the config against "
-            "the dataset first (engine.train_config.resolve_dataset_classes)"
+            "the dataset first (training.train_config.resolve_dataset_classes)"
         )
 
 
@@ -152,7 +154,7 @@ def prepare_run(
 ) -> TrainingRun:
     """Start the process group, build the modules, optimiser and schedule, and resume from
     `out_dir/last.pt` when it exists and `resume` (with changed solver settings only when
-    `new_settings`, see engine/resume.py)."""
+    `new_settings`, see training/resume.py)."""
     cfg.validate()  # run_training may be handed a Config nobody checked (max_iter=-1, ...)
     check_dataset_classes(cfg, dataset)
     info, dev = dist_utils.init_distributed(resolve_device(device))
@@ -210,8 +212,6 @@ def prepare_run(
 def _build_modules(
     cfg: Config, info: dist_utils.DistInfo, dev: torch.device
 ) -> tuple[nn.Module, nn.Module, nn.Module]:
-    from blendmask.factory import build
-
     # The same initial weights on every rank (DDP also broadcasts rank 0's at wrap time).
     torch.manual_seed(cfg.solver.seed)
     model, criterion, postprocessor = build(cfg)
@@ -295,3 +295,36 @@ def start_batches(run: TrainingRun, dataset: CocoDataset) -> Iterator[tuple[Any,
     run.criterion.train()
     # Creating the iterator draws the loader's base seed from the global RNG: after seeding.
     return iter(loader)
+
+
+def evaluate_during_training(
+    cfg: Config,
+    model: nn.Module,
+    postprocessor: nn.Module,
+    *,
+    iteration: int,
+    device: torch.device,
+    batch_size: int,
+    log: TrainingLog,
+) -> dict[str, float]:
+    """Evaluate on `data.val_json` at `iteration`, record the metrics, and hand the model back
+    in training mode. A collective call: every rank evaluates its share of the val images with
+    rank 0's BN statistics, and all get the same metrics."""
+    dist_utils.broadcast_buffers(model)
+    log.write(f"evaluating at iteration {iteration} on {cfg.data.val_json}")
+    metrics = evaluate_model(
+        cfg,
+        model,
+        postprocessor,
+        json_path=cfg.data.val_json,
+        images_dir=cfg.data.val_images,
+        device=device,
+        batch_size=batch_size,
+        num_workers=min(cfg.data.num_workers, 2),
+    )
+    if cfg.data.val_panoptic_json and cfg.model.panoptic.enabled:
+        metrics.update(evaluate_panoptic_metrics(cfg, model, postprocessor, device=device))
+    model.train()
+    log.evaluation(iteration, metrics)
+    dist_utils.barrier()
+    return metrics

@@ -10,10 +10,11 @@ from typing import Any
 import torch
 
 from blendmask.data.panoptic import CocoPanopticDataset
-from blendmask.engine.loop import TrainResult
-from blendmask.engine.panoptic import evaluate_panoptic
-from blendmask.engine.panoptic_predict import draw_panoptic
+from blendmask.evaluation.evaluate_panoptic import evaluate_panoptic
+from blendmask.explain import save_explanation
+from blendmask.prediction.panoptic_predict import draw_panoptic
 from blendmask.predictor import Predictor
+from blendmask.training.loop import TrainResult
 from blendmask.visualization import save_png
 
 SHEET_IMAGES = 4  # rows of DIR/panoptic_sheet.png
@@ -26,8 +27,6 @@ def finish_panoptic_demo(
     given them); writes DIR/overlays/*.png (panoptic),
     DIR/panoptic_sheet.png (image | ground truth | prediction, a row per image) and
     DIR/explain.png."""
-    from blendmask.explain import save_explanation
-
     cfg = result.cfg
     metrics: dict[str, Any] = {}
     if "PQ" not in result.metrics:  # the training's last evaluation scores PQ when it can

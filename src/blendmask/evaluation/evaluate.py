@@ -1,4 +1,5 @@
-"""COCO evaluation of a model: during and after training, and `blendmask eval --weights`."""
+"""COCO evaluation of a model (`evaluate_model`, which training calls each eval period) and
+`blendmask eval --weights` (`evaluate_model_file`)."""
 
 from __future__ import annotations
 
@@ -13,18 +14,19 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from blendmask.atomic import atomic_write
+from blendmask.atomic import atomic_write, write_json
+from blendmask.checkpoint_io import load_model_file
 from blendmask.config import Config
+from blendmask.data.batching import worker_init
 from blendmask.data.coco import CocoDataset
-from blendmask.engine import distributed as dist_utils
-from blendmask.engine.loaders import worker_init
-from blendmask.engine.logging import TrainingLog, write_json
-from blendmask.engine.output_lock import OutputLock
-from blendmask.evaluation.categories import match_categories
-from blendmask.evaluation.coco import COCOEvaluator
 from blendmask.factory import build_postprocessor
 from blendmask.io import resolve_device
+from blendmask.metrics.categories import match_categories
+from blendmask.metrics.coco import COCOEvaluator
+from blendmask.metrics.plots import write_eval_plots
 from blendmask.predictor import MAX_IMAGE_PIXELS, Predictor, inference_config
+from blendmask.runtime import distributed as dist_utils
+from blendmask.runtime.output_lock import OutputLock
 from blendmask.structures import resolve_classes
 
 # The metrics the commands print and the demo writes (fractions; -1 when undefined).
@@ -270,41 +272,6 @@ def _check_image_sizes(dataset: CocoDataset, indices: Iterable[int]) -> None:
             )
 
 
-def evaluate_during_training(
-    cfg: Config,
-    model: nn.Module,
-    postprocessor: nn.Module,
-    *,
-    iteration: int,
-    device: torch.device,
-    batch_size: int,
-    log: TrainingLog,
-) -> dict[str, float]:
-    """Evaluate on `data.val_json` at `iteration`, record the metrics, and hand the model back
-    in training mode. A collective call: every rank evaluates its share of the val images with
-    rank 0's BN statistics, and all get the same metrics."""
-    dist_utils.broadcast_buffers(model)
-    log.write(f"evaluating at iteration {iteration} on {cfg.data.val_json}")
-    metrics = evaluate_model(
-        cfg,
-        model,
-        postprocessor,
-        json_path=cfg.data.val_json,
-        images_dir=cfg.data.val_images,
-        device=device,
-        batch_size=batch_size,
-        num_workers=min(cfg.data.num_workers, 2),
-    )
-    if cfg.data.val_panoptic_json and cfg.model.panoptic.enabled:
-        from blendmask.engine.panoptic import evaluate_panoptic_metrics
-
-        metrics.update(evaluate_panoptic_metrics(cfg, model, postprocessor, device=device))
-    model.train()
-    log.evaluation(iteration, metrics)
-    dist_utils.barrier()
-    return metrics
-
-
 def evaluate_model_file(
     *,
     weights: str | Path,
@@ -326,13 +293,11 @@ def evaluate_model_file(
     `overrides`: `key=value` changes of the model's inference settings (`--set`,
     `predictor.inference_config`); `options`: the knobs of `evaluate_model` (`score_threshold`,
     `nms_iou`, `max_detections`, `classes`). `plots`: also DIR/plots/{pr_curves,sheet}.png
-    (`evaluation.plots.write_eval_plots`).
+    (`metrics.plots.write_eval_plots`).
 
     Launched by torchrun, each process takes its share of the images (NCCL on CUDA, one GPU
     per process; gloo on CPU) and rank 0 alone locks and writes DIR; every rank returns the
     metrics. The caller ends the process group (`distributed.cleanup_distributed`)."""
-    from blendmask.checkpoint_io import load_model_file
-
     info, dev = dist_utils.init_distributed(resolve_device(device))
     out = Path(out)
     with ExitStack() as stack:
@@ -358,8 +323,6 @@ def evaluate_model_file(
             return metrics
         write_json(out / "metrics.json", metrics)
         if plots:
-            from blendmask.evaluation.plots import write_eval_plots
-
             write_eval_plots(json_path, out / "results.json", images, out / "plots")
     return metrics
 

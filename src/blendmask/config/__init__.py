@@ -23,16 +23,15 @@ import yaml
 
 # ConfigError lives with the range checks (which config imports, never the reverse); it and
 # check_probability are re-exported here, where callers look for them.
-from blendmask.config_checks import ConfigError as ConfigError
-from blendmask.config_checks import (
+from blendmask.config.checks import ConfigError as ConfigError
+from blendmask.config.checks import (
     check_augmentation,
     check_categories,
     check_numeric_fields,
-    convert_value,
     shown,
 )
-from blendmask.config_checks import check_probability as check_probability
-from blendmask.config_yaml import load_yaml, load_yaml_file
+from blendmask.config.checks import check_probability as check_probability
+from blendmask.config.yaml_loader import convert_value, load_yaml, load_yaml_file
 
 MSRA_PIXEL_MEAN = [103.53, 116.28, 123.675]
 MSRA_PIXEL_STD = [1.0, 1.0, 1.0]
@@ -341,7 +340,7 @@ def apply_config_file_data(
 
 
 def validate(cfg: Config) -> Config:
-    """Check choices, numeric ranges (`config_checks.NUMERIC_RANGES`) and cross-field
+    """Check choices, numeric ranges (`config.checks.NUMERIC_RANGES`) and cross-field
     consistency; raise ConfigError naming the key and what is allowed."""
     check_numeric_fields(cfg)
     flat = flatten_dict(cfg.to_dict())

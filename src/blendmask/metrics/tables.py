@@ -1,11 +1,11 @@
 """`blendmask eval`'s printout: the COCO summary table and the AP of each category, from the
-metrics `evaluation.coco` computes (fractions; printed in percent, -1 when undefined)."""
+metrics `metrics.coco` computes (fractions; printed in percent, -1 when undefined)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from blendmask.evaluation.coco import IOU_TYPES, STAT_NAMES
+from blendmask.metrics.coco import IOU_TYPES, STAT_NAMES
 
 
 def _percent(value: float, width: int = 6) -> str:

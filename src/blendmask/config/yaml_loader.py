@@ -12,11 +12,13 @@ size or silently mean something else:
 - a file of many megabytes: refused past `MAX_CONFIG_BYTES` (configs are a few KB).
 
 Errors are ConfigError (a ValueError) of one line, `source:line:column: problem`, instead of
-PyYAML's multi-line excerpt with a caret.
+PyYAML's multi-line excerpt with a caret. `convert_value` turns a YAML or `--set` value into a
+config field's type.
 """
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ import yaml
 from yaml.composer import ComposerError
 from yaml.constructor import ConstructorError
 
-from blendmask.config_checks import ConfigError, shown
+from blendmask.config.checks import ConfigError, shown
 
 MAX_DEPTH = 20
 MAX_CONFIG_BYTES = 1 << 20
@@ -103,3 +105,58 @@ def load_yaml_file(path: str | Path) -> Any:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not a text file ({exc.reason} at byte {exc.start})") from None
     return load_yaml(text, path)
+
+
+def convert_value(key: str, value: Any, tp: Any) -> Any:
+    """Convert `value` (from YAML or a `--set` string) to the annotated config field type `tp`
+    (bool, int, float, str or a list of those), or raise ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = load_yaml(value, key) if value.strip() else []
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            value = [value]
+        return [convert_value(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "no", "off", "0"):
+            return False
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ConfigError(f"{key}: expected true/false, got {shown(value)}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {shown(value)}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected an integer, got {shown(value)}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {shown(value)}")
+        try:  # an int over 1e308 overflows
+            if isinstance(value, (int, float, str)):
+                return float(value)
+        except (ValueError, OverflowError):
+            pass
+        raise ConfigError(f"{key}: expected a number, got {shown(value)}")
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}: expected a string, got {shown(value)}")
+        try:
+            return "" if value is None else str(value)
+        except ValueError:  # an int of over 4300 digits
+            raise ConfigError(f"{key}: expected a string, got {shown(value)}") from None
+    raise ConfigError(f"{key}: unsupported field type {tp!r}")

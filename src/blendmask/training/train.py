@@ -11,15 +11,15 @@ from pathlib import Path
 
 from blendmask.atomic import check_writable
 from blendmask.config import Config
-from blendmask.engine import loop
-from blendmask.engine.budget import TimeBudget
-from blendmask.engine.checkpoint import LAST_CHECKPOINT
-from blendmask.engine.distributed import get_rank
-from blendmask.engine.evaluate import METRIC_KEYS
-from blendmask.engine.loaders import build_train_dataset
-from blendmask.engine.output_lock import OutputLock
-from blendmask.engine.resume import NEW_OUT_FLAG, run_folder_for
-from blendmask.engine.train_config import (
+from blendmask.evaluation.evaluate import METRIC_KEYS
+from blendmask.runtime.distributed import get_rank
+from blendmask.runtime.output_lock import OutputLock
+from blendmask.training import loop
+from blendmask.training.budget import TimeBudget
+from blendmask.training.checkpoint import LAST_CHECKPOINT
+from blendmask.training.loaders import build_train_dataset
+from blendmask.training.resume import NEW_OUT_FLAG, run_folder_for
+from blendmask.training.train_config import (
     resolve_dataset_classes,
     resolve_train_config,
     warn_if_random_body,
@@ -57,7 +57,7 @@ def train_command(
     logs where model.pt went and the final metrics.
 
     Resuming with other settings than the saved run's is refused, naming the keys, unless only
-    solver settings differ and `resume_with_new_settings` (see engine/resume.py); with
+    solver settings differ and `resume_with_new_settings` (see training/resume.py); with
     `new_out_if_changed` such a run goes into OUT-2 (or the next OUT-N that is free or holds
     this run, `resume.run_folder_for`) instead. `TrainResult.out_dir` is the folder used."""
     # Under torchrun only rank 0 prints the config notes.
