@@ -31,7 +31,7 @@ from blendmask.export.onnx import (
 )
 from blendmask.factory import build_postprocessor
 from blendmask.modeling.blendmask import compute_points
-from blendmask.predictor import in_batches
+from blendmask.predictor import MAX_IMAGE_PIXELS, in_batches
 from blendmask.structures import BlendMaskOutputs, Detections
 
 
@@ -131,6 +131,8 @@ class OnnxPredictor:
         if batch_size < 1:
             raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
         self.cfg = cfg
+        # What `blendmask predict` refuses before decoding (`InferenceModel`), as `Predictor`.
+        self.max_image_pixels = MAX_IMAGE_PIXELS
         self.session = open_session(self.path, providers)
         self.postprocessor = build_postprocessor(cfg).eval()
         self.strides = list(cfg.model.fcos.fpn_strides)

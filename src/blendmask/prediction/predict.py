@@ -66,6 +66,7 @@ from blendmask.runtime import distributed as dist_utils
 from blendmask.runtime.distributed import DistInfo
 from blendmask.runtime.output_lock import LOCK_NAME, OutputLock
 from blendmask.structures import resolve_classes
+from blendmask.structures.inference import InferenceModel
 from blendmask.visualization import save_png
 
 
@@ -80,7 +81,7 @@ def predict_images(
     workers: int = 0,
     overlays: bool = True,
     strict: bool = False,
-    predictor: Any = None,
+    predictor: InferenceModel | None = None,
     nms_iou: float | None = None,
     max_detections: int | None = None,
     classes: Sequence[int | str] | None = None,
@@ -98,10 +99,9 @@ def predict_images(
     ValueError when no image could be read at all, when another process writes DIR, or when
     DIR holds results of other settings (`resume`; `resume=False` starts DIR over).
 
-    `predictor`: a ready predictor used instead of loading `weights`; anything with `cfg`,
-    `max_image_pixels` and `predict_tensors` (`predict --onnx`: `SegmenterPredictor`). It
-    takes `score_threshold` and `classes` (applied here), not `nms_iou`, `max_detections` or
-    `overrides` (ValueError), which are the knobs of `Predictor.from_checkpoint`.
+    `predictor`: a ready `InferenceModel` used instead of loading `weights` (`predict --onnx`:
+    `SegmenterPredictor`); it takes `score_threshold` and `classes` (applied here), not `nms_iou`,
+    `max_detections` or `overrides` (ValueError: the knobs of `Predictor.from_checkpoint`).
 
     `gt_json`: a ground-truth COCO json whose image ids the records take (matched by
     file_name); without it each file gets an id once, kept by resumed runs (`predict_ids`).
@@ -167,7 +167,7 @@ def _read_state(out: Path, sources: Sources, resume: bool, gt_json: str | Path |
 
 
 def _check_arguments(
-    predictor: Any,
+    predictor: InferenceModel | None,
     save_masks: str | None,
     nms_iou: float | None,
     max_detections: int | None,
@@ -201,7 +201,7 @@ def _summary(
 
 
 def _output_spec(
-    predictor: Any,
+    predictor: InferenceModel,
     out: Path,
     score_threshold: float | None,
     classes: Sequence[int | str] | None,
@@ -306,7 +306,7 @@ def _load_predictor(
 
 
 def _run_images(
-    predictor: Any,
+    predictor: InferenceModel,
     spec: OutputSpec,
     images: list[Path],
     state: _State,
@@ -374,7 +374,7 @@ def _worker_init(lock_path: Path, worker_id: int) -> None:
 
 
 def _predict_batch(
-    predictor: Any,
+    predictor: InferenceModel,
     spec: OutputSpec,
     batch: list[tuple[int, Any]],
     images: list[Path],

@@ -16,6 +16,7 @@ from typing import Any
 
 from blendmask.atomic import atomic_write
 from blendmask.io import file_digest
+from blendmask.structures.inference import InferenceModel
 
 SETTINGS = "predict_settings.json"
 _HASH = "model_sha256"
@@ -23,7 +24,7 @@ _HASH = "model_sha256"
 
 def run_settings(
     weights: str | Path | None,
-    predictor: Any,
+    predictor: InferenceModel | None,
     score_threshold: float | None,
     overrides: Sequence[str],
     **more: Any,
@@ -40,7 +41,7 @@ def run_settings(
     }
 
 
-def model_name(weights: str | Path | None, predictor: Any) -> str:
+def model_name(weights: str | Path | None, predictor: InferenceModel | None) -> str:
     if weights is not None:
         return str(weights)
     segmenter = getattr(predictor, "segmenter", None)  # `predict --onnx`

@@ -30,6 +30,7 @@ from blendmask.prediction.predict_outputs import OutputSpec
 from blendmask.prediction.predict_stream import ERRORS, JsonLinesWriter, one_line, part_path
 from blendmask.runtime import distributed as dist_utils
 from blendmask.runtime.distributed import DistInfo
+from blendmask.structures.inference import InferenceModel
 
 
 def video_done(out: Path, name: str) -> bool:
@@ -37,7 +38,7 @@ def video_done(out: Path, name: str) -> bool:
 
 
 def predict_videos(
-    predictor: Any,
+    predictor: InferenceModel,
     spec: OutputSpec,
     videos: Sequence[Path],
     names: Sequence[str],
@@ -66,7 +67,9 @@ def predict_videos(
     return frames, skipped
 
 
-def predict_video(predictor: Any, spec: OutputSpec, path: Path, name: str, batch_size: int) -> int:
+def predict_video(
+    predictor: InferenceModel, spec: OutputSpec, path: Path, name: str, batch_size: int
+) -> int:
     """Predict every frame of the video at `path` (see the module docstring); returns the
     number of frames. ValueError naming the file when it cannot be decoded."""
     av = _import_av()
@@ -118,7 +121,7 @@ def predict_video(predictor: Any, spec: OutputSpec, path: Path, name: str, batch
 
 
 def _predict_frames(
-    predictor: Any, spec: OutputSpec, frames: list[Any], path: Path, first: int
+    predictor: InferenceModel, spec: OutputSpec, frames: list[Any], path: Path, first: int
 ) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
     """(records, overlays as uint8 [H, W, 3] arrays) of consecutive frames numbered from
     `first`."""
