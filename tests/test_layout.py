@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("prediction",),
     ("evaluation",),
     ("predictor", "input_images", "factory", "checkpoint_io", "checkpoint_reader", "interop"),
-    ("modeling", "data", "metrics", "visualization"),
+    ("modeling", "data", "metrics", "visualization", "painting"),
     (
         "config",
         "presets",

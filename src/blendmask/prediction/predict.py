@@ -39,9 +39,10 @@ from blendmask.data.batching import worker_init
 from blendmask.data.sources import Sources, expand_sources, output_names
 from blendmask.io import resolve_device
 from blendmask.prediction.predict_ids import image_ids
-from blendmask.prediction.predict_outputs import MASK_MODES, OutputSpec
+from blendmask.prediction.predict_outputs import OutputSpec
 from blendmask.prediction.predict_settings import (
     SETTINGS,
+    check_arguments,
     check_settings,
     run_settings,
     write_settings,
@@ -49,6 +50,7 @@ from blendmask.prediction.predict_settings import (
 from blendmask.prediction.predict_stream import (
     ERRORS,
     PREDICTIONS,
+    RECORD_VERSION,
     RESULTS,
     ImageFiles,
     JsonLinesWriter,
@@ -106,7 +108,7 @@ def predict_images(
     `gt_json`: a ground-truth COCO json whose image ids the records take (matched by
     file_name); without it each file gets an id once, kept by resumed runs (`predict_ids`).
     """
-    _check_arguments(predictor, save_masks, nms_iou, max_detections, overrides)
+    check_arguments(predictor, save_masks, nms_iou, max_detections, overrides)
     out = Path(out)
     sources = expand_sources(inputs, glob, exclude=out)
     if not len(sources):
@@ -117,6 +119,7 @@ def predict_images(
         overlays=overlays,
         save_masks=save_masks,
         json=None if gt_json is None else str(gt_json),
+        record_version=RECORD_VERSION,  # records of another layout are not resumed into
     )
     with _distributed(device) as (info, dev):
         # The model and its knobs are checked before OUT is made or touched: a refused
@@ -164,24 +167,6 @@ def _read_state(out: Path, sources: Sources, resume: bool, gt_json: str | Path |
         names=image_output_names(sources.images, out, resume),
         videos=(video_names, [k for k, n in enumerate(video_names) if not video_done(out, n)]),
     )
-
-
-def _check_arguments(
-    predictor: InferenceModel | None,
-    save_masks: str | None,
-    nms_iou: float | None,
-    max_detections: int | None,
-    overrides: Sequence[str],
-) -> None:
-    if save_masks is not None and save_masks not in MASK_MODES:
-        raise ValueError(
-            f"--save-masks: expected one of {', '.join(MASK_MODES)}, got {save_masks!r}"
-        )
-    if predictor is not None and (nms_iou is not None or max_detections is not None or overrides):
-        raise ValueError(
-            "--iou, --max-det, --set: not with a ready predictor (--onnx: the exported "
-            "graph fixes its post-processing; set it at export, `blendmask export --set`)"
-        )
 
 
 def _summary(
@@ -388,13 +373,14 @@ def _predict_batch(
     records = []
     for (index, image), det in zip(batch, predictor.predict_tensors([im for _, im in batch])):
         det = spec.keep(det)
-        record = spec.record(det, file_name=str(images[index]), image_id=ids[index])
+        pasted = spec.paste(det)  # once, for the record, the mask files and the overlay
+        record = spec.record(det, pasted, file_name=str(images[index]), image_id=ids[index])
         record["real_path"] = real_key(images[index])  # the resume key (`record_key`)
         record["output_name"] = names[index]  # kept by resumed runs (`image_output_names`)
-        masks = spec.write_masks(det, Path(names[index]).stem)
+        masks = spec.write_masks(det, Path(names[index]).stem, pasted)
         if masks is not None:
             record["masks"] = masks
         if spec.overlays:
-            save_png(spec.draw(image, det), spec.out / "overlays" / names[index])
+            save_png(spec.draw(image, det, pasted), spec.out / "overlays" / names[index])
         records.append(record)
     return records

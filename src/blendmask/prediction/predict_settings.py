@@ -16,6 +16,7 @@ from typing import Any
 
 from blendmask.atomic import atomic_write
 from blendmask.io import file_digest
+from blendmask.prediction.predict_outputs import MASK_MODES
 from blendmask.structures.inference import InferenceModel
 
 SETTINGS = "predict_settings.json"
@@ -81,3 +82,22 @@ def changed_settings(before: dict[str, Any], settings: dict[str, Any]) -> list[s
 def _short(key: str, value: Any) -> Any:
     """A setting as the refusal shows it: a content hash by its first 12 digits."""
     return value[:12] + "..." if key == _HASH and isinstance(value, str) else value
+
+
+def check_arguments(
+    predictor: InferenceModel | None,
+    save_masks: str | None,
+    nms_iou: float | None,
+    max_detections: int | None,
+    overrides: Sequence[str],
+) -> None:
+    """The settings `predict_images` refuses before it starts (ValueError, one line)."""
+    if save_masks is not None and save_masks not in MASK_MODES:
+        raise ValueError(
+            f"--save-masks: expected one of {', '.join(MASK_MODES)}, got {save_masks!r}"
+        )
+    if predictor is not None and (nms_iou is not None or max_detections is not None or overrides):
+        raise ValueError(
+            "--iou, --max-det, --set: not with a ready predictor (--onnx: the exported "
+            "graph fixes its post-processing; set it at export, `blendmask export --set`)"
+        )

@@ -5,9 +5,12 @@ OUT/predictions.jsonl holds one record per image, appended and flushed batch by 
 does not grow with the number of images and a resumed run knows what is done:
 
     {"file_name": "imgs/a.jpg", "image_id": 3, "height": 480, "width": 640,
-     "detections": [{"label": 0, "category_id": 1, "category": "person", "score": 0.93,
-                     "bbox": [x, y, w, h], "segmentation": {"size": [480, 640], "counts": "..."}},
+     "detections": [{"box": [x0, y0, x1, y1], "score": 0.93, "label": 0, "category_id": 1,
+                     "name": "person", "mask": {"size": [480, 640], "counts": "..."}},
                     ...]}
+
+Each detection is the record `Detections.to_json` gives (`structures.detection_records`);
+docs/detections.md describes it and docs/detections.schema.json validates a line.
 
 A process killed mid-write (SIGKILL) may leave a last line without its newline; readers ignore
 it and the next writer cuts it off before appending (`JsonLinesWriter`), so a torn line never
@@ -26,21 +29,25 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from blendmask.atomic import AppendFile, atomic_write, describe_write_error, open_output
 from blendmask.data.sources import output_names
-from blendmask.metrics.coco import detections_to_coco_results
 from blendmask.predictor import load_input_image
 from blendmask.runtime.distributed import DistInfo
-from blendmask.structures import Detections
+from blendmask.structures import Detections, detection_records
 
 logger = logging.getLogger(__name__)
 
 PREDICTIONS = "predictions.jsonl"
 ERRORS = "errors.jsonl"
 RESULTS = "results.json"
+# The layout of a record's detections (docs/detections.md): 2 = {"box" (xyxy), "score", "label",
+# "category_id", "name", "mask"}; 1 (unversioned) had "bbox" (xywh), "category",
+# "segmentation".
+RECORD_VERSION = 2
 
 
 def part_path(out: Path, name: str, info: DistInfo) -> Path:
@@ -218,17 +225,29 @@ def merge_parts(out: Path, name: str) -> int | None:
 
 
 def detection_entries(
-    det: Detections, category_ids: Sequence[int], class_names: Sequence[str]
+    det: Detections,
+    category_ids: Sequence[int],
+    class_names: Sequence[str],
+    rles: Sequence[dict[str, Any]],
 ) -> list[dict[str, Any]]:
-    """The "detections" of a record: the COCO result of each detection (RLE mask, xywh box,
-    original category id; `detections_to_coco_results`) with its 0-based label and name."""
-    entries = detections_to_coco_results([det], [0], category_ids)
-    for entry, label in zip(entries, det.labels.tolist()):
-        del entry["image_id"]
-        entry["label"] = int(label)
-        if class_names:
-            entry["category"] = class_names[label]
-    return entries
+    """The "detections" of a record: `detection_records` of `det` with its masks' `rles`
+    (pasted once per image, `prediction/predict_outputs.py`) and the model's category ids and
+    names."""
+    return detection_records(
+        det.boxes,
+        det.scores,
+        det.labels,
+        rles,
+        category_ids=category_ids,
+        class_names=class_names,
+    )
+
+
+def xyxy_to_xywh(box: Sequence[float]) -> list[float]:
+    """[x0, y0, x1, y1] -> COCO's [x, y, w, h], in float32 as `Detections.to_coco` computes
+    it (a record's box is float32 values), so both give the same numbers."""
+    x0, y0, x1, y1 = (np.float32(v) for v in box)
+    return [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
 
 
 def finish_outputs(out: Path, coco: bool) -> None:
@@ -242,7 +261,8 @@ def finish_outputs(out: Path, coco: bool) -> None:
 
 def write_coco_results(out: Path) -> Path:
     """OUT/results.json (COCO results: image_id, category_id, score, bbox, segmentation, plus
-    file_name) from OUT/predictions.jsonl, streamed record by record."""
+    file_name) from OUT/predictions.jsonl, streamed record by record: a record's "box"
+    (xyxy) becomes "bbox" (xywh), its "mask" "segmentation"."""
 
     def write(f: IO[bytes]) -> None:
         f.write(b"[")
@@ -253,8 +273,8 @@ def write_coco_results(out: Path) -> Path:
                     "image_id": record["image_id"],
                     "category_id": entry["category_id"],
                     "score": entry["score"],
-                    "bbox": entry["bbox"],
-                    "segmentation": entry["segmentation"],
+                    "bbox": xyxy_to_xywh(entry["box"]),
+                    "segmentation": entry["mask"],
                     "file_name": record["file_name"],
                 }
                 f.write((b"" if first else b", ") + json.dumps(result).encode())

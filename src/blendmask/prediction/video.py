@@ -130,9 +130,10 @@ def _predict_frames(
     for k, (frame, image, det) in enumerate(zip(frames, images, predictor.predict_tensors(images))):
         det = spec.keep(det)
         time = None if frame.time is None else round(float(frame.time), 6)
-        records.append(spec.record(det, file_name=str(path), frame=first + k, time=time))
+        pasted = spec.paste(det)  # once, for the record and the overlay
+        records.append(spec.record(det, pasted, file_name=str(path), frame=first + k, time=time))
         if spec.overlays:
-            overlays.append(spec.draw(image, det).permute(1, 2, 0).contiguous().numpy())
+            overlays.append(spec.draw(image, det, pasted).permute(1, 2, 0).contiguous().numpy())
     return records, overlays
 
 
