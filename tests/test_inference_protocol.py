@@ -112,7 +112,7 @@ def test_a_stub_meeting_the_protocol_runs_through_predict_images(tmp_path):
     records = [json.loads(line) for line in lines]
     assert sorted(Path(r["file_name"]).name for r in records) == ["a.png", "b.png"]
     dets = [d for r in records for d in r["detections"]]
-    assert [(d["category"], d["category_id"], d["bbox"]) for d in dets] == [
+    assert [(d["name"], d["category_id"], d["box"]) for d in dets] == [
         ("disc", 9, [0.0, 0.0, 20.0, 15.0])
     ] * 2
     assert (tmp_path / "out" / "overlays" / "a.png").is_file()

@@ -381,7 +381,7 @@ def test_eval_counts_the_detections_max_det_asks_for(
     """COCOeval counts COCO's 100 detections per image unless `--max-det` asks the model for
     another number; then it counts those (`test_evaluation` checks that the count changes AP
     on an image with 150 objects)."""
-    from blendmask.metrics import evaluate
+    from blendmask.evaluation import evaluate
 
     seen = []
 
