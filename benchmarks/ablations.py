@@ -1,12 +1,12 @@
 """The paper's ablations (BlendMask Sec. 4.2, Tables 1, 2, 3, 5, 6) at a small, fixed budget.
 
-Every row is a real training run of the package's own loop (`engine.loop.run_training`, the
+Every row is a real training run of the package's own loop (`training.loop.run_training`, the
 code behind `blendmask train`), from the same preset with the same schedule, data and seeds;
 only the blender's knobs differ (`--set` overrides of `model.blender.*` and
 `model.basis_module.num_bases`). After training, each run is evaluated on the val set (COCO
 mask / box AP), timed per image (the Predictor's path, one thread, median over the val
 images) and its attentions are measured for instance specificity
-(`blendmask.evaluation.attention`). docs/ablations.md explains the budget and the results.
+(`blendmask.metrics.attention`). docs/ablations.md explains the budget and the results.
 
 Resumable: each finished (dataset, configuration, seed) is a record in the results json and is
 not run again; a run killed half-way continues from its `last.pt` (`run_training` resumes).
@@ -200,11 +200,11 @@ def run_one(
     """Train, evaluate, time and measure one (configuration, seed) under `budget` (default
     `BUDGET[dataset]`) in `work`/dataset/name/seedN; returns its record."""
     from blendmask.data.coco import CocoDataset
-    from blendmask.engine.loaders import build_train_dataset
-    from blendmask.engine.loop import run_training
-    from blendmask.engine.train_config import resolve_dataset_classes
     from blendmask.predictor import Predictor
     from blendmask.presets import load_config
+    from blendmask.training.loaders import build_train_dataset
+    from blendmask.training.loop import run_training
+    from blendmask.training.train_config import resolve_dataset_classes
 
     data = dataset_paths(ablation.dataset)
     overrides = config_overrides(ablation, seed, data, budget)

@@ -10,7 +10,7 @@ allows a 1 px box): their IoU moves by more than 0.001 with one float32 step of 
 
 `--synthetic-r50`: R_50_1x with reference-style (AdelaiDet) weights: a seeded checkpoint with
 the reference's keys and shapes (tests/data/keys/r50.json, as tests/test_predictor_reference.py)
-converted by `engine.convert.convert_adelaidet_model`; images: skimage's sample photos.
+converted by `convert.convert_adelaidet_model`; images: skimage's sample photos.
 Writes the file to a temporary folder; prints and optionally stores the figures.
 """
 
@@ -76,7 +76,7 @@ def load_model(args: argparse.Namespace, tmp: Path) -> tuple[Any, Any, Any]:
     if args.synthetic_r50:
         from test_predictor_reference import synthetic_checkpoint
 
-        from blendmask.engine.convert import convert_adelaidet_model
+        from blendmask.convert import convert_adelaidet_model
 
         cfg, model, report = convert_adelaidet_model(
             synthetic_checkpoint(tmp / "R_50_1x.pth"), "R_50_1x"

@@ -1,6 +1,6 @@
 """Throughput and memory of streaming `blendmask predict` over folders of images.
 
-1. Images/s of `predict` (`engine.predict.predict_images`, as the command runs it: DataLoader
+1. Images/s of `predict` (`prediction.predict.predict_images`, as the command runs it: DataLoader
    decoding, batches, JSON lines, overlays) over a folder of `--images` synthetic 640 x 480
    JPEGs, at batch 1 / 4 and 1 / 2 decoding workers, with a `--preset` model of random
    weights (`Predictor.from_config`, saved to a model file);
@@ -77,7 +77,7 @@ def save_model(preset: str, path: Path) -> Path:
 
 
 def run_predict(args: argparse.Namespace) -> dict[str, Any]:
-    from blendmask.engine.predict import predict_images
+    from blendmask.prediction.predict import predict_images
 
     start = time.perf_counter()
     summary = predict_images(

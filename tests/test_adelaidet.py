@@ -26,7 +26,7 @@ from torchvision.ops import deform_conv2d
 
 from blendmask.checkpoint_io import read_model_file
 from blendmask.cli import main as cli_main
-from blendmask.engine.convert import convert_adelaidet, convert_adelaidet_model
+from blendmask.convert import convert_adelaidet, convert_adelaidet_model
 from blendmask.factory import build_network
 from blendmask.interop.adelaidet import (
     ADELAIDET_RENAMES,

@@ -18,9 +18,9 @@ from PIL import Image
 from pycocotools import mask as mask_util
 
 from blendmask.cli import main
-from blendmask.engine.demo import run_demo
-from blendmask.engine.evaluate import METRIC_KEYS
-from blendmask.engine.train_config import resolve_train_config
+from blendmask.evaluation.evaluate import METRIC_KEYS
+from blendmask.training.demo import run_demo
+from blendmask.training.train_config import resolve_train_config
 from blendmask.visualization import (
     instance_color,
     label_position,

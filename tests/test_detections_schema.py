@@ -20,8 +20,8 @@ import torch
 from jsonschema import Draft202012Validator, ValidationError
 from PIL import Image
 
-from blendmask.engine.predict import predict_images
 from blendmask.factory import build
+from blendmask.prediction.predict import predict_images
 from blendmask.predictor import Predictor
 from blendmask.presets import get_preset
 from blendmask.structures import Detections

@@ -19,10 +19,10 @@ import torch
 
 from blendmask.checkpoint_io import read_model_file, save_model_file
 from blendmask.cli.main import main
-from blendmask.engine.checkpoint import read_training_state
 from blendmask.factory import build
 from blendmask.predictor import Predictor
 from blendmask.presets import get_preset
+from blendmask.training.checkpoint import read_training_state
 
 pytestmark = pytest.mark.faults
 

@@ -33,12 +33,12 @@ from blendmask.atomic import WriteError
 from blendmask.checkpoint_io import save_model_file
 from blendmask.cli import main
 from blendmask.data.sources import output_names
-from blendmask.engine.output_lock import OutputLock
-from blendmask.engine.panoptic_predict import predict_panoptic_images
-from blendmask.engine.predict import predict_images
-from blendmask.engine.predict_stream import JsonLinesWriter, read_records
 from blendmask.factory import build
+from blendmask.prediction.panoptic_predict import predict_panoptic_images
+from blendmask.prediction.predict import predict_images
+from blendmask.prediction.predict_stream import JsonLinesWriter, read_records
 from blendmask.presets import get_preset
+from blendmask.runtime.output_lock import OutputLock
 
 pytestmark = pytest.mark.faults
 

@@ -42,11 +42,11 @@ from torch import nn
 from blendmask.checkpoint_io import read_model_file, save_model_file
 from blendmask.config import ConfigError
 from blendmask.data.coco import CocoDataset
-from blendmask.engine import checkpoint as ckpt
-from blendmask.engine.optim import WarmupMultiStepSchedule, build_optimizer
-from blendmask.evaluation.results import evaluate_results_file
 from blendmask.io import load_image
+from blendmask.metrics.results import evaluate_results_file
 from blendmask.presets import get_preset, load_config
+from blendmask.training import checkpoint as ckpt
+from blendmask.training.optim import WarmupMultiStepSchedule, build_optimizer
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600, method="thread")]
 

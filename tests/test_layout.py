@@ -1,8 +1,9 @@
 """The code's shape, checked: imports only go down the layers of docs/architecture.md, no
 function over 80 lines, no module over 400 lines (tests excluded).
 
-Fails when someone adds an upward import (e.g. predictor -> engine), a cycle between two
-modules, or lets a function or module grow past the size the project allows.
+Fails when someone adds an upward import (e.g. predictor -> training), a circle of imports
+between modules (lazy ones included), a package of more than 16 modules, or lets a function
+or module grow past the size the project allows.
 """
 
 from __future__ import annotations
@@ -17,21 +18,24 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "blendmask"
 # Top to bottom; a module may import its own layer's modules or any lower layer.
 LAYERS: list[tuple[str, ...]] = [
     ("__init__", "__main__", "cli"),
-    ("engine", "export", "explain", "adapter", "serve"),
+    ("training", "convert", "export", "explain", "adapter", "serve"),
+    ("prediction",),
+    ("evaluation",),
     ("predictor", "input_images", "factory", "checkpoint_io", "checkpoint_reader", "interop"),
-    ("modeling", "data", "evaluation", "visualization", "painting"),
+    ("modeling", "data", "metrics", "visualization", "painting"),
     (
         "config",
-        "config_checks",
-        "config_yaml",
         "presets",
         "structures",
         "io",
         "image_checks",
         "atomic",
         "onnx_runtime",
+        "runtime",
     ),
 ]
+# A package holds one job a newcomer can read through; past this it should split.
+MAX_MODULES_PER_PACKAGE = 16
 # Same-layer imports that would close a circle or mix concerns, forbidden explicitly.
 FORBIDDEN = {
     ("config", "presets"),  # presets is a table built from config, never the reverse
@@ -107,3 +111,71 @@ def test_functions_fit_on_a_screen_and_modules_stay_small(path):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             length = node.end_lineno - node.lineno + 1
             assert length <= 80, f"{path.name}:{node.lineno} {node.name} is {length} lines"
+
+
+def _module_name(path: Path) -> str:
+    """src/blendmask/training/loop.py -> "blendmask.training.loop"; a package's __init__.py ->
+    the package."""
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(parts)
+
+
+def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node of `tree` except those under `if TYPE_CHECKING:` (never imported at run time)."""
+    nodes, todo = [], [tree]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            todo.extend(node.orelse)
+            continue
+        nodes.append(node)
+        todo.extend(ast.iter_child_nodes(node))
+    return nodes
+
+
+def _module_edges(tree: ast.AST, known: set[str]) -> set[str]:
+    """The blendmask modules an AST imports: `from a.b import c` is a.b.c when that is a
+    module, else a.b (at any depth: a lazy import closes a circle as well)."""
+    found = set()
+    for node in _runtime_nodes(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                found.add(full if full in known else node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {name for name in found if name in known}
+
+
+def test_no_import_circle():
+    paths = {_module_name(p): p for p in modules()}
+    known = set(paths)
+    graph = {
+        name: _module_edges(ast.parse(p.read_text()), known) - {name} for name, p in paths.items()
+    }
+    # A package's __init__ re-exporting its own modules is not a circle: drop the edges from a
+    # module to the packages above it.
+    for name, edges in graph.items():
+        edges.difference_update(n for n in list(edges) if name.startswith(n + "."))
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for nxt in sorted(graph[name]):
+            if state.get(nxt) == 1:
+                circle = path[path.index(nxt) :] + [nxt]
+                raise AssertionError("import circle: " + " -> ".join(circle))
+            if nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+
+
+def test_no_package_over_16_modules():
+    for folder in [PACKAGE, *(p for p in PACKAGE.rglob("*") if p.is_dir())]:
+        count = len([p for p in folder.glob("*.py") if p.name != "__init__.py"])
+        assert count <= MAX_MODULES_PER_PACKAGE, f"{folder}: {count} modules"

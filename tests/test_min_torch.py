@@ -13,9 +13,9 @@ from torchvision import tv_tensors
 
 from blendmask.cli.main import main
 from blendmask.data.augment import RandomRot90
-from blendmask.engine import loop
 from blendmask.interop.adelaidet_files import read_adelaidet_checkpoint
 from blendmask.interop.pickles import numpy_safe_globals
+from blendmask.training import loop
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from reference_helpers import synthetic_state
 from test_adelaidet import DETECTRON2_PIXEL_MEAN, ReferenceForward, _our_name, key_list, save
 from torch import Tensor
 
-from blendmask.engine.convert import convert_adelaidet, convert_adelaidet_model
+from blendmask.convert import convert_adelaidet, convert_adelaidet_model
 from blendmask.factory import build, build_network
 from blendmask.interop.adelaidet import (
     COCO_STUFF_CATEGORIES,

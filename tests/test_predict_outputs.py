@@ -1,4 +1,4 @@
-"""What predict makes of one image's detections (`engine/predict_outputs.py`), at its cost:
+"""What predict makes of one image's detections (`prediction/predict_outputs.py`), at its cost:
 
 - each image's masks are pasted once for its record, its mask files and its overlay;
 - the id map needs no full-image temporaries beyond its uint16 result (numpy memory traced).
@@ -12,12 +12,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-import blendmask.engine.predict_outputs as predict_outputs
 import blendmask.modeling.paste as paste_module
-from blendmask.engine.predict import predict_images
-from blendmask.engine.predict_outputs import id_map
+import blendmask.prediction.predict_outputs as predict_outputs
 from blendmask.factory import build
 from blendmask.modeling.paste import paste_mask_probabilities, paste_masks
+from blendmask.prediction.predict import predict_images
+from blendmask.prediction.predict_outputs import id_map
 from blendmask.predictor import Predictor
 from blendmask.presets import get_preset
 from blendmask.structures import Detections

@@ -31,14 +31,14 @@ from pycocotools import mask as mask_util
 
 from blendmask.checkpoint_io import save_model_file
 from blendmask.cli import main
-from blendmask.engine.predict import predict_images
-from blendmask.engine.predict_stream import (
+from blendmask.factory import build
+from blendmask.prediction.predict import predict_images
+from blendmask.prediction.predict_stream import (
     JsonLinesWriter,
     cut_torn_line,
     merge_parts,
     read_records,
 )
-from blendmask.factory import build
 from blendmask.presets import get_preset
 
 NAMES = ["circle", "rectangle", "triangle", "star"]

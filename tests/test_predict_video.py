@@ -66,7 +66,7 @@ def predictor(model_file):
 
 
 def test_video_gives_annotated_video_and_a_record_per_frame(predictor, tmp_path):
-    from blendmask.engine.predict import predict_images
+    from blendmask.prediction.predict import predict_images
 
     clip = tmp_path / "clip.mp4"
     write_clip(clip)

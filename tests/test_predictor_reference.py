@@ -18,7 +18,7 @@ import torch
 from reference_helpers import reference_resize, synthetic_state
 from torchvision.ops import box_iou
 
-from blendmask.engine.convert import convert_adelaidet_model
+from blendmask.convert import convert_adelaidet_model
 from blendmask.predictor import Predictor
 
 KEYS = Path(__file__).resolve().parent / "data" / "keys" / "r50.json"

@@ -23,9 +23,9 @@ from pycocotools import mask as mask_util
 from blendmask.checkpoint_io import save_model_file
 from blendmask.cli import main
 from blendmask.cli.main import build_parser
-from blendmask.evaluation.coco import detections_to_coco_results, run_coco_eval
-from blendmask.evaluation.tables import format_tables
 from blendmask.factory import build
+from blendmask.metrics.coco import detections_to_coco_results, run_coco_eval
+from blendmask.metrics.tables import format_tables
 from blendmask.modeling.paste import paste_mask_probabilities, paste_masks
 from blendmask.predictor import DEFAULT_SCORE_THRESHOLD, Predictor
 from blendmask.presets import get_preset
@@ -381,7 +381,7 @@ def test_eval_counts_the_detections_max_det_asks_for(
     """COCOeval counts COCO's 100 detections per image unless `--max-det` asks the model for
     another number; then it counts those (`test_evaluation` checks that the count changes AP
     on an image with 150 objects)."""
-    from blendmask.engine import evaluate
+    from blendmask.evaluation import evaluate
 
     seen = []
 

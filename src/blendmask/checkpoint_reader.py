@@ -7,12 +7,12 @@ checkpoint, a crafted pickle), so `read_checkpoint`:
 2. loads with `torch.load(weights_only=True)`: no code in the file runs; a refusal is said in
    one line (torch's own message is a paragraph suggesting `weights_only=False`);
 3. checks the type of every top-level field against the file kind's `Schema` (declared next
-   to the writer: `checkpoint_io.MODEL_SCHEMA`, `engine.checkpoint.TRAINING_SCHEMA`), then
+   to the writer: `checkpoint_io.MODEL_SCHEMA`, `training.checkpoint.TRAINING_SCHEMA`), then
    the field's own `check` (the tensors of a state dict, the parts of the RNG state, ...);
 4. validates the stored config (`config.validate`, whose range checks bound every size).
 
 Every refusal is a ValueError of one line naming the file and the field, with values shown
-cut short (`config_checks.shown`).
+cut short (`config.checks.shown`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from blendmask.config import Config, from_dict
-from blendmask.config_checks import shown
+from blendmask.config.checks import shown
 
 # The first bytes of files that users pass by mistake, to say what they are.
 _OTHER_FORMATS = {

@@ -16,7 +16,7 @@ val2017 result (AdelaiDet MODEL_ZOO, box AP / mask AP). Where they differ from t
 As in the reference, the bottom module's norm is "SyncBN" (BASIS_MODULE.NORM): a plain BatchNorm
 in one process, synchronised when several CUDA processes train.
 
-This module imports `config.py`, never the reverse.
+This module imports `config`, never the reverse.
 """
 
 from __future__ import annotations

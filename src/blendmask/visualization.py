@@ -1,6 +1,6 @@
 """Pictures of predictions: detection overlays (`predict`, `demo`, the detections panel of the
 blender figure in `blendmask.explain`, BlendMask Fig. 1 / 3) and the ground truth / prediction
-panels of `eval --plots` (`blendmask.evaluation.plots`).
+panels of `eval --plots` (`blendmask.metrics.plots`).
 
 An overlay shows each instance in its own colour (`instance_color`: by rank in the image, not
 by class, so two touching objects of one class stay apart): a translucent fill with an opaque

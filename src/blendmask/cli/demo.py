@@ -1,6 +1,6 @@
 """shapes data -> train on CPU -> evaluate -> draw
 
-The whole demo within --minutes (`engine.demo.run_demo`).
+The whole demo within --minutes (`training.demo.run_demo`).
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from blendmask.cli.arguments import DEVICE_HELP, DEVICES, positive_float, positive_int
-from blendmask.engine.demo import run_demo
+from blendmask.training.demo import run_demo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

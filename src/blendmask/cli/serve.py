@@ -59,13 +59,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def app_from_environment():  # noqa: ANN201 - a FastAPI app; fastapi is an optional import
     """The app of one uvicorn worker (`--workers N`), from `SETTINGS_ENV`."""
+    # Imported here: blendmask.serve needs the optional `serve` extra (fastapi), which the
+    # other subcommands and `blendmask --help` must not require.
     from blendmask.serve import ServeSettings, create_app
 
     return create_app(ServeSettings(**json.loads(os.environ[SETTINGS_ENV])))
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
+    try:  # the optional `serve` extra, imported only by this subcommand (see above)
         import uvicorn
 
         from blendmask.serve import ServeSettings, create_app

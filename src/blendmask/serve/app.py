@@ -31,6 +31,7 @@ from blendmask.serve.backends import Knobs, OnnxBackend, TorchBackend, parse_cla
 from blendmask.serve.batching import MicroBatcher, QueueFull
 from blendmask.serve.errors import install_error_handlers, internal_error
 from blendmask.serve.metrics import ServerMetrics
+from blendmask.serve.routes import add_routes
 from blendmask.serve.uploads import HTTPError, decode_image, image_bytes, read_limited
 
 logger = logging.getLogger("blendmask.serve")
@@ -195,8 +196,6 @@ def create_app(
     app.state.server = server
     install_error_handlers(app)
     app.middleware("http")(_metrics_middleware(server))
-    from blendmask.serve.routes import add_routes
-
     add_routes(app, server)
     return app
 

@@ -23,6 +23,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from blendmask.checkpoint_io import load_model_file
+from blendmask.explain import explain_figure
+from blendmask.export.onnx import export_onnx
+from blendmask.export.onnx_predictor import OnnxPredictor
 from blendmask.predictor import Predictor
 from blendmask.structures import Detections, resolve_classes
 from blendmask.visualization import draw_detections
@@ -102,8 +106,6 @@ class TorchBackend:
 
     def explain_png(self, image: np.ndarray, *, top: int, conf: float) -> bytes:
         """The bases / attention figure (`blendmask explain`) of one image as PNG bytes."""
-        from blendmask.explain import explain_figure
-
         with self._explain_lock:  # one figure at a time: each holds K x D maps
             fig = explain_figure(self.predictor, image, top=top, score_threshold=conf)
             buffer = io.BytesIO()
@@ -118,8 +120,6 @@ class OnnxBackend:
     name = "onnx"
 
     def __init__(self, weights: str | Path) -> None:
-        from blendmask.export.onnx_predictor import OnnxPredictor
-
         path = Path(weights)
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if path.suffix.lower() != ".onnx":
@@ -129,9 +129,6 @@ class OnnxBackend:
         self._base_thresh = float(self.predictor.postprocessor.score_thresh)
 
     def _export(self, weights: Path) -> Path:
-        from blendmask.checkpoint_io import load_model_file
-        from blendmask.export.onnx import export_onnx
-
         cfg, model, _, _ = load_model_file(weights, torch.device("cpu"))
         self._tmp = tempfile.TemporaryDirectory(prefix="blendmask-serve-")
         size = cfg.data.min_size_test
