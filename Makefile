@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest tests
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/latency.py --onnx --with-bf16 --json benchmarks/results/latency.json --update-readme README.md
+	$(BIN)/python benchmarks/latency.py --onnx --with-bf16 --json benchmarks/results/latency.json --update-readme docs/results.md
 
 # The CUDA paths on a CUDA machine, under 8 minutes (benchmarks/gpu_check.sh).
 gpu-check: $(STAMP)
@@ -40,3 +40,9 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
+
+# The oldest torch / torchvision pyproject.toml allows, and the torch-free onnxruntime install,
+# each in a scratch venv under build/ (downloads torch the first time; not part of `test`).
+.PHONY: check-min-torch
+check-min-torch:
+	PYTHON=$(PYTHON) bash scripts/check_min_torch.sh

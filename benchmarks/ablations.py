@@ -1,12 +1,12 @@
 """The paper's ablations (BlendMask Sec. 4.2, Tables 1, 2, 3, 5, 6) at a small, fixed budget.
 
-Every row is a real training run of the package's own loop (`engine.loop.run_training`, the
+Every row is a real training run of the package's own loop (`training.loop.run_training`, the
 code behind `blendmask train`), from the same preset with the same schedule, data and seeds;
 only the blender's knobs differ (`--set` overrides of `model.blender.*` and
 `model.basis_module.num_bases`). After training, each run is evaluated on the val set (COCO
 mask / box AP), timed per image (the Predictor's path, one thread, median over the val
 images) and its attentions are measured for instance specificity
-(`blendmask.evaluation.attention`). docs/ablations.md explains the budget and the results.
+(`blendmask.metrics.attention`). docs/ablations.md explains the budget and the results.
 
 Resumable: each finished (dataset, configuration, seed) is a record in the results json and is
 not run again; a run killed half-way continues from its `last.pt` (`run_training` resumes).
@@ -39,12 +39,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ablations_measure import TIMED_IMAGES, TOP_PER_IMAGE, measure_specificity, time_per_image  # noqa: E402
 from ablations_store import RESULTS, add_record, claim, locked, read_results, write_results  # noqa: E402
-from common import REPO, machine_info  # noqa: E402
+from common import DEFAULT_NUCLEI, NUCLEI_VARIABLE, REPO, machine_info  # noqa: E402
 
 WORK = REPO / "runs" / "ablations"
-NUCLEI = Path(
-    os.environ.get("BLENDMASK_NUCLEI", REPO.parent / "shared" / "data" / "dsb2018_nuclei")
-)
+NUCLEI = Path(os.environ.get(NUCLEI_VARIABLE, DEFAULT_NUCLEI))
 SHAPES_SIZES = {"train": 400, "val": 40, "seed": 0, "image_size": 192}
 # Same budget for every configuration of a data set. 150 shapes iterations (the first budget)
 # left one blender seed on the detector's early plateau (mask AP 6 against 25 for the other
@@ -52,7 +50,7 @@ SHAPES_SIZES = {"train": 400, "val": 40, "seed": 0, "image_size": 192}
 # 100 minutes of one core for the whole list (docs/ablations.md, "Budget").
 BUDGET = {
     "shapes": {
-        "preset": "shapes_R_18",
+        "preset": "shapes_lite0",
         "size": 192,
         "iterations": 300,
         "batch": 4,
@@ -63,7 +61,7 @@ BUDGET = {
     # Nuclei keep the preset's scale (every image 3x, 384 px training crops): at 1x a nucleus covers
     # one or two stride-8 locations and every configuration's AP is noise.
     "nuclei": {
-        "preset": "nuclei_R_18",
+        "preset": "nuclei_lite0",
         "iterations": 300,
         "batch": 2,
         "lr": 0.005,
@@ -104,7 +102,7 @@ FCIS = _blender(
 def ablations() -> list[Ablation]:
     """Every configuration, the most important first (a short run still fills Table 1).
 
-    The baseline `base` is the shapes_R_18 blender: K = 4, M = 7, R = 28, bilinear top
+    The baseline `base` is the shapes_lite0 blender: K = 4, M = 7, R = 28, bilinear top
     interpolation, RoIAlign bottom pooling. `M1_R28` (one scalar per base) is YOLACT's
     weighted sum of Table 1. K = 1 uses a sigmoid on both sides (blender.py), as in the paper.
     `K16` and `fcis_learned` are not in the paper: they take the assembler apart.
@@ -157,7 +155,7 @@ def config_overrides(
         f"solver.warmup_iters={b['warmup']}",
         f"solver.ims_per_batch={b['batch']}",
         f"solver.base_lr={b['lr']}",  # the preset's rate scaled linearly to the batch
-        "solver.clip_grad_norm=10",  # as nuclei_R_18: single-batch gradient spikes
+        "solver.clip_grad_norm=10",  # as nuclei_lite0: single-batch gradient spikes
         "solver.eval_period=0",
         "solver.checkpoint_period=50",
         f"solver.log_period={b['iterations']}",
@@ -202,11 +200,11 @@ def run_one(
     """Train, evaluate, time and measure one (configuration, seed) under `budget` (default
     `BUDGET[dataset]`) in `work`/dataset/name/seedN; returns its record."""
     from blendmask.data.coco import CocoDataset
-    from blendmask.engine.loaders import build_train_dataset
-    from blendmask.engine.loop import run_training
-    from blendmask.engine.train_config import resolve_dataset_classes
     from blendmask.predictor import Predictor
     from blendmask.presets import load_config
+    from blendmask.training.loaders import build_train_dataset
+    from blendmask.training.loop import run_training
+    from blendmask.training.train_config import resolve_dataset_classes
 
     data = dataset_paths(ablation.dataset)
     overrides = config_overrides(ablation, seed, data, budget)

@@ -37,7 +37,7 @@ FIELDS = ("within", "across", "spatial")  # attention distances drawn per config
 def measure_demo(model: Path = DEMO_MODEL) -> dict[str, Any] | None:
     """The demo model's record (computed once, then read from the results json)."""
     from blendmask.data.coco import CocoDataset
-    from blendmask.engine.evaluate import evaluate_model
+    from blendmask.evaluation.evaluate import evaluate_model
     from blendmask.predictor import Predictor
 
     results = read_results()

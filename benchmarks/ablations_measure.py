@@ -33,8 +33,8 @@ def time_per_image(
 def measure_specificity(predictor: Any, images: list[torch.Tensor], top: int) -> dict[str, Any]:
     """`attention_specificity` of the best `top` detections (score >= SCORE_THRESHOLD) of
     every image, with the blender's own normalised attentions (`explain_image`)."""
-    from blendmask.evaluation.attention import attention_specificity
     from blendmask.explain import explain_image
+    from blendmask.metrics.attention import attention_specificity
     from blendmask.predictor import Predictor
 
     # A Predictor that keeps only the compared detections, so that explain_image pastes no more.

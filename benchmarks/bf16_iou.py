@@ -114,7 +114,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--weights", type=Path, default=None, help="a trained model file (model.pt)")
-    p.add_argument("--preset", default="shapes_R_18", help="random weights when no --weights")
+    p.add_argument("--preset", default="shapes_lite0", help="random weights when no --weights")
     p.add_argument("--images", type=Path, default=None, help="a folder of images to use instead")
     p.add_argument("--num-images", type=int, default=50)
     p.add_argument("--seed", type=int, default=0, help="shapes dataset seed")

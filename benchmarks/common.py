@@ -21,8 +21,10 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,6 +37,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "src") not in sys.path:
     # Run from a checkout without `pip install -e .` too.
     sys.path.insert(0, str(REPO / "src"))
+
+# The DSB2018 nuclei set: $BLENDMASK_NUCLEI, by default beside the repository (docs/training.md).
+NUCLEI_VARIABLE = "BLENDMASK_NUCLEI"
+DEFAULT_NUCLEI = REPO.parent / "shared" / "data" / "dsb2018_nuclei"
 
 BOX_BIAS = 4.0  # stride units, see the module docstring
 PRECISIONS = ("fp32", "bf16")
@@ -272,11 +278,42 @@ def box_stats(boxes: Tensor) -> dict[str, float]:
 # --- output --------------------------------------------------------------------------------------
 
 
+def path_roots() -> list[tuple[str, str]]:
+    """(absolute folder, how a results file writes it), longest first: the repository as a
+    relative path, the nuclei set and the temporary folder by the variable that locates them."""
+    nuclei = os.environ.get(NUCLEI_VARIABLE, str(DEFAULT_NUCLEI))
+    roots = {}
+    for folder, name in [
+        (nuclei, f"${NUCLEI_VARIABLE}"),
+        (REPO, "."),
+        (tempfile.gettempdir(), "$TMPDIR"),
+    ]:
+        for form in {str(Path(folder)), str(Path(folder).resolve())}:
+            roots[form] = name
+    return sorted(roots.items(), key=lambda item: -len(item[0]))
+
+
+def portable(text: str, roots: list[tuple[str, str]] | None = None) -> str:
+    """`text` (a path or a command line) with the absolute paths under `path_roots()` rewritten:
+    /repo/runs/x -> runs/x, /tmp/m.pt -> $TMPDIR/m.pt. A committed results file then holds no
+    path of the machine it ran on, and its commands run from the repository root."""
+    for root, name in roots if roots is not None else path_roots():
+        # The whole folder only: not /repo-old, nor /x/repo.
+        pattern = re.compile(r"(?<![\w./-])" + re.escape(root) + r"(/|(?![\w.-]))")
+        inside = "" if name == "." else name + "/"
+        text = pattern.sub(lambda m, inside=inside, name=name: inside if m.group(1) else name, text)
+    return text
+
+
 def json_text(data: dict[str, Any], *, indent: int = 2, sort_keys: bool = True) -> str:
     """`data` as standard JSON text: an undefined float (NaN, e.g. a 0 / 0 ratio, or an
-    infinity) becomes null, not Python's NaN, which JSON parsers refuse."""
+    infinity) becomes null, not Python's NaN, which JSON parsers refuse; absolute paths in its
+    strings are made `portable`."""
+    roots = path_roots()
 
     def finite(value: Any) -> Any:
+        if isinstance(value, str):
+            return portable(value, roots)
         if isinstance(value, float) and not math.isfinite(value):
             return None
         if isinstance(value, dict):
@@ -288,14 +325,16 @@ def json_text(data: dict[str, Any], *, indent: int = 2, sort_keys: bool = True) 
     return json.dumps(finite(data), indent=indent, sort_keys=sort_keys, allow_nan=False) + "\n"
 
 
-def write_json(path: str | Path | None, data: dict[str, Any]) -> None:
-    """Write `data` (`json_text`: pretty, sorted keys) to `path`, creating folders; nothing
-    for None."""
+def write_json(
+    path: str | Path | None, data: dict[str, Any], *, indent: int = 2, sort_keys: bool = True
+) -> None:
+    """Write `data` (`json_text`: pretty, sorted keys by default, portable paths) to `path`,
+    creating folders; nothing for None."""
     if path is None:
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json_text(data), encoding="utf-8")
+    path.write_text(json_text(data, indent=indent, sort_keys=sort_keys), encoding="utf-8")
 
 
 def ratio(a: float, b: float) -> float | None:

@@ -19,7 +19,7 @@ input size (torchvision's transform, heads and mask pasting; our network + post-
 
     python benchmarks/latency.py --json benchmarks/results/latency.json \
         [--threads 2] [--device cpu|cuda] [--size 800 1333] [--repeats 3] [--precision fp32|bf16] \
-        [--update-readme README.md]
+        [--update-readme docs/results.md]
 """
 
 from __future__ import annotations
@@ -336,7 +336,8 @@ def compute_ratios(models: dict[str, Any], blender: dict[str, Any], ours: str, l
 
 
 def readme_block(data: dict[str, Any]) -> str:
-    """The markdown between the README markers: setting, table and ratios."""
+    """The markdown between the bench markers (`make bench`: in docs/results.md): setting,
+    table and ratios."""
     m = data["machine"]
     s = data["settings"]
     lo, hi = (str(n) for n in s["detections"][:2]) if len(s["detections"]) > 1 else ("", "")
@@ -391,9 +392,7 @@ def readme_block(data: dict[str, Any]) -> str:
     )
     lines.append(f"Ratios: {ratio_text}.")
     lines.append("")
-    lines.append(
-        "Method, FLOPs by part, the profile and the planned speed-ups: `benchmarks/README.md`."
-    )
+    lines.append("Method: `benchmarks/README.md`; FLOPs and time by part: below.")
     return "\n".join(lines)
 
 
@@ -464,7 +463,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="time our network without optimize_for_inference (BatchNorm folding, channels-last)",
     )
-    p.add_argument("--update-readme", type=Path, default=None, metavar="README")
+    p.add_argument(
+        "--update-readme",
+        type=Path,
+        default=None,
+        metavar="MARKDOWN",
+        help="rewrite the block between the bench markers of this file (docs/results.md)",
+    )
     p.add_argument(
         "--from-json",
         type=Path,
@@ -479,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.from_json is not None:
         if args.update_readme is None:
-            raise SystemExit("--from-json needs --update-readme README")
+            raise SystemExit("--from-json needs --update-readme FILE")
         if not args.from_json.is_file():
             raise SystemExit(f"--from-json: {args.from_json} not found")
         data = json.loads(args.from_json.read_text(encoding="utf-8"))

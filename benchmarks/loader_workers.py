@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from common import DEFAULT_NUCLEI, NUCLEI_VARIABLE, write_json
+
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "dsb2018_nuclei"
+DEFAULT_DATA = Path(os.environ.get(NUCLEI_VARIABLE, DEFAULT_NUCLEI))
 
 
 def measure(args: argparse.Namespace, workers: int) -> dict[str, Any]:
@@ -51,7 +54,7 @@ def measure(args: argparse.Namespace, workers: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA))
-    parser.add_argument("--preset", default="nuclei_R_18")
+    parser.add_argument("--preset", default="nuclei_lite0")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--iterations", type=int, default=60)
     parser.add_argument("--skip", type=int, default=10)
@@ -63,9 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [measure(args, w) for w in args.workers]
     for row in rows:
         print(json.dumps(row))
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"preset": args.preset, "rows": rows}, indent=2) + "\n")
+    write_json(args.json, {"preset": args.preset, "rows": rows}, sort_keys=False)
     return 0
 
 

@@ -1,8 +1,8 @@
-"""Nuclei on a CPU budget: `blendmask train --preset nuclei_R_18 --minutes M` on the DSB2018
+"""Nuclei on a CPU budget: `blendmask train --preset nuclei_lite0 --minutes M` on the DSB2018
 nuclei subset, evaluated on its val split, for each seed, on a quiet machine and with a
 competing CPU-bound job during the first minutes.
 
-What it checks (the figures the README quotes): mask AP and mask AP75 of the final evaluation,
+What it checks (the figures docs/results.md quotes): mask AP and mask AP75 of the final evaluation,
 the wall time of the whole command against its budget (it must end within 3%), and how much
 the competing job changes the result (the time budget re-plans from recent iterations, so the
 run should still use its time and land on the same figures).
@@ -20,14 +20,17 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from common import DEFAULT_NUCLEI, NUCLEI_VARIABLE, write_json
+
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "dsb2018_nuclei"
+DEFAULT_DATA = Path(os.environ.get(NUCLEI_VARIABLE, DEFAULT_NUCLEI))
 TARGETS = {"segm_AP": 0.45, "segm_AP75": 0.45}
 
 
@@ -114,7 +117,7 @@ def verdict(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(DEFAULT_DATA))
-    parser.add_argument("--preset", default="nuclei_R_18")
+    parser.add_argument("--preset", default="nuclei_lite0")
     parser.add_argument("--minutes", type=float, default=15.0)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--load-minutes", type=float, default=3.0)
@@ -140,9 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result["final"]), f"wall {result['wall_s']} s", flush=True)
             done = [r for r in done if (r["seed"], r["competing_load"], r["budget_s"] / 60) != key]
             done.append(result)
-            json_path.parent.mkdir(parents=True, exist_ok=True)
             report = {"preset": args.preset, "runs": done, "checks": verdict(done)}
-            json_path.write_text(json.dumps(report, indent=2) + "\n")
+            write_json(json_path, report, sort_keys=False)
     if json_path.is_file():
         print(json.dumps(json.loads(json_path.read_text())["checks"], indent=2))
     return 0

@@ -10,14 +10,13 @@ allows a 1 px box): their IoU moves by more than 0.001 with one float32 step of 
 
 `--synthetic-r50`: R_50_1x with reference-style (AdelaiDet) weights: a seeded checkpoint with
 the reference's keys and shapes (tests/data/keys/r50.json, as tests/test_predictor_reference.py)
-converted by `engine.convert.convert_adelaidet_model`; images: skimage's sample photos.
+converted by `convert.convert_adelaidet_model`; images: skimage's sample photos.
 Writes the file to a temporary folder; prints and optionally stores the figures.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -30,6 +29,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tests"))
+
+from common import write_json  # noqa: E402
 
 # skimage.data photos shipped with scikit-image (no download); gray ones are stacked to RGB.
 SKIMAGE_PHOTOS = (
@@ -75,7 +76,7 @@ def load_model(args: argparse.Namespace, tmp: Path) -> tuple[Any, Any, Any]:
     if args.synthetic_r50:
         from test_predictor_reference import synthetic_checkpoint
 
-        from blendmask.engine.convert import convert_adelaidet_model
+        from blendmask.convert import convert_adelaidet_model
 
         cfg, model, report = convert_adelaidet_model(
             synthetic_checkpoint(tmp / "R_50_1x.pth"), "R_50_1x"
@@ -158,8 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"total: {total.line()}")
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(args.json, summary, sort_keys=False)
     return 0 if total.passed() else 1
 
 

@@ -1,4 +1,4 @@
-"""Our PQ (evaluation/panoptic.py) next to panopticapi's and torchmetrics' on the hand-built
+"""Our PQ (metrics/panoptic.py) next to panopticapi's and torchmetrics' on the hand-built
 fixtures of tests/test_panoptic_quality.py; writes JSON to stdout.
 
 Neither library is a dependency (panopticapi-lite pins numpy < 2); install them aside:
@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from blendmask.data.panoptic_format import id_to_rgb
-from blendmask.evaluation.panoptic import pq_stat_of_image, summarize_pq
+from blendmask.metrics.panoptic import pq_stat_of_image, summarize_pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import test_panoptic_quality as fixtures  # noqa: E402

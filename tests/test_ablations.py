@@ -145,7 +145,7 @@ def test_longer_schedule_scales_only_the_iterations() -> None:
     names = {a.name for a in ablations.ablations() if a.dataset == "shapes"}
     assert set(ablations_longer.NAMES) <= names
     cfg = load_config(
-        "shapes_R_18",
+        "shapes_lite0",
         None,
         ablations.config_overrides(ablations.Ablation("shapes", "base"), 0, DATA, longer),
     )

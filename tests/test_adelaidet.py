@@ -31,7 +31,7 @@ from torch import Tensor
 
 from blendmask.checkpoint_io import read_model_file
 from blendmask.cli import main as cli_main
-from blendmask.engine.convert import convert_adelaidet, convert_adelaidet_model
+from blendmask.convert import convert_adelaidet, convert_adelaidet_model
 from blendmask.factory import build_network
 from blendmask.interop.adelaidet import (
     ADELAIDET_RENAMES,

@@ -1,4 +1,4 @@
-"""The public API of DESIGN.md: build, Predictor, model files (the adapter: test_adapter.py)."""
+"""The public API: build, Predictor, model files (the adapter: test_adapter.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""evaluation/attention.py against naive loops written here, and its edge cases."""
+"""metrics/attention.py against naive loops written here, and its edge cases."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from blendmask.evaluation.attention import (
+from blendmask.metrics.attention import (
     attention_specificity,
     pairwise_distances,
     spatial_variation,
@@ -108,7 +108,7 @@ def test_no_pairs_and_bad_shapes() -> None:
 
 def test_explain_figure_draws_the_attention_distances() -> None:
     """`blendmask explain` shows the distance matrix of the explained detections; wrong = the
-    matrix is not the measure of evaluation/attention.py on the maps the figure shows, or the
+    matrix is not the measure of metrics/attention.py on the maps the figure shows, or the
     panel is missing."""
     from blendmask.explain import draw_explanation, explain_image
     from blendmask.predictor import Predictor

@@ -365,7 +365,7 @@ def test_resolve_weight_conventions_returns_a_new_config(tmp_path, r18_state):
     assert resolved == before
 
     # No file, or a body that is not a ResNet: an equal copy, not the same object.
-    for other in (get_preset("tiny"), get_preset("shapes_R_18")):
+    for other in (get_preset("tiny"), get_preset("shapes_lite0")):
         copied = resolve_weight_conventions(other)
         assert copied == other and copied is not other and copied.model is not other.model
 

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from blendmask.data.coco import CocoDataset
-from blendmask.evaluation.results import evaluate_results_file
 from blendmask.io import load_image
+from blendmask.metrics.results import evaluate_results_file
 
 # Part of the fault suite (`pytest -m faults`).
 pytestmark = pytest.mark.faults

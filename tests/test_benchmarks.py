@@ -295,3 +295,25 @@ def test_loader_workers_reports_each_worker_count(tmp_path, shapes_dataset):
     rows = json.loads(out_json.read_text())["rows"]
     assert [r["workers"] for r in rows] == [0, 1]
     assert all(r["images_per_s"] > 0 and r["data_seconds_per_iter"] >= 0 for r in rows)
+
+
+def test_json_writer_makes_paths_portable(tmp_path, monkeypatch):
+    """Results files hold no path of the machine they ran on: the repository's paths become
+    relative, the nuclei set's and the temporary folder's are written by their variable; a
+    path that only starts like the repository's is left alone."""
+    import tempfile
+
+    common = load_bench_module("common")
+    monkeypatch.setenv("BLENDMASK_NUCLEI", "/data/nuclei")
+    temp = Path(tempfile.gettempdir())
+    data = {
+        "command": f"blendmask train --set data.train_json=/data/nuclei/a.json --out {REPO}/runs/y",
+        "paths": [str(REPO / "runs" / "x"), str(REPO), str(temp / "m.pt"), f"{REPO}-old/z"],
+        "nested": {"weights": str(temp / "demo" / "model.pt")},
+    }
+    common.write_json(tmp_path / "r.json", data)
+    assert json.loads((tmp_path / "r.json").read_text()) == {
+        "command": "blendmask train --set data.train_json=$BLENDMASK_NUCLEI/a.json --out runs/y",
+        "paths": ["runs/x", ".", "$TMPDIR/m.pt", f"{REPO}-old/z"],
+        "nested": {"weights": "$TMPDIR/demo/model.pt"},
+    }

@@ -1,12 +1,12 @@
-"""The time budget (engine/budget.py): a moving window of update times, plans that grow and
+"""The time budget (training/budget.py): a moving window of update times, plans that grow and
 shrink, a reserve for the final evaluation, and a run that ends on time whatever the load."""
 
 from __future__ import annotations
 
 import pytest
 
-from blendmask.engine.budget import TimeBudget
-from blendmask.engine.optim import compress_steps
+from blendmask.training.budget import TimeBudget
+from blendmask.training.optim import compress_steps
 
 
 class Clock:
@@ -25,7 +25,7 @@ def simulate(
     eval_period: int = 0,
     eval_seconds: float = 0.0,
 ) -> dict:
-    """The loop of engine/loop.py against a fake clock: updates cost `seconds_per_update(t)`
+    """The loop of training/loop.py against a fake clock: updates cost `seconds_per_update(t)`
     (t: seconds since the start), an evaluation every `eval_period` updates and a final one
     cost `eval_seconds`. Returns the plans made and when the run (final evaluation included)
     ended."""
@@ -156,10 +156,10 @@ def test_training_with_a_slow_start_uses_its_budget(tmp_path, shapes_dataset):
     happened when a plan could only shrink)."""
     import time
 
-    from blendmask.engine.loaders import build_train_dataset
-    from blendmask.engine.loop import run_training
-    from blendmask.engine.train_config import resolve_dataset_classes
     from blendmask.presets import get_preset
+    from blendmask.training.loaders import build_train_dataset
+    from blendmask.training.loop import run_training
+    from blendmask.training.train_config import resolve_dataset_classes
 
     cfg = get_preset("tiny")
     cfg.data.train_json = str(shapes_dataset["train_json"])
@@ -188,9 +188,9 @@ def test_evaluation_period_follows_every_plan():
     (30 s each). After a re-plan, no evaluation comes within half a period of the last one."""
     from types import SimpleNamespace
 
-    from blendmask.engine.loop import plan_time_budget
-    from blendmask.engine.training_run import TrainingRun
     from blendmask.presets import get_preset
+    from blendmask.training.loop import plan_time_budget
+    from blendmask.training.training_run import TrainingRun
 
     class FixedPlans:
         def __init__(self, plans: list[int]) -> None:

@@ -1,6 +1,7 @@
 """The command-line surface: every flag documented, one name per option (old spellings are
 hidden aliases that still parse), `presets` printing whole descriptions, `explain --out` writing
-where it says, and `--conf 0` keeping every candidate (as the README says) in `explain` too."""
+where it says, and `--conf 0` keeping every candidate (as docs/python_api.md says) in `explain`
+too."""
 
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ def test_workers_default_is_not_a_given_flag() -> None:
 
 
 def test_presets_print_whole_descriptions(monkeypatch, capsys) -> None:
-    """Wrong if a preset's description is cut at its first docstring line (as it was: "...,
+    """Wrong if a preset's description is cut at its first docstring line (e.g. "...,
     K=4, M=14," and the rest lost) or if lines run past the terminal's width."""
     width = 80
     monkeypatch.setenv("COLUMNS", str(width))

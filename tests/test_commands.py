@@ -1,6 +1,6 @@
 """The demo, eval, predict and train commands end to end, on the tiny preset.
 
-- `demo` writes everything DESIGN.md lists, and `eval --weights` on its model reproduces its
+- `demo` writes its data, model, metrics and pictures, and `eval --weights` on its model reproduces its
   metrics (same weights, same evaluation path) and its detections;
 - `predict --coco` on a folder writes COCO results whose RLE masks decode (pycocotools) to the
   masks drawn in the overlays, with original category ids;
@@ -18,9 +18,9 @@ from PIL import Image
 from pycocotools import mask as mask_util
 
 from blendmask.cli import main
-from blendmask.engine.demo import run_demo
-from blendmask.engine.evaluate import METRIC_KEYS
-from blendmask.engine.train_config import resolve_train_config
+from blendmask.evaluation.evaluate import METRIC_KEYS
+from blendmask.training.demo import run_demo
+from blendmask.training.train_config import resolve_train_config
 from blendmask.visualization import (
     instance_color,
     label_position,
@@ -176,7 +176,12 @@ def test_predict_folder_rle_matches_overlays(demo_run):
         font_size, _, contour = overlay_sizes(*image.shape[-2:])
         band = torch.zeros(image.shape[-2:], dtype=torch.bool)
         for r, mask in zip(mine, masks):
-            band |= mask_contour(mask, contour)
+            # Contours run along what is seen of each mask: inside a mask's edge, or outside
+            # it where another mask covers the pixels near that edge.
+            near = torch.nn.functional.max_pool2d(
+                mask[None, None].float(), 2 * contour + 1, stride=1, padding=contour
+            )[0, 0]
+            band |= mask_contour(mask, contour) | ((near > 0) & ~mask)
             x, y, w, h = r["bbox"]
             x0, y0 = int(x) - 1, int(y) - 1
             x1, y1 = int(x + w) + 2, int(y + h) + 2

@@ -131,10 +131,10 @@ def test_round_trip_through_dict() -> None:
 
 
 def test_every_numeric_setting_has_an_allowed_range() -> None:
-    """A new int / float field needs a rule in config_checks.NUMERIC_RANGES (otherwise only
+    """A new int / float field needs a rule in config.checks.NUMERIC_RANGES (otherwise only
     finiteness is checked): add one saying what the setting may be."""
     from blendmask.config import Config
-    from blendmask.config_checks import NUMERIC_RANGES, numeric_fields
+    from blendmask.config.checks import NUMERIC_RANGES, numeric_fields
 
     fields = set(numeric_fields(Config()))
     assert fields == set(NUMERIC_RANGES), (
@@ -145,7 +145,7 @@ def test_every_numeric_setting_has_an_allowed_range() -> None:
 
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_every_preset_is_inside_the_ranges(name: str) -> None:
-    from blendmask.config_checks import NUMERIC_RANGES, numeric_fields
+    from blendmask.config.checks import NUMERIC_RANGES, numeric_fields
 
     for key, (value, _) in numeric_fields(get_preset(name)).items():
         values = value if isinstance(value, list) else [value]

@@ -14,8 +14,8 @@ import pytest
 import torch
 from helpers.processes import run_in_session
 
-from blendmask.engine.distributed import DistInfo, all_gather_objects, shard_indices
-from blendmask.engine.evaluate import METRIC_KEYS, evaluate_model_file
+from blendmask.evaluation.evaluate import METRIC_KEYS, evaluate_model_file
+from blendmask.runtime.distributed import DistInfo, all_gather_objects, shard_indices
 
 # Goes through the real command line (`blendmask.cli.main(["train", ...])`), with the loop
 # (`run_training`) wrapped so each rank also saves the weights it ended with.
@@ -24,7 +24,7 @@ CHILD = textwrap.dedent(
     import os, sys
     import torch
     torch.set_num_threads(1)
-    from blendmask.engine import loop
+    from blendmask.training import loop
     from blendmask.cli import main
 
     original = loop.run_training
@@ -93,7 +93,7 @@ def test_two_process_training_keeps_ranks_identical(tmp_path, shapes_dataset):
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in lines if r["type"] == "train"] == [1, 2, 3]
     # (.lock: rank 0's OutputLock, which keeps a second run out of the folder)
-    # The final evaluation ran sharded over both ranks (engine/evaluate.py, the path of
+    # The final evaluation ran sharded over both ranks (evaluation/evaluate.py, the path of
     # `torchrun ... eval`): rank 0's record equals one process evaluating model.pt (one thread,
     # as each torchrun worker).
     (record,) = [r for r in lines if r["type"] == "eval"]
@@ -151,7 +151,7 @@ GATHER_CHILD = textwrap.dedent(
     """
     import json, sys
     import torch
-    from blendmask.engine.distributed import (
+    from blendmask.runtime.distributed import (
         all_gather_objects, cleanup_distributed, init_distributed, shard_indices,
     )
     info, _ = init_distributed(torch.device("cpu"))

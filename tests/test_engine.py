@@ -12,12 +12,14 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from blendmask.engine import checkpoint as ckpt
-from blendmask.engine.budget import affordable_max_iter
-from blendmask.engine.loaders import build_train_dataset, build_train_loader
-from blendmask.engine.logging import MetricsFile, plot_curves, read_metrics
-from blendmask.engine.loop import run_training
-from blendmask.engine.optim import (
+from blendmask.presets import get_preset
+from blendmask.structures import Detections
+from blendmask.training import checkpoint as ckpt
+from blendmask.training.budget import affordable_max_iter
+from blendmask.training.loaders import build_train_dataset, build_train_loader
+from blendmask.training.logging import MetricsFile, plot_curves, read_metrics
+from blendmask.training.loop import run_training
+from blendmask.training.optim import (
     WarmupMultiStepSchedule,
     build_optimizer,
     compress_steps,
@@ -25,9 +27,7 @@ from blendmask.engine.optim import (
     scale_lr,
     warmup_multistep_factor,
 )
-from blendmask.engine.train_config import resolve_dataset_classes
-from blendmask.presets import get_preset
-from blendmask.structures import Detections
+from blendmask.training.train_config import resolve_dataset_classes
 from blendmask.visualization import draw_detections, instance_color
 
 

@@ -14,14 +14,14 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from blendmask.data.coco import CocoDataset
-from blendmask.evaluation.coco import (
+from blendmask.metrics.coco import (
     COCOEvaluator,
     detections_to_coco_results,
     evaluate_coco,
     metric_keys,
     run_coco_eval,
 )
-from blendmask.evaluation.results import evaluate_results_file
+from blendmask.metrics.results import evaluate_results_file
 from blendmask.structures import Detections
 
 KEYS = [f"{t}_{n}" for t in ("bbox", "segm") for n in ("AP", "AP50", "AP75", "APs", "APm", "APl")]

@@ -204,7 +204,7 @@ def test_converted_r50_end_to_end_equals_predictor(tmp_path: Path) -> None:
     skimage_data = pytest.importorskip("skimage.data")
     from helpers.reference import synthetic_checkpoint
 
-    from blendmask.engine.convert import convert_adelaidet_model
+    from blendmask.convert import convert_adelaidet_model
     from blendmask.factory import build_postprocessor
 
     cfg, model, report = convert_adelaidet_model(

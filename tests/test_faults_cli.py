@@ -54,7 +54,7 @@ def test_minutes_must_be_finite_and_positive(command, value, tmp_path, capsys):
 @pytest.mark.parametrize("seconds", [float("nan"), float("inf"), 0.0, -5.0])
 def test_time_budget_refuses_a_budget_that_never_ends(seconds):
     """The library's own check, for callers of `train_command` / `run_demo`."""
-    from blendmask.engine.budget import TimeBudget
+    from blendmask.training.budget import TimeBudget
 
     with pytest.raises(ValueError, match="finite time > 0"):
         TimeBudget(seconds)

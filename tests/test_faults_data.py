@@ -23,9 +23,9 @@ from pycocotools import mask as mask_util
 from blendmask.cli.main import main
 from blendmask.data.coco import CocoDataset
 from blendmask.data.segmentation import compressed_rle_runs
-from blendmask.evaluation.coco import load_coco_gt
-from blendmask.evaluation.results import evaluate_results_file
 from blendmask.io import load_image
+from blendmask.metrics.coco import load_coco_gt
+from blendmask.metrics.results import evaluate_results_file
 
 pytestmark = pytest.mark.faults
 

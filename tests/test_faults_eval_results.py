@@ -10,8 +10,8 @@ import tracemalloc
 
 import pytest
 
-from blendmask.evaluation.coco import evaluate_coco, load_coco_gt
-from blendmask.evaluation.results import (
+from blendmask.metrics.coco import evaluate_coco, load_coco_gt
+from blendmask.metrics.results import (
     JsonListStream,
     evaluate_results_file,
     load_results_json,

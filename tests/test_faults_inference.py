@@ -31,15 +31,15 @@ from torch import nn
 from blendmask.checkpoint_io import save_model_file
 from blendmask.cli import main
 from blendmask.data.coco import CocoDataset
-from blendmask.engine.evaluate import evaluate_model, evaluate_model_file
-from blendmask.engine.output_lock import OutputLock
-from blendmask.evaluation.categories import match_categories
-from blendmask.evaluation.coco import COCOEvaluator, detection_rles
+from blendmask.evaluation.evaluate import evaluate_model, evaluate_model_file
 from blendmask.factory import build
+from blendmask.metrics.categories import match_categories
+from blendmask.metrics.coco import COCOEvaluator, detection_rles
 from blendmask.modeling import paste
 from blendmask.modeling.paste import paste_masks
 from blendmask.predictor import MAX_IMAGE_PIXELS, check_image_size
 from blendmask.presets import get_preset
+from blendmask.runtime.output_lock import OutputLock
 from blendmask.structures import Detections
 
 pytestmark = pytest.mark.faults
@@ -322,7 +322,7 @@ def test_second_writer_of_an_out_folder_is_refused(model_file, shapes_dataset, t
         [
             sys.executable,
             "-c",
-            "import sys; from blendmask.engine.output_lock import OutputLock\n"
+            "import sys; from blendmask.runtime.output_lock import OutputLock\n"
             f"with OutputLock({str(out)!r}):\n"
             "    print('locked', flush=True); sys.stdin.read()",
         ],
@@ -441,7 +441,7 @@ def test_postprocessor_returns_box_local_masks(shapes_dataset):
 MEMORY_SCRIPT = textwrap.dedent(
     """
     import resource, sys, torch
-    from blendmask.evaluation.coco import detections_to_coco_results
+    from blendmask.metrics.coco import detections_to_coco_results
     from blendmask.modeling.paste import paste_masks
     from blendmask.structures import Detections
     from blendmask.visualization import draw_detections

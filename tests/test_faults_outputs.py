@@ -33,12 +33,12 @@ from blendmask.atomic import WriteError
 from blendmask.checkpoint_io import save_model_file
 from blendmask.cli import main
 from blendmask.data.sources import output_names
-from blendmask.engine.output_lock import OutputLock
-from blendmask.engine.panoptic_predict import predict_panoptic_images
-from blendmask.engine.predict import predict_images
-from blendmask.engine.predict_stream import JsonLinesWriter, read_records
 from blendmask.factory import build
+from blendmask.prediction.panoptic_predict import predict_panoptic_images
+from blendmask.prediction.predict import predict_images
+from blendmask.prediction.predict_stream import JsonLinesWriter, read_records
 from blendmask.presets import get_preset
+from blendmask.runtime.output_lock import OutputLock
 
 pytestmark = pytest.mark.faults
 
@@ -127,7 +127,7 @@ def test_link_at_predictions_jsonl_is_refused_and_its_target_untouched(models, t
 
 
 def _released(path: Path) -> None:
-    """Unblock a thread stuck opening the FIFO `path` (before the fix it waits forever)."""
+    """Unblock a thread stuck opening the FIFO `path` (an open with no writer waits forever)."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
         os.close(fd)
@@ -212,6 +212,25 @@ def test_colliding_names_keep_every_overlay_and_id_map(models, tmp_path):
     assert len(list((out / "overlays").iterdir())) == 3
     assert len({r["masks"] for r in records}) == 3
     assert len(list((out / "masks").iterdir())) == 3
+
+
+def test_image_added_to_a_grown_folder_keeps_the_others_overlays(models, tmp_path):
+    """Wrong if an image added to the folder that sorts first takes an earlier image's overlay
+    name on resume (`output_names` of the new list gives `w/img.png` `0000_img.png`, the name
+    `x/img.png` was written under) and overwrites it."""
+    for sub in ("x/img.png", "y/img.png"):
+        _image(tmp_path / "in" / sub)
+    out = tmp_path / "out"
+    predict_images(weights=models["a"], inputs=[tmp_path / "in"], out=out, device="cpu")
+    before = {p.name: p.read_bytes() for p in (out / "overlays").iterdir()}
+    assert len(before) == 2
+    _image(tmp_path / "in" / "w" / "img.png", seed=7)
+    predict_images(weights=models["a"], inputs=[tmp_path / "in"], out=out, device="cpu")
+    after = {p.name: p.read_bytes() for p in (out / "overlays").iterdir()}
+    assert len(after) == 3
+    assert all(after[name] == data for name, data in before.items())
+    records = list(read_records(out / "predictions.jsonl"))
+    assert len({r["output_name"] for r in records}) == 3
 
 
 def test_dots_name_writes_its_masks_inside_masks_folder(models, tmp_path):

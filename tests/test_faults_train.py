@@ -35,9 +35,9 @@ from blendmask.atomic import WriteError, atomic_write, remove_stale_temps
 from blendmask.cli import train as cli_train
 from blendmask.cli.main import main, one_line
 from blendmask.config import from_dict
-from blendmask.engine.optim import warmup_multistep_factor
-from blendmask.engine.output_lock import OutputLock
 from blendmask.modeling.losses import BlendMaskCriterion
+from blendmask.runtime.output_lock import OutputLock
+from blendmask.training.optim import warmup_multistep_factor
 
 pytestmark = pytest.mark.faults
 
@@ -527,8 +527,8 @@ def test_a_second_run_into_the_same_folder_is_refused(tmp_path, shapes_dataset, 
 
 def test_non_finite_weights_are_never_written(tmp_path):
     from blendmask.checkpoint_io import save_model_file
-    from blendmask.engine import checkpoint as ckpt
     from blendmask.presets import get_preset
+    from blendmask.training import checkpoint as ckpt
 
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -557,7 +557,7 @@ def test_new_max_iter_before_the_saved_iteration_is_refused(
 
 
 def test_settings_that_do_not_change_the_weights_may_differ(two_iterations):
-    from blendmask.engine.resume import config_differences
+    from blendmask.training.resume import config_differences
 
     saved = torch.load(two_iterations / "last.pt", weights_only=True)["config"]
     cfg = from_dict(saved)
@@ -572,7 +572,7 @@ def test_test_size_is_free_on_resume_only_when_the_crops_do_not_read_it(two_iter
     """`data.min_size_test` sets the scale of `RandomScaledCrop`'s crops, so with crops a
     change alters the training data and must be refused; with the reference resize it only
     changes the periodic evaluations."""
-    from blendmask.engine.resume import config_differences
+    from blendmask.training.resume import config_differences
 
     saved = torch.load(two_iterations / "last.pt", weights_only=True)["config"]
     assert saved["data"]["crop_size"] == 0

@@ -1,11 +1,16 @@
-"""Property-based fuzzing (hypothesis) of the two loaders that read files from outside:
+"""Property-based fuzzing (hypothesis) of the loaders that read files from outside:
 
 - a COCO instances json: random structural mutations of tests/data/tiny_coco (keys deleted,
   values replaced by random json of any type, list items duplicated or dropped, RLE counts
   replaced by random strings of RLE characters), read as a training dataset (every item
   decoded) and scored as the ground truth of `eval --results`;
 - image bytes: valid PNG / JPEG / TIFF / GIF / BMP files truncated, bit-flipped, spliced or
-  replaced by random bytes, read with `load_image`.
+  replaced by random bytes, read with `load_image`;
+- `model.pt` / `last.pt`: a valid payload with fields deleted or replaced by random values
+  (nested dicts and lists, tensors with NaN, huge integers), or its bytes truncated, flipped or
+  random, read with `read_model_file` / `read_training_state` and restored into a model;
+- YAML config files: random documents (anchors, aliases, tags, duplicate keys) and nesting
+  thousands deep, read with `load_config`.
 
 The loaders must either load or raise the package's one error type (ValueError, or
 FileNotFoundError for a file the json names that is not there); any other exception is a bug
@@ -28,13 +33,20 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from torch import nn
 
+from blendmask.checkpoint_io import read_model_file, save_model_file
+from blendmask.config import ConfigError
 from blendmask.data.coco import CocoDataset
-from blendmask.evaluation.results import evaluate_results_file
 from blendmask.io import load_image
+from blendmask.metrics.results import evaluate_results_file
+from blendmask.presets import get_preset, load_config
+from blendmask.training import checkpoint as ckpt
+from blendmask.training.optim import WarmupMultiStepSchedule, build_optimizer
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(600, method="thread")]
 
@@ -225,3 +237,177 @@ def test_fuzzed_image_bytes_load_or_raise_our_error(content):
                 assert str(path) in str(e)
             else:
                 assert image.mode == "RGB" and image.width > 0 and image.height > 0
+
+
+# -- model.pt / last.pt -----------------------------------------------------------------------
+
+tensors = st.one_of(
+    st.sampled_from(
+        [
+            torch.zeros(2),
+            torch.tensor([float("nan")]),
+            torch.ones(3, dtype=torch.uint8),
+            torch.zeros((), dtype=torch.int64),
+            torch.empty(0),
+        ]
+    ),  # fmt: skip
+    st.lists(st.floats(width=32), max_size=5).map(lambda xs: torch.tensor(xs, dtype=torch.float32)),
+)
+payload_values = st.recursive(
+    st.one_of(scalars, tensors, st.binary(max_size=8)),
+    lambda children: st.one_of(
+        st.lists(children, max_size=5),
+        st.lists(children, max_size=3).map(tuple),
+        st.dictionaries(st.text(max_size=12) | st.sampled_from(FIELD_NAMES), children, max_size=4),
+    ),
+    max_leaves=12,
+)
+CHECKPOINT_FIELDS = ["format_version", "iteration", "config", "model", "optimizer", "scheduler",
+                     "scaler", "rng", "extra", "torch", "numpy", "python", "keys", "state",
+                     "param_groups", "params", "solver", "data", "category_ids", "base_lrs"]  # fmt: skip
+
+
+def _small_run() -> tuple[nn.Module, torch.optim.Optimizer, WarmupMultiStepSchedule]:
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1))
+    optimizer = build_optimizer(model, base_lr=0.1)
+    return model, optimizer, WarmupMultiStepSchedule(optimizer, max_iter=10, steps=[3])
+
+
+def _base_payloads() -> dict[str, dict[str, Any]]:
+    """What blendmask writes: a model.pt (the tiny config, with the small run's weights: the
+    reader does not build the network, and 45 MB of resnet18 per example would be slow) and
+    the last.pt of a small run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        cfg = get_preset("tiny")
+        model, optimizer, schedule = _small_run()
+        save_model_file(Path(tmp) / "model.pt", cfg, model)
+        model(torch.randn(5, 3)).sum().backward()
+        optimizer.step()
+        state = ckpt.training_state(model=model, optimizer=optimizer, scheduler=schedule,
+                                    scaler=None, iteration=1, config=cfg.to_dict(),
+                                    extra={"schedule": {"max_iter": 10, "steps": [3]}})  # fmt: skip
+        ckpt.write_training_state(Path(tmp) / "last.pt", state)
+        return {name: torch.load(Path(tmp) / name, weights_only=True)
+                for name in ("model.pt", "last.pt")}  # fmt: skip
+
+
+BASE_PAYLOADS = _base_payloads()
+
+
+def _mutate_payload(data: st.DataObject, root: dict[str, Any]) -> None:
+    container, key = _pick(data, root)
+    if container is None:
+        return
+    op = data.draw(st.sampled_from(["delete", "replace", "replace", "add"]))
+    if op == "delete":
+        del container[key]
+    elif op == "add" and isinstance(container, dict):
+        container[data.draw(st.sampled_from(CHECKPOINT_FIELDS))] = data.draw(payload_values)
+    else:
+        container[key] = data.draw(payload_values)
+
+
+def _read_and_restore(name: str, path: Path) -> None:
+    """What predict and `train --resume` do with the file (restoring into a small run whose
+    RNG states are put back afterwards)."""
+    if name == "model.pt":
+        read_model_file(path)
+        return
+    payload = ckpt.read_training_state(path)
+    model, optimizer, schedule = _small_run()
+    rng = ckpt.get_rng_state()
+    try:
+        ckpt.restore_training_state(payload, model=model, optimizer=optimizer,
+                                    scheduler=schedule, scaler=None, source=path)  # fmt: skip
+    finally:
+        ckpt.set_rng_state(rng)
+
+
+def _check_checkpoint(name: str, path: Path) -> None:
+    with hard_timeout(HANG_SECONDS), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            _read_and_restore(name, path)
+            event("loaded")
+        except OUR_ERRORS as e:
+            event(type(e).__name__)
+            message = str(e)
+            assert message.startswith(f"{path}: "), message
+            assert "\n" not in message and len(message) < 1000, message
+
+
+@FUZZ
+@given(data=st.data(), name=st.sampled_from(["model.pt", "last.pt"]))
+def test_fuzzed_checkpoint_contents_load_or_raise_our_error(data, name):
+    root = copy.deepcopy(BASE_PAYLOADS[name])
+    if data.draw(st.integers(0, 9)) == 0:
+        root = data.draw(payload_values)  # not even a dict
+    else:
+        for _ in range(data.draw(st.integers(1, 3))):
+            _mutate_payload(data, root)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        torch.save(root, path)
+        _check_checkpoint(name, path)
+
+
+@st.composite
+def checkpoint_bytes(draw: st.DrawFn) -> tuple[str, bytes]:
+    name = draw(st.sampled_from(["model.pt", "last.pt"]))
+    buffer = io.BytesIO()
+    torch.save(BASE_PAYLOADS[name], buffer)
+    raw = bytearray(buffer.getvalue())
+    op = draw(st.sampled_from(["truncate", "flip", "random"]))
+    if op == "truncate":
+        return name, bytes(raw[: draw(st.integers(0, len(raw)))])
+    if op == "flip":
+        for _ in range(draw(st.integers(1, 8))):
+            raw[draw(st.integers(0, len(raw) - 1))] = draw(st.integers(0, 255))
+        return name, bytes(raw)
+    prefix = draw(st.sampled_from([b"", b"PK\x03\x04", b"\x80\x02", b"\x80\x04\x95"]))
+    return name, prefix + draw(st.binary(max_size=300))
+
+
+@FUZZ
+@given(content=checkpoint_bytes())
+def test_fuzzed_checkpoint_bytes_load_or_raise_our_error(content):
+    name, raw = content
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_bytes(raw)
+        _check_checkpoint(name, path)
+
+
+# -- YAML config files ------------------------------------------------------------------------
+
+YAML_TOKENS = ["preset: tiny\n", "solver:\n", "data:\n", "model:\n", "  max_iter: 3\n",
+               "  base_lr: ", "  min_size_train: ", "fpn:\n    out_channels: ", "&a ", "*a ",
+               "&b ", "*b ", "<<: ", "!!python/object:os.system ", "!!binary ", "[", "]", "{",
+               "}", ", ", ": ", "- ", "\n", "  ", "'", '"', "#", "? ", "|\n", "%YAML 1.1\n",
+               "---\n", "...\n", "1", "-1", ".nan", "1e999", "9" * 30, "x", "null", "true"]  # fmt: skip
+
+yaml_texts = st.one_of(
+    st.lists(st.sampled_from(YAML_TOKENS), max_size=40).map("".join),
+    st.text(max_size=60),
+    # nesting: a known key holding brackets or block lists thousands deep
+    st.tuples(st.sampled_from(["[", "{a: ", "- "]), st.integers(1, 5000)).map(
+        lambda t: "preset: tiny\ndata:\n  min_size_train: " + t[0] * t[1] + "\n"
+    ),
+)
+
+
+@FUZZ
+@given(text=yaml_texts)
+def test_fuzzed_yaml_config_loads_or_raises_our_error(text):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(text)
+        with hard_timeout(HANG_SECONDS):
+            try:
+                load_config(None, path)
+                event("loaded")
+            except OUR_ERRORS as e:
+                event(type(e).__name__)
+                assert isinstance(e, (ConfigError, FileNotFoundError)) or str(path) in str(e)
+                assert "\n" not in str(e) and len(str(e)) < 1000, str(e)

@@ -1,19 +1,19 @@
 """The code's shape, checked: imports only go down the layers of docs/architecture.md, no
-function over 80 lines, no module over 400 lines (tests excluded), no circular import, no
-package over 16 modules; tests share code only through tests/helpers/ (no test file imports
-another, none edits sys.path); no citation of a file that is not in the repository; no path of
-the machine in committed benchmark results.
+function over 80 lines, no module over 400 lines (tests excluded), no import circle, no package
+over 16 modules; tests share code only through tests/helpers/ (no test file imports another,
+none edits sys.path); no citation of a file that is not in the repository; no path of the
+machine in committed benchmark results.
 
-Fails when someone adds an upward import (e.g. predictor -> engine), a cycle between two
-modules, lets a function, module or package grow past the size the project allows, imports a
-test file from another, or cites a file that is gone (or never was in the repository).
+Fails when someone adds an upward import (e.g. predictor -> training), a circle of imports
+between modules (lazy ones included), a package of more than 16 modules, lets a function or
+module grow past the size the project allows, imports a test file from another, or cites a file
+that is gone (or never was in the repository).
 """
 
 from __future__ import annotations
 
 import ast
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,20 +23,24 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "blendmask"
 # Top to bottom; a module may import its own layer's modules or any lower layer.
 LAYERS: list[tuple[str, ...]] = [
     ("__init__", "__main__", "cli"),
-    ("engine", "export", "explain", "adapter"),
-    ("predictor", "input_images", "factory", "checkpoint_io", "interop"),
-    ("modeling", "data", "evaluation", "visualization"),
+    ("training", "convert", "export", "explain", "adapter", "serve"),
+    ("prediction",),
+    ("evaluation",),
+    ("predictor", "input_images", "factory", "checkpoint_io", "checkpoint_reader", "interop"),
+    ("modeling", "data", "metrics", "visualization", "painting"),
     (
         "config",
-        "config_checks",
         "presets",
         "structures",
         "io",
         "image_checks",
         "atomic",
         "onnx_runtime",
+        "runtime",
     ),
 ]
+# A package holds one job a newcomer can read through; past this it should split.
+MAX_MODULES_PER_PACKAGE = 16
 # Same-layer imports that would close a circle or mix concerns, forbidden explicitly.
 FORBIDDEN = {
     ("config", "presets"),  # presets is a table built from config, never the reverse
@@ -114,155 +118,75 @@ def test_functions_fit_on_a_screen_and_modules_stay_small(path):
             assert length <= 80, f"{path.name}:{node.lineno} {node.name} is {length} lines"
 
 
-# ---------------------------------------------------------------------------------------------
-# No circle between modules of the package
-
-ROOT = PACKAGE.parents[1]
-
-
-def module_name(path: Path) -> str:
-    """src/blendmask/engine/evaluate.py -> "blendmask.engine.evaluate"; a package's
-    __init__.py -> the package's name."""
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+def _module_name(path: Path) -> str:
+    """src/blendmask/training/loop.py -> "blendmask.training.loop"; a package's __init__.py ->
+    the package."""
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(parts)
 
 
-MODULES = {module_name(path): path for path in modules()}
-
-
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
-def _import_statements(tree: ast.Module, lazy: bool) -> list[ast.Import | ast.ImportFrom]:
-    """The module-level imports (those of top-level if / try blocks included, `if
-    TYPE_CHECKING:` ones not: they never run), or with `lazy` every import at any depth."""
-    if lazy:
-        return [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
-    found, todo = [], list(tree.body)
+def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node of `tree` except those under `if TYPE_CHECKING:` (never imported at run time)."""
+    nodes, todo = [], [tree]
     while todo:
         node = todo.pop()
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            found.append(node)
-        elif isinstance(node, ast.If) and not _is_type_checking(node):
-            todo += node.body + node.orelse
-        elif isinstance(node, ast.Try):
-            todo += node.body + node.orelse + node.finalbody
-            todo += [n for handler in node.handlers for n in handler.body]
-    return found
-
-
-def imported_modules(name: str, lazy: bool = False) -> set[str]:
-    """The package's modules that module `name` imports: `from blendmask.x import y` is module
-    blendmask.x.y when that is a module, else blendmask.x (a name of its __init__.py)."""
-    path = MODULES[name]
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found = set()
-    for node in _import_statements(ast.parse(path.read_text()), lazy):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            todo.extend(node.orelse)
             continue
-        base = node.module or ""
-        if node.level:  # relative: from the package, one level up per extra dot
-            anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-            base = ".".join([*anchor, base] if base else anchor)
-        for alias in node.names:
-            sub = f"{base}.{alias.name}"
-            found.add(sub if sub in MODULES else base)
-    return {m for m in found if m in MODULES and m != name}
+        nodes.append(node)
+        todo.extend(ast.iter_child_nodes(node))
+    return nodes
 
 
-def circles(lazy: bool = False) -> list[list[str]]:
-    """The strongly connected components of more than one module (Tarjan's algorithm)."""
-    graph = {name: sorted(imported_modules(name, lazy)) for name in MODULES}
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    found: list[list[str]] = []
+def _module_edges(tree: ast.AST, known: set[str]) -> set[str]:
+    """The blendmask modules an AST imports: `from a.b import c` is a.b.c when that is a
+    module, else a.b (at any depth: a lazy import closes a circle as well)."""
+    found = set()
+    for node in _runtime_nodes(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                found.add(full if full in known else node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {name for name in found if name in known}
 
-    def visit(node: str) -> None:
-        index[node] = low[node] = len(index)
-        stack.append(node)
-        for nxt in graph[node]:
-            if nxt not in index:
-                visit(nxt)
-                low[node] = min(low[node], low[nxt])
-            elif nxt in stack:
-                low[node] = min(low[node], index[nxt])
-        if low[node] == index[node]:
-            component = []
-            while True:
-                top = stack.pop()
-                component.append(top)
-                if top == node:
-                    break
-            if len(component) > 1:
-                found.append(sorted(component))
+
+def test_no_import_circle():
+    paths = {_module_name(p): p for p in modules()}
+    known = set(paths)
+    graph = {
+        name: _module_edges(ast.parse(p.read_text()), known) - {name} for name, p in paths.items()
+    }
+    # A package's __init__ re-exporting its own modules is not a circle: drop the edges from a
+    # module to the packages above it.
+    for name, edges in graph.items():
+        edges.difference_update(n for n in list(edges) if name.startswith(n + "."))
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for nxt in sorted(graph[name]):
+            if state.get(nxt) == 1:
+                circle = path[path.index(nxt) :] + [nxt]
+                raise AssertionError("import circle: " + " -> ".join(circle))
+            if nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[name] = 2
 
     for name in sorted(graph):
-        if name not in index:
-            visit(name)
-    return found
+        if name not in state:
+            visit(name, [name])
 
 
-def test_circle_finder_finds_a_circle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The rule below can fail: a <-> b through module-level imports is found, a lazy one only
-    when lazy imports count."""
-    (tmp_path / "a.py").write_text("from blendmask import b\n")
-    (tmp_path / "b.py").write_text("def f():\n    from blendmask.a import x\n")
-    (tmp_path / "c.py").write_text("from . import a\n")
-    fake = {f"blendmask.{n}": tmp_path / f"{n}.py" for n in "abc"}
-    fake["blendmask"] = tmp_path / "__init__.py"
-    fake["blendmask"].write_text("")
-    monkeypatch.setattr(sys.modules[__name__], "MODULES", fake)
-    assert circles() == []
-    assert circles(lazy=True) == [["blendmask.a", "blendmask.b"]]
-    (tmp_path / "b.py").write_text("import blendmask.c\n")
-    assert circles() == [["blendmask.a", "blendmask.b", "blendmask.c"]]
+def test_no_package_over_16_modules():
+    for folder in [PACKAGE, *(p for p in PACKAGE.rglob("*") if p.is_dir())]:
+        count = len([p for p in folder.glob("*.py") if p.name != "__init__.py"])
+        assert count <= MAX_MODULES_PER_PACKAGE, f"{folder}: {count} modules"
 
 
-def test_no_circular_import_between_modules() -> None:
-    """Module-level imports only: a circle there makes the import order matter (a half-run
-    module hands out missing names)."""
-    assert circles() == [], "modules that import each other (module-level imports)"
-
-
-@pytest.mark.xfail(
-    reason="engine/evaluate.py and engine/panoptic.py import each other in functions; "
-    "the engine split (issue 24 item 1) removes the circle",
-    strict=False,
-)
-def test_no_circle_even_through_lazy_imports() -> None:
-    """An in-function import that closes a circle hides a dependency both ways."""
-    assert circles(lazy=True) == [], "modules that import each other (in-function imports too)"
-
-
-# ---------------------------------------------------------------------------------------------
-# Packages a newcomer can take in at a glance
-
-MAX_MODULES = 16
-PACKAGES = sorted(p.parent for p in PACKAGE.rglob("__init__.py"))
-
-
-def _package_param(path: Path):
-    name = str(path.relative_to(PACKAGE.parent))
-    if name == "blendmask/engine":
-        mark = pytest.mark.xfail(
-            reason="engine/ holds training, prediction and evaluation (24 modules); issue 24 "
-            "item 1 splits it into wings",
-            strict=False,
-        )
-        return pytest.param(path, id=name, marks=mark)
-    return pytest.param(path, id=name)
-
-
-@pytest.mark.parametrize("package", [_package_param(p) for p in PACKAGES])
-def test_no_package_over_16_modules(package: Path) -> None:
-    names = sorted(p.name for p in package.glob("*.py") if p.name != "__init__.py")
-    assert len(names) <= MAX_MODULES, f"{package.name}/ has {len(names)} modules: {names}"
+ROOT = PACKAGE.parents[1]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from blendmask.cli.main import command_logging
-from blendmask.engine.train_config import warn_if_random_body
 from blendmask.presets import get_preset
+from blendmask.training.train_config import warn_if_random_body
 
 
 def test_a_program_silences_blendmask_with_the_logging_module(caplog):
@@ -39,7 +39,7 @@ def test_unconfigured_warnings_reach_stderr_and_are_silenced_in_a_plain_program(
     stderr; `setLevel(ERROR)` on the `blendmask` logger silences them."""
     code = (
         "import logging, sys, blendmask\n"
-        "from blendmask.engine.train_config import warn_if_random_body\n"
+        "from blendmask.training.train_config import warn_if_random_body\n"
         "cfg = blendmask.get_preset('R_50_1x')\n"
         "warn_if_random_body(cfg)\n"
         "sys.stderr.write('--silenced--\\n')\n"
@@ -55,7 +55,7 @@ def test_unconfigured_warnings_reach_stderr_and_are_silenced_in_a_plain_program(
 
 
 def test_the_command_line_prints_info_to_stdout_and_warnings_to_stderr(capsys):
-    logger = logging.getLogger("blendmask.engine.example")
+    logger = logging.getLogger("blendmask.training.example")
     root = logging.getLogger("blendmask")
     handlers, level = list(root.handlers), root.level
     with command_logging():

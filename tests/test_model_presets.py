@@ -18,7 +18,7 @@ import torch
 
 from blendmask.config import Config
 from blendmask.factory import build, build_network
-from blendmask.presets import NUM_SHAPE_CLASSES, PRESETS, get_preset
+from blendmask.presets import NUM_SHAPE_CLASSES, PRESETS, get_preset, load_config
 
 
 def network_representatives() -> list[str]:
@@ -68,7 +68,7 @@ def test_shapes_preset_has_one_class_per_shape():
     from blendmask.data.shapes import SHAPE_CLASSES
 
     assert NUM_SHAPE_CLASSES == len(SHAPE_CLASSES)
-    assert get_preset("shapes_R_18").model.fcos.num_classes == len(SHAPE_CLASSES)
+    assert get_preset("shapes_lite0").model.fcos.num_classes == len(SHAPE_CLASSES)
 
 
 def make_batch(num_images: int = 2, size: tuple[int, int] = (96, 128), empty: bool = False):
@@ -174,3 +174,52 @@ def test_detections_at_each_original_size() -> None:
     assert dets[0].masks.shape[1:] == (192, 256) and dets[1].masks.shape[1:] == (32, 50)
     assert len(dets[0]) > 0
     assert (dets[1].boxes[:, 2] <= 50).all() and (dets[1].boxes[:, 3] <= 32).all()
+
+
+@pytest.mark.parametrize(
+    "old, new", [("shapes_R_18", "shapes_lite0"), ("nuclei_R_18", "nuclei_lite0")]
+)
+def test_old_preset_names_warn_and_give_the_new_preset(old, new, tmp_path):
+    """The old names (they said ResNet-18 of an EfficientNet-Lite0 body) still resolve, to the
+    same config, with a DeprecationWarning naming the new name; a YAML file naming the old preset
+    loads too. Neither old name is listed as a preset of its own."""
+    with pytest.warns(DeprecationWarning, match=f"'{old}' is now called '{new}'"):
+        cfg = get_preset(old)
+    assert cfg == get_preset(new) and cfg.preset == new
+    assert cfg.model.backbone.name == "efficientnet_lite0"
+    (tmp_path / "old.yaml").write_text(f"preset: {old}\n")
+    with pytest.warns(DeprecationWarning):
+        assert load_config(yaml_path=tmp_path / "old.yaml") == cfg
+    assert old not in PRESETS and new in PRESETS
+
+
+def test_old_preset_name_is_one_warning_line_on_the_command_line(capsys):
+    from blendmask.cli.main import main
+
+    with pytest.warns(DeprecationWarning):
+        assert main(["config", "--preset", "shapes_R_18"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        "preset 'shapes_R_18' is now called 'shapes_lite0' (the old name will be removed)"
+    ]
+    assert "preset: shapes_lite0" in captured.out
+    assert main(["presets"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line[:1].strip()]
+    assert {"shapes_lite0", "nuclei_lite0"} <= set(names) and "shapes_R_18" not in names
+
+
+def test_a_model_file_saved_under_an_old_preset_name_loads(tmp_path):
+    """A model file stores its config, preset name included: one written under `shapes_R_18`
+    loads, with no warning (the stored settings are used, the name only reported)."""
+    import warnings
+
+    from blendmask.checkpoint_io import load_model_file, save_model_file
+
+    cfg = get_preset("tiny")
+    cfg.preset = "shapes_R_18"
+    model, _, _ = build(cfg, load_pretrained=False)
+    save_model_file(tmp_path / "model.pt", cfg, model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        loaded, network, _, _ = load_model_file(tmp_path / "model.pt")
+    assert loaded.preset == "shapes_R_18" and loaded.model == cfg.model

@@ -17,8 +17,8 @@ from blendmask.checkpoint_io import save_model_file
 from blendmask.cli.main import main
 from blendmask.data.panoptic import CocoPanopticDataset
 from blendmask.data.panoptic_format import rgb_to_id
-from blendmask.evaluation.panoptic import PanopticEvaluator
 from blendmask.factory import build
+from blendmask.metrics.panoptic import PanopticEvaluator
 from blendmask.presets import get_preset
 
 

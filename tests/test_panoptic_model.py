@@ -18,7 +18,7 @@ from helpers.adelaidet import DETECTRON2_PIXEL_MEAN, ReferenceForward, key_list,
 from helpers.reference import synthetic_state
 from torch import Tensor
 
-from blendmask.engine.convert import convert_adelaidet, convert_adelaidet_model
+from blendmask.convert import convert_adelaidet, convert_adelaidet_model
 from blendmask.factory import build, build_network
 from blendmask.interop.adelaidet import (
     COCO_STUFF_CATEGORIES,

@@ -1,4 +1,4 @@
-"""PQ / SQ / RQ (evaluation/panoptic.py) against hand computations and a naive per-segment
+"""PQ / SQ / RQ (metrics/panoptic.py) against hand computations and a naive per-segment
 re-implementation of panopticapi's rules written here.
 
 The hand-built fixtures were also run through panopticapi (panopticapi-lite 0.2.0) and
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from blendmask.data.panoptic_format import PanopticCategory, Segment
-from blendmask.evaluation.panoptic import PanopticEvaluator, pq_stat_of_image, summarize_pq
+from blendmask.metrics.panoptic import PanopticEvaluator, pq_stat_of_image, summarize_pq
 
 CATEGORIES = {
     1: PanopticCategory(1, "a", True),

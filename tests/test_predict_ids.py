@@ -19,7 +19,7 @@ import pytest
 from helpers.self_ground_truth import write_ground_truth, write_model
 
 from blendmask.cli import main
-from blendmask.evaluation.image_ids import GroundTruthImages
+from blendmask.metrics.image_ids import GroundTruthImages
 
 KEYS = [f"{t}_{k}" for t in ("bbox", "segm") for k in ("AP", "AP50", "AP75")]
 

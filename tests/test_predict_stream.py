@@ -31,14 +31,14 @@ from pycocotools import mask as mask_util
 
 from blendmask.checkpoint_io import save_model_file
 from blendmask.cli import main
-from blendmask.engine.predict import predict_images
-from blendmask.engine.predict_stream import (
+from blendmask.factory import build
+from blendmask.prediction.predict import predict_images
+from blendmask.prediction.predict_stream import (
     JsonLinesWriter,
     cut_torn_line,
     merge_parts,
     read_records,
 )
-from blendmask.factory import build
 from blendmask.presets import get_preset
 
 NAMES = ["circle", "rectangle", "triangle", "star"]
@@ -141,7 +141,7 @@ def test_bad_images_are_listed_good_ones_predicted_upright(model_file, predictor
     for record in records(out0):
         assert record["detections"], record["file_name"]
         size = list(expected[Path(record["file_name"]).name].shape[:2])
-        assert all(d["segmentation"]["size"] == size for d in record["detections"])
+        assert all(d["mask"]["size"] == size for d in record["detections"])
 
 
 def test_only_bad_images_is_an_error(model_file, tmp_path, capsys):
@@ -192,7 +192,7 @@ def check_masks(out: Path, mode: str) -> int:
     checked = 0
     for record in records(out):
         dets = record["detections"]
-        masks = [decode(d["segmentation"]) for d in dets]
+        masks = [decode(d["mask"]) for d in dets]
         if mode == "instances":
             assert len(record["masks"]) == len(dets)
             for k, mask in enumerate(masks):
@@ -219,9 +219,10 @@ def test_saved_masks_and_coco_results_equal_the_records(model_file, predictor, t
         dets = record["detections"]
         assert 0 < len(dets) <= 7 and all(d["score"] >= 0.05 for d in dets)
     assert check_masks(out, "instances") > 0, "no non-empty mask compared"
-    # results.json: the records' detections, flattened, with their image ids and files
+    # results.json: the records' detections, flattened, with their image ids and files, the
+    # boxes xyxy -> xywh
     flat = [
-        (r["image_id"], r["file_name"], d["category_id"], d["score"], d["segmentation"])
+        (r["image_id"], r["file_name"], d["category_id"], d["score"], d["mask"])
         for r in records(out)
         for d in r["detections"]
     ]
@@ -230,6 +231,9 @@ def test_saved_masks_and_coco_results_equal_the_records(model_file, predictor, t
         (c["image_id"], c["file_name"], c["category_id"], c["score"], c["segmentation"])
         for c in coco
     ] == flat
+    boxes = [d["box"] for r in records(out) for d in r["detections"]]
+    for c, (x0, y0, x1, y1) in zip(coco, boxes, strict=True):
+        assert c["bbox"] == pytest.approx([x0, y0, x1 - x0, y1 - y0], rel=1e-6, abs=1e-4)
     # the id map, with overlapping masks (threshold 0: up to 100 detections per image)
     out = tmp_path / "idmap"
     predict_images(

@@ -11,6 +11,7 @@ import json
 from fractions import Fraction
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 
@@ -66,7 +67,7 @@ def predictor(model_file):
 
 @pytest.mark.slow
 def test_video_gives_annotated_video_and_a_record_per_frame(predictor, tmp_path):
-    from blendmask.engine.predict import predict_images
+    from blendmask.prediction.predict import predict_images
 
     clip = tmp_path / "clip.mp4"
     write_clip(clip)
@@ -88,6 +89,9 @@ def test_video_gives_annotated_video_and_a_record_per_frame(predictor, tmp_path)
     assert all((r["height"], r["width"]) == (HEIGHT, WIDTH) for r in frames)
     assert [r["time"] for r in frames] == pytest.approx([k / 10 for k in range(FRAMES)])
     assert all(r["detections"] for r in frames)  # threshold 0: something on every frame
+    schema = Path(__file__).resolve().parents[1] / "docs" / "detections.schema.json"
+    for record in frames:  # the layout of images' lines (docs/detections.md)
+        jsonschema.validate(record, json.loads(schema.read_text()))
     # a rerun skips the finished video
     assert predict_images(**run, out=out, score_threshold=0)["frames"] == 0
     assert len(decoded_frames(out / "videos" / "clip.mp4")) == FRAMES

@@ -15,7 +15,7 @@ import torch
 from helpers.reference import reference_resize, synthetic_checkpoint
 from torchvision.ops import box_iou
 
-from blendmask.engine.convert import convert_adelaidet_model
+from blendmask.convert import convert_adelaidet_model
 from blendmask.predictor import Predictor
 
 # Slow: a converted R_50 on a photo (`pytest -m "not slow"` leaves it out).

@@ -1,5 +1,4 @@
-"""What detection users reach for, checked on a tiny model (issue "Fit the habits of detection
-users", Results):
+"""What detection users reach for, checked on a tiny model:
 
 - `Detections`: 0-based labels, class names and category ids from the model's config,
   indexing / `filter` by score and class (names or labels), soft mask probabilities, `plot` /
@@ -24,9 +23,9 @@ from pycocotools import mask as mask_util
 from blendmask.checkpoint_io import save_model_file
 from blendmask.cli import main
 from blendmask.cli.main import build_parser
-from blendmask.evaluation.coco import detections_to_coco_results, run_coco_eval
-from blendmask.evaluation.tables import format_tables
 from blendmask.factory import build
+from blendmask.metrics.coco import detections_to_coco_results, run_coco_eval
+from blendmask.metrics.tables import format_tables
 from blendmask.modeling.paste import paste_mask_probabilities, paste_masks
 from blendmask.predictor import DEFAULT_SCORE_THRESHOLD, Predictor
 from blendmask.presets import get_preset
@@ -88,7 +87,10 @@ def test_labels_are_0_based_and_category_ids_appear_only_in_coco(dets):
     assert dets.labels.dtype == torch.int64
     assert 0 <= int(dets.labels.min()) and int(dets.labels.max()) < 4
     assert dets.class_names == tuple(NAMES) and dets.category_ids == (11, 12, 13, 14)
-    assert dets.names == [NAMES[k] for k in dets.labels.tolist()]
+    # `names` is the class table (as ultralytics' Results.names), `detection_names` one name
+    # per detection.
+    assert dets.names == dict(enumerate(NAMES))
+    assert dets.detection_names == [NAMES[k] for k in dets.labels.tolist()]
     coco = dets.to_coco(image_id=7)
     assert [r["category_id"] for r in coco] == [11 + k for k in dets.labels.tolist()]
     assert all(r["image_id"] == 7 for r in coco)
@@ -180,7 +182,8 @@ def test_numpy_and_to_json(dets):
     records = json.loads(json.dumps(dets.to_json()))
     assert len(records) == len(dets)
     first = records[0]
-    assert first["label"] == int(dets.labels[0]) and first["class_name"] == dets.names[0]
+    assert first["label"] == int(dets.labels[0]) and first["name"] == dets.detection_names[0]
+    assert first["category_id"] == dets.category_ids[first["label"]]
     assert first["box"] == pytest.approx(dets.boxes[0].tolist())
     decoded = mask_util.decode({**first["mask"], "counts": first["mask"]["counts"].encode()})
     assert np.array_equal(decoded.astype(bool), arrays["masks"][0])
@@ -381,7 +384,7 @@ def test_eval_counts_the_detections_max_det_asks_for(
     """COCOeval counts COCO's 100 detections per image unless `--max-det` asks the model for
     another number; then it counts those (`test_evaluation` checks that the count changes AP
     on an image with 150 objects)."""
-    from blendmask.engine import evaluate
+    from blendmask.evaluation import evaluate
 
     seen = []
 

@@ -30,8 +30,8 @@ CHILD = (
     import sys, time
     import torch
     torch.set_num_threads(1)
-    from blendmask.engine import checkpoint
-    from blendmask.engine.train import train_command
+    from blendmask.training import checkpoint
+    from blendmask.training.train import train_command
 
     out, train_json, train_images, kill_at = sys.argv[1:5]
     kill_at = int(kill_at)

@@ -24,7 +24,7 @@ from torchvision.models.detection import KeypointRCNN, MaskRCNN
 from torchvision.transforms import functional as F
 
 from blendmask import TorchvisionDetector
-from blendmask.engine.evaluate import evaluate_model_file
+from blendmask.evaluation.evaluate import evaluate_model_file
 
 REFERENCES_ENV = "BLENDMASK_TV_REFERENCES"
 CHECKOUT = Path(__file__).resolve().parents[1] / "third_party" / "vision_references"

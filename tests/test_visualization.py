@@ -15,7 +15,7 @@ from PIL import Image
 from pycocotools import mask as mask_util
 from torchvision.utils import draw_segmentation_masks
 
-from blendmask.evaluation.plots import match_image, write_eval_plots
+from blendmask.metrics.plots import match_image, write_eval_plots
 from blendmask.structures import Detections
 from blendmask.visualization import (
     draw_detections,
@@ -256,7 +256,7 @@ def test_curves_show_the_learning_rate(tmp_path: Path, monkeypatch: pytest.Monke
     """Fails if `plot_curves` has no axes labelled lr plotting the records' lr values."""
     from matplotlib.figure import Figure
 
-    from blendmask.engine.logging import MetricsFile, plot_curves
+    from blendmask.training.logging import MetricsFile, plot_curves
 
     saved: list[Figure] = []
     original = Figure.savefig

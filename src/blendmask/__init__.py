@@ -7,10 +7,17 @@
 
 from __future__ import annotations
 
+from importlib import import_module as _import_module
 from importlib import metadata as _metadata
+from typing import TYPE_CHECKING
 
-from blendmask.config import Config, ConfigError
-from blendmask.presets import PRESETS, get_preset, load_config
+if TYPE_CHECKING:  # the names for type checkers; at run time `__getattr__` loads them
+    from blendmask.adapter import TorchvisionDetector
+    from blendmask.config import Config, ConfigError
+    from blendmask.factory import build
+    from blendmask.predictor import Predictor
+    from blendmask.presets import PRESETS, get_preset, load_config
+    from blendmask.structures import Detections
 
 try:
     # One version source: pyproject.toml, read back from the installed package's metadata.
@@ -31,22 +38,26 @@ __all__ = [
 ]
 
 
+# Where each public name lives. All load on first use: `import blendmask` imports nothing else,
+# so `blendmask.onnx_runtime` runs with numpy, Pillow and onnxruntime alone (no torch, no yaml).
+_LAZY = {
+    "Config": "blendmask.config",
+    "ConfigError": "blendmask.config",
+    "PRESETS": "blendmask.presets",
+    "get_preset": "blendmask.presets",
+    "load_config": "blendmask.presets",
+    "build": "blendmask.factory",
+    "Predictor": "blendmask.predictor",
+    "TorchvisionDetector": "blendmask.adapter",
+    "Detections": "blendmask.structures",
+}
+
+
 def __getattr__(name: str):
-    # Heavy modules (torch models) load on first use so `import blendmask` stays cheap.
-    if name == "build":
-        from blendmask.factory import build
-
-        return build
-    if name == "Predictor":
-        from blendmask.predictor import Predictor
-
-        return Predictor
-    if name == "TorchvisionDetector":
-        from blendmask.adapter import TorchvisionDetector
-
-        return TorchvisionDetector
-    if name == "Detections":
-        from blendmask.structures import Detections
-
-        return Detections
+    if name in _LAZY:
+        return getattr(_import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'blendmask' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

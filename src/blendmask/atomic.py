@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import re
 import shutil
@@ -30,7 +31,7 @@ import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 # errno -> the reason shown to the user.
 _REASONS = {
@@ -294,3 +295,10 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
         _remove_quietly(entry)
         removed.append(entry)
     return removed
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write `data` as indented JSON atomically (`atomic_write`), so readers never see half a
+    file and a failed write names the path and the reason."""
+    text = json.dumps(data, indent=2).encode()
+    atomic_write(path, lambda f: f.write(text))

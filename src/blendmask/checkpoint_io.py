@@ -19,7 +19,14 @@ import torch
 from torch import nn
 
 from blendmask.atomic import atomic_write
-from blendmask.config import Config, ConfigError, from_dict
+from blendmask.checkpoint_reader import (
+    Field,
+    Schema,
+    read_checkpoint,
+    state_dict_problem,
+    stored_config,
+)
+from blendmask.config import Config
 from blendmask.factory import build, build_network
 from blendmask.modeling.blendmask import BlendMask
 from blendmask.modeling.losses import BlendMaskCriterion
@@ -63,34 +70,32 @@ def save_model_file(path: str | Path, cfg: Config, model: nn.Module) -> None:
     atomic_write(path, lambda f: torch.save(payload, f))
 
 
+def _adelaidet_hint(payload: dict[Any, Any]) -> str:
+    if any(isinstance(k, str) and ".fcos_head." in k for k in payload):
+        return "; it looks like an AdelaiDet checkpoint: run `blendmask convert` first"
+    return ""
+
+
+# Every top-level field with its type; `read_model_file` refuses anything else in one line.
+MODEL_SCHEMA = Schema(
+    kind="blendmask model file",
+    newest=MODEL_FORMAT_VERSION,
+    fields={
+        "format_version": Field(int, required=False),
+        "config": Field(dict),
+        "model": Field(dict, check=state_dict_problem),
+    },
+    hint=_adelaidet_hint,
+)
+
+
 def read_model_file(path: str | Path) -> tuple[Config, dict[str, torch.Tensor]]:
-    """Config and state dict of a `model.pt`, upgrading older format versions."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: model file not found")
-    try:
-        payload: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not our file"
-        raise ValueError(f"{path}: not a readable blendmask model file ({exc})") from None
-    if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
-        hint = ""
-        if isinstance(payload, dict) and any(".fcos_head." in k for k in payload):
-            hint = "; it looks like an AdelaiDet checkpoint: run `blendmask convert` first"
-        raise ValueError(
-            f"{path}: not a blendmask model file (expected keys format_version, config, model){hint}"
-        )
-    version = payload.get("format_version", 0)
-    if version > MODEL_FORMAT_VERSION:
-        raise ValueError(
-            f"{path}: model file format {version} is newer than this blendmask supports "
-            f"({MODEL_FORMAT_VERSION}); upgrade blendmask"
-        )
+    """Config and state dict of a `model.pt`, checked against `MODEL_SCHEMA` (finite tensors,
+    a valid config with one category name and id per class); ValueError naming the file and
+    the field otherwise."""
+    payload = read_checkpoint(path, MODEL_SCHEMA)
     # Format 0 (no version key) had the same layout: nothing to upgrade yet.
-    try:
-        cfg = from_dict(payload["config"]).validate()
-    except ConfigError as exc:
-        raise ValueError(f"{path}: stored config is invalid: {exc}") from None
-    return cfg, payload["model"]
+    return stored_config(path, payload), payload["model"]
 
 
 def load_model_file(

@@ -10,7 +10,7 @@ For the top detections of an image the figure shows the four steps of the blende
   does the figure; with the FCIS assembly the maps are the fixed one-hot cells);
 - Eq. 4: the blended mask, sigmoid(sum_k attention_k * cropped base_k);
 - how instance-specific the attentions are: the distance between the attention maps of every
-  two detections (`evaluation/attention.py`; 0: the same maps, 1: different bases everywhere).
+  two detections (`metrics/attention.py`; 0: the same maps, 1: different bases everywhere).
 
 `explain_image` collects these tensors (an `Explanation`) from the blender itself
 (`modeling/blender.py`: `pool_bases`, `attention_weights`) and the post-processor; this module
@@ -31,7 +31,14 @@ import torch
 from torch import Tensor
 
 from blendmask.atomic import atomic_write
+from blendmask.data.transforms import resize_masks, resize_to
+from blendmask.input_images import load_input_image
+from blendmask.metrics.attention import pairwise_distances
+from blendmask.modeling.blender import attention_weights, pool_bases
+from blendmask.modeling.paste import paste_masks
+from blendmask.predictor import Predictor
 from blendmask.structures import Detections
+from blendmask.visualization import class_name, draw_detections, to_uint8_image
 
 # The longest side of the detections panel's picture, in pixels: the figure shows no more (it
 # is ~1800 px wide at the default dpi), and drawing a larger image only costs memory.
@@ -42,8 +49,6 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from matplotlib.gridspec import GridSpec
     from matplotlib.image import AxesImage
-
-    from blendmask.predictor import Predictor
 
 
 @dataclass
@@ -91,8 +96,6 @@ def explain_image(
     Returns:
         an `Explanation` (tensors on the CPU).
     """
-    from blendmask.modeling.blender import attention_weights, pool_bases
-
     if top < 0:
         raise ValueError(f"top: expected a number of detections >= 0, got {top}")
     post = predictor.postprocessor
@@ -201,12 +204,10 @@ def _colorbar(fig: Figure, ax: Axes, image: AxesImage) -> None:
 
 
 def _draw_attention_distances(ax: Axes, expl: Explanation) -> None:
-    """The attention distance (`evaluation/attention.py`) between every two explained
+    """The attention distance (`metrics/attention.py`) between every two explained
     detections, 0 (same maps) to 1 (different bases at every pixel). A matrix near 0 means the
     top layer gives every instance the same attention: the blender is then a fixed mixture of
     the bases. No colour bar: the values are written in the cells."""
-    from blendmask.evaluation.attention import pairwise_distances
-
     ax.set_label("attention-distances")
     count = expl.attention_weights.shape[0]
     if count < 2:
@@ -228,9 +229,6 @@ def _draw_attention_distances(ax: Axes, expl: Explanation) -> None:
 
 def _draw_detections_panel(ax: Axes, expl: Explanation, original_image: Tensor | None) -> None:
     """The image with the explained detections (`draw_detections`), on `ax`."""
-    from blendmask.modeling.paste import paste_masks
-    from blendmask.visualization import draw_detections
-
     background = original_image if original_image is not None else expl.image
     dets = expl.detections
     if max(background.shape[-2:]) > PANEL_MAX_SIDE and tuple(dets.image_size) == tuple(
@@ -265,8 +263,6 @@ def _shrink_for_display(
 ) -> tuple[Tensor, Detections]:
     """`image` (Tensor[3, H0, W0]) resized so its longer side is `max_side`, and `dets` at that
     size: box-local masks are pasted at the new size (boxes scaled), dense ones resized."""
-    from blendmask.data.transforms import resize_masks, resize_to
-
     height, width = image.shape[-2:]
     factor = max_side / max(height, width)
     size = (max(1, round(height * factor)), max(1, round(width * factor)))
@@ -292,8 +288,6 @@ def _draw_detection_row(
     fig: Figure, grid: GridSpec, row: int, i: int, expl: Explanation, limits: list[float]
 ) -> None:
     """Row `row` of the figure: detection `i`'s crop, attentions, cropped bases and mask."""
-    from blendmask.visualization import class_name, to_uint8_image
-
     num_bases = expl.bases.shape[0]
     axes = [fig.add_subplot(grid[row, c]) for c in range(2 + 2 * num_bases)]
     for ax in axes:
@@ -327,8 +321,6 @@ def explain_figure(
     predictor: Predictor, image: Any, *, top: int = 4, score_threshold: float = 0.0
 ) -> Figure:
     """`explain_image` + `draw_explanation`: the figure for one image (see the module docs)."""
-    from blendmask.input_images import load_input_image
-
     # Decoded once (the fewest copies of a large image, and the Predictor's size limit), then
     # passed on as a tensor.
     image_t = load_input_image(image, predictor.max_image_pixels)
@@ -360,8 +352,6 @@ def save_explanation(
     Returns:
         the PNG path written (folders created).
     """
-    from blendmask.predictor import Predictor
-
     if isinstance(weights_or_predictor, (str, Path)):
         predictor = Predictor.from_checkpoint(
             weights_or_predictor, device=device, score_threshold=score_threshold

@@ -18,6 +18,7 @@ from blendmask.interop.torchvision_weights import (
 from blendmask.modeling.backbone import build_body
 from blendmask.modeling.basis_module import DeepLabBasis, ProtoNet
 from blendmask.modeling.blendmask import BlendMask
+from blendmask.modeling.efficientnet import load_lite0_imagenet, load_lite0_imagenet_if_available
 from blendmask.modeling.fcos_head import FCOSHead
 from blendmask.modeling.fpn import FPN
 from blendmask.modeling.losses import BlendMaskCriterion
@@ -214,11 +215,6 @@ def _build_body(cfg: Config, *, load_pretrained: bool) -> nn.Module:
 
 
 def _load_lite0_weights(body: nn.Module, weights: str) -> None:
-    from blendmask.modeling.efficientnet import (
-        load_lite0_imagenet,
-        load_lite0_imagenet_if_available,
-    )
-
     if weights == "lite0":
         # Without the `pretrained` extra this warns and keeps the random init (from scratch).
         load_lite0_imagenet_if_available(body)

@@ -3,7 +3,7 @@
 `preprocess` (data/preprocess.py: decode, the reference's resize, pad) -> `infer` (network with
 the sparse top layer, then the post-processor). `Predictor`, `blendmask eval`, `explain`, the
 ONNX predictor and the torchvision adapter all go through these two functions; resizing never
-happens inside the network (STYLE.md).
+happens inside the network, so every entry point sees the same pixels.
 """
 
 from __future__ import annotations

@@ -16,12 +16,14 @@ val2017 result (AdelaiDet MODEL_ZOO, box AP / mask AP). Where they differ from t
 As in the reference, the bottom module's norm is "SyncBN" (BASIS_MODULE.NORM): a plain BatchNorm
 in one process, synchronised when several CUDA processes train.
 
-This module imports `config.py`, never the reverse.
+This module imports `config`, never the reverse.
 """
 
 from __future__ import annotations
 
 import difflib
+import logging
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -218,16 +220,16 @@ def _small_cpu(cfg: Config, num_classes: int) -> Config:
     return cfg
 
 
-def shapes_R_18() -> Config:
-    """CPU demo on the synthetic shapes data (`blendmask shapes`): 4 classes, 256 px images.
-    The name is kept for existing commands and configs; the body is the pretrained
-    EfficientNet-Lite0 (the only ImageNet weights reachable offline). For a ResNet-18 at random
-    init: `--set model.backbone.name=resnet18 --set model.backbone.weights=`."""
-    cfg = _small_cpu(Config(preset="shapes_R_18"), num_classes=NUM_SHAPE_CLASSES)
+def shapes_lite0() -> Config:
+    """CPU demo on the synthetic shapes data (`blendmask shapes`): 4 classes, 256 px images,
+    a pretrained EfficientNet-Lite0 body (the only ImageNet weights reachable offline); formerly
+    `shapes_R_18`, still accepted. For a ResNet-18 at random init: `--set
+    model.backbone.name=resnet18 --set model.backbone.weights=`."""
+    cfg = _small_cpu(Config(preset="shapes_lite0"), num_classes=NUM_SHAPE_CLASSES)
     # Tuned for steps per second on a 2-core CPU (`blendmask demo`): the body is frozen up to
     # and including the C3 stage (ImageNet edges and colours serve the shapes as they are), so
-    # backward stops at stride 16. The demo's time budget shrinks this schedule to fit (the
-    # README gives a measured run).
+    # backward stops at stride 16. The demo's time budget shrinks this schedule to fit
+    # (docs/results.md gives a measured run).
     cfg.model.backbone.freeze_at = 3
     cfg.data.min_size_train = [224, 256, 288]
     cfg.data.max_size_train = 512
@@ -244,18 +246,19 @@ def shapes_R_18() -> Config:
 
 def shapes_panoptic() -> Config:
     """CPU panoptic demo on the synthetic shapes data with stuff (`blendmask shapes
-    --panoptic`): shapes_R_18 plus P2 and a narrow semantic head (64 channels) for the
+    --panoptic`): shapes_lite0 plus P2 and a narrow semantic head (64 channels) for the
     NUM_SHAPE_STUFF_CLASSES stuff classes (sky, wall, grass) and the "thing" class."""
-    cfg = _panoptic(shapes_R_18(), "shapes_panoptic", NUM_SHAPE_STUFF_CLASSES)
+    cfg = _panoptic(shapes_lite0(), "shapes_panoptic", NUM_SHAPE_STUFF_CLASSES)
     cfg.model.panoptic.conv_dims = 64
     cfg.data.stuff_names = list(SHAPE_STUFF_NAMES)
     return cfg
 
 
-def nuclei_R_18() -> Config:
-    """The real-data example: DSB2018 nuclei (1 class, ~55 small touching nuclei per image).
-    Small objects: the levels stop at P5. Built for `train --minutes` on a CPU (README)."""
-    cfg = _small_cpu(Config(preset="nuclei_R_18"), num_classes=1)
+def nuclei_lite0() -> Config:
+    """The real-data example: DSB2018 nuclei (1 class, ~55 small touching nuclei per image),
+    EfficientNet-Lite0 body (formerly `nuclei_R_18`), levels P3-P5, for `train --minutes` on a
+    CPU (docs/training.md)."""
+    cfg = _small_cpu(Config(preset="nuclei_lite0"), num_classes=1)
     m = cfg.model
     m.fpn.top_levels = 0
     m.fcos.fpn_strides = [8, 16, 32]
@@ -266,7 +269,7 @@ def nuclei_R_18() -> Config:
     # that a nucleus covers several stride-8 locations and its edge a few stride-4 base pixels.
     # A fixed factor, not a target size: "shortest side 768" shrank the 1024 px images (nuclei
     # of ~17 px) to 0.75x, where they scored mask AP 0.20-0.28 against 0.41 overall; the same
-    # model at 3x everywhere: 0.411 -> 0.452 (2.5x: 0.437, 3.5x: 0.436; README).
+    # model at 3x everywhere: 0.411 -> 0.452 (2.5x: 0.437, 3.5x: 0.436).
     d.test_scale = 3.0
     d.min_size_test = 768  # used only with --set data.test_scale=0
     d.max_size_test = 4096
@@ -348,15 +351,32 @@ PRESETS: dict[str, Callable[[], Config]] = {
     "Panoptic_R_50_1x": Panoptic_R_50_1x,
     "Panoptic_R_50_3x": Panoptic_R_50_3x,
     "Panoptic_R_101_3x": Panoptic_R_101_3x,
-    "shapes_R_18": shapes_R_18,
+    "shapes_lite0": shapes_lite0,
     "shapes_panoptic": shapes_panoptic,
-    "nuclei_R_18": nuclei_R_18,
+    "nuclei_lite0": nuclei_lite0,
     "tiny": tiny,
 }
 
 
+# Old names (they said ResNet-18 of an EfficientNet-Lite0 body), resolved with a warning; not in
+# PRESETS, so `blendmask presets` and the preset searches list each network once.
+DEPRECATED_PRESETS: dict[str, str] = {"shapes_R_18": "shapes_lite0", "nuclei_R_18": "nuclei_lite0"}
+
+
+def resolve_preset_name(name: str) -> str:
+    """`name`, or the preset an old name stands for: a DeprecationWarning for code and one log
+    line for the command line (whose console prints the `blendmask` logger)."""
+    new = DEPRECATED_PRESETS.get(name, name)
+    if new != name:
+        message = f"preset '{name}' is now called '{new}' (the old name will be removed)"
+        warnings.warn(message, DeprecationWarning, stacklevel=3)
+        logging.getLogger(__name__).warning(message)
+    return new
+
+
 def get_preset(name: str) -> Config:
-    """A fresh Config for preset `name` (see PRESETS)."""
+    """A fresh Config for preset `name` (PRESETS, or an old name of DEPRECATED_PRESETS)."""
+    name = resolve_preset_name(name)
     if name not in PRESETS:
         close = difflib.get_close_matches(name, list(PRESETS), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""

@@ -1,19 +1,22 @@
 """Pictures of predictions: detection overlays (`predict`, `demo`, the detections panel of the
 blender figure in `blendmask.explain`, BlendMask Fig. 1 / 3) and the ground truth / prediction
-panels of `eval --plots` (`blendmask.evaluation.plots`).
+panels of `eval --plots` (`blendmask.metrics.plots`).
 
 An overlay shows each instance in its own colour (`instance_color`: by rank in the image, not
 by class, so two touching objects of one class stay apart): a translucent fill with an opaque
-contour (`paint_windows`), its box (`torchvision.utils.draw_bounding_boxes`) and a "name
-score" label on a filled background, kept inside the image (`draw_labels`). The font size,
+contour around what is seen of it (`paint_owner_map`), its box
+(`torchvision.utils.draw_bounding_boxes`) and a "name score" label on a filled background, kept
+inside the image (`draw_labels`). The font size,
 line and contour widths grow with the image (`overlay_sizes`), so labels stay readable on a
 256 px demo image and on a 4000 px photograph.
 
-Memory is bounded by the image, never by the number of detections: masks are read one
-detection at a time as windows of the image (`modeling.paste.mask_windows`), never as the
-(D, H0, W0) stack that `torchvision.utils.draw_segmentation_masks` takes; the fill is painted
-with that function's arithmetic (same pixels, except that overlaps take the colour of the
-most confident instance instead of black).
+Memory is bounded by the image, never by the number of detections, and so is the time of the
+painting: masks are read one detection at a time as windows of the image
+(`modeling.paste.mask_windows`) into one map of the top instance at each pixel (`owner_map`),
+never into the (D, H0, W0) stack that `torchvision.utils.draw_segmentation_masks` takes; fill
+and contours are then painted in one pass over the pixels (`paint_owner_map`), with that
+function's arithmetic (same pixels, except that overlaps take the colour of the most confident
+instance instead of black).
 """
 
 from __future__ import annotations
@@ -26,21 +29,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
-from torchvision.utils import draw_bounding_boxes
 
 from blendmask.atomic import atomic_write
 from blendmask.modeling.paste import MaskWindow, mask_windows
-from blendmask.structures import Detections
+from blendmask.painting import draw_box_outlines, owner_map, paint_owner_map, paint_windows
+from blendmask.painting import mask_contour as mask_contour  # re-exported for its users
+from blendmask.structures import Detections, class_name
 
 logger = logging.getLogger(__name__)
 
 Color = tuple[int, int, int]
 
-# Pixels blended at once by `paint_windows` (float32 copies of a band: ~50 MB).
-_PAINT_BAND_PIXELS = 2**22
 _GOLDEN = 0.618033988749895
 # Hue of the first instance: blue, so the most confident object is not drawn in the red that
 # `eval --plots` keeps for false positives.
@@ -85,12 +86,6 @@ def to_uint8_image(image: Tensor) -> Tensor:
     return (image.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def class_name(label: int, class_names: Sequence[str] | None) -> str:
-    if class_names and 0 <= label < len(class_names):
-        return class_names[label]
-    return f"class {label}"
-
-
 def draw_detections(
     image: Tensor,
     detections: Detections,
@@ -99,6 +94,7 @@ def draw_detections(
     score_threshold: float = 0.0,
     alpha: float = 0.5,
     inplace: bool = False,
+    owner: Tensor | None = None,
 ) -> Tensor:
     """Masks, boxes and "name score" labels of the detections above the threshold.
 
@@ -112,6 +108,10 @@ def draw_detections(
         class_names: name of each contiguous label (`cfg.data.category_names`).
         inplace: paint the masks into `image` itself when it is a uint8 CPU tensor (saves one
             copy of a large image; `image` is then changed).
+        owner (Tensor[H0, W0] | None): the detections' `owner_map` with ranks by increasing
+            score (`score_ranks`), for a caller that has pasted the masks already (predict:
+            once per image for its records, mask files and overlay); None pastes them here.
+            Used only when the threshold keeps every detection.
     Returns:
         Tensor[3, H0, W0] uint8: the overlay.
     """
@@ -136,14 +136,23 @@ def draw_detections(
     ]
     target = canvas if inplace and canvas.data_ptr() == image.data_ptr() else None
     selected = dets.select(order)
-    return draw_instances(
-        canvas, mask_windows(selected), selected.boxes, colors, texts, alpha=alpha, out=target
-    )
+    # With every detection kept, `order` is `score_ranks`' order: rank k is colour k.
+    masks = owner if owner is not None and bool(keep.all()) else mask_windows(selected)
+    return draw_instances(canvas, masks, selected.boxes, colors, texts, alpha=alpha, out=target)
+
+
+def score_ranks(scores: Tensor) -> Tensor:
+    """int64[D]: the rank of each detection by increasing score (0: the least confident;
+    ties in index order), the order in which `draw_detections` draws them."""
+    order = scores.detach().cpu().argsort(stable=True)
+    ranks = torch.empty_like(order)
+    ranks[order] = torch.arange(len(order))
+    return ranks
 
 
 def draw_instances(
     canvas: Tensor,
-    windows: Iterable[MaskWindow],
+    windows: Iterable[MaskWindow] | Tensor,
     boxes: Tensor,
     colors: Sequence[Color],
     texts: Sequence[str] | None,
@@ -155,7 +164,8 @@ def draw_instances(
 
     Args:
         canvas (Tensor[3, H, W]): uint8.
-        windows: (d, x, y, bool[h, w]) for some of the D instances (`MaskWindow`).
+        windows: (d, x, y, bool[h, w]) for some of the D instances (`MaskWindow`), or their
+            `owner_map` (Tensor[H, W]).
         boxes (Tensor[D, 4]): xyxy; colors: one per instance; texts: one label per instance
             (None: no labels). Later instances are drawn over earlier ones.
         out: where the masks may be painted (see `paint_windows`).
@@ -163,11 +173,13 @@ def draw_instances(
         Tensor[3, H, W] uint8.
     """
     font_size, line_width, contour_width = overlay_sizes(*canvas.shape[-2:])
-    canvas = paint_windows(
+    if not isinstance(windows, Tensor):
+        windows = owner_map(windows, (int(canvas.shape[-2]), int(canvas.shape[-1])), len(colors))
+    canvas = paint_owner_map(
         canvas, windows, colors, alpha=alpha, contour_width=contour_width, out=out
     )
     if len(boxes):
-        canvas = draw_bounding_boxes(canvas, boxes.float(), colors=list(colors), width=line_width)
+        canvas = draw_box_outlines(canvas, boxes.float(), colors, width=line_width)
     if texts:
         canvas = draw_labels(canvas, boxes, texts, colors, font_size=font_size)
     return canvas
@@ -185,79 +197,6 @@ def paint_masks(
     (D, H0, W0) masks, overlaps in the last mask's colour (`paint_windows` over
     `mask_windows(detections)`)."""
     return paint_windows(canvas, mask_windows(detections), colors, alpha=alpha, out=out)
-
-
-def paint_windows(
-    canvas: Tensor,
-    windows: Iterable[MaskWindow],
-    colors: Sequence[Color],
-    *,
-    alpha: float = 0.5,
-    contour_width: int = 0,
-    out: Tensor | None = None,
-) -> Tensor:
-    """Translucent masks with `torchvision.utils.draw_segmentation_masks`' arithmetic, plus
-    opaque contours `contour_width` px wide (0: none), from mask windows.
-
-    Where masks overlap, the one with the highest index (the one drawn last: the most
-    confident detection) gives the pixel its colour; torchvision would paint it black, which
-    reads as a black mask. Elsewhere the pixels are `draw_segmentation_masks`' own. One pass
-    over the windows records per pixel whose mask covers it and whose contour runs there (two
-    int16/int32 maps), and the blend then runs in bands of rows with torchvision's arithmetic.
-
-    Args:
-        canvas (Tensor[3, H, W]): uint8.
-        windows: (d, x, y, bool[h, w]) inside the image, d indexing `colors`.
-        out (Tensor[3, H, W] | None): uint8 to write the result into; may be `canvas`
-            itself (each band is read before it is written).
-    Returns:
-        Tensor[3, H, W] uint8.
-    """
-    height, width = int(canvas.shape[-2]), int(canvas.shape[-1])
-    # -1: no mask, d >= 0: mask d is the highest covering the pixel (windows may come in any
-    # order: `paste_mask_windows` groups them by size).
-    dtype = torch.int16 if len(colors) < 2**15 - 1 else torch.int32
-    owner = torch.full((height, width), -1, dtype=dtype)
-    edges = torch.full_like(owner, -1) if contour_width > 0 else None
-    for d, x, y, window in windows:
-        region = owner[y : y + window.shape[0], x : x + window.shape[1]]
-        region[window] = region[window].clamp(min=d)
-        if edges is not None:
-            edge_region = edges[y : y + window.shape[0], x : x + window.shape[1]]
-            contour = mask_contour(window, contour_width)
-            edge_region[contour] = edge_region[contour].clamp(min=d)
-    # The colours as torchvision makes them (uint8).
-    palette = torch.tensor(list(colors), dtype=torch.uint8).reshape(-1, 3)
-    out = torch.empty_like(canvas) if out is None else out
-    rows = max(1, _PAINT_BAND_PIXELS // max(1, width))
-    for r0 in range(0, height, rows):
-        image = canvas[:, r0 : r0 + rows]
-        band = owner[r0 : r0 + rows].long()
-        covered = band >= 0
-        img_to_draw = image.clone()
-        img_to_draw[:, covered] = palette[band[covered]].t()
-        # torchvision's arithmetic: float blend of the image and the painted copy, truncated.
-        blended = (image * (1 - alpha) + img_to_draw * alpha).to(torch.uint8)
-        if edges is not None:
-            edge_band = edges[r0 : r0 + rows].long()
-            on_edge = edge_band >= 0
-            blended[:, on_edge] = palette[edge_band[on_edge]].t()
-        out[:, r0 : r0 + rows] = blended
-    return out
-
-
-def mask_contour(mask: Tensor, width: int) -> Tensor:
-    """The pixels of `mask` (bool[h, w]) within `width` px of a background pixel, pixels
-    beyond the window counting as background: the mask minus its erosion.
-
-    The erosion is a max-pool of the complement (separable: a row pass, then a column pass,
-    2 x (2 width + 1) comparisons a pixel instead of (2 width + 1)^2).
-    """
-    outside = (~mask).to(torch.float32)[None, None]
-    outside = F.pad(outside, (width, width, width, width), value=1.0)
-    kernel = 2 * width + 1
-    near = F.max_pool2d(F.max_pool2d(outside, (1, kernel), stride=1), (kernel, 1), stride=1)
-    return mask & (near[0, 0] > 0)
 
 
 @functools.lru_cache(maxsize=16)
@@ -314,25 +253,32 @@ def draw_labels(
     *,
     font_size: int,
 ) -> Tensor:
-    """Each text on a filled background of its colour at `label_position` of its box.
+    """Each text on a filled background of its colour at `label_position` of its box, drawn
+    into `canvas` itself (returned).
+
+    Each label is drawn on a picture of its own size and copied into its place, so a large
+    image is never converted to a PIL image and back (three full-image copies).
 
     Args:
         canvas (Tensor[3, H, W]): uint8; boxes (Tensor[D, 4]): xyxy; one text and colour per
             box. Later labels are drawn over earlier ones.
     Returns:
-        a new Tensor[3, H, W] uint8.
+        `canvas`, uint8.
     """
     height, width = int(canvas.shape[-2]), int(canvas.shape[-1])
-    picture = Image.fromarray(canvas.permute(1, 2, 0).contiguous().numpy())
-    draw = ImageDraw.Draw(picture)
     font = label_font(font_size)
     pad = max(1, font_size // 6)
     for box, text, color in zip(boxes.tolist(), texts, colors):
         size = label_size(text, font_size)
         x, y = label_position(box, size, (height, width))
-        draw.rectangle((x, y, x + size[0] - 1, y + size[1] - 1), fill=tuple(color))
-        draw.text((x + pad, y + pad), text, fill=text_color(color), font=font)
-    return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1)
+        tile = Image.new("RGB", size, tuple(color))
+        ImageDraw.Draw(tile).text((pad, pad), text, fill=text_color(color), font=font)
+        # A label wider or taller than the image is cut at its right / bottom edge.
+        w, h = min(size[0], width - x), min(size[1], height - y)
+        canvas[:, y : y + h, x : x + w] = torch.from_numpy(np.asarray(tile)[:h, :w].copy()).permute(
+            2, 0, 1
+        )
+    return canvas
 
 
 def draw_dashed_boxes(canvas: Tensor, boxes: Tensor, color: Color, *, width: int) -> Tensor:

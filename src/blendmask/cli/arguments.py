@@ -7,6 +7,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from blendmask.config import ConfigError, check_probability
+
 DEVICES = ("cpu", "cuda", "auto")
 DEVICE_HELP = "cpu, cuda, or auto: cuda when available (default: %(default)s)"
 
@@ -29,8 +31,6 @@ def positive_float(text: str) -> float:
 
 def probability(text: str) -> float:
     """argparse type for thresholds: a finite number in [0, 1] (float() alone takes "nan")."""
-    from blendmask.config import ConfigError, check_probability
-
     try:
         return check_probability("value", float(text))
     except (ValueError, ConfigError) as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from blendmask.engine.convert import convert_to_model_file
+from blendmask.convert import convert_to_model_file
 from blendmask.interop.adelaidet import ADELAIDET_PRESETS
 
 

@@ -1,6 +1,6 @@
 """shapes data -> train on CPU -> evaluate -> draw
 
-The whole demo within --minutes (`engine.demo.run_demo`).
+The whole demo within --minutes (`training.demo.run_demo`).
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from blendmask.cli.arguments import DEVICE_HELP, DEVICES, positive_float, positive_int
-from blendmask.engine.demo import run_demo
+from blendmask.training.demo import run_demo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val", type=positive_int, default=100, help="validation images")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and the training")
     parser.add_argument(
-        "--preset", default=None, help="default shapes_R_18 (shapes_panoptic with --panoptic)"
+        "--preset", default=None, help="default shapes_lite0 (shapes_panoptic with --panoptic)"
     )
     parser.add_argument(
         "--panoptic",
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         num_train=args.train,
         num_val=args.val,
         seed=args.seed,
-        preset=args.preset or ("shapes_panoptic" if args.panoptic else "shapes_R_18"),
+        preset=args.preset or ("shapes_panoptic" if args.panoptic else "shapes_lite0"),
         overrides=args.overrides,
         panoptic=args.panoptic,
     )

@@ -1,10 +1,10 @@
 """COCO evaluation of a model or of a results json
 
-With --weights, runs the model file on --json / --images (`engine.evaluate.evaluate_model_file`);
+With --weights, runs the model file on --json / --images (`evaluation.evaluate.evaluate_model_file`);
 with --results, scores a COCO results json against --json without a model. Under
 `torchrun --nproc_per_node N -m blendmask eval --weights ...` each process predicts its share of
 the images and rank 0 evaluates them all (the metrics of one process) and prints. Prints the COCO
-summary table and the AP of each category (`evaluation.tables.format_tables`); OUT/metrics.json
+summary table and the AP of each category (`metrics.tables.format_tables`); OUT/metrics.json
 holds the same numbers ("per_category": {name: {"bbox_AP", "segm_AP"}}).
 """
 
@@ -14,10 +14,12 @@ import argparse
 
 from blendmask.cli.arguments import DEVICE_HELP, DEVICES, non_negative_int, positive_int
 from blendmask.cli.predict import add_postprocess_arguments
-from blendmask.engine.distributed import cleanup_distributed, get_rank
-from blendmask.engine.evaluate import evaluate_model_file
-from blendmask.evaluation.results import evaluate_results_file
-from blendmask.evaluation.tables import format_tables
+from blendmask.evaluation.evaluate import evaluate_model_file
+from blendmask.evaluation.evaluate_panoptic import evaluate_panoptic_file
+from blendmask.metrics.panoptic import format_pq_table
+from blendmask.metrics.results import evaluate_results_file
+from blendmask.metrics.tables import format_tables
+from blendmask.runtime.distributed import cleanup_distributed, get_rank
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -116,10 +118,7 @@ def _evaluate_model(args: argparse.Namespace) -> tuple[dict, bool]:
 
 
 def _evaluate_panoptic(args: argparse.Namespace) -> int:
-    """PQ of a panoptic model (`engine.panoptic.evaluate_panoptic_file`), printed as a table."""
-    from blendmask.engine.panoptic import evaluate_panoptic_file
-    from blendmask.evaluation.panoptic import format_pq_table
-
+    """PQ of a panoptic model (`evaluation.evaluate_panoptic.evaluate_panoptic_file`), printed as a table."""
     missing = [
         f"--{k.replace('_', '-')}"
         for k in ("weights", "panoptic_json", "panoptic_images", "images")

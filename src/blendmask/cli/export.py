@@ -17,6 +17,8 @@ import torch
 
 from blendmask.checkpoint_io import load_model_file
 from blendmask.cli.arguments import DEVICE_HELP, DEVICES
+from blendmask.export.compare import compare
+from blendmask.export.end_to_end_onnx import export_end_to_end_onnx
 from blendmask.export.onnx import (
     SIZE_DIVISIBILITY,
     check_onnx,
@@ -24,8 +26,11 @@ from blendmask.export.onnx import (
     default_export_size,
     export_onnx,
 )
+from blendmask.export.torchscript import TorchScriptSegmenter, export_torchscript
+from blendmask.factory import build_postprocessor
 from blendmask.io import resolve_device
-from blendmask.predictor import INFERENCE_KEYS, inference_config
+from blendmask.onnx_runtime import OnnxSegmenter
+from blendmask.predictor import INFERENCE_KEYS, Predictor, inference_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,8 +91,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _load(args: argparse.Namespace):
     """(cfg, network, post-processor) of the model file, with the --set test-time settings."""
-    from blendmask.factory import build_postprocessor
-
     device = resolve_device(args.device)
     cfg, model, _, post = load_model_file(args.weights, device)
     if args.overrides:
@@ -110,9 +113,6 @@ def run(args: argparse.Namespace) -> int:
         return _run_raw(args, cfg, model, height, width)
     paste = not args.no_paste
     if args.format == "onnx":
-        from blendmask.export.end_to_end_onnx import export_end_to_end_onnx
-        from blendmask.onnx_runtime import OnnxSegmenter
-
         path = export_end_to_end_onnx(
             model,
             post,
@@ -126,8 +126,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {path} (end to end, opset {args.opset}, traced at {height}x{width})")
         load = OnnxSegmenter
     else:
-        from blendmask.export.torchscript import TorchScriptSegmenter, export_torchscript
-
         path = export_torchscript(
             model, post, args.out, height=height, width=width, paste=paste, cfg=cfg
         )
@@ -140,9 +138,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_end_to_end(cfg, model, post, segmenter, image_paths) -> int:
     """Match the file's detections with the Predictor's; exit status 1 when they differ."""
-    from blendmask.export.compare import compare
-    from blendmask.predictor import Predictor
-
     device = next(model.parameters()).device
     predictor = Predictor(cfg, model, post, device=device, score_threshold=None)
     images = image_paths or _synthetic_images(cfg.data.min_size_test, cfg.data.max_size_test)

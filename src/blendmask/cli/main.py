@@ -35,6 +35,7 @@ from blendmask.cli import (
     export,
     predict,
     presets,
+    serve,
     shapes,
     train,
 )
@@ -49,6 +50,7 @@ SUBCOMMANDS: dict[str, ModuleType] = {
     "predict": predict,
     "explain": explain,
     "export": export,
+    "serve": serve,
     "convert": convert,
     "presets": presets,
     "config": config,
@@ -87,6 +89,8 @@ USER_ERRNOS = frozenset(
         errno.ELOOP,  # a link where an output goes (`atomic.refuse_link`)
     }
 )
+# Characters of an error message printed: enough for a paragraph naming files and keys.
+MAX_MESSAGE = 2000
 # torch re-raises an error of a DataLoader worker with the worker's whole traceback as message.
 _WORKER_ERROR = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.\nOriginal Traceback")
 
@@ -164,8 +168,16 @@ def one_line(exc: BaseException) -> str:
             message = f"{exc.filename}: {exc.strerror.lower()}"
     lines = [line for line in message.splitlines() if line.strip()]
     if isinstance(exc, (RuntimeError, OSError)) and lines:
-        return lines[0]
-    return message or type(exc).__name__
+        return _clip(lines[0])
+    # Bad-input messages name the file and the problem on their first line; a message that runs
+    # on (a library's own) is still printed as one line, and never as megabytes.
+    return _clip(" ".join(line.strip() for line in lines)) or type(exc).__name__
+
+
+def _clip(line: str, limit: int = MAX_MESSAGE) -> str:
+    return (
+        line if len(line) <= limit else f"{line[:limit]}... ({len(line) - limit} more characters)"
+    )
 
 
 def _worker_message(message: str, name: str) -> str:

@@ -1,7 +1,7 @@
 """predict on images, folders, lists of paths and videos
 
 Streams OUT/predictions.jsonl (one record per image, RLE masks), OUT/overlays/, OUT/videos/ and
-with --coco OUT/results.json (`engine.predict.predict_images`; with --json GT, image ids are
+with --coco OUT/results.json (`prediction.predict.predict_images`; with --json GT, image ids are
 GT's, so `eval --results` scores it); a rerun with the same --out resumes where the last one
 stopped. Images that cannot be read are skipped and listed in
 OUT/errors.jsonl (exit 0, the summary line counts them); --strict stops at the first one
@@ -25,9 +25,10 @@ from blendmask.cli.arguments import (
     positive_int,
     probability,
 )
-from blendmask.engine.panoptic_predict import is_panoptic_model_file, predict_panoptic_images
-from blendmask.engine.predict import predict_images
-from blendmask.engine.predict_outputs import MASK_MODES
+from blendmask.export.segmenter_predictor import SegmenterPredictor
+from blendmask.prediction.panoptic_predict import is_panoptic_model_file, predict_panoptic_images
+from blendmask.prediction.predict import predict_images
+from blendmask.prediction.predict_outputs import MASK_MODES
 from blendmask.predictor import DEFAULT_SCORE_THRESHOLD, INFERENCE_KEYS
 
 logger = logging.getLogger("blendmask.predict")
@@ -163,8 +164,6 @@ def run(args: argparse.Namespace) -> int:
         return _run_panoptic(args)
     predictor = None
     if args.onnx:
-        from blendmask.export.segmenter_predictor import SegmenterPredictor
-
         predictor = SegmenterPredictor(args.onnx)
         _warn_fixed_candidates(args.onnx, predictor.cfg, args.score_threshold)
     summary = predict_images(

@@ -1,7 +1,7 @@
 """train a model (resumes from OUT/last.pt)
 
 `torchrun --nproc_per_node N -m blendmask train ...` trains with DDP; the work is
-`blendmask.engine.train.train_command`.
+`blendmask.training.train.train_command`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from blendmask.cli.arguments import (
     positive_float,
     positive_int,
 )
-from blendmask.engine.distributed import cleanup_distributed
-from blendmask.engine.train import train_command
+from blendmask.runtime.distributed import cleanup_distributed
+from blendmask.training.train import train_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

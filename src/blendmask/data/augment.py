@@ -138,6 +138,11 @@ class RandomRot90(v2.Transform):
             )
         return inpt
 
+    # torchvision 0.20 (the oldest pyproject.toml allows) calls the two by their names before
+    # 0.21 made them public; without these its base class raises NotImplementedError.
+    _get_params = make_params
+    _transform = transform
+
 
 def rot90_boxes(boxes: tv_tensors.BoundingBoxes, k: int) -> tv_tensors.BoundingBoxes:
     """XYXY boxes of an (H, W) canvas after k counter-clockwise quarter turns of the image."""

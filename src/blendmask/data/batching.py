@@ -1,4 +1,5 @@
 """Batching: pad images of different sizes into one tensor (detectron2's ImageList).
+Also `worker_init`, the hook of every DataLoader the commands build.
 
 The reference pads with 0 at the bottom/right to a multiple of 32, the stride of the last
 backbone feature used by the FPN (docs/reference.md §1.1), and keeps each image's size
@@ -60,3 +61,9 @@ def collate(
     images = [image for image, _ in batch]
     targets = [target for _, target in batch]
     return pad_images(images, size_divisibility), targets
+
+
+def worker_init(_: int) -> None:
+    """DataLoader `worker_init_fn`: one thread per worker."""
+    # Workers decode and resize; one thread each keeps them from fighting the main process.
+    torch.set_num_threads(1)

@@ -4,7 +4,7 @@ Reads the COCO "instances" json (Lin et al. 2014, the format BlendMask trains an
 BlendMask Sec. 4): masks as polygons, uncompressed RLE (`counts` a list) or compressed RLE
 (`counts` a string); `iscrowd` regions are kept for evaluation only and excluded from the
 training targets, as the reference (detectron2's mapper) does. COCO category ids are mapped to
-contiguous 0-based labels here and mapped back in `evaluation/coco.py`: the network only ever
+contiguous 0-based labels here and mapped back in `metrics/coco.py`: the network only ever
 sees `num_classes` foreground labels.
 
 The whole json is validated at construction with cheap checks (no image decoding;

@@ -1,7 +1,7 @@
 """Reading and validating the COCO panoptic format (Kirillov et al. 2019, "Panoptic
 Segmentation"; the format of COCO's `panoptic_{train,val}2017.json` and BlendMask's panoptic
 results, BlendMask Sec. 4.4), for the training dataset (`data/panoptic.py`) and the PQ
-evaluation (`evaluation/panoptic.py`).
+evaluation (`metrics/panoptic.py`).
 
 The format: a json with `images` (id, file_name, height, width), `categories` (id, name,
 `isthing` 0 / 1) and `annotations`, one per image: `image_id`, `file_name` of a PNG and

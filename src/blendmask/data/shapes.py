@@ -64,7 +64,7 @@ def write_shapes_dataset(
     *,
     panoptic: bool = False,
 ) -> dict[str, Path]:
-    """Write the dataset in the layout of shared/data/dsb2018_nuclei.
+    """Write the dataset in the COCO layout the nuclei data uses too (annotations/, images/).
 
     Writes `out_dir/annotations/instances_{train,val}.json` and
     `out_dir/images/{train,val}/NNNNNN.png`. Image `i` of a split depends only on

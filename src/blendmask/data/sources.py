@@ -3,7 +3,7 @@
 A source is an image file, a folder (searched recursively for files matching `--glob`, default:
 every image and video suffix), a text file listing paths (`.txt` / `.lst`: one path a line,
 relative ones relative to the list's folder, blank lines and `# comments` skipped) or a video
-file (`VIDEO_SUFFIXES`, its frames decoded with PyAV by `engine/video.py`).
+file (`VIDEO_SUFFIXES`, its frames decoded with PyAV by `prediction/video.py`).
 
 Expansion only lists paths (sorted within a folder, in order otherwise); nothing is decoded, so
 a million-file folder costs one list of paths. A file listed in a text file that does not exist

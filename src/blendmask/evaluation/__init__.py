@@ -1,19 +1,11 @@
-"""Evaluation: COCO box / mask AP with pycocotools."""
+"""Evaluation of a model: `blendmask eval` and the evaluation each training eval period.
 
-from blendmask.evaluation.coco import (
-    COCOEvaluator,
-    detections_to_coco_results,
-    evaluate_coco,
-    metric_keys,
-    run_coco_eval,
-)
-from blendmask.evaluation.results import evaluate_results_file
+- `evaluate.py`: COCO box / mask AP of a model on a COCO json (`evaluate_model`) and of a
+  model file (`evaluate_model_file`, `blendmask eval --weights`);
+- `evaluate_panoptic.py`: PQ of a panoptic model, and the panoptic results format.
 
-__all__ = [
-    "COCOEvaluator",
-    "detections_to_coco_results",
-    "evaluate_coco",
-    "evaluate_results_file",
-    "metric_keys",
-    "run_coco_eval",
-]
+The metric maths (pycocotools wrappers, RLE, PQ, tables, plots) is one layer lower, in
+`blendmask.metrics`, which knows nothing of models.
+"""
+
+from __future__ import annotations

@@ -62,7 +62,7 @@ def require_module(module: str) -> Any:
 class ExportableBlendMask(nn.Module):
     """The network with tensors in and a tuple of tensors out, for tracing.
 
-    A wrapper, so `BlendMask.forward` stays untouched (STYLE.md): it drops the outputs that are
+    A wrapper, so `BlendMask.forward` stays the one forward of training and eval: it drops the outputs that are
     not part of the graph (points, strides and level sizes, which `fcos_points` recomputes;
     the training-only semantic logits).
     """

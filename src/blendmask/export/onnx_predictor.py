@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from torch import Tensor
 
-from blendmask.config import Config
+from blendmask.config import Config, from_dict
 from blendmask.data.preprocess import ImageInput, preprocess
 from blendmask.export.onnx import (
     CONFIG_METADATA_KEY,
@@ -30,7 +31,7 @@ from blendmask.export.onnx import (
 )
 from blendmask.factory import build_postprocessor
 from blendmask.modeling.blendmask import compute_points
-from blendmask.predictor import in_batches
+from blendmask.predictor import MAX_IMAGE_PIXELS, in_batches
 from blendmask.structures import BlendMaskOutputs, Detections
 
 
@@ -86,10 +87,6 @@ def outputs_from_onnx(
 
 def read_onnx_config(path: str | Path) -> Config | None:
     """The config stored in an exported file's metadata, or None."""
-    import yaml
-
-    from blendmask.config import from_dict
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: ONNX file not found")
@@ -134,6 +131,8 @@ class OnnxPredictor:
         if batch_size < 1:
             raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
         self.cfg = cfg
+        # What `blendmask predict` refuses before decoding (`InferenceModel`), as `Predictor`.
+        self.max_image_pixels = MAX_IMAGE_PIXELS
         self.session = open_session(self.path, providers)
         self.postprocessor = build_postprocessor(cfg).eval()
         self.strides = list(cfg.model.fcos.fpn_strides)

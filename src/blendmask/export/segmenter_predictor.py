@@ -1,6 +1,12 @@
 """`blendmask predict --onnx`: the numpy-only runtime (`blendmask.onnx_runtime.OnnxSegmenter`)
-behind the interface `engine/predict.py` uses of a `Predictor` (`cfg`, `max_image_pixels`,
-`predict_tensors`), so the results json and overlays are written by the same code.
+behind the interface `prediction/predict.py` takes (`structures.inference.InferenceModel`:
+`cfg`, `max_image_pixels`, `predict_tensors`), so the results json and overlays are written by
+the same code.
+
+Not a forwarding wrapper: `OnnxSegmenter` imports no torch (it is the torch-free deployment
+runtime), so it cannot return `Detections`; this adapter turns tensors into numpy arrays and
+its `Segmentation`s into `Detections`, reads the config from the file's metadata and refuses a
+file exported without pasted masks.
 
 Shapes: D detections, H0/W0 original image size.
 """
@@ -22,7 +28,7 @@ from blendmask.structures import Detections
 
 
 class SegmenterPredictor:
-    """An end-to-end ONNX file as a `Predictor` for `engine.predict.predict_images`.
+    """An end-to-end ONNX file as a `Predictor` for `prediction.predict.predict_images`.
 
     Args:
         path: an end-to-end file written by `blendmask export` (with its config, as the

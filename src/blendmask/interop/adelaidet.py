@@ -7,7 +7,7 @@ explicit rename table; facts in docs/reference.md §5.
 
     blendmask convert --adelaidet R_50_1x.pth --preset R_50_1x --out r50.pt
 
-The steps, each a function of this package (the command, `blendmask.engine.convert`, chains
+The steps, each a function of this package (the command, `blendmask.convert`, chains
 them with `factory.build_network` and writes the model file):
 
 1. `read_adelaidet_checkpoint` (adelaidet_files.py): the tensors under AdelaiDet's names.

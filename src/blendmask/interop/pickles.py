@@ -10,6 +10,7 @@ numpy globals (and nothing else) that it needs to rebuild arrays.
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +61,22 @@ def numpy_safe_globals() -> list[Any]:
         from numpy.core import multiarray  # type: ignore[no-redef]
 
     allowed: list[Any] = [np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar]
-    # Files written with numpy 1.x name the module numpy.core.
-    allowed += [
-        (multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
-        (multiarray.scalar, "numpy.core.multiarray.scalar"),
-    ]
+    # Files written with numpy 1.x name the module numpy.core. torch 2.5 takes objects only
+    # (no (object, name) pairs) and keys each by its __module__ and __name__: aliases that
+    # carry the old names serve every torch.
+    allowed += [_alias(multiarray._reconstruct), _alias(multiarray.scalar)]
     dtypes = getattr(np, "dtypes", None)
     if dtypes is not None:
         allowed += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]
     return allowed
+
+
+def _alias(function: Callable[..., Any]) -> Callable[..., Any]:
+    """`function` under the name numpy 1.x pickles give it, numpy.core.multiarray.<name>."""
+
+    def alias(*args: Any) -> Any:
+        return function(*args)
+
+    alias.__module__ = "numpy.core.multiarray"
+    alias.__name__ = alias.__qualname__ = function.__name__
+    return alias

@@ -45,7 +45,7 @@ def resnet_norm_layer(norm: str) -> Callable[[int], nn.Module]:
 
     SyncBN is a plain BatchNorm2d here; the training engine converts the body's BatchNorms to
     `nn.SyncBatchNorm` only when the body's norm is "SyncBN" and several processes train on CUDA
-    (engine/training_run.py); in one process, or across CPU processes, it stays per-process BN
+    (training/training_run.py); in one process, or across CPU processes, it stays per-process BN
     (the reference's SyncBN crashes single-process users).
     """
     if norm == "FrozenBN":

@@ -20,6 +20,8 @@ from blendmask.structures.detections import (
     Drawer,
     MaskPaster,
     ProbabilityPaster,
+    class_name,
+    detection_records,
     resolve_classes,
 )
 from blendmask.structures.panoptic import PanopticSegmentation
@@ -36,6 +38,8 @@ __all__ = [
     "PanopticSegmentation",
     "ProbabilityPaster",
     "Target",
+    "class_name",
+    "detection_records",
     "resolve_classes",
 ]
 

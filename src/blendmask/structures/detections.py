@@ -54,6 +54,53 @@ def resolve_classes(classes: Sequence[int | str], class_names: Sequence[str] | N
     return labels
 
 
+def class_name(label: int, class_names: Sequence[str] | None) -> str:
+    """The name of a 0-based label ("class <label>" where `class_names` has none)."""
+    if class_names and 0 <= label < len(class_names):
+        return class_names[label]
+    return f"class {label}"
+
+
+def detection_records(
+    boxes: Tensor,
+    scores: Tensor,
+    labels: Tensor,
+    rles: Sequence[dict[str, Any]],
+    *,
+    category_ids: Sequence[int] | None = None,
+    class_names: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """The JSON record of each detection, as `Detections.to_json` and `blendmask predict`
+    write it (docs/detections.md, docs/detections.schema.json):
+
+        {"box": [x0, y0, x1, y1] (original-image pixels), "score", "label" (0-based),
+         "category_id" (the dataset's id; label + 1 when the model has none),
+         "name" (`class_name`), "mask": COCO compressed RLE {"size": [H0, W0], "counts"}}
+
+    Args:
+        boxes (Tensor[D, 4]): xyxy; scores (Tensor[D]); labels (Tensor[D]): 0-based.
+        rles: the compressed RLE of each detection's mask.
+        category_ids / class_names: of each 0-based label (the model's config).
+    """
+    ids = list(category_ids or [])
+    labels_list = [int(k) for k in labels.tolist()]
+    if ids and any(not 0 <= k < len(ids) for k in labels_list):
+        raise ValueError(f"a detection label has no category id ({len(ids)} given)")
+    return [
+        {
+            "box": [float(v) for v in box],
+            "score": float(score),
+            "label": label,
+            "category_id": int(ids[label]) if ids else label + 1,
+            "name": class_name(label, class_names),
+            "mask": rle,
+        }
+        for box, score, label, rle in zip(
+            boxes.detach().float().cpu().tolist(), scores.tolist(), labels_list, rles
+        )
+    ]
+
+
 class Detections:
     """Detections for one image, in original-image pixels.
 
@@ -62,7 +109,8 @@ class Detections:
     labels (Tensor[D]): int64 in [0, C), 0-based (COCO category ids only in COCO files:
         `to_coco`; 1-based labels only inside `blendmask.TorchvisionDetector`).
     masks (Tensor[D, H0, W0]): bool.
-    class_names (tuple[str, ...] | None): name of each label, from the model's config.
+    class_names (tuple[str, ...] | None): name of each label, from the model's config: the
+        class table, also as `names` {label: name}; each detection's name: `detection_names`.
     category_ids (tuple[int, ...] | None): COCO category id of each label (for `to_coco`).
 
     The masks are held in one of two forms:
@@ -140,10 +188,16 @@ class Detections:
         return int(self.masks.shape[-2]), int(self.masks.shape[-1])
 
     @property
-    def names(self) -> list[str]:
+    def names(self) -> dict[int, str]:
+        """The class table {label: name} of the model (0-based labels), as ultralytics'
+        `Results.names`; {} when the model stores no names. Not one name per detection:
+        that is `detection_names` (what `names` used to be)."""
+        return dict(enumerate(self.class_names or ()))
+
+    @property
+    def detection_names(self) -> list[str]:
         """The class name of each detection ("class <label>" where no name is known)."""
-        names = self.class_names or ()
-        return [names[i] if i < len(names) else f"class {i}" for i in self.labels.tolist()]
+        return [class_name(k, self.class_names) for k in self.labels.tolist()]
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
@@ -261,14 +315,18 @@ class Detections:
         ]
 
     def to_json(self) -> list[dict[str, Any]]:
-        """JSON-ready detections: [{"box": [x0, y0, x1, y1], "score", "label" (0-based),
-        "class_name", "mask": compressed RLE {"size": [H0, W0], "counts": str}}, ...]."""
-        boxes = self.boxes.detach().float().cpu().tolist()
-        scores, labels = self.scores.tolist(), self.labels.tolist()
-        return [
-            {"box": b, "score": float(s), "label": int(k), "class_name": n, "mask": m}
-            for b, s, k, n, m in zip(boxes, scores, labels, self.names, self._rles())
-        ]
+        """JSON-ready detections, the records `blendmask predict` writes (`detection_records`,
+        docs/detections.md): [{"box": [x0, y0, x1, y1], "score", "label" (0-based),
+        "category_id", "name", "mask": compressed RLE {"size": [H0, W0], "counts": str}}, ...].
+        """
+        return detection_records(
+            self.boxes,
+            self.scores,
+            self.labels,
+            self._rles(),
+            category_ids=self.category_ids,
+            class_names=self.class_names,
+        )
 
     def _rles(self) -> list[dict[str, Any]]:
         """Compressed RLE of each mask, pasted one detection at a time (memory H0 x W0)."""

@@ -1,0 +1,216 @@
+"""`blendmask demo` as a function: shapes data -> train within a time budget -> evaluate -> draw."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from blendmask.atomic import write_json
+from blendmask.data.coco import CocoDataset
+from blendmask.data.shapes import write_shapes_dataset
+from blendmask.explain import save_explanation
+from blendmask.io import resolve_device
+from blendmask.predictor import Predictor
+from blendmask.presets import load_config
+from blendmask.training.budget import TimeBudget
+from blendmask.training.loaders import build_train_dataset
+from blendmask.training.loop import TrainResult, run_training
+from blendmask.training.panoptic_demo import finish_panoptic_demo
+from blendmask.training.train_config import resolve_dataset_classes
+from blendmask.visualization import draw_detections, save_png
+
+logger = logging.getLogger(__name__)
+
+
+def pick_cpu_threads(candidates: Sequence[int] | None = None) -> int:
+    """The intra-op thread count that runs a small convolution workload fastest (~1 s).
+
+    On an idle machine that is all cores; when other processes keep the cores busy, extra
+    threads wait on each other and one thread can be several times faster."""
+    current = torch.get_num_threads()
+    if candidates is None:
+        candidates = sorted({current, 1}, reverse=True)
+    x = torch.randn(2, 64, 96, 96).contiguous(memory_format=torch.channels_last)
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1).to(memory_format=torch.channels_last)
+    best, best_time = current, math.inf
+    with torch.no_grad():
+        for n in candidates:
+            torch.set_num_threads(n)
+            conv(x)  # warm-up
+            times = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                for _ in range(3):
+                    conv(x)
+                times.append(time.perf_counter() - t0)
+            if (
+                min(times) < best_time * 0.9
+            ):  # prefer the first (more threads) unless clearly slower
+                best, best_time = n, min(times)
+    torch.set_num_threads(current)
+    return best
+
+
+def _existing_shapes(
+    data_dir: Path, num_train: int, num_val: int, seed: int, panoptic: bool = False
+) -> dict | None:
+    """The paths of a shapes dataset already written with these sizes and seed, else None
+    (the generator is deterministic, so such a dataset is the one it would write again)."""
+    paths = {}
+    for split, count in (("train", num_train), ("val", num_val)):
+        json_path = data_dir / "annotations" / f"instances_{split}.json"
+        images_dir = data_dir / "images" / split
+        try:
+            data = json.loads(json_path.read_text())
+        except (OSError, ValueError):
+            return None
+        if len(data.get("images", [])) != count or data.get("info", {}).get("seed") != seed:
+            return None
+        if data.get("info", {}).get("panoptic", False) != panoptic:
+            return None
+        if panoptic:  # the panoptic json and PNGs beside the instances
+            paths[f"{split}_panoptic_json"] = data_dir / "annotations" / f"panoptic_{split}.json"
+            paths[f"{split}_panoptic_images"] = data_dir / "annotations" / f"panoptic_{split}"
+            if len(list(paths[f"{split}_panoptic_images"].glob("*.png"))) != count:
+                return None
+        if len(list(images_dir.glob("*.png"))) != count:
+            return None
+        paths[f"{split}_json"], paths[f"{split}_images"] = json_path, images_dir
+    return paths
+
+
+def _shapes_data(
+    data_dir: Path, num_train: int, num_val: int, seed: int, panoptic: bool = False
+) -> dict[str, Path]:
+    """The demo's shapes dataset under `data_dir`: the one there when it matches, else new."""
+    paths = _existing_shapes(data_dir, num_train, num_val, seed, panoptic)
+    if paths is None:
+        logger.info(
+            f"demo: writing the shapes dataset ({num_train} train / {num_val} val) to {data_dir}"
+        )
+        paths = write_shapes_dataset(data_dir, num_train, num_val, seed=seed, panoptic=panoptic)
+    else:
+        logger.info(f"demo: reusing the shapes dataset in {data_dir}")
+    return paths
+
+
+def run_demo(
+    *,
+    out: str | Path = "runs/demo",
+    device: str = "cpu",
+    minutes: float = 9.0,
+    num_train: int = 1000,
+    num_val: int = 100,
+    seed: int = 0,
+    preset: str = "shapes_lite0",
+    overrides: Sequence[str] = (),
+    num_overlays: int = 8,
+    panoptic: bool = False,
+) -> dict[str, Any]:
+    """`blendmask demo --out DIR`: shapes data -> train `shapes_lite0` within a time budget ->
+    evaluate -> draw. Writes DIR/{metrics.json, model.pt, overlays/*.png, explain.png,
+    curves.png} (plus the run records: last.pt, metrics.jsonl) and the data under DIR/data.
+
+    `minutes` bounds the whole command: training stops early (with its schedule shrunk to fit,
+    see `training.loop.run_training`) so that data, training, evaluation and drawing end in time.
+    """
+    start = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = _shapes_data(out / "data", num_train, num_val, seed, panoptic)
+    cfg = load_config(preset, None, list(overrides))
+    for key, path in paths.items():  # the keys are data.* fields (panoptic ones too)
+        setattr(cfg.data, key, str(path))
+    cfg.solver.seed = seed
+    dev = resolve_device(device)
+    threads_before = torch.get_num_threads()
+    try:
+        if dev.type == "cpu":
+            threads = pick_cpu_threads()
+            if threads != threads_before:
+                logger.info(f"demo: the CPU is busy; {threads} thread(s) run faster than more")
+                torch.set_num_threads(threads)
+        # Reserve time for the final evaluation (~1 forward per val image) and the drawings.
+        reserve = 15.0 + (0.5 if panoptic else 0.2) * num_val  # PQ: one more pass
+        budget = minutes * 60.0 - (time.perf_counter() - start) - reserve
+        if budget <= 30:
+            raise ValueError(f"demo: --minutes {minutes} leaves no time to train (need > 1.5)")
+        logger.info(
+            f"demo: training {preset} on {dev.type} for at most {budget / 60:.1f} min "
+            f"({cfg.solver.max_iter} iterations planned)"
+        )
+        time_budget = TimeBudget(budget, reserve_final_eval=False)  # `reserve` holds it
+        dataset = build_train_dataset(cfg)
+        cfg = resolve_dataset_classes(cfg, dataset)
+        result = run_training(
+            cfg, out_dir=out, dataset=dataset, device=str(dev), time_budget=time_budget
+        )
+        extra = _demo_outputs(result, paths, out, dev, num_overlays, panoptic)
+    finally:
+        torch.set_num_threads(threads_before)
+    metrics = {**result.metrics, **extra}
+    metrics.update(
+        {
+            "iterations": result.iteration,
+            "train_seconds": round(result.seconds, 1),
+            "preset": preset,
+            "device": dev.type,
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+    )
+    write_json(out / "metrics.json", metrics)
+    keys = ("bbox_AP", "segm_AP", "PQ", "PQ_th", "PQ_st")
+    summary = ", ".join(f"{k} {metrics[k]:.3f}" for k in keys if k in metrics)
+    logger.info(
+        f"demo: {summary} after {result.iteration} iterations; "
+        f"{metrics['seconds'] / 60:.1f} min in all; wrote {out}/metrics.json, model.pt, "
+        "overlays/, explain.png, curves.png"
+    )
+    if not math.isfinite(metrics.get("segm_AP", math.nan)):
+        raise RuntimeError("demo: evaluation produced no segm_AP")
+    return metrics
+
+
+def _demo_outputs(
+    result: TrainResult,
+    paths: dict[str, Path],
+    out: Path,
+    dev: torch.device,
+    num_overlays: int,
+    panoptic: bool,
+) -> dict[str, Any]:
+    """The drawings; with `panoptic`, PQ on the val split and panoptic drawings (returned:
+    the metrics to add)."""
+    if panoptic:
+        return finish_panoptic_demo(result, paths, out, dev, num_overlays)
+    _demo_drawings(result, paths, out, dev, num_overlays)
+    return {}
+
+
+def _demo_drawings(
+    result: TrainResult,
+    paths: dict[str, Path],
+    out: Path,
+    dev: torch.device,
+    num_overlays: int,
+) -> None:
+    """Overlays of the first val images and the blender figure of the first one."""
+    predictor = Predictor(result.cfg, result.model, result.postprocessor, dev)
+    val = CocoDataset(paths["val_json"], paths["val_images"])
+    names = list(result.cfg.data.category_names)
+    for i in range(min(num_overlays, len(val))):
+        image, _ = val[i]
+        det = predictor.predict_tensors([image])[0]
+        overlay = draw_detections(image, det, class_names=names, score_threshold=0.5)
+        save_png(overlay, out / "overlays" / f"{val.image_path(i).stem}.png")
+    if len(val):
+        save_explanation(
+            predictor, val.image_path(0), out / "explain.png", top=3, score_threshold=0.5
+        )
