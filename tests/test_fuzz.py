@@ -337,6 +337,7 @@ def _check_checkpoint(name: str, path: Path) -> None:
             assert "\n" not in message and len(message) < 1000, message
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.data(), name=st.sampled_from(["model.pt", "last.pt"]))
 def test_fuzzed_checkpoint_contents_load_or_raise_our_error(data, name):

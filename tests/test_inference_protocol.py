@@ -76,6 +76,7 @@ def test_onnx_predictor_meets_the_protocol(tmp_path):
     assert isinstance(OnnxPredictor(path), InferenceModel)
 
 
+@pytest.mark.slow
 def test_end_to_end_onnx_predictor_meets_the_protocol(tmp_path):
     """`predict --onnx`: the torch-free `OnnxSegmenter` behind `SegmenterPredictor`."""
     pytest.importorskip("onnxruntime")

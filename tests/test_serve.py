@@ -33,6 +33,9 @@ from helpers.serve import (  # noqa: E402
 
 from blendmask.predictor import Predictor  # noqa: E402
 
+# Slow: the tests start a `blendmask serve` process (`pytest -m "not slow"` leaves them out).
+pytestmark = pytest.mark.slow
+
 SERVER_ARGS = ("--max-batch", "2", "--max-queue", "2", "--max-upload-mb", "2")
 SERVER_ARGS += ("--max-pixels", "4000000", "--max-wait-ms", "20")
 

@@ -24,6 +24,9 @@ playwright = pytest.importorskip("playwright.sync_api")
 from helpers.self_ground_truth import write_model  # noqa: E402
 from helpers.serve import ServerProcess  # noqa: E402
 
+# Slow: a server process and a browser page (`pytest -m "not slow"` leaves it out).
+pytestmark = pytest.mark.slow
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = [
     "--headless",

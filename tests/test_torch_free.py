@@ -39,6 +39,7 @@ print(json.dumps({{"modules": ours, "labels": labels.tolist(), "pixels": int(mas
 """
 
 
+@pytest.mark.slow
 def test_runtime_imports_and_runs_without_the_other_dependencies(tmp_path: Path) -> None:
     cfg, model, post = boxy_model()
     exported = export_end_to_end_onnx(
