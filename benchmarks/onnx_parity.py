@@ -74,7 +74,7 @@ def load_model(args: argparse.Namespace, tmp: Path) -> tuple[Any, Any, Any]:
     from blendmask.factory import build_postprocessor
 
     if args.synthetic_r50:
-        from test_predictor_reference import synthetic_checkpoint
+        from helpers.reference import synthetic_checkpoint
 
         from blendmask.convert import convert_adelaidet_model
 

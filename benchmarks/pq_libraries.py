@@ -23,7 +23,7 @@ from blendmask.data.panoptic_format import id_to_rgb
 from blendmask.metrics.panoptic import pq_stat_of_image, summarize_pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import test_panoptic_quality as fixtures  # noqa: E402
+import helpers.panoptic as fixtures  # noqa: E402
 
 
 def ours(fixture) -> dict[str, float]:

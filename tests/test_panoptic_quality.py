@@ -10,15 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers.panoptic import CATEGORIES, random_fixture
 
-from blendmask.data.panoptic_format import PanopticCategory, Segment
+from blendmask.data.panoptic_format import Segment
 from blendmask.metrics.panoptic import PanopticEvaluator, pq_stat_of_image, summarize_pq
-
-CATEGORIES = {
-    1: PanopticCategory(1, "a", True),
-    2: PanopticCategory(2, "b", True),
-    3: PanopticCategory(3, "s", False),
-}
 
 
 def perfect():
@@ -140,21 +135,6 @@ def naive_counts(gt, segs, pred, pred_cats):
         if ((void | crowd) & pmask).sum() / pmask.sum() <= 0.5:
             counts[cat][1] += 1
     return counts
-
-
-def random_fixture(rng: np.random.Generator):
-    """Random blocky ground truth (void, crowd, stuff, things) and a perturbed prediction."""
-    size = 24
-    gt = rng.integers(0, 7, size=(size // 4, size // 4)).repeat(4, 0).repeat(4, 1)
-    segs = {g: Segment(g, int(rng.integers(1, 4)), bool(rng.random() < 0.15)) for g in range(1, 7)}
-    pred = gt.copy()
-    noise = rng.random(gt.shape) < 0.3
-    pred[noise] = rng.integers(0, 9, size=int(noise.sum()))
-    pred_cats = {p: int(rng.integers(1, 4)) for p in range(1, 9)}
-    for g in range(1, 7):
-        if rng.random() < 0.6:
-            pred_cats[g] = segs[g].category_id  # mostly the right category
-    return gt, segs, pred, pred_cats
 
 
 @pytest.mark.parametrize("seed", range(6))

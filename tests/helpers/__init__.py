@@ -10,5 +10,6 @@ lives here, one module per topic. `tests/` is on sys.path through pyproject.toml
 - `adelaidet`: AdelaiDet key lists, where each key lands in our model, its forward pass.
 - `self_ground_truth`: a random model and a COCO ground truth made of its own masks.
 - `processes`: running torchrun without leaving workers behind.
+- `panoptic`: panoptic-quality fixtures (categories, a random image pair).
 - `serve`: a `blendmask serve` process on a free port, and HTTP calls to it.
 """
