@@ -305,7 +305,11 @@ def test_json_writer_makes_paths_portable(tmp_path, monkeypatch):
 
     common = load_bench_module("common")
     monkeypatch.setenv("BLENDMASK_NUCLEI", "/data/nuclei")
-    temp = Path(tempfile.gettempdir())
+    # A temporary folder of the test's own: the repository itself may sit in the system's
+    # (a CI clone under /tmp), and then `{REPO}-old` rightly becomes a $TMPDIR path.
+    temp = tmp_path / "tmpdir"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     data = {
         "command": f"blendmask train --set data.train_json=/data/nuclei/a.json --out {REPO}/runs/y",
         "paths": [str(REPO / "runs" / "x"), str(REPO), str(temp / "m.pt"), f"{REPO}-old/z"],
