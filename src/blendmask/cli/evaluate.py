@@ -12,10 +12,16 @@ from __future__ import annotations
 
 import argparse
 
-from blendmask.cli.arguments import DEVICE_HELP, DEVICES, non_negative_int, positive_int
-from blendmask.cli.predict import add_postprocess_arguments
+from blendmask.cli.arguments import (
+    DEVICE_HELP,
+    DEVICES,
+    add_request_arguments,
+    non_negative_int,
+    positive_int,
+)
 from blendmask.evaluation.evaluate import evaluate_model_file
 from blendmask.evaluation.evaluate_panoptic import evaluate_panoptic_file
+from blendmask.evaluation.request import PostprocessRequest
 from blendmask.metrics.panoptic import format_pq_table
 from blendmask.metrics.results import evaluate_results_file
 from blendmask.metrics.tables import format_tables
@@ -55,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--panoptic-images", default=None, help="folder of the panoptic PNGs")
     # AP needs the low scores: by default every detection the model gives counts.
-    add_postprocess_arguments(parser, None)
+    add_request_arguments(parser, PostprocessRequest)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,8 +74,8 @@ def run(args: argparse.Namespace) -> int:
             flag
             for flag, value in (
                 ("--conf", args.score_threshold),
-                ("--iou", args.iou),
-                ("--max-det", args.max_det),
+                ("--iou", args.nms_iou),
+                ("--max-det", args.max_detections),
                 ("--classes", args.classes),
                 ("--set", args.overrides),
                 ("--plots", args.plots),  # the sheet draws the model's masks
@@ -107,8 +113,8 @@ def _evaluate_model(args: argparse.Namespace) -> tuple[dict, bool]:
             num_workers=args.num_workers,
             overrides=args.overrides,
             score_threshold=args.score_threshold,
-            nms_iou=args.iou,
-            max_detections=args.max_det,
+            nms_iou=args.nms_iou,
+            max_detections=args.max_detections,
             classes=args.classes,
             plots=args.plots,
         )
