@@ -15,7 +15,7 @@ import pytest
 from blendmask.cli.arguments import add_request_arguments, request_from_args
 from blendmask.cli.main import build_parser
 from blendmask.config.flags import flag, freeze_sequences, positive_int
-from blendmask.evaluation.request import PostprocessRequest
+from blendmask.evaluation.request import EvalRequest, PostprocessRequest
 from blendmask.prediction.request import PredictRequest
 from blendmask.training.request import TrainRequest
 from blendmask.training.train_config import resolve_train_config
@@ -76,20 +76,27 @@ def _dests(command: str) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    ("command", "request_class"), [("predict", PredictRequest), ("train", TrainRequest)]
+    ("command", "request_class"),
+    [("predict", PredictRequest), ("train", TrainRequest), ("eval", EvalRequest)],
 )
 def test_every_option_of_a_command_is_a_field_of_its_request(command, request_class) -> None:
-    """Wrong if `predict` or `train` parses a flag that is not a field of its request (a flag
+    """Wrong if `predict`, `train` or `eval` parses a flag that is not a field of its request (a flag
     written twice, in the parser and again in the function), or a field has no flag."""
     fields = {f.name for f in dataclasses.fields(request_class)}
     assert _dests(command) == fields
 
 
-def test_eval_takes_the_post_processing_fields_of_predict() -> None:
-    shared = {f.name for f in dataclasses.fields(PostprocessRequest)}
-    assert shared <= _dests("eval") and shared <= {
-        f.name for f in dataclasses.fields(PredictRequest)
-    }
+def test_eval_and_predict_share_the_post_processing_fields() -> None:
+    """Wrong if eval and predict spell a post-processing flag each their own way."""
+    shared = dataclasses.fields(PostprocessRequest)
+    for request_class in (PredictRequest, EvalRequest):
+        fields = {f.name: f for f in dataclasses.fields(request_class)}
+        for item in shared:
+            names = fields[item.name].metadata["flag"].names
+            assert names == item.metadata["flag"].names, (request_class, item.name)
+    # each with its own default threshold: eval keeps every detection (AP needs the low ones)
+    assert EvalRequest(out="o").score_threshold is None
+    assert PredictRequest(inputs=["a.png"], out="o").score_threshold == 0.3
 
 
 def test_the_command_line_and_the_python_api_make_the_same_request() -> None:

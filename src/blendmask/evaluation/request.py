@@ -1,13 +1,24 @@
-"""The post-processing flags of `predict` and `eval` (--conf, --iou, --max-det, --classes,
---set), one frozen request whose fields both commands' requests take (`config.flags`)."""
+"""`EvalRequest`: the flags of `blendmask eval`, written once (see `config.flags`), and
+`PostprocessRequest`, its post-processing flags (--conf, --iou, --max-det, --classes, --set),
+which `prediction.request.PredictRequest` takes too."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from blendmask.config.flags import class_list, flag, freeze_sequences, positive_int, probability
+from blendmask.config.flags import (
+    DEVICE_HELP,
+    DEVICES,
+    class_list,
+    flag,
+    freeze_sequences,
+    non_negative_int,
+    positive_int,
+    probability,
+)
 from blendmask.predictor import INFERENCE_KEYS
 
 
@@ -71,3 +82,40 @@ class PostprocessRequest:
         keyword arguments of `Predictor.from_checkpoint` besides the threshold and --set."""
         classes = None if self.classes is None else list(self.classes)
         return {"nms_iou": self.nms_iou, "max_detections": self.max_detections, "classes": classes}
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalRequest(PostprocessRequest):
+    """`blendmask eval`: a model file (`weights`) on `json` / `images`, a results json
+    (`results`) against `json`, or a panoptic model on `panoptic_json` / `panoptic_images`."""
+
+    weights: str | Path | None = flag(
+        None, group="source", help="model file (model.pt) to evaluate"
+    )
+    # --results scores a results json instead of running a model: the two exclude each other.
+    results: str | Path | None = flag(
+        None, group="source", help="score a COCO results json without a model"
+    )
+    json: str | Path | None = flag(None, help="ground-truth COCO instances json")
+    images: str | Path | None = flag(None, help="folder of the json's images")
+    out: str | Path = flag(required=True, help="writes OUT/metrics.json, OUT/results.json")
+    device: str = flag("auto", choices=DEVICES, help=DEVICE_HELP)
+    batch_size: int = flag(1, parse=positive_int, help="images per forward pass (default 1)")
+    num_workers: int = flag(
+        2,
+        parse=non_negative_int,
+        help="DataLoader processes decoding images (default 2; 0: the main process)",
+    )
+    plots: bool = flag(
+        False,
+        action="store_true",
+        help="also write OUT/plots/pr_curves.png (precision-recall per IoU) and "
+        "OUT/plots/sheet.png (ground truth / predictions of a few images, misses and false "
+        "positives marked)",
+    )
+    panoptic_json: str | Path | None = flag(
+        None,
+        help="COCO panoptic json: PQ / SQ / RQ of a panoptic model (with --panoptic-images, "
+        "--images; --json adds the instance AP)",
+    )
+    panoptic_images: str | Path | None = flag(None, help="folder of the panoptic PNGs")
