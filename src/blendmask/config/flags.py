@@ -1,7 +1,7 @@
 """Command requests: a command's flags written once, as the fields of a frozen dataclass.
 
 Each field of a request (`prediction.request.PredictRequest`, `training.request.TrainRequest`,
-`evaluation.request.PostprocessRequest`) is one flag of its command: the field gives the name
+`evaluation.request.EvalRequest`) is one flag of its command: the field gives the name
 (the Python API's keyword argument), the type and the default; `flag(...)` puts in its metadata
 how the command line spells, parses and explains it (`Flag`). The CLI builds its parser from the
 fields (`cli.arguments.add_request_arguments`) and the request from what it parsed; the Python
