@@ -22,9 +22,9 @@ from blendmask.presets import PRESETS, get_preset
 ALIASES = [
     ("predict", "--workers", "--num-workers", "workers"),
     ("predict", "--score-threshold", "--conf", "score_threshold"),
-    ("predict", "--max-detections", "--max-det", "max_det"),
+    ("predict", "--max-detections", "--max-det", "max_detections"),
     ("eval", "--score-threshold", "--conf", "score_threshold"),
-    ("eval", "--max-detections", "--max-det", "max_det"),
+    ("eval", "--max-detections", "--max-det", "max_detections"),
     ("explain", "--score-threshold", "--conf", "score_threshold"),
 ]
 

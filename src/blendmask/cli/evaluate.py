@@ -5,17 +5,18 @@ with --results, scores a COCO results json against --json without a model. Under
 `torchrun --nproc_per_node N -m blendmask eval --weights ...` each process predicts its share of
 the images and rank 0 evaluates them all (the metrics of one process) and prints. Prints the COCO
 summary table and the AP of each category (`metrics.tables.format_tables`); OUT/metrics.json
-holds the same numbers ("per_category": {name: {"bbox_AP", "segm_AP"}}).
+holds the same numbers ("per_category": {name: {"bbox_AP", "segm_AP"}}). The flags are the
+fields of `evaluation.request.EvalRequest`.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from blendmask.cli.arguments import DEVICE_HELP, DEVICES, non_negative_int, positive_int
-from blendmask.cli.predict import add_postprocess_arguments
+from blendmask.cli.arguments import add_request_arguments, request_from_args
 from blendmask.evaluation.evaluate import evaluate_model_file
 from blendmask.evaluation.evaluate_panoptic import evaluate_panoptic_file
+from blendmask.evaluation.request import EvalRequest
 from blendmask.metrics.panoptic import format_pq_table
 from blendmask.metrics.results import evaluate_results_file
 from blendmask.metrics.tables import format_tables
@@ -23,42 +24,12 @@ from blendmask.runtime.distributed import cleanup_distributed, get_rank
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    # --results scores a results json instead of running a model: the two exclude each other.
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--weights", default=None, help="model file (model.pt) to evaluate")
-    source.add_argument("--results", default=None, help="score a COCO results json without a model")
-    parser.add_argument("--json", default=None, help="ground-truth COCO instances json")
-    parser.add_argument("--images", default=None, help="folder of the json's images")
-    parser.add_argument("--out", required=True, help="writes OUT/metrics.json, OUT/results.json")
-    parser.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
-    parser.add_argument(
-        "--batch-size", type=positive_int, default=1, help="images per forward pass (default 1)"
-    )
-    parser.add_argument(
-        "--num-workers",
-        type=non_negative_int,
-        default=2,
-        help="DataLoader processes decoding images (default 2; 0: the main process)",
-    )
-    parser.add_argument(
-        "--plots",
-        action="store_true",
-        help="also write OUT/plots/pr_curves.png (precision-recall per IoU) and "
-        "OUT/plots/sheet.png (ground truth / predictions of a few images, misses and false "
-        "positives marked)",
-    )
-    parser.add_argument(
-        "--panoptic-json",
-        default=None,
-        help="COCO panoptic json: PQ / SQ / RQ of a panoptic model (with --panoptic-images, "
-        "--images; --json adds the instance AP)",
-    )
-    parser.add_argument("--panoptic-images", default=None, help="folder of the panoptic PNGs")
     # AP needs the low scores: by default every detection the model gives counts.
-    add_postprocess_arguments(parser, None)
+    add_request_arguments(parser, EvalRequest)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(namespace: argparse.Namespace) -> int:
+    args = request_from_args(EvalRequest, namespace)
     if args.panoptic_json or args.panoptic_images:
         return _evaluate_panoptic(args)
     if args.results:
@@ -68,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
             flag
             for flag, value in (
                 ("--conf", args.score_threshold),
-                ("--iou", args.iou),
-                ("--max-det", args.max_det),
+                ("--iou", args.nms_iou),
+                ("--max-det", args.max_detections),
                 ("--classes", args.classes),
                 ("--set", args.overrides),
                 ("--plots", args.plots),  # the sheet draws the model's masks
@@ -93,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_model(args: argparse.Namespace) -> tuple[dict, bool]:
+def _evaluate_model(args: EvalRequest) -> tuple[dict, bool]:
     """(metrics, whether this is rank 0) of `evaluate_model_file` with the flags; under
     torchrun each process takes its share of the images."""
     try:
@@ -107,8 +78,8 @@ def _evaluate_model(args: argparse.Namespace) -> tuple[dict, bool]:
             num_workers=args.num_workers,
             overrides=args.overrides,
             score_threshold=args.score_threshold,
-            nms_iou=args.iou,
-            max_detections=args.max_det,
+            nms_iou=args.nms_iou,
+            max_detections=args.max_detections,
             classes=args.classes,
             plots=args.plots,
         )
@@ -117,7 +88,7 @@ def _evaluate_model(args: argparse.Namespace) -> tuple[dict, bool]:
         cleanup_distributed()
 
 
-def _evaluate_panoptic(args: argparse.Namespace) -> int:
+def _evaluate_panoptic(args: EvalRequest) -> int:
     """PQ of a panoptic model (`evaluation.evaluate_panoptic.evaluate_panoptic_file`), printed as a table."""
     missing = [
         f"--{k.replace('_', '-')}"

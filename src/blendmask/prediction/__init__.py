@@ -6,7 +6,8 @@
 - `predict_stream.py`: the input stream, the JSON-lines records and their part files;
 - `predict_outputs.py`: what each image writes (masks, overlays, RLE records);
 - `predict_settings.py`: OUT/settings.json, which a resumed run must match;
-- `predict_ids.py`: COCO image ids for `--coco` results.
+- `predict_ids.py`: COCO image ids for `--coco` results;
+- `request.py`: `PredictRequest`, the command's flags as one frozen request.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from blendmask.atomic import atomic_write, refuse_link, remove_stale_temps
 from blendmask.checkpoint_io import read_model_file
+from blendmask.config.flags import make_request
 from blendmask.data.panoptic_format import id_to_rgb
 from blendmask.data.sources import expand_sources, output_names
 from blendmask.evaluation.evaluate_panoptic import category_id_tables, panoptic_to_coco
@@ -35,7 +36,8 @@ from blendmask.prediction.predict_settings import (
     write_settings,
 )
 from blendmask.prediction.predict_stream import real_key
-from blendmask.predictor import DEFAULT_SCORE_THRESHOLD, Predictor, load_input_image
+from blendmask.prediction.request import PredictRequest
+from blendmask.predictor import Predictor, load_input_image
 from blendmask.runtime.output_lock import OutputLock
 from blendmask.visualization import (
     class_color,
@@ -113,24 +115,9 @@ def _stuff_label_box(mask: Tensor, text_width: int) -> list[float]:
     return [x - text_width / 2, y, x + text_width / 2, y]
 
 
-def predict_panoptic_images(
-    *,
-    weights: str | Path,
-    inputs: Sequence[str | Path],
-    out: str | Path,
-    device: str = "auto",
-    score_threshold: float | None = DEFAULT_SCORE_THRESHOLD,
-    nms_iou: float | None = None,
-    max_detections: int | None = None,
-    classes: Sequence[int | str] | None = None,
-    batch_size: int = 1,
-    overrides: Sequence[str] = (),
-    glob: str | None = None,
-    overlays: bool = True,
-    strict: bool = False,
-    resume: bool = True,
-) -> dict[str, Any]:
-    """`blendmask predict --weights PANOPTIC_MODEL SOURCE... --out DIR` (module docstring).
+def predict_panoptic_images(request: PredictRequest | None = None, **kwargs: Any) -> dict[str, Any]:
+    """`blendmask predict --weights PANOPTIC_MODEL SOURCE... --out DIR` (module docstring): runs
+    `request`, or the `PredictRequest` of the keyword arguments (as `predict_images`).
 
     `score_threshold`, `nms_iou`, `max_detections`, `classes` are the `Predictor` knobs of the
     thing instances (stuff is the semantic branch's); `batch_size` images go through the
@@ -138,24 +125,28 @@ def predict_panoptic_images(
     skipped (their annotations kept), other settings over the same OUT are refused;
     `resume=False` starts over. Returns a summary: images, predicted, resumed, skipped,
     segments, and the paths written. ValueError when no image could be read at all (as
-    instance `predict`)."""
-    out = Path(out)
-    sources = expand_sources(inputs, glob, exclude=out)
+    instance `predict`), or for a flag of instance models only (`coco`, `save_masks`,
+    `gt_json`, `onnx`, `workers`)."""
+    r = make_request(PredictRequest, request, kwargs)
+    _check_panoptic_request(r)
+    weights, batch_size, overlays, strict = r.weights, r.batch_size, r.overlays, r.strict
+    out = Path(r.out)
+    sources = expand_sources(r.inputs, r.glob, exclude=out)
     if sources.videos:
         raise ValueError(
             f"predict: a panoptic model takes images, not videos ({sources.videos[0]})"
         )
     if not sources.images:
-        raise ValueError(f"predict: the sources {', '.join(map(str, inputs))} name no image")
-    knobs = {"nms_iou": nms_iou, "max_detections": max_detections, "classes": classes}
+        raise ValueError(f"predict: the sources {', '.join(map(str, r.inputs))} name no image")
+    knobs, threshold, overrides = r.knobs(), r.score_threshold, r.overrides
     # The model is checked before OUT is made: a refused one leaves nothing behind.
     predictor = Predictor.from_checkpoint(
-        weights, device, batch_size, overrides=overrides, score_threshold=score_threshold, **knobs
+        weights, r.device, batch_size, overrides=overrides, score_threshold=threshold, **knobs
     )
-    settings = run_settings(weights, None, score_threshold, overrides, overlays=overlays, **knobs)
+    settings = run_settings(weights, None, threshold, overrides, overlays=overlays, **knobs)
     settings["panoptic"] = True
     with OutputLock(out):
-        annotations = _resume(out, settings, resume)
+        annotations = _resume(out, settings, r.resume)
         done, resumed = {_annotation_key(a) for a in annotations}, len(annotations)
         names = _names(sources.images, annotations)
         pending = [k for k, path in enumerate(sources.images) if real_key(path) not in done]
@@ -186,6 +177,22 @@ def predict_panoptic_images(
         "overlays": str(out / "overlays") if overlays else None,
         "errors": str(out / "errors.jsonl") if errors else None,
     }
+
+
+def _check_panoptic_request(r: PredictRequest) -> None:
+    """ValueError for the flags of instance models."""
+    flags = (("--coco", r.coco), ("--save-masks", r.save_masks), ("--json", r.gt_json))
+    unused = [f for f, v in (*flags, ("--onnx", r.onnx)) if v]
+    if unused:
+        raise ValueError(f"predict: {', '.join(unused)} are for instance models, not panoptic")
+    if r.workers:
+        # The panoptic loop reads its images in the main process: no DataLoader to give them.
+        raise ValueError(
+            f"predict: --num-workers {r.workers}: a panoptic model decodes its images in "
+            "the main process (leave the flag out or give 0)"
+        )
+    if r.weights is None:
+        raise ValueError("predict: a panoptic model needs weights (its model.pt)")
 
 
 def _read_images(

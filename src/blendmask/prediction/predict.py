@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from blendmask.atomic import refuse_link, remove_stale_temps
+from blendmask.config.flags import make_request
 from blendmask.data.batching import worker_init
 from blendmask.data.sources import Sources, expand_sources, output_names
 from blendmask.io import resolve_device
@@ -62,8 +63,9 @@ from blendmask.prediction.predict_stream import (
     real_key,
     sum_counts,
 )
+from blendmask.prediction.request import DEFAULT_WORKERS, PredictRequest
 from blendmask.prediction.video import predict_videos, video_done
-from blendmask.predictor import DEFAULT_SCORE_THRESHOLD, Predictor
+from blendmask.predictor import Predictor
 from blendmask.runtime import distributed as dist_utils
 from blendmask.runtime.distributed import DistInfo
 from blendmask.runtime.output_lock import LOCK_NAME, OutputLock
@@ -73,28 +75,14 @@ from blendmask.visualization import save_png
 
 
 def predict_images(
+    request: PredictRequest | None = None,
     *,
-    weights: str | Path | None,
-    inputs: Sequence[str | Path],
-    out: str | Path,
-    device: str = "auto",
-    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
-    batch_size: int = 1,
-    workers: int = 0,
-    overlays: bool = True,
-    strict: bool = False,
     predictor: InferenceModel | None = None,
-    nms_iou: float | None = None,
-    max_detections: int | None = None,
-    classes: Sequence[int | str] | None = None,
-    overrides: Sequence[str] = (),
-    glob: str | None = None,
-    resume: bool = True,
-    coco: bool = False,
-    save_masks: str | None = None,
-    gt_json: str | Path | None = None,
+    **kwargs: Any,
 ) -> dict[str, Any]:
-    """`blendmask predict --weights W SOURCE... --out DIR` (see the module docstring).
+    """`blendmask predict --weights W SOURCE... --out DIR` (see the module docstring): runs
+    `request`, or the `PredictRequest` of the keyword arguments (`kwargs` replace fields of a
+    given `request`).
 
     Returns a summary: images, videos, frames, predicted (this run), resumed (skipped as
     done), detections (this run), skipped (unreadable, this run), and the paths written.
@@ -108,45 +96,51 @@ def predict_images(
     `gt_json`: a ground-truth COCO json whose image ids the records take (matched by
     file_name); without it each file gets an id once, kept by resumed runs (`predict_ids`).
     """
-    check_arguments(predictor, save_masks, nms_iou, max_detections, overrides)
-    out = Path(out)
-    sources = expand_sources(inputs, glob, exclude=out)
+    r = make_request(PredictRequest, request, kwargs)
+    check_arguments(predictor, r.save_masks, r.nms_iou, r.max_detections, r.overrides)
+    if r.onnx is not None and predictor is None:
+        raise ValueError(
+            f"predict: onnx={r.onnx}: load it as the predictor "
+            "(`export.segmenter_predictor.SegmenterPredictor`), as `blendmask predict --onnx`"
+        )
+    out = Path(r.out)
+    sources = expand_sources(r.inputs, r.glob, exclude=out)
     if not len(sources):
-        raise ValueError(f"predict: the sources {', '.join(map(str, inputs))} name no file")
-    knobs = {"nms_iou": nms_iou, "max_detections": max_detections, "classes": classes}
-    settings = run_settings(weights, predictor, score_threshold, overrides, **knobs)
+        raise ValueError(f"predict: the sources {', '.join(map(str, r.inputs))} name no file")
+    settings = run_settings(r.weights, predictor, r.score_threshold, r.overrides, **r.knobs())
     settings.update(
-        overlays=overlays,
-        save_masks=save_masks,
-        json=None if gt_json is None else str(gt_json),
+        overlays=r.overlays,
+        save_masks=r.save_masks,
+        json=None if r.gt_json is None else str(r.gt_json),
         record_version=RECORD_VERSION,  # records of another layout are not resumed into
     )
-    with _distributed(device) as (info, dev):
+    workers = DEFAULT_WORKERS if r.workers is None else r.workers
+    with _distributed(r.device) as (info, dev):
         # The model and its knobs are checked before OUT is made or touched: a refused
         # model leaves no folder, .lock or settings behind.
         if predictor is None:
-            predictor = _load_predictor(weights, dev, batch_size, overrides, score_threshold, knobs)
-        spec = _output_spec(predictor, out, score_threshold, classes, overlays, save_masks)
+            predictor = _load_predictor(r, dev)
+        spec = _output_spec(predictor, out, r)
         with _locked(out, info):
-            _on_main(info, lambda: _prepare(out, settings, resume))
-            state = _read_state(out, sources, resume, gt_json)
+            _on_main(info, lambda: _prepare(out, settings, r.resume))
+            state = _read_state(out, sources, r.resume, r.gt_json)
             dist_utils.barrier()  # every rank has read what is done before any rank writes
             counts = _run_images(
-                predictor, spec, sources.images, state, info, batch_size, workers, strict
+                predictor, spec, sources.images, state, info, r.batch_size, workers, r.strict
             )
             counts["frames"], counts["videos_skipped"] = predict_videos(
-                predictor, spec, sources.videos, *state.videos, info, batch_size, strict
+                predictor, spec, sources.videos, *state.videos, info, r.batch_size, r.strict
             )
             totals = sum_counts(dist_utils.all_gather_objects(counts))
             dist_utils.barrier()
-            _on_main(info, lambda: finish_outputs(out, coco))
+            _on_main(info, lambda: finish_outputs(out, r.coco))
     if totals["attempted"] and totals["skipped"] == totals["attempted"] and not state.done:
         if not sources.videos:
             raise ValueError(
                 f"none of the {totals['attempted']} image(s) could be read (listed in "
                 f"{out / ERRORS}); the first: {totals['first_error']}"
             )
-    return _summary(out, sources, totals, coco, overlays)
+    return _summary(out, sources, totals, r.coco, r.overlays)
 
 
 class _State(NamedTuple):
@@ -185,24 +179,17 @@ def _summary(
     }
 
 
-def _output_spec(
-    predictor: InferenceModel,
-    out: Path,
-    score_threshold: float | None,
-    classes: Sequence[int | str] | None,
-    overlays: bool,
-    save_masks: str | None,
-) -> OutputSpec:
+def _output_spec(predictor: InferenceModel, out: Path, r: PredictRequest) -> OutputSpec:
     cfg = predictor.cfg
     names = list(cfg.data.category_names)
     return OutputSpec(
         out=out,
         category_ids=list(cfg.data.category_ids) or list(range(1, cfg.model.fcos.num_classes + 1)),
         class_names=names,
-        score_threshold=score_threshold,
-        labels=None if classes is None else resolve_classes(classes, names),
-        overlays=overlays,
-        save_masks=save_masks,
+        score_threshold=r.score_threshold,
+        labels=None if r.classes is None else resolve_classes(r.classes, names),
+        overlays=r.overlays,
+        save_masks=r.save_masks,
     )
 
 
@@ -269,24 +256,17 @@ def _prepare(out: Path, settings: dict[str, Any], resume: bool) -> None:
     write_settings(out, settings)
 
 
-def _load_predictor(
-    weights: str | Path | None,
-    device: Any,
-    batch_size: int,
-    overrides: Sequence[str],
-    score_threshold: float,
-    knobs: dict[str, Any],
-) -> Predictor:
+def _load_predictor(r: PredictRequest, device: Any) -> Predictor:
     """`Predictor.from_checkpoint` with the knobs of `predict`."""
-    if weights is None:
+    if r.weights is None:
         raise ValueError("predict: needs --weights (or a ready predictor)")
     return Predictor.from_checkpoint(
-        weights,
+        r.weights,
         device=device,
-        batch_size=batch_size,
-        overrides=overrides,
-        score_threshold=score_threshold,
-        **knobs,
+        batch_size=r.batch_size,
+        overrides=r.overrides,
+        score_threshold=r.score_threshold,
+        **r.knobs(),
     )
 
 

@@ -1,6 +1,7 @@
 """Training: the `train` and `demo` commands as functions, and the loop under them.
 
 - `train.py`: `train_command` (`blendmask train`); `demo.py`, `panoptic_demo.py`: `blendmask demo`;
+- `request.py`: `TrainRequest`, the command's flags as one frozen request;
 - `train_config.py`: the Config a run uses, resolved before anything is built;
 - `training_run.py`: `TrainingRun`, the state of one process, its set-up (build, resume, DDP)
   and the evaluation each eval period (`evaluate_during_training`);

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 from blendmask.atomic import check_writable
 from blendmask.config import Config
+from blendmask.config.flags import make_request
 from blendmask.evaluation.evaluate import METRIC_KEYS
 from blendmask.runtime.distributed import get_rank
 from blendmask.runtime.output_lock import OutputLock
@@ -18,6 +19,7 @@ from blendmask.training import loop
 from blendmask.training.budget import TimeBudget
 from blendmask.training.checkpoint import LAST_CHECKPOINT
 from blendmask.training.loaders import build_train_dataset
+from blendmask.training.request import TrainRequest
 from blendmask.training.resume import NEW_OUT_FLAG, run_folder_for
 from blendmask.training.train_config import (
     resolve_dataset_classes,
@@ -28,68 +30,33 @@ from blendmask.training.train_config import (
 logger = logging.getLogger(__name__)
 
 
-def train_command(
-    *,
-    out: str | Path,
-    preset: str | None = None,
-    config: str | Path | None = None,
-    overrides: Sequence[str] = (),
-    train_json: str | None = None,
-    train_images: str | None = None,
-    val_json: str | None = None,
-    val_images: str | None = None,
-    device: str = "auto",
-    batch_size: int | None = None,
-    lr: float | None = None,
-    max_iter: int | None = None,
-    seed: int | None = None,
-    num_workers: int | None = None,
-    minutes: float | None = None,
-    resume: bool = True,
-    resume_with_new_settings: bool = False,
-    new_out_if_changed: bool = False,
-    tensorboard: bool = False,
-    backbone_weights: str | None = None,
-) -> loop.TrainResult:
-    """`blendmask train`, with keyword arguments mirroring its flags: resolve the config, then
-    `loop.run_training` (resumes from `out/last.pt`), refusing an --out that another process
-    is writing (`OutputLock`). Writes last.pt, model.pt, metrics.jsonl, curves.png under `out`;
-    logs where model.pt went and the final metrics.
+def train_command(request: TrainRequest | None = None, **kwargs: Any) -> loop.TrainResult:
+    """`blendmask train` for `request` (or the `TrainRequest` of the keyword arguments, which
+    mirror its flags): resolve the config, then `loop.run_training` (resumes from
+    `out/last.pt`), refusing an --out that another process is writing (`OutputLock`). Writes
+    last.pt, model.pt, metrics.jsonl, curves.png under `out`; logs where model.pt went and the
+    final metrics.
 
     Resuming with other settings than the saved run's is refused, naming the keys, unless only
     solver settings differ and `resume_with_new_settings` (see training/resume.py); with
     `new_out_if_changed` such a run goes into OUT-2 (or the next OUT-N that is free or holds
     this run, `resume.run_folder_for`) instead. `TrainResult.out_dir` is the folder used."""
+    r = make_request(TrainRequest, request, kwargs)
+    out, resume, new_settings = r.out, r.resume, r.resume_with_new_settings
     # Under torchrun only rank 0 prints the config notes.
     quiet = int(os.environ.get("RANK", "0")) != 0
-    cfg = resolve_train_config(
-        out=out,
-        preset=preset,
-        config=config,
-        overrides=overrides,
-        train_json=train_json,
-        train_images=train_images,
-        val_json=val_json,
-        val_images=val_images,
-        batch_size=batch_size,
-        lr=lr,
-        max_iter=max_iter,
-        seed=seed,
-        num_workers=num_workers,
-        backbone_weights=backbone_weights,
-        quiet=quiet,
-    )
+    cfg = resolve_train_config(r, quiet=quiet)
     if not quiet:
         check_writable(out)  # before reading the dataset: a bad --out fails at once
     # The budget counts from here: reading the dataset is part of the time asked for.
     budget = None
-    if minutes is not None:
+    if r.minutes is not None:
         has_val = bool(cfg.data.val_json and cfg.data.val_images)
-        budget = TimeBudget(minutes * 60.0, reserve_final_eval=has_val)
+        budget = TimeBudget(r.minutes * 60.0, reserve_final_eval=has_val)
     dataset = build_train_dataset(cfg)
     cfg = resolve_dataset_classes(cfg, dataset, quiet=quiet)
-    if new_out_if_changed and resume:
-        out = _new_out_if_changed(out, cfg, new_settings=resume_with_new_settings, quiet=quiet)
+    if r.new_out_if_changed and resume:
+        out = _new_out_if_changed(out, cfg, new_settings=new_settings, quiet=quiet)
     fresh = not (resume and (Path(out) / LAST_CHECKPOINT).is_file())
     if fresh and not quiet:
         warn_if_random_body(cfg)
@@ -99,11 +66,11 @@ def train_command(
             cfg,
             out_dir=out,
             dataset=dataset,
-            device=device,
+            device=r.device,
             resume=resume,
-            new_settings=resume_with_new_settings,
+            new_settings=new_settings,
             time_budget=budget,
-            tensorboard=tensorboard,
+            tensorboard=r.tensorboard,
         )
     if get_rank() == 0:
         _report(Path(out), result)

@@ -13,18 +13,32 @@ import copy
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from blendmask.config import Config, apply_overrides, from_dict
+from blendmask.config.flags import make_request
 from blendmask.data.coco import CocoDataset
 from blendmask.evaluation.evaluate_panoptic import resolve_stuff_classes
 from blendmask.interop.torchvision_weights import resolve_weight_conventions
 from blendmask.presets import load_config
 from blendmask.training.checkpoint import LAST_CHECKPOINT, read_training_state
 from blendmask.training.optim import scale_lr
+from blendmask.training.request import TrainRequest
 
 logger = logging.getLogger(__name__)
 
 Say = Callable[[str], None]
+# The request fields that are `data.*` config fields of the same name.
+DATA_FLAGS = (
+    "train_json",
+    "train_images",
+    "val_json",
+    "val_images",
+    "train_panoptic_json",
+    "train_panoptic_images",
+    "val_panoptic_json",
+    "val_panoptic_images",
+)
 
 
 def _quiet(_: str) -> None:
@@ -32,24 +46,10 @@ def _quiet(_: str) -> None:
 
 
 def resolve_train_config(
-    *,
-    out: str | Path,
-    preset: str | None = None,
-    config: str | Path | None = None,
-    overrides: Sequence[str] = (),
-    train_json: str | None = None,
-    train_images: str | None = None,
-    val_json: str | None = None,
-    val_images: str | None = None,
-    batch_size: int | None = None,
-    lr: float | None = None,
-    max_iter: int | None = None,
-    seed: int | None = None,
-    num_workers: int | None = None,
-    backbone_weights: str | None = None,
-    quiet: bool = False,
+    request: TrainRequest | None = None, *, quiet: bool = False, **kwargs: Any
 ) -> Config:
-    """The Config `blendmask train` runs: preset / YAML / `--set`, then the flags.
+    """The Config `blendmask train` runs for `request` (or the `TrainRequest` of the keyword
+    arguments): preset / YAML / `--set`, then the flags.
 
     Without --preset and --config, a run folder holding `last.pt` continues with the config
     stored in it. `batch_size` alone scales the learning rate by the linear scaling rule
@@ -58,26 +58,23 @@ def resolve_train_config(
     normalisation (channel order, scale, mean/std, stride_in_1x1) is set to the file's (also
     for a file named by the config itself).
     """
+    r = make_request(TrainRequest, request, kwargs)
     say: Say = _quiet if quiet else logger.info
-    cfg = _base_config(out, preset, config, overrides, say)
+    cfg = _base_config(r.out, r.preset, r.config, r.overrides, say)
     d = cfg.data
-    for name, value in (
-        ("train_json", train_json),
-        ("train_images", train_images),
-        ("val_json", val_json),
-        ("val_images", val_images),
-    ):
+    for name in DATA_FLAGS:
+        value = getattr(r, name)
         if value is not None:
             setattr(d, name, str(value))
     if bool(d.val_json) != bool(d.val_images):
         raise ValueError("train: --val-json and --val-images go together (give both or neither)")
-    _apply_solver_flags(cfg, batch_size=batch_size, lr=lr, max_iter=max_iter, say=say)
-    if seed is not None:
-        cfg.solver.seed = seed
-    if num_workers is not None:
-        d.num_workers = num_workers
-    if backbone_weights is not None:
-        path = Path(backbone_weights)
+    _apply_solver_flags(cfg, batch_size=r.batch_size, lr=r.lr, max_iter=r.max_iter, say=say)
+    if r.seed is not None:
+        cfg.solver.seed = r.seed
+    if r.num_workers is not None:
+        d.num_workers = r.num_workers
+    if r.backbone_weights is not None:
+        path = Path(r.backbone_weights)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: --backbone-weights file not found")
         cfg.model.backbone.weights = str(path)
