@@ -86,7 +86,7 @@ def matched_iou(a_masks: Tensor, a_labels: Tensor, b_masks: Tensor, b_labels: Te
 
 def paired_iou(model, post, batch: Tensor, sizes, device: torch.device) -> Tensor:
     """Per fp32 detection: IoU of its mask blended from fp32 vs bf16 network outputs."""
-    from blendmask.modeling.paste import paste_masks
+    from blendmask.structures.paste import paste_masks
 
     with torch.inference_mode():
         out32 = model(batch, sizes)

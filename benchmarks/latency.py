@@ -260,7 +260,7 @@ def time_blender(
     merge_bases (interpolate M -> R, softmax over K, blend), sigmoid, paste_masks (R x R into
     the image, binarised), with the post-processor's settings."""
     from blendmask.modeling.blender import merge_bases, pool_bases
-    from blendmask.modeling.paste import paste_masks
+    from blendmask.structures.paste import paste_masks
 
     height, width = image_size
     g = torch.Generator().manual_seed(0)

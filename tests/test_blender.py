@@ -9,15 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from blendmask.modeling import paste
 from blendmask.modeling.blender import (
     attention_weights,
     fcis_attention,
     merge_bases,
     pool_bases,
 )
-from blendmask.modeling.paste import paste_masks
-from blendmask.structures import BlenderSpec
+from blendmask.structures import BlenderSpec, paste
+from blendmask.structures.paste import paste_masks
 
 
 def _interp_source(dst: int, in_size: int, out_size: int, mode: str) -> list[tuple[int, float]]:

@@ -32,10 +32,10 @@ from blendmask.export.end_to_end_onnx import (  # noqa: E402
     export_end_to_end_onnx,
 )
 from blendmask.export.torchscript import TorchScriptSegmenter, export_torchscript  # noqa: E402
-from blendmask.modeling.paste import paste_masks  # noqa: E402
 from blendmask.modeling.postprocess import attentions_at  # noqa: E402
 from blendmask.onnx_runtime import OnnxSegmenter, preprocess_images  # noqa: E402
 from blendmask.predictor import Predictor  # noqa: E402
+from blendmask.structures.paste import paste_masks  # noqa: E402
 
 # Slow: every test exports or runs a whole graph (`pytest -m "not slow"` leaves them out).
 pytestmark = pytest.mark.slow

@@ -175,15 +175,16 @@ def test_explain_of_a_large_image_draws_at_display_size(predictor, monkeypatch):
     detections panel there (before: 8000 x 8000 took 5.6 GB; now 1.7 GB, most of it torch):
     pasted pixels and the panel's picture stay within the display size."""
     from blendmask.explain import PANEL_MAX_SIDE
-    from blendmask.modeling import paste, postprocess
+    from blendmask.structures import paste
 
     pasted: list[int] = []
+    original = paste.paste_masks
 
     def counting(masks, boxes, image_size, threshold=0.5):
         pasted.append(masks.shape[0] * image_size[0] * image_size[1])
-        return paste.paste_masks(masks, boxes, image_size, threshold)
+        return original(masks, boxes, image_size, threshold)
 
-    monkeypatch.setattr(postprocess, "paste_masks", counting)
+    monkeypatch.setattr(paste, "paste_masks", counting)
     top = 2
     fig = explain_figure(predictor, image_u8(2100, 3000), top=top)
     panel = next(ax for ax in fig.axes if ax.get_title() == "detections")

@@ -35,12 +35,11 @@ from blendmask.evaluation.evaluate import evaluate_model, evaluate_model_file
 from blendmask.factory import build
 from blendmask.metrics.categories import match_categories
 from blendmask.metrics.coco import COCOEvaluator, detection_rles
-from blendmask.modeling import paste
-from blendmask.modeling.paste import paste_masks
 from blendmask.predictor import MAX_IMAGE_PIXELS, check_image_size
 from blendmask.presets import get_preset
 from blendmask.runtime.output_lock import OutputLock
-from blendmask.structures import Detections
+from blendmask.structures import Detections, paste
+from blendmask.structures.paste import paste_masks
 
 pytestmark = pytest.mark.faults
 
@@ -404,7 +403,6 @@ def lazy_detections(num: int, size: tuple[int, int], seed: int = 0) -> Detection
         torch.randint(0, 4, (num,), generator=g),
         mask_probs=torch.rand(num, 12, 12, generator=g),
         image_size=size,
-        paster=paste_masks,
     )
 
 
@@ -442,7 +440,6 @@ MEMORY_SCRIPT = textwrap.dedent(
     """
     import resource, sys, torch
     from blendmask.metrics.coco import detections_to_coco_results
-    from blendmask.modeling.paste import paste_masks
     from blendmask.structures import Detections
     from blendmask.visualization import draw_detections
 
@@ -453,7 +450,7 @@ MEMORY_SCRIPT = textwrap.dedent(
     boxes = torch.tensor([[1.0, 1.0, side - 1.0, side - 1.0]]).repeat(num, 1)
     det = Detections(
         boxes, torch.linspace(0.5, 1.0, num), torch.zeros(num, dtype=torch.int64),
-        mask_probs=torch.ones(num, 28, 28), image_size=(side, side), paster=paste_masks,
+        mask_probs=torch.ones(num, 28, 28), image_size=(side, side),
     )
     results = detections_to_coco_results([det], [0], [1])
     overlay = draw_detections(image, det)

@@ -26,8 +26,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("training", "convert", "export", "explain", "adapter", "serve"),
     ("prediction",),
     ("evaluation",),
-    ("predictor", "input_images", "factory", "checkpoint_io", "checkpoint_reader", "interop"),
-    ("modeling", "data", "metrics", "visualization", "painting"),
+    ("predictor", "factory", "checkpoint_io", "checkpoint_reader", "interop"),
+    ("modeling", "data", "metrics"),
     (
         "config",
         "presets",
@@ -37,6 +37,10 @@ LAYERS: list[tuple[str, ...]] = [
         "atomic",
         "onnx_runtime",
         "runtime",
+        # Drawing and image loading sit with the structures: `Detections.plot` uses them.
+        "visualization",
+        "painting",
+        "input_images",
     ),
 ]
 # A package holds one job a newcomer can read through; past this it should split.

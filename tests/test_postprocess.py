@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from blendmask.modeling.blender import merge_bases, pool_bases
-from blendmask.modeling.paste import paste_masks
 from blendmask.modeling.postprocess import BlendMaskPostProcessor, top_k_per_group
 from blendmask.structures import BlenderSpec, BlendMaskOutputs
+from blendmask.structures.paste import paste_masks
 
 STRIDES = [8, 16, 32]
 C, K, M, R = 3, 4, 2, 8

@@ -12,15 +12,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-import blendmask.modeling.paste as paste_module
 import blendmask.prediction.predict_outputs as predict_outputs
+import blendmask.structures.paste as paste_module
 from blendmask.factory import build
-from blendmask.modeling.paste import paste_mask_probabilities, paste_masks
 from blendmask.prediction.predict import predict_images
 from blendmask.prediction.predict_outputs import id_map
 from blendmask.predictor import Predictor
 from blendmask.presets import get_preset
 from blendmask.structures import Detections
+from blendmask.structures.paste import paste_masks
 
 
 def test_each_image_is_pasted_once(tmp_path, monkeypatch):
@@ -74,8 +74,6 @@ def test_id_map_needs_no_full_image_temporaries(monkeypatch):
         torch.zeros(count, dtype=torch.int64),
         mask_probs=torch.rand(count, 14, 14, generator=generator),
         image_size=(height, width),
-        paster=paste_masks,
-        prob_paster=paste_mask_probabilities,
     )
     tracemalloc.start()
     try:

@@ -26,10 +26,10 @@ from blendmask.cli.main import build_parser
 from blendmask.factory import build
 from blendmask.metrics.coco import detections_to_coco_results, run_coco_eval
 from blendmask.metrics.tables import format_tables
-from blendmask.modeling.paste import paste_mask_probabilities, paste_masks
 from blendmask.predictor import DEFAULT_SCORE_THRESHOLD, Predictor
 from blendmask.presets import get_preset
 from blendmask.structures import Detections
+from blendmask.structures.paste import paste_mask_probabilities, paste_masks
 
 NAMES = ["circle", "rectangle", "triangle", "star"]  # the shapes dataset's, ids 1-4
 
@@ -108,7 +108,7 @@ def test_labels_are_0_based_and_category_ids_appear_only_in_coco(dets):
 def test_indexing_keeps_the_box_local_form(dets):
     high = dets[dets.scores > 0.3]
     assert len(high) == int((dets.scores > 0.3).sum()) and not high.has_dense_masks
-    assert high.class_names == dets.class_names and high.drawer is dets.drawer
+    assert high.class_names == dets.class_names and high.category_ids == dets.category_ids
     assert torch.equal(dets[0].boxes, dets.boxes[:1]) and len(dets[-1]) == 1
     assert torch.equal(dets[-1].scores, dets.scores[-1:])
     assert torch.equal(dets[[0, 2]].labels, dets.labels[[0, 2]])
@@ -170,8 +170,9 @@ def test_plot_and_save_draw_over_the_image(dets, image, tmp_path):
     assert np.array_equal(none.plot(image), image)  # nothing to draw
     with pytest.raises(ValueError, match="suffix"):
         dets.save(tmp_path / "pred.txt", image)
-    with pytest.raises(ValueError, match="drawer"):
-        Detections(dets.boxes, dets.scores, dets.labels, dets.masks).plot(image)
+    # Any Detections draws, not only a Predictor's: the same picture from the same values.
+    plain = Detections(dets.boxes, dets.scores, dets.labels, dets.masks, class_names=NAMES)
+    assert np.array_equal(plain.plot(image), picture)
 
 
 def test_numpy_and_to_json(dets):

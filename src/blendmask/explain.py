@@ -35,7 +35,6 @@ from blendmask.data.transforms import resize_masks, resize_to
 from blendmask.input_images import load_input_image
 from blendmask.metrics.attention import pairwise_distances
 from blendmask.modeling.blender import attention_weights, pool_bases
-from blendmask.modeling.paste import paste_masks
 from blendmask.predictor import Predictor
 from blendmask.structures import Detections
 from blendmask.visualization import class_name, draw_detections, to_uint8_image
@@ -115,9 +114,8 @@ def explain_image(
     # The final detections come in the same order; the post-processor only drops the boxes
     # that clipping to the image empties.
     final = post(outputs, batch.image_sizes, orig_sizes)[0].to("cpu")
-    n_final = min(int((final.scores >= score_threshold).sum()), top)
     # Box-local, as the post-processor gives them: pasting (`.masks`) costs D x H0 x W0 bytes.
-    final = final.select(slice(0, n_final))
+    final = final.filter(score=score_threshold)[:top]
     h, w = batch.image_sizes[0]
     stride = spec.bases_stride
     return Explanation(
@@ -250,7 +248,6 @@ def _draw_detections_panel(ax: Axes, expl: Explanation, original_image: Tensor |
             expl.labels,
             mask_probs=expl.masks,
             image_size=(int(height), int(width)),
-            paster=paste_masks,
         )
     overlay = draw_detections(background, dets, class_names=expl.class_names)
     ax.imshow(overlay.permute(1, 2, 0).numpy())
@@ -268,7 +265,7 @@ def _shrink_for_display(
     size = (max(1, round(height * factor)), max(1, round(width * factor)))
     scale = torch.tensor([size[1] / width, size[0] / height] * 2)
     boxes = dets.boxes.float() * scale
-    if dets.has_dense_masks or dets.paster is None:
+    if dets.has_dense_masks:
         masks = resize_masks(dets.masks.to(torch.uint8), size).bool()
         small = Detections(boxes, dets.scores, dets.labels, masks)
     else:
@@ -279,7 +276,6 @@ def _shrink_for_display(
             mask_probs=dets.mask_probs,
             image_size=size,
             mask_threshold=dets.mask_threshold,
-            paster=dets.paster,
         )
     return resize_to(image, size), small
 

@@ -1,5 +1,6 @@
-"""Images a user gives: the size check made before decoding and the one loader of
-predict / eval / `Predictor` (re-exported by `blendmask.predictor`).
+"""Images a user gives: `to_image_tensor` (any supported input -> RGB tensor), the size check
+made before decoding and the one loader of predict / eval / `Predictor` / `Detections.plot`
+(re-exported by `blendmask.predictor`).
 
 Images larger than `MAX_IMAGE_PIXELS` are refused before they are decoded (`check_image_size`):
 memory grows with the image (a few copies of H0 x W0 x 3 bytes while decoding, resizing and
@@ -16,8 +17,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from blendmask.data.preprocess import ImageInput, to_image_tensor
+from blendmask.image_checks import check_image
 from blendmask.io import check_regular_file, load_image
+
+# What every entry point (Predictor, predict, eval, explain, `Detections.plot`) takes as an image.
+ImageInput = str | Path | Image.Image | np.ndarray | Tensor
 
 # The largest image predict / eval / Predictor accept, in pixels (H0 x W0). Memory grows with
 # the image (~0.3 GB per RGB copy at this size), not with its detections: `blendmask predict`
@@ -83,3 +87,38 @@ def load_input_image(image: ImageInput, max_pixels: int = MAX_IMAGE_PIXELS) -> T
     tensor = to_image_tensor(image, name=name)
     check_image_size(tensor, max_pixels)  # arrays, and files whose header was unreadable
     return tensor
+
+
+def to_image_tensor(image: ImageInput, *, name: str = "image") -> Tensor:
+    """Any supported image input -> RGB Tensor[3, H, W]: uint8 for decoded images and integer
+    inputs, float in [0, 1] for float inputs.
+
+    Paths and PIL images are decoded with `blendmask.io.load_image` (EXIF, modes); numpy arrays
+    are H x W x 3 RGB, tensors [3, H, W] RGB. Pixel values: uint8 (and other integer dtypes)
+    0-255, float [0, 1]; anything else, NaN / infinite values and empty images raise a
+    ValueError naming `name` (`blendmask.image_checks.check_image`, the contract).
+    """
+    if isinstance(image, (str, Path)):
+        image = load_image(Path(image))
+    if isinstance(image, Image.Image):
+        image = np.array(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        kind = check_image(image, "HWC", name)
+        if kind == "integer":
+            image = image.astype(np.uint8)  # exact: the values are in 0-255
+        elif not image.dtype.isnative:
+            image = image.astype(image.dtype.newbyteorder("="))  # torch takes native order only
+        elif not image.flags.writeable or not image.flags.c_contiguous:
+            image = image.copy()  # torch cannot share a read-only or strided buffer
+        image = torch.from_numpy(image).permute(2, 0, 1)
+    elif isinstance(image, Tensor):
+        kind = check_image(image, "CHW", name)
+    else:
+        raise ValueError(
+            f"{name}: expected a path, PIL image, H x W x 3 array or Tensor[3, H, W], "
+            f"got {type(image).__name__}"
+        )
+    if kind == "float":
+        return image.float()
+    # integer dtypes hold 0-255 (checked): read as uint8, resized as decoded files are
+    return image if image.dtype == torch.uint8 else image.to(torch.uint8)

@@ -2,7 +2,7 @@
 overlays (`blendmask.visualization`), and their box outlines.
 
 Time and memory are bounded by the image, not by the number of instances: the instances' mask
-windows (`modeling.paste.MaskWindow`) go once into a map of the top instance at each pixel
+windows (`structures.paste.MaskWindow`) go once into a map of the top instance at each pixel
 (`owner_map`), then fill and contours are painted in one pass over the pixels, a band of rows
 at a time (`paint_owner_map`), with `torchvision.utils.draw_segmentation_masks`' arithmetic.
 Box outlines are drawn region by region (`draw_box_outlines`), never through a full-image
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.utils import draw_bounding_boxes
 
-from blendmask.modeling.paste import MaskWindow
+from blendmask.structures.paste import MaskWindow
 
 Color = tuple[int, int, int]
 

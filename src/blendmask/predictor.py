@@ -26,9 +26,8 @@ from blendmask.io import resolve_device
 from blendmask.modeling.blendmask import BlendMask
 from blendmask.modeling.inference import optimize_for_inference, to_channels_last
 from blendmask.modeling.panoptic import infer_panoptic
-from blendmask.modeling.postprocess import BlendMaskPostProcessor
+from blendmask.modeling.postprocess import BlendMaskPostProcessor, candidate_threshold
 from blendmask.structures import Detections, ImageBatch, PanopticSegmentation, resolve_classes
-from blendmask.visualization import draw_detections
 
 __all__ = [
     "DEFAULT_SCORE_THRESHOLD",
@@ -41,7 +40,6 @@ __all__ = [
     "infer",
     "inference_config",
     "load_input_image",
-    "plot_detections",
     "to_image_tensor",
 ]
 
@@ -110,15 +108,6 @@ def inference_config(cfg: Config, overrides: Sequence[str]) -> Config:
     return apply_overrides(copy.deepcopy(cfg), list(overrides)).validate()
 
 
-def plot_detections(image: ImageInput, detections: Detections, alpha: float = 0.5) -> np.ndarray:
-    """`Detections.plot`: `detections` drawn over `image` (anything `load_input_image` takes,
-    at the detections' size) by `visualization.draw_detections`, with the detections' class
-    names. Returns uint8 RGB np.ndarray[H0, W0, 3]."""
-    names = list(detections.class_names) if detections.class_names else None
-    overlay = draw_detections(load_input_image(image), detections, class_names=names, alpha=alpha)
-    return overlay.permute(1, 2, 0).contiguous().numpy()
-
-
 def _optional_probability(name: str, value: float | None) -> float | None:
     return None if value is None else check_probability(name, value)
 
@@ -139,10 +128,10 @@ class Predictor:
     >>> dets[0].filter(classes=["person"]).plot("a.jpg")
 
     Labels are 0-based (`0 .. C-1`); each `Detections` carries the model's class names and
-    COCO category ids (`cfg.data`) and can draw itself (`plot`, `save`). Detections hold their
-    masks box-local (R x R probabilities + box); `dets[i].masks` pastes them (bool[D, H0, W0])
-    on first access. Images over `max_image_pixels` (default `MAX_IMAGE_PIXELS`) raise
-    ValueError before they are decoded.
+    COCO category ids (`cfg.data`) and can draw itself (`plot`, `save`), as any `Detections`
+    can. Detections hold their masks box-local (R x R probabilities + box); `dets[i].masks`
+    pastes them (bool[D, H0, W0]) on first access. Images over `max_image_pixels` (default
+    `MAX_IMAGE_PIXELS`) raise ValueError before they are decoded.
 
     Images: paths, PIL images, H x W x 3 numpy arrays or Tensor[3, H, W], RGB. Pixel values:
     uint8 (or another integer dtype) in 0-255; float in [0, 1] (one grey level of slack). A
@@ -219,11 +208,9 @@ class Predictor:
     def score_threshold(self, value: float | None) -> None:
         self._score_threshold = _optional_probability("score_threshold", value)
         base = self._candidate_thresh
-        if value is not None and base is not None and value * value < base:
-            # Candidates need cls * ctr > threshold; score = sqrt(cls * ctr), so a score of
-            # `value` needs value**2 (less a little for float rounding: the post-filter below
-            # drops anything under `value` again).
-            self._post().score_thresh = value * value * (1 - 1e-4)
+        lowered = candidate_threshold(value, base)
+        if lowered is not None:
+            self._post().score_thresh = lowered
         elif self._own_post and base is not None:
             self.postprocessor.score_thresh = base
 
@@ -335,10 +322,7 @@ class Predictor:
         )  # fmt: skip
 
     def _finish(self, det: Detections) -> Detections:
-        """`det` above the score threshold, with the model's class names, category ids and
-        the drawer of `Detections.plot`."""
-        if self.score_threshold:
-            det = det.select(det.scores >= self.score_threshold)
+        """`det` at or above the score threshold (`Detections.filter`), with the model's class
+        names and category ids. The classes were kept by the post-processor, before NMS."""
         det.class_names, det.category_ids = self.class_names, self.category_ids
-        det.drawer = plot_detections
-        return det
+        return det.filter(score=self.score_threshold)

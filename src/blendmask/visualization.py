@@ -12,11 +12,15 @@ line and contour widths grow with the image (`overlay_sizes`), so labels stay re
 
 Memory is bounded by the image, never by the number of detections, and so is the time of the
 painting: masks are read one detection at a time as windows of the image
-(`modeling.paste.mask_windows`) into one map of the top instance at each pixel (`owner_map`),
+(`Detections.mask_windows`) into one map of the top instance at each pixel (`owner_map`),
 never into the (D, H0, W0) stack that `torchvision.utils.draw_segmentation_masks` takes; fill
 and contours are then painted in one pass over the pixels (`paint_owner_map`), with that
 function's arithmetic (same pixels, except that overlaps take the colour of the most confident
 instance instead of black).
+
+Drawing sits in the lowest layer with the structures, so that `Detections.plot` draws any
+`Detections`: it reads a `Detections` through its methods and imports only the structures'
+`paste` and `classes` modules at run time (`Detections.plot` imports this module).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import functools
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,10 +38,13 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from blendmask.atomic import atomic_write
-from blendmask.modeling.paste import MaskWindow, mask_windows
 from blendmask.painting import draw_box_outlines, owner_map, paint_owner_map, paint_windows
 from blendmask.painting import mask_contour as mask_contour  # re-exported for its users
-from blendmask.structures import Detections, class_name
+from blendmask.structures.classes import class_name
+from blendmask.structures.paste import MaskWindow
+
+if TYPE_CHECKING:  # `structures.detections` imports this module when it draws
+    from blendmask.structures import Detections
 
 logger = logging.getLogger(__name__)
 
@@ -117,8 +125,8 @@ def draw_detections(
     """
     canvas = to_uint8_image(image)
     dets = detections.to("cpu")
-    keep = dets.scores >= score_threshold
-    if not bool(keep.any()):
+    kept = dets.filter(score=score_threshold)
+    if not len(kept):
         return canvas
     if tuple(dets.image_size) != tuple(canvas.shape[-2:]):
         raise ValueError(
@@ -127,17 +135,16 @@ def draw_detections(
         )
     # Drawn from the lowest score up, so the most confident instance ends on top; its rank
     # (0 = most confident) picks its colour.
-    order = torch.nonzero(keep).flatten()
-    order = order[dets.scores[order].argsort(stable=True)]
+    order = kept.scores.argsort(stable=True)
     colors = [instance_color(len(order) - 1 - k) for k in range(len(order))]
     texts = [
         f"{class_name(int(label), class_names)} {float(score):.2f}"
-        for label, score in zip(dets.labels[order], dets.scores[order])
+        for label, score in zip(kept.labels[order], kept.scores[order])
     ]
     target = canvas if inplace and canvas.data_ptr() == image.data_ptr() else None
-    selected = dets.select(order)
+    selected = kept.select(order)
     # With every detection kept, `order` is `score_ranks`' order: rank k is colour k.
-    masks = owner if owner is not None and bool(keep.all()) else mask_windows(selected)
+    masks = owner if owner is not None and len(kept) == len(dets) else selected.mask_windows()
     return draw_instances(canvas, masks, selected.boxes, colors, texts, alpha=alpha, out=target)
 
 
@@ -195,8 +202,8 @@ def paint_masks(
 ) -> Tensor:
     """`draw_segmentation_masks(canvas, detections.masks, alpha, colors)` without the
     (D, H0, W0) masks, overlaps in the last mask's colour (`paint_windows` over
-    `mask_windows(detections)`)."""
-    return paint_windows(canvas, mask_windows(detections), colors, alpha=alpha, out=out)
+    `detections.mask_windows()`)."""
+    return paint_windows(canvas, detections.mask_windows(), colors, alpha=alpha, out=out)
 
 
 @functools.lru_cache(maxsize=16)

@@ -4,61 +4,22 @@ export and the torchvision adapter all call `preprocess`).
 Images are decoded to uint8 RGB and resized the reference's way (`resize_image`: PIL bilinear on
 uint8, see docs/reference.md §1.2), then padded and turned into float [0, 1] by `pad_images`.
 Float tensors given by a caller are taken as RGB in [0, 1] and resized in float; other pixel
-values are refused (`image_checks.check_image`).
+values are refused (`image_checks.check_image`). `to_image_tensor` itself lives in
+`blendmask.input_images`, below the data layer, so that `Detections.plot` reads images too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
-from torch import Tensor
 
 from blendmask.data.batching import pad_images
 from blendmask.data.transforms import resize_image
-from blendmask.image_checks import check_image
-from blendmask.io import load_image
+from blendmask.input_images import ImageInput, to_image_tensor  # re-exported, as before
 from blendmask.structures import ImageBatch
 
-ImageInput = str | Path | Image.Image | np.ndarray | Tensor
-
-
-def to_image_tensor(image: ImageInput, *, name: str = "image") -> Tensor:
-    """Any supported image input -> RGB Tensor[3, H, W]: uint8 for decoded images and integer
-    inputs, float in [0, 1] for float inputs.
-
-    Paths and PIL images are decoded with `blendmask.io.load_image` (EXIF, modes); numpy arrays
-    are H x W x 3 RGB, tensors [3, H, W] RGB. Pixel values: uint8 (and other integer dtypes)
-    0-255, float [0, 1]; anything else, NaN / infinite values and empty images raise a
-    ValueError naming `name` (`blendmask.image_checks.check_image`, the contract).
-    """
-    if isinstance(image, (str, Path)):
-        image = load_image(Path(image))
-    if isinstance(image, Image.Image):
-        image = np.array(image.convert("RGB"))
-    if isinstance(image, np.ndarray):
-        kind = check_image(image, "HWC", name)
-        if kind == "integer":
-            image = image.astype(np.uint8)  # exact: the values are in 0-255
-        elif not image.dtype.isnative:
-            image = image.astype(image.dtype.newbyteorder("="))  # torch takes native order only
-        elif not image.flags.writeable or not image.flags.c_contiguous:
-            image = image.copy()  # torch cannot share a read-only or strided buffer
-        image = torch.from_numpy(image).permute(2, 0, 1)
-    elif isinstance(image, Tensor):
-        kind = check_image(image, "CHW", name)
-    else:
-        raise ValueError(
-            f"{name}: expected a path, PIL image, H x W x 3 array or Tensor[3, H, W], "
-            f"got {type(image).__name__}"
-        )
-    if kind == "float":
-        return image.float()
-    # integer dtypes hold 0-255 (checked): read as uint8, resized as decoded files are
-    return image if image.dtype == torch.uint8 else image.to(torch.uint8)
+__all__ = ["ImageInput", "preprocess", "to_image_tensor"]
 
 
 def preprocess(

@@ -19,7 +19,7 @@ Inside: normalisation and network (`BlendMask.forward`, sparse top layer), candi
 (threshold, per-level top-k), box decoding, class-aware NMS (`nms.class_aware_nms`: ONNX
 `NonMaxSuppression`), the top layer at the kept locations, the blender (`modeling/blender.py`:
 RoIAlign, attention resize, softmax over K, blend), rescaling and clipping to the original
-size, and pasting (`modeling/paste.py`'s separable bilinear weights as two matmuls over the
+size, and pasting (`structures/paste.py`'s separable bilinear weights as two matmuls over the
 whole image). Box decoding, the top layer at kept locations, rescaling and the empty-box test
 are the post-processor's own functions (`postprocess.decode_boxes`, `attentions_at`,
 `rescale_boxes`, `nonempty_boxes`): on the same network outputs both give the same bits.
@@ -42,7 +42,6 @@ from torch import Tensor, nn
 
 from blendmask.export.nms import INVALID_SCORE, class_aware_nms
 from blendmask.modeling.blender import merge_bases, pool_rois
-from blendmask.modeling.paste import _PASTE_EPS, _bilinear_weights
 from blendmask.modeling.postprocess import (
     BlendMaskPostProcessor,
     attentions_at,
@@ -51,6 +50,7 @@ from blendmask.modeling.postprocess import (
     rescale_boxes,
 )
 from blendmask.structures import BlenderSpec
+from blendmask.structures.paste import _PASTE_EPS, _bilinear_weights
 
 INPUT_NAMES = ("images", "image_sizes", "orig_sizes")
 OUTPUT_NAMES = ("boxes", "scores", "labels", "mask_probs", "num_detections")

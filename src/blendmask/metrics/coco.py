@@ -30,7 +30,6 @@ from pycocotools.cocoeval import COCOeval
 
 from blendmask.data.coco_json import coco_api_from_dict, load_coco_json
 from blendmask.metrics.rle import window_to_rle
-from blendmask.modeling.paste import mask_windows
 from blendmask.structures import Detections
 
 IOU_TYPES = ("bbox", "segm")
@@ -117,7 +116,7 @@ def detection_rles(dets: Detections) -> list[dict[str, Any]]:
             rles.append({"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode()})
         return rles
     by_index: dict[int, dict[str, Any]] = {}
-    for d, x, y, window in mask_windows(dets.to("cpu")):
+    for d, x, y, window in dets.to("cpu").mask_windows():
         by_index[d] = window_to_rle(window, x, y, dets.image_size)
     return [by_index[d] for d in range(len(dets))]
 

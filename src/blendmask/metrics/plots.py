@@ -33,7 +33,7 @@ from blendmask.atomic import atomic_write
 from blendmask.io import load_image
 from blendmask.metrics.coco import load_coco_gt
 from blendmask.metrics.results import load_results_json
-from blendmask.modeling.paste import MaskWindow
+from blendmask.structures.paste import MaskWindow
 from blendmask.visualization import (
     Color,
     draw_dashed_boxes,

@@ -1,7 +1,7 @@
 """COCO RLE of one detection's mask from its window, without the full-image mask.
 
 pycocotools encodes an (H0, W0) array; a detection's mask is background outside a window
-(`modeling.paste.MaskWindow`), so its runs can be computed from the window alone: the
+(`structures.paste.MaskWindow`), so its runs can be computed from the window alone: the
 column-major image is the window's columns with the rows above and below them as zeros, and
 everything left and right of the window as zeros. `window_to_rle` gives the same compressed
 RLE as `pycocotools.mask.encode` of the full mask (canonical runs, no empty run except a

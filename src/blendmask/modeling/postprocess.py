@@ -25,7 +25,6 @@ from torchvision.ops import batched_nms
 
 from ..structures import BlenderSpec, BlendMaskOutputs, Detections
 from .blender import merge_bases, pool_bases
-from .paste import paste_mask_probabilities, paste_masks
 
 
 def top_k_per_group(scores: Tensor, groups: Tensor, k: int) -> Tensor:
@@ -182,6 +181,18 @@ def attentions_at(
     return feats
 
 
+def candidate_threshold(score_threshold: float | None, base: float | None) -> float | None:
+    """The candidate threshold (`score_thresh`) that lets detections scoring down to
+    `score_threshold` through, when the model's own (`base`) would not; None: keep `base`.
+
+    Candidates need cls * ctr > threshold and score = sqrt(cls * ctr), so a score of `s`
+    needs s**2, less a little for float rounding (`Detections.filter` drops anything under
+    `s` again). `Predictor` and serve's ONNX backend lower it alike."""
+    if score_threshold is None or base is None or score_threshold * score_threshold >= base:
+        return None
+    return score_threshold * score_threshold * (1 - 1e-4)
+
+
 class BlendMaskPostProcessor(nn.Module):
     """Raw BlendMaskOutputs -> `Detections` per image, in original-image pixels.
 
@@ -191,7 +202,7 @@ class BlendMaskPostProcessor(nn.Module):
     Args:
         blender: the blender's settings for `pool_bases` / `merge_bases` (R, M, pooling,
             interpolation, FCIS assembly); the criterion gets the same value.
-        mask_threshold: pasted probabilities `>=` this are foreground (see `paste_masks`).
+        mask_threshold: pasted probabilities `>=` this are foreground (`paste_masks`).
         classes: keep only candidates of these 0-based labels (None: all), before top-k and
             NMS, so the detections budget (`post_nms_topk`) goes to them.
 
@@ -343,7 +354,7 @@ class BlendMaskPostProcessor(nn.Module):
         Returns:
             list[Detections]: masks bool[D, H0, W0], held box-local (`mask_probs` R x R in
             each clipped box) and pasted on first access to `.masks`
-            (`modeling.paste.mask_windows` reads them one detection at a time).
+            (`Detections.mask_windows` reads them one detection at a time).
         """
         if orig_sizes is None:
             orig_sizes = image_sizes
@@ -374,8 +385,6 @@ class BlendMaskPostProcessor(nn.Module):
                     mask_probs=prob[nonempty],
                     image_size=(h0, w0),
                     mask_threshold=self.mask_threshold,
-                    paster=paste_masks,
-                    prob_paster=paste_mask_probabilities,
                 )
             )
         return results

@@ -1,10 +1,11 @@
 """What `blendmask predict` makes of one image's detections: its JSON record, its overlay and
 its mask files. Shared by images (`prediction/predict.py`) and video frames (`prediction/video.py`).
 
-Each image's masks are pasted once (`OutputSpec.paste`): one pass over `mask_windows` (box-local
-masks pasted window by window) encodes each detection's RLE from its window and marks the
-top detection at each pixel in one map (`owner_map`); the record takes the RLEs, the instance
-mask files decode them, the id map and the overlay read the map. Memory is bounded by the
+Each image's masks are pasted once (`OutputSpec.paste`): one pass over
+`Detections.mask_windows` (box-local masks pasted window by window) encodes each detection's
+RLE from its window and marks the top detection at each pixel in one map (`owner_map`); the
+record takes the RLEs, the instance mask files decode them, the id map and the overlay read the
+map. Memory is bounded by the
 image size, not by detections x image size, and no mask is pasted twice.
 """
 
@@ -17,16 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 from pycocotools import mask as mask_util
 from torch import Tensor
 
 from blendmask.atomic import atomic_write, make_folder
 from blendmask.metrics.rle import window_to_rle
-from blendmask.modeling.paste import MaskWindow, mask_windows
 from blendmask.prediction.predict_stream import detection_entries
 from blendmask.structures import Detections
+from blendmask.structures.paste import MaskWindow
 from blendmask.visualization import draw_detections, owner_map, score_ranks
 
 # --save-masks: "instances" writes OUT/masks/<name>/<k>.png, one 8-bit 0/255 PNG per
@@ -66,14 +66,9 @@ class OutputSpec:
     save_masks: str | None = None
 
     def keep(self, det: Detections) -> Detections:
-        """The detections to write. A `Predictor` has applied the threshold and the classes
-        already; a ready predictor (`--onnx`) may not have."""
-        keep = torch.ones(len(det), dtype=torch.bool)
-        if self.score_threshold:
-            keep &= det.scores >= self.score_threshold
-        if self.labels is not None:
-            keep &= torch.isin(det.labels, torch.tensor(self.labels, dtype=det.labels.dtype))
-        return det if bool(keep.all()) else det.select(keep)
+        """The detections to write (`Detections.filter`). A `Predictor` has applied the
+        threshold and the classes already; a ready predictor (`--onnx`) may not have."""
+        return det.filter(score=self.score_threshold, classes=self.labels)
 
     def paste(self, det: Detections) -> PastedMasks:
         """`det`'s masks pasted once for its record, mask files and overlay (`paste_once`;
@@ -135,7 +130,7 @@ def paste_once(det: Detections, *, with_owner: bool) -> PastedMasks:
             rles[d] = window_to_rle(window, x, y, size)
             yield d, x, y, window
 
-    windows = encoded(mask_windows(det))
+    windows = encoded(det.mask_windows())
     if not with_owner:
         collections.deque(windows, maxlen=0)  # run the pass for its RLEs
         return PastedMasks(rles, None)
@@ -153,7 +148,7 @@ def id_map(det: Detections, owner: Tensor | None = None) -> np.ndarray:
         raise ValueError(f"--save-masks idmap holds at most 65534 detections, got {len(det)}")
     if owner is None:
         cpu = det.to("cpu")
-        owner = owner_map(mask_windows(cpu), cpu.image_size, len(cpu), score_ranks(cpu.scores))
+        owner = owner_map(cpu.mask_windows(), cpu.image_size, len(cpu), score_ranks(cpu.scores))
     height, width = det.image_size
     # Rank r + 1 -> detection index + 1 (rank -1, no mask -> 0).
     order = det.scores.detach().cpu().argsort(stable=True).numpy()

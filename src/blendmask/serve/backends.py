@@ -27,6 +27,7 @@ from blendmask.checkpoint_io import load_model_file
 from blendmask.explain import explain_figure
 from blendmask.export.onnx import export_onnx
 from blendmask.export.onnx_predictor import OnnxPredictor
+from blendmask.modeling.postprocess import candidate_threshold
 from blendmask.predictor import Predictor
 from blendmask.structures import Detections, resolve_classes
 from blendmask.visualization import draw_detections
@@ -144,8 +145,9 @@ class OnnxBackend:
         `Predictor` sets them: a score threshold below the candidate one lowers it)."""
         variant = copy.copy(self.predictor)
         post = variant.postprocessor = copy.deepcopy(self.predictor.postprocessor)
-        if knobs.conf is not None and knobs.conf * knobs.conf < self._base_thresh:
-            post.score_thresh = knobs.conf * knobs.conf * (1 - 1e-4)
+        lowered = candidate_threshold(knobs.conf, self._base_thresh)
+        if lowered is not None:
+            post.score_thresh = lowered
         if knobs.iou is not None:
             post.nms_thresh = knobs.iou
         if knobs.max_det is not None:
@@ -160,10 +162,8 @@ class OnnxBackend:
         ids = tuple(self.cfg.data.category_ids) or None
         finished = []
         for det in dets:
-            if knobs.conf:
-                det = det.select(det.scores >= knobs.conf)
             det.class_names, det.category_ids = names, ids
-            finished.append(det.to("cpu"))
+            finished.append(det.filter(score=knobs.conf).to("cpu"))
         return finished
 
     def explain_png(self, image: np.ndarray, *, top: int, conf: float) -> bytes:

@@ -1,5 +1,5 @@
 """Plain data containers passed between the data pipeline, the network, the criterion and the
-post-processor.
+post-processor; `structures.paste` pastes box-local masks into the image for all of them.
 
 Glossary: N images, P points over all FPN levels (level-major, P3 first), C foreground classes,
 K bases, M attention size, R bottom (RoI) resolution, G gt instances, D detections, H/W padded
@@ -15,15 +15,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from blendmask.structures.detections import (
-    Detections,
-    Drawer,
-    MaskPaster,
-    ProbabilityPaster,
-    class_name,
-    detection_records,
-    resolve_classes,
-)
+from blendmask.structures.classes import class_name, resolve_classes
+from blendmask.structures.detections import Detections, detection_records
 from blendmask.structures.panoptic import PanopticSegmentation
 
 __all__ = [
@@ -32,11 +25,8 @@ __all__ = [
     "BlenderSpec",
     "BlendMaskOutputs",
     "Detections",
-    "Drawer",
     "ImageBatch",
-    "MaskPaster",
     "PanopticSegmentation",
-    "ProbabilityPaster",
     "Target",
     "class_name",
     "detection_records",

@@ -1,13 +1,18 @@
 """`Detections`: one image's detections, and what users do with them (index, filter, paste,
 draw, save, COCO / JSON export). Re-exported by `blendmask.structures`.
 
+A plain value: tensors, class names and ids, nothing injected. Pasting is
+`blendmask.structures.paste` (below every user of it); drawing is `blendmask.visualization`,
+which `plot` imports when called (visualization imports this layer's `paste` and `classes`,
+never this module at run time), so any `Detections`, built by hand or by a predictor, draws.
+
 Shapes: D detections, R mask resolution, H0/W0 original image size.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,47 +23,10 @@ from torch import Tensor
 
 from blendmask.atomic import atomic_write
 
-# (mask_probs Tensor[D, R, R], boxes Tensor[D, 4], (H0, W0), threshold) -> bool Tensor[D, H0, W0]:
-# how a `Detections` holding box-local masks pastes them when `.masks` is asked for
-# (`blendmask.modeling.paste.paste_masks`; this bottom layer cannot import it).
-MaskPaster = Callable[[Tensor, Tensor, tuple[int, int], float], Tensor]
-# (mask_probs, boxes, (H0, W0)) -> float Tensor[D, H0, W0]: the same, not thresholded
-# (`blendmask.modeling.paste.paste_mask_probabilities`).
-ProbabilityPaster = Callable[[Tensor, Tensor, tuple[int, int]], Tensor]
-# (image, detections, alpha) -> uint8 RGB array [H0, W0, 3]: how `Detections.plot` draws. The
-# Predictor sets it (`blendmask.predictor.plot_detections`, which calls
-# `blendmask.visualization.draw_detections`): drawing lives above this layer.
-Drawer = Callable[[Any, "Detections", float], np.ndarray]
-
-
-def resolve_classes(classes: Sequence[int | str], class_names: Sequence[str] | None) -> list[int]:
-    """0-based labels of `classes`, each a class name (of `class_names`) or a 0-based label.
-
-    ValueError naming the first class that is neither (a label must be in [0, C) when the C
-    class names are known, >= 0 otherwise)."""
-    names = list(class_names or [])
-    labels = []
-    for item in classes:
-        if isinstance(item, str):
-            if item not in names:
-                known = ", ".join(names) if names else "none stored with this model"
-                raise ValueError(f"unknown class {item!r} (class names: {known})")
-            labels.append(names.index(item))
-        elif isinstance(item, bool) or not isinstance(item, (int, np.integer)):
-            raise ValueError(f"class {item!r}: expected a class name or a 0-based label")
-        elif item < 0 or (names and item >= len(names)):
-            bound = f"[0, {len(names)})" if names else ">= 0"
-            raise ValueError(f"class label {item} out of range (0-based labels are {bound})")
-        else:
-            labels.append(int(item))
-    return labels
-
-
-def class_name(label: int, class_names: Sequence[str] | None) -> str:
-    """The name of a 0-based label ("class <label>" where `class_names` has none)."""
-    if class_names and 0 <= label < len(class_names):
-        return class_names[label]
-    return f"class {label}"
+# Through the module, not its names, so that a test counting the pastes patches one place.
+from blendmask.structures import paste
+from blendmask.structures.classes import class_name, resolve_classes
+from blendmask.structures.paste import MaskWindow
 
 
 def detection_records(
@@ -116,11 +84,11 @@ class Detections:
     The masks are held in one of two forms:
     - dense: `Detections(boxes, scores, labels, masks)`, bool[D, H0, W0] as given;
     - box-local (what the post-processor returns): `mask_probs` (Tensor[D, R, R], the
-      blender's probabilities inside each box), `image_size` (H0, W0), `mask_threshold` and the
-      `paster` that resamples them into the image. `.masks` then pastes all of them on first
-      access and keeps the result. That costs D x H0 x W0 bytes, so code that may see large
-      images (predict, eval, overlays) reads the masks one detection at a time instead
-      (`blendmask.modeling.paste.mask_windows`): memory bounded by the image, not by D x image.
+      blender's probabilities inside each box), `image_size` (H0, W0) and `mask_threshold`.
+      `.masks` then pastes all of them on first access (`structures.paste.paste_masks`) and
+      keeps the result. That costs D x H0 x W0 bytes, so code that may see large images
+      (predict, eval, overlays) reads the masks one detection at a time instead
+      (`mask_windows`): memory bounded by the image, not by D x image.
 
     >>> dets = predictor("a.jpg")[0]
     >>> dets[dets.scores > 0.5], dets.filter(score=0.5, classes=["person", 2])
@@ -137,16 +105,11 @@ class Detections:
         mask_probs: Tensor | None = None,
         image_size: tuple[int, int] | None = None,
         mask_threshold: float = 0.5,
-        paster: MaskPaster | None = None,
-        prob_paster: ProbabilityPaster | None = None,
         class_names: Sequence[str] | None = None,
         category_ids: Sequence[int] | None = None,
-        drawer: Drawer | None = None,
     ) -> None:
-        if masks is None and (mask_probs is None or image_size is None or paster is None):
-            raise ValueError(
-                "Detections: give masks bool[D, H0, W0], or mask_probs, image_size and paster"
-            )
+        if masks is None and (mask_probs is None or image_size is None):
+            raise ValueError("Detections: give masks bool[D, H0, W0], or mask_probs and image_size")
         self.boxes = boxes
         self.scores = scores
         self.labels = labels
@@ -154,18 +117,15 @@ class Detections:
         self.mask_probs = mask_probs
         self._image_size = (int(image_size[0]), int(image_size[1])) if image_size else None
         self.mask_threshold = mask_threshold
-        self.paster = paster
-        self.prob_paster = prob_paster
         self.class_names = None if class_names is None else tuple(class_names)
         self.category_ids = None if category_ids is None else tuple(int(i) for i in category_ids)
-        self.drawer = drawer
 
     @property
     def masks(self) -> Tensor:
         """bool Tensor[D, H0, W0], pasted from the box-local form on first access."""
         if self._masks is None:
-            assert self.paster is not None and self.mask_probs is not None
-            self._masks = self.paster(
+            assert self.mask_probs is not None
+            self._masks = paste.paste_masks(
                 self.mask_probs, self.boxes, self.image_size, self.mask_threshold
             )
         return self._masks
@@ -219,11 +179,8 @@ class Detections:
             mask_probs=None if self.mask_probs is None else fn(self.mask_probs),
             image_size=self.image_size,
             mask_threshold=self.mask_threshold,
-            paster=self.paster,
-            prob_paster=self.prob_paster,
             class_names=self.class_names,
             category_ids=self.category_ids,
-            drawer=self.drawer,
         )
 
     def to(self, device: torch.device | str) -> Detections:
@@ -257,7 +214,10 @@ class Detections:
         self, *, score: float | None = None, classes: Sequence[int | str] | None = None
     ) -> Detections:
         """The detections scoring >= `score` whose class is one of `classes` (class names or
-        0-based labels, see `resolve_classes`); None keeps all."""
+        0-based labels, see `resolve_classes`); None keeps all.
+
+        The one score and class filter after the post-processor: `Predictor`, `blendmask
+        predict` (images, video, `--onnx`), serve and eval all keep detections through it."""
         keep = torch.ones(len(self), dtype=torch.bool, device=self.scores.device)
         if score is not None:
             if not math.isfinite(score):
@@ -266,16 +226,28 @@ class Detections:
         if classes is not None:
             labels = torch.tensor(resolve_classes(classes, self.class_names), dtype=torch.int64)
             keep &= torch.isin(self.labels, labels.to(self.labels.device))
-        return self.select(keep)
+        # All kept: views of the same tensors, not copies (the masks may be D x H0 x W0).
+        return self.select(slice(None) if bool(keep.all()) else keep)
 
     def mask_probabilities(self) -> Tensor:
         """float Tensor[D, H0, W0]: the soft masks before the `mask_threshold` (the blender's
         probabilities pasted into the image); 0 / 1 for detections given dense masks only."""
         if self.mask_probs is None:
             return self.masks.float()
-        if self.prob_paster is None:
-            raise ValueError("Detections.mask_probabilities: no prob_paster to paste mask_probs")
-        return self.prob_paster(self.mask_probs, self.boxes, self.image_size)
+        return paste.paste_mask_probabilities(self.mask_probs, self.boxes, self.image_size)
+
+    def mask_windows(self) -> Iterator[MaskWindow]:
+        """Each detection's mask as a window of the image (`structures.paste.MaskWindow`), one
+        at a time: box-local masks are pasted window by window, never as the (D, H0, W0)
+        tensor; dense masks (given, or already pasted) are yielded whole, d in order."""
+        if self.has_dense_masks:
+            for d, mask in enumerate(self.masks.unbind(0)):
+                yield d, 0, 0, mask
+            return
+        assert self.mask_probs is not None
+        yield from paste.paste_mask_windows(
+            self.mask_probs, self.boxes, self.image_size, self.mask_threshold
+        )
 
     def numpy(self) -> dict[str, np.ndarray]:
         """{"boxes": float32[D, 4] xyxy, "scores": float32[D], "labels": int64[D] (0-based),
@@ -344,14 +316,15 @@ class Detections:
         """The detections drawn over `image` (a path, PIL image, H0 x W0 x 3 array or
         Tensor[3, H0, W0]: the image they were predicted on): masks, boxes, "name score".
 
-        Returns uint8 RGB np.ndarray[H0, W0, 3] (a PIL image with `pil=True`). Needs the
-        `drawer` a Predictor sets; otherwise use `blendmask.visualization.draw_detections`."""
-        if self.drawer is None:
-            raise ValueError(
-                "Detections.plot: no drawer (detections not from a Predictor); use "
-                "blendmask.visualization.draw_detections"
-            )
-        array = self.drawer(image, self, alpha)
+        Returns uint8 RGB np.ndarray[H0, W0, 3] (a PIL image with `pil=True`), drawn by
+        `blendmask.visualization.draw_detections` with the detections' class names."""
+        # Imported here: drawing imports `structures.paste`, whose package imports this module.
+        from blendmask.input_images import load_input_image
+        from blendmask.visualization import draw_detections
+
+        names = list(self.class_names) if self.class_names else None
+        overlay = draw_detections(load_input_image(image), self, class_names=names, alpha=alpha)
+        array = overlay.permute(1, 2, 0).contiguous().numpy()
         return Image.fromarray(array) if pil else array
 
     def save(self, path: str | Path, image: Any, *, alpha: float = 0.5) -> Path:

@@ -13,8 +13,12 @@ cheaper than a scatter of every window pixel. On a CPU this is ~20x faster than 
 over the image.
 
 `paste_mask_windows` yields those binary windows one detection at a time without the
-(D, H, W) output, and `mask_windows` does so for any `Detections`: predict, eval and the
-overlays read masks this way, so their memory is bounded by the image, not D x the image.
+(D, H, W) output, and `Detections.mask_windows` does so for any `Detections`: predict, eval and
+the overlays read masks this way, so their memory is bounded by the image, not D x the image.
+
+The one implementation: the post-processor, `Detections` (`.masks`, `.mask_windows`), predict,
+eval, the overlays and the ONNX graph (`export/end_to_end.py`, its weights) all paste with it.
+It sits with the structures, below them all, and knows nothing of `Detections`.
 
 Shapes: D detections, R mask resolution, H/W output image size, h/w a box's pixel window.
 """
@@ -25,8 +29,6 @@ from collections.abc import Iterator
 
 import torch
 from torch import Tensor
-
-from ..structures import Detections
 
 # (detection index d, window left x, window top y, bool Tensor[h, w]): the detection's mask on
 # the image pixels [y, y + h) x [x, x + w); pixels outside the window are background.
@@ -174,25 +176,6 @@ def paste_mask_probabilities(masks: Tensor, boxes: Tensor, image_size: tuple[int
         wy = _bilinear_weights(gy[None], masks.shape[1])[0]  # (h, R)
         out[d, y0 : y0 + h, x0 : x0 + w] = wy @ masks[d] @ wx.t()
     return out
-
-
-def mask_windows(detections: Detections) -> Iterator[MaskWindow]:
-    """Each detection's mask as a window of the image (see `MaskWindow`), one at a time.
-
-    Box-local masks (`detections.mask_probs`) are pasted window by window, never as the
-    (D, H0, W0) tensor; dense masks (given, or already pasted) are yielded whole, d in order.
-    """
-    if detections.has_dense_masks:
-        for d, mask in enumerate(detections.masks.unbind(0)):
-            yield d, 0, 0, mask
-        return
-    assert detections.mask_probs is not None
-    yield from paste_mask_windows(
-        detections.mask_probs,
-        detections.boxes,
-        detections.image_size,
-        detections.mask_threshold,
-    )
 
 
 def _bilinear_weights(coords: Tensor, size: int) -> Tensor:
