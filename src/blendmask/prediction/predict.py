@@ -93,6 +93,7 @@ def predict_images(
     coco: bool = False,
     save_masks: str | None = None,
     gt_json: str | Path | None = None,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """`blendmask predict --weights W SOURCE... --out DIR` (see the module docstring).
 
@@ -107,13 +108,15 @@ def predict_images(
 
     `gt_json`: a ground-truth COCO json whose image ids the records take (matched by
     file_name); without it each file gets an id once, kept by resumed runs (`predict_ids`).
+    `precision`: `Predictor`'s, for `weights` (recorded in the settings when not fp32).
     """
-    check_arguments(predictor, save_masks, nms_iou, max_detections, overrides)
+    check_arguments(predictor, save_masks, nms_iou, max_detections, overrides, precision)
     out = Path(out)
     sources = expand_sources(inputs, glob, exclude=out)
     if not len(sources):
         raise ValueError(f"predict: the sources {', '.join(map(str, inputs))} name no file")
     knobs = {"nms_iou": nms_iou, "max_detections": max_detections, "classes": classes}
+    knobs.update({"precision": precision} if precision != "fp32" else {})
     settings = run_settings(weights, predictor, score_threshold, overrides, **knobs)
     settings.update(
         overlays=overlays,
