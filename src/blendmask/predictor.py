@@ -360,7 +360,7 @@ class Predictor:
             else InferencePath(path.dtype, self.optimize and path.channels_last)
         )
         self.precision_report["path"] = self._path.name
-        logger.info("precision auto: %s (%s)", self._path.name, self.precision_report)
+        logger.info("precision auto: %s (gate: %s)", self._path.name, self.precision_report["gate"])
         return self._path
 
     @torch.inference_mode()
