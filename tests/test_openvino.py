@@ -73,3 +73,14 @@ def test_bad_backend_and_hint_are_refused(tiny_onnx) -> None:
         OpenVinoSegmenter(tiny_onnx, precision="f16")
     with pytest.raises(FileNotFoundError, match="ONNX file not found"):
         OpenVinoSegmenter(tiny_onnx.parent / "missing.onnx")
+
+
+def test_predict_command_with_the_openvino_backend(tiny_onnx, tmp_path) -> None:
+    from PIL import Image
+
+    from blendmask.cli import main
+
+    Image.fromarray(shapes_images(1)[0]).save(tmp_path / "a.png")
+    args = ["predict", "--onnx", str(tiny_onnx), str(tmp_path / "a.png"), "--out", str(tmp_path)]
+    assert main([*args, "--backend", "openvino", "--num-workers", "0", "--no-overlays"]) == 0
+    assert (tmp_path / "predictions.jsonl").read_text().count("\n") == 1

@@ -122,3 +122,31 @@ def test_bf16_runs_the_network_in_bf16():
     want = Predictor(cfg, model, post, "cpu", score_threshold=None)(_images(1))
     assert not torch.equal(got[0].scores, want[0].scores)
     assert float((got[0].scores[:5] - want[0].scores[:5]).abs().max()) < 0.05
+
+
+def test_predict_command_takes_precision(tmp_path, monkeypatch):
+    """`predict --precision auto` runs (the stubbed probe makes bf16 the candidate) and records
+    the precision in its settings; a precision for a ready predictor (`--onnx`) is refused."""
+    from PIL import Image
+
+    from blendmask.checkpoint_io import save_model_file
+    from blendmask.cli import main
+    from blendmask.prediction.predict import predict_images
+
+    monkeypatch.setattr(precision_gate, "probe_times", lambda device: times_with(0.5))
+    cfg, model, _ = spread_model()
+    save_model_file(tmp_path / "model.pt", cfg, model)
+    Image.fromarray(shapes_images(1)[0]).save(tmp_path / "a.png")
+    base = ["predict", "--weights", str(tmp_path / "model.pt"), str(tmp_path / "a.png")]
+    args = [*base, "--out", str(tmp_path / "out"), "--num-workers", "0", "--conf", "0"]
+    assert main([*args, "--precision", "auto", "--device", "cpu", "--no-overlays"]) == 0
+    settings = json.loads((tmp_path / "out" / "predict_settings.json").read_text())
+    assert settings["precision"] == "auto"
+    with pytest.raises(ValueError, match="precision 'bf16': for a model file"):
+        predict_images(
+            weights=None,
+            predictor=object(),
+            inputs=[tmp_path],
+            out=tmp_path / "o",
+            precision="bf16",
+        )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from blendmask.cli.arguments import DEVICE_HELP, DEVICES, non_negative_int, positive_int
-from blendmask.cli.predict import add_postprocess_arguments
+from blendmask.cli.predict import add_postprocess_arguments, add_precision_argument
 from blendmask.evaluation.evaluate import evaluate_model_file
 from blendmask.evaluation.evaluate_panoptic import evaluate_panoptic_file
 from blendmask.metrics.panoptic import format_pq_table
@@ -56,6 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--panoptic-images", default=None, help="folder of the panoptic PNGs")
     # AP needs the low scores: by default every detection the model gives counts.
     add_postprocess_arguments(parser, None)
+    add_precision_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
                 ("--classes", args.classes),
                 ("--set", args.overrides),
                 ("--plots", args.plots),  # the sheet draws the model's masks
+                ("--precision", args.precision != "fp32"),
             )
             if value
         ]
@@ -111,6 +113,7 @@ def _evaluate_model(args: argparse.Namespace) -> tuple[dict, bool]:
             max_detections=args.max_det,
             classes=args.classes,
             plots=args.plots,
+            precision=args.precision,
         )
         return metrics, get_rank() == 0
     finally:

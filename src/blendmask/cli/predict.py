@@ -25,11 +25,12 @@ from blendmask.cli.arguments import (
     positive_int,
     probability,
 )
-from blendmask.export.segmenter_predictor import SegmenterPredictor
+from blendmask.export.segmenter_predictor import BACKENDS, SegmenterPredictor
 from blendmask.prediction.panoptic_predict import is_panoptic_model_file, predict_panoptic_images
 from blendmask.prediction.predict import predict_images
 from blendmask.prediction.predict_outputs import MASK_MODES
 from blendmask.predictor import DEFAULT_SCORE_THRESHOLD, INFERENCE_KEYS
+from blendmask.runtime.precision import PRECISIONS
 
 logger = logging.getLogger("blendmask.predict")
 DEFAULT_WORKERS = 2  # DataLoader processes of an instance model's predict
@@ -87,6 +88,17 @@ def add_postprocess_arguments(parser: argparse.ArgumentParser, conf: float | Non
     )
 
 
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    """--precision of predict and eval (`Predictor`'s `precision`)."""
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="network number format (default fp32); auto: bf16 where this machine's probe "
+        "finds it faster and its masks pass the gate on the first images (IoU >= 0.98)",
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_mutually_exclusive_group(required=True)
     model.add_argument("--weights", help="model file (model.pt)")
@@ -104,6 +116,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", required=True, help="writes OUT/predictions.jsonl, OUT/overlays/, OUT/videos/"
     )
     parser.add_argument("--device", default="auto", choices=DEVICES, help=DEVICE_HELP)
+    add_precision_argument(parser)
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="onnxruntime",
+        help="runtime of an --onnx file (default onnxruntime; openvino: f32, the openvino extra)",
+    )
     add_postprocess_arguments(parser, DEFAULT_SCORE_THRESHOLD)
     parser.add_argument(
         "--batch-size", type=positive_int, default=1, help="images per forward pass (default 1)"
@@ -164,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
         return _run_panoptic(args)
     predictor = None
     if args.onnx:
-        predictor = SegmenterPredictor(args.onnx)
+        predictor = SegmenterPredictor(args.onnx, backend=args.backend)
         _warn_fixed_candidates(args.onnx, predictor.cfg, args.score_threshold)
     summary = predict_images(
         weights=args.weights,
@@ -186,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
         overlays=not args.no_overlays,
         strict=args.strict,
         gt_json=args.gt_json,
+        precision=args.precision,
     )
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
         print(summary_line(summary))
