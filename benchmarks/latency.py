@@ -135,8 +135,6 @@ class OnnxRunner:
         self.session = self.sessions[n]
 
     def _export(self, n: int) -> Any:
-        import onnxruntime as ort
-
         from blendmask.export.end_to_end_onnx import export_end_to_end_onnx
 
         common.set_blendmask_detections(self.post, n)
@@ -151,6 +149,11 @@ class OnnxRunner:
             cfg=self.cfg,
         )
         self.export_seconds[str(n)] = round(time.perf_counter() - start, 1)
+        return self._open(path)
+
+    def _open(self, path: Path) -> Any:
+        import onnxruntime as ort
+
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
@@ -174,6 +177,33 @@ class OnnxRunner:
         )
         n = int(num[0])
         return {"boxes": torch.from_numpy(boxes[0, :n]), "masks": masks[0, :n]}
+
+
+class OpenVinoRunner(OnnxRunner):
+    """`OnnxRunner`'s graph in OpenVINO's CPU plugin with `INFERENCE_PRECISION_HINT` f32 and
+    `threads` threads: the backend of `predict --onnx F --backend openvino`."""
+
+    def _open(self, path: Path) -> Any:
+        import openvino
+
+        compiled = openvino.Core().compile_model(
+            str(path),
+            "CPU",
+            {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": self.threads},
+        )
+        return _OpenVinoSession(compiled)
+
+
+class _OpenVinoSession:
+    """onnxruntime's `session.run(None, feeds)` (outputs in graph order) on a compiled model."""
+
+    def __init__(self, compiled: Any):
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+
+    def run(self, names: None, feeds: dict[str, Any]) -> list[Any]:
+        results = self.request.infer(feeds)
+        return [results[port] for port in self.compiled.outputs]
 
 
 class TorchvisionRunner:
@@ -399,6 +429,9 @@ def readme_block(data: dict[str, Any]) -> str:
 def _our_label(name: str, precision: str, threads: int) -> str:
     """blendmask_<preset>[_bf16 | _onnxruntime] -> the table's row label."""
     base = name.removeprefix("blendmask_")
+    if base.endswith("_openvino"):
+        preset = base.removesuffix("_openvino")
+        return f"BlendMask {preset} (ours), end-to-end ONNX in OpenVINO CPU f32, {threads} threads"
     if base.endswith("_onnxruntime"):
         preset = base.removesuffix("_onnxruntime")
         return f"BlendMask {preset} (ours), end-to-end ONNX in onnxruntime CPU, {threads} threads"
@@ -451,6 +484,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--onnx",
         action="store_true",
         help="also time the first preset exported end to end, in onnxruntime (same threads)",
+    )
+    p.add_argument(
+        "--openvino",
+        action="store_true",
+        help="also time the first preset's end-to-end graph in OpenVINO (f32 hint, same threads)",
+    )
+    p.add_argument(
+        "--probe",
+        action="store_true",
+        help="record the precision probe's timings and choice (runtime/precision.py) in the json",
     )
     p.add_argument(
         "--with-bf16",
@@ -545,6 +588,10 @@ def main(argv: list[str] | None = None) -> int:
         onnx_runner = OnnxRunner(args.presets[0], detections[0], args.box_bias, args.threads)
         onnx_runner.prepare(tuple(int(x) for x in common.pad_to(image)[0].shape[-2:]))
         runners[f"{first}_onnxruntime"] = onnx_runner
+    if args.openvino:
+        ov_runner = OpenVinoRunner(args.presets[0], detections[0], args.box_bias, args.threads)
+        ov_runner.prepare(tuple(int(x) for x in common.pad_to(image)[0].shape[-2:]))
+        runners[f"{first}_openvino"] = ov_runner
     for name in args.peers:
         runners[name] = TorchvisionRunner(name, detections[0], (height, width), device)
     data["models"] = time_models(
@@ -563,6 +610,20 @@ def main(argv: list[str] | None = None) -> int:
             "export_seconds": onnx_runner.export_seconds,
             "timed": "numpy padding + one session run (network, selection, NMS, blender, "
             "pasting to binary masks at the input size)",
+        }
+    if args.openvino:
+        data["settings"]["openvino"] = {
+            "version": __import__("openvino").__version__,
+            "hint": "INFERENCE_PRECISION_HINT=f32",
+            "threads": args.threads,
+        }
+    if args.probe:
+        from blendmask.runtime.precision import probe_times, ranked_paths
+
+        times = probe_times(device, use_cache=False)
+        data["precision_probe"] = {
+            "seconds": times,
+            "ranked": [p.name for p in ranked_paths(times)],
         }
     ours = f"blendmask_{args.presets[0]}"
     data["blender"] = {}

@@ -30,6 +30,8 @@ from PIL import Image, ImageOps
 
 from blendmask.image_checks import check_image
 
+# Runtimes of an end-to-end file: this module's, or OpenVINO (export/openvino_segmenter.py).
+BACKENDS = ("onnxruntime", "openvino")
 METADATA_KEY = "blendmask_end_to_end"  # = export/end_to_end_onnx.py END_TO_END_METADATA_KEY
 SUPPORTED_FORMAT_VERSION = 1
 

@@ -8,7 +8,9 @@ happens inside the network, so every entry point sees the same pixels.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,8 @@ from blendmask.modeling.blendmask import BlendMask
 from blendmask.modeling.inference import optimize_for_inference, to_channels_last
 from blendmask.modeling.panoptic import infer_panoptic
 from blendmask.modeling.postprocess import BlendMaskPostProcessor, candidate_threshold
+from blendmask.modeling.precision_gate import choose_path, float32_outputs
+from blendmask.runtime.precision import InferencePath, check_precision
 from blendmask.structures import Detections, ImageBatch, PanopticSegmentation, resolve_classes
 
 __all__ = [
@@ -47,6 +51,9 @@ __all__ = [
 # (`--conf`): detections scoring below it (score = sqrt(cls * ctrness)) are dropped. `eval`
 # keeps every detection the model gives unless asked (`--conf`): AP needs the low scores.
 DEFAULT_SCORE_THRESHOLD = 0.3
+# Batches without detections `precision="auto"` waits through before it settles on fp32.
+AUTO_PRECISION_TRIES = 3
+logger = logging.getLogger("blendmask.predictor")
 
 # The config keys `--set` (predict / eval) and `Predictor.from_checkpoint(overrides=...)` may
 # change: the test size and the post-processor's settings. The others describe the network
@@ -68,13 +75,18 @@ def infer(
     postprocessor: BlendMaskPostProcessor,
     batch: ImageBatch,
     orig_sizes: list[tuple[int, int]],
+    path: InferencePath | None = None,
 ) -> list[Detections]:
     """The one inference step: network -> post-processor, detections at `orig_sizes`.
 
     Inference needs neither the dense attention map (the post-processor evaluates the top layer
-    only at the kept detections) nor the semantic logits, so the network skips both.
+    only at the kept detections) nor the semantic logits, so the network skips both. `path`
+    (default fp32) may run the network in bf16 autocast; the post-processor runs in fp32.
     """
-    outputs = model(batch.tensor, batch.image_sizes, dense_attentions=False, with_sem=False)
+    with path.autocast(batch.tensor.device) if path else contextlib.nullcontext():
+        outputs = model(batch.tensor, batch.image_sizes, dense_attentions=False, with_sem=False)
+    if path is not None and path.dtype != "fp32":
+        outputs = float32_outputs(outputs)
     return postprocessor(outputs, batch.image_sizes, orig_sizes)
 
 
@@ -157,6 +169,12 @@ class Predictor:
     within ~1e-6 relative. The copy is made at the first prediction and made again whenever a
     parameter or buffer of `self.model` has changed since (hooks registered on `self.model`
     after that first prediction are not seen). `optimize=False` runs `self.model` itself.
+
+    `precision`: "fp32" (default: the same numbers on every machine), "bf16" (the network in
+    bf16 autocast, the post-processor in fp32) or "auto": on the first batch with detections,
+    the fastest path of the cached probe (`runtime/precision.py`) that passes the accuracy gate
+    on that batch (`modeling/precision_gate.py`: mask IoU >= 0.98 against fp32 on the same
+    detections); never a path slower than fp32. `precision_report` says what was measured and chosen.
     """
 
     def __init__(
@@ -174,8 +192,14 @@ class Predictor:
         min_size: int | None = None,
         max_size: int | None = None,
         classes: Sequence[int | str] | None = None,
+        precision: str = "fp32",
     ) -> None:
         self.cfg = cfg
+        self.precision = check_precision(precision)
+        fixed = None if precision == "auto" else InferencePath(precision, channels_last=optimize)
+        self._path: InferencePath | None = fixed
+        self._auto_tries = 0
+        self.precision_report: dict[str, Any] = {}
         self.device = resolve_device(device)
         self.optimize = optimize
         self.model = model.eval().to(self.device)
@@ -272,10 +296,14 @@ class Predictor:
         # (identity, in-place version) of every tensor: changes when weights are loaded,
         # trained or replaced.
         key = [(id(t), t._version) for t in (*self.model.parameters(), *self.model.buffers())]
+        channels_last = self._path is None or self._path.channels_last
+        key.append((channels_last, 0))
         if self._fast_model is None or key != self._fast_key:
             # Outside inference mode, so the copy holds ordinary tensors.
             with torch.inference_mode(False):
-                self._fast_model = optimize_for_inference(self.model.eval())
+                self._fast_model = optimize_for_inference(
+                    self.model.eval(), channels_last=channels_last
+                )
             self._fast_key = key
         return self._fast_model
 
@@ -297,10 +325,30 @@ class Predictor:
         """One batch of images (uint8 or float [0, 1] RGB tensors at original size, or anything
         `to_image_tensor` takes) -> detections at original size, on the CPU."""
         batch, orig_sizes = self.preprocess(images)
-        if self.optimize:
+        path = self._path or self._choose_path(batch)
+        if self.optimize and path.channels_last:
             batch = ImageBatch(to_channels_last(batch.tensor), batch.image_sizes)
-        dets = infer(self.inference_model(), self.postprocessor, batch, orig_sizes)
+        dets = infer(self.inference_model(), self.postprocessor, batch, orig_sizes, path)
         return [self._finish(d.to("cpu")) for d in dets]
+
+    def _choose_path(self, batch: ImageBatch) -> InferencePath:
+        """`precision="auto"`: the path for this batch, settled once the gate could judge."""
+        fp32 = InferencePath("fp32", channels_last=self.optimize)
+        tensor = to_channels_last(batch.tensor) if self.optimize else batch.tensor
+        gated = ImageBatch(tensor, batch.image_sizes)
+        path, self.precision_report = choose_path(self.inference_model(), self.postprocessor, gated)
+        self._auto_tries += 1
+        if path is None and self._auto_tries < AUTO_PRECISION_TRIES:
+            return fp32  # no detection to judge bf16 by yet: fp32 for this batch
+        # optimize=False runs self.model in its own layout whatever the probe preferred.
+        self._path = (
+            fp32
+            if path is None
+            else InferencePath(path.dtype, self.optimize and path.channels_last)
+        )
+        self.precision_report["path"] = self._path.name
+        logger.info("precision auto: %s (gate: %s)", self._path.name, self.precision_report["gate"])
+        return self._path
 
     @torch.inference_mode()
     def predict_panoptic(

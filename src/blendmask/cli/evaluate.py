@@ -44,6 +44,7 @@ def run(namespace: argparse.Namespace) -> int:
                 ("--classes", args.classes),
                 ("--set", args.overrides),
                 ("--plots", args.plots),  # the sheet draws the model's masks
+                ("--precision", args.precision != "fp32"),
             )
             if value
         ]
@@ -82,6 +83,7 @@ def _evaluate_model(args: EvalRequest) -> tuple[dict, bool]:
             max_detections=args.max_detections,
             classes=args.classes,
             plots=args.plots,
+            precision=args.precision,
         )
         return metrics, get_rank() == 0
     finally:

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         return _run_panoptic(request)
     predictor = None
     if request.onnx:
-        predictor = SegmenterPredictor(request.onnx)
+        predictor = SegmenterPredictor(request.onnx, backend=request.backend)
         _warn_fixed_candidates(str(request.onnx), predictor.cfg, request.score_threshold)
     summary = predict_images(request, predictor=predictor)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all

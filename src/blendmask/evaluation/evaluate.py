@@ -60,6 +60,7 @@ def evaluate_model(
     max_detections: int | None = None,
     classes: Sequence[int | str] | None = None,
     per_category: bool = False,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """COCO bbox + segm evaluation of `model` on a dataset, as `blendmask eval` does.
 
@@ -81,7 +82,8 @@ def evaluate_model(
     the model gives counts (AP needs the low scores). `classes` (names or 0-based labels)
     also restricts the AP to those categories. `max_detections` is also COCOeval's largest
     maxDets (default: COCO's 100, whatever the model keeps). `per_category`: add
-    "per_category" ({name: {"bbox_AP", "segm_AP"}}) to the metrics.
+    "per_category" ({name: {"bbox_AP", "segm_AP"}}) to the metrics. `precision`: fp32 | bf16 |
+    auto, as `Predictor`'s.
     """
     start = time.perf_counter()
     # Evaluate in the layout training uses: a model fresh from training and the same weights
@@ -110,6 +112,7 @@ def evaluate_model(
         nms_iou=nms_iou,
         max_detections=max_detections,
         classes=labels,
+        precision=precision,
     )
     evaluator = _coco_evaluator(dataset, label_to_category_id, labels, max_detections)
     error = _predict_shard(

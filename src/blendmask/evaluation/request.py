@@ -20,6 +20,7 @@ from blendmask.config.flags import (
     probability,
 )
 from blendmask.predictor import INFERENCE_KEYS
+from blendmask.runtime.precision import PRECISIONS
 
 
 def score_threshold_flag(default: float | None) -> Any:
@@ -74,14 +75,24 @@ class PostprocessRequest:
         f"{', '.join(INFERENCE_KEYS)}",
     )
 
+    precision: str = flag(
+        "fp32",
+        choices=PRECISIONS,
+        help="network number format (default fp32); auto: bf16 where this machine's probe "
+        "finds it faster and its masks pass the gate on the first images (IoU >= 0.98)",
+    )
+
     def __post_init__(self) -> None:
         freeze_sequences(self, "classes", "overrides")
 
     def knobs(self) -> dict[str, Any]:
-        """`nms_iou`, `max_detections`, `classes` (a list, as a settings file holds it): the
+        """`nms_iou`, `max_detections`, `classes` (a list, as a settings file holds it) and a
+        non-fp32 `precision`: the
         keyword arguments of `Predictor.from_checkpoint` besides the threshold and --set."""
         classes = None if self.classes is None else list(self.classes)
-        return {"nms_iou": self.nms_iou, "max_detections": self.max_detections, "classes": classes}
+        knobs = {"nms_iou": self.nms_iou, "max_detections": self.max_detections, "classes": classes}
+        # fp32 stays out of the settings so that folders predicted before --precision resume.
+        return knobs | ({} if self.precision == "fp32" else {"precision": self.precision})
 
 
 @dataclass(frozen=True, kw_only=True)

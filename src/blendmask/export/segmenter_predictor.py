@@ -22,7 +22,8 @@ from torch import Tensor
 
 from blendmask.config import Config
 from blendmask.export.onnx_predictor import read_onnx_config
-from blendmask.onnx_runtime import OnnxSegmenter
+from blendmask.export.openvino_segmenter import OpenVinoSegmenter
+from blendmask.onnx_runtime import BACKENDS, OnnxSegmenter
 from blendmask.predictor import MAX_IMAGE_PIXELS
 from blendmask.structures import Detections
 
@@ -33,11 +34,17 @@ class SegmenterPredictor:
     Args:
         path: an end-to-end file written by `blendmask export` (with its config, as the
             command writes it).
-        threads: onnxruntime intra-op threads (default: onnxruntime's choice).
+        threads: intra-op threads (default: the runtime's choice).
+        backend: "onnxruntime" (default) or "openvino" (`OpenVinoSegmenter`, f32).
     """
 
-    def __init__(self, path: str | Path, *, threads: int | None = None) -> None:
-        self.segmenter = OnnxSegmenter(path, threads=threads)
+    def __init__(
+        self, path: str | Path, *, threads: int | None = None, backend: str = "onnxruntime"
+    ) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
+        runtime = OpenVinoSegmenter if backend == "openvino" else OnnxSegmenter
+        self.segmenter: OnnxSegmenter | OpenVinoSegmenter = runtime(path, threads=threads)
         cfg: Config | None = read_onnx_config(path)
         if cfg is None:
             raise ValueError(f"{path}: no blendmask config in the ONNX metadata")

@@ -95,9 +95,10 @@ def predict_images(
 
     `gt_json`: a ground-truth COCO json whose image ids the records take (matched by
     file_name); without it each file gets an id once, kept by resumed runs (`predict_ids`).
+    `precision`: `Predictor`'s, for `weights` (recorded in the settings when not fp32).
     """
     r = make_request(PredictRequest, request, kwargs)
-    check_arguments(predictor, r.save_masks, r.nms_iou, r.max_detections, r.overrides)
+    check_arguments(predictor, r.save_masks, r.nms_iou, r.max_detections, r.overrides, r.precision)
     if r.onnx is not None and predictor is None:
         raise ValueError(
             f"predict: onnx={r.onnx}: load it as the predictor "

@@ -90,8 +90,11 @@ def check_arguments(
     nms_iou: float | None,
     max_detections: int | None,
     overrides: Sequence[str],
+    precision: str = "fp32",
 ) -> None:
     """The settings `predict_images` refuses before it starts (ValueError, one line)."""
+    if predictor is not None and precision != "fp32":
+        raise ValueError(f"precision {precision!r}: for a model file (--weights), not --onnx")
     if save_masks is not None and save_masks not in MASK_MODES:
         raise ValueError(
             f"--save-masks: expected one of {', '.join(MASK_MODES)}, got {save_masks!r}"

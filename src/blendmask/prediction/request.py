@@ -21,6 +21,7 @@ from blendmask.config.flags import (
     positive_int,
 )
 from blendmask.evaluation.request import PostprocessRequest, score_threshold_flag
+from blendmask.onnx_runtime import BACKENDS
 from blendmask.prediction.predict_outputs import MASK_MODES
 from blendmask.predictor import DEFAULT_SCORE_THRESHOLD
 
@@ -42,6 +43,11 @@ class PredictRequest(PostprocessRequest):
     )
     onnx: str | Path | None = flag(
         None, group="model", help="end-to-end ONNX file (`blendmask export`), run by onnxruntime"
+    )
+    backend: str = flag(
+        "onnxruntime",
+        choices=BACKENDS,
+        help="runtime of an --onnx file (default onnxruntime; openvino: f32, the openvino extra)",
     )
     inputs: Sequence[str | Path] = flag(
         positional=True,

@@ -1,0 +1,235 @@
+"""Which number format and memory layout inference runs in, chosen by measuring this machine.
+
+CPUs differ: a 3x3 conv runs twice as fast in bf16 on a CPU with AVX512-BF16, while bf16
+autocast is slower than fp32 on one without; channels-last helps oneDNN on some and not on
+others. So the choice is measured, not fixed: `probe_times` times a few of the network's own
+layers (a ResNet bottleneck at stride 4 and an FCOS tower unit, conv 3x3 + GroupNorm + ReLU at
+256 channels: the layers that hold most of the FLOPs of every preset) in each `PATHS` entry,
+interleaved run by run so that background load hits all paths alike, and keeps the median.
+
+The result is cached per machine (CPU model and flags, thread count, torch version, device) in
+`cache_dir()`: `$BLENDMASK_CACHE_DIR`, else `$XDG_CACHE_HOME/blendmask`, else
+`~/.cache/blendmask`, written atomically. Delete the file to measure again.
+
+`ranked_paths` orders the candidates: a bf16 path is a candidate only when it beats the fastest
+fp32 path by `margin` (5%: less is within timing noise); the fastest fp32 path always ends the
+list, so the choice is never slower than fp32. A bf16 candidate must also pass the accuracy gate
+(`GATE_MASK_IOU`, checked by the caller on the user's own images: `modeling/precision_gate.py`).
+
+The bottom layer: imports only torch and `blendmask.atomic`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from blendmask.atomic import write_json
+
+PRECISIONS = ("fp32", "bf16", "auto")
+# Issue 25's gate: mean mask IoU against fp32 on the same detections.
+GATE_MASK_IOU = 0.98
+CACHE_ENV = "BLENDMASK_CACHE_DIR"
+CACHE_FILE = "precision_probe.json"
+PROBE_VERSION = 1  # bump when the probed layers change: old timings then do not count
+# CPU flags that decide which kernels oneDNN can use (the rest do not change the timing).
+_RELEVANT_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+
+
+@dataclass(frozen=True)
+class InferencePath:
+    """A number format (`dtype`: "fp32", or "bf16" through torch.autocast) and a memory layout."""
+
+    dtype: str
+    channels_last: bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.dtype}_{'channels_last' if self.channels_last else 'contiguous'}"
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """The context the network runs in: nothing for fp32, bf16 autocast otherwise."""
+        if self.dtype == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+PATHS = tuple(InferencePath(d, cl) for d in ("fp32", "bf16") for cl in (False, True))
+
+
+def check_precision(value: str) -> str:
+    if value not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {value!r}")
+    return value
+
+
+def cache_dir() -> Path:
+    """Where the probe's timings are kept (see the module docstring)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "blendmask"
+
+
+def _cpu_description() -> tuple[str, list[str]]:
+    """(CPU model name, the relevant flags it has), from /proc/cpuinfo where there is one."""
+    model, flags = platform.processor() or platform.machine(), set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    return model, [f for f in _RELEVANT_FLAGS if f in flags]
+
+
+def machine_key(device: torch.device) -> dict[str, Any]:
+    """What the timings depend on; its hash names the cache entry."""
+    model, flags = _cpu_description()
+    if device.type == "cuda":
+        model = torch.cuda.get_device_name(device)
+    return {
+        "device": device.type,
+        "cpu_or_gpu": model,
+        "flags": flags,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "probe_version": PROBE_VERSION,
+    }
+
+
+def _key_hash(key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def probe_network(channels: int = 256) -> nn.Module:
+    """The probed layers, at the network's channel counts: a ResNet bottleneck (1x1, 3x3, 1x1
+    convs, 256 -> 64 -> 256, as at stride 4) and an FCOS tower unit (3x3 conv + GroupNorm(32)
+    + ReLU at 256 channels, run 4 times per level per tower)."""
+    mid = channels // 4
+    return nn.Sequential(
+        nn.Conv2d(channels, mid, 1),
+        nn.ReLU(),
+        nn.Conv2d(mid, mid, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(mid, channels, 1),
+        nn.ReLU(),
+        nn.Conv2d(channels, channels, 3, padding=1),
+        nn.GroupNorm(32, channels),
+        nn.ReLU(),
+    ).eval()
+
+
+def _seconds(run: Callable[[], object], device: torch.device) -> float:
+    """Wall time of one call (the device synchronised around it)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    run()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+Timer = Callable[[InferencePath, Callable[[], object]], float]
+
+
+def measure_paths(
+    device: torch.device,
+    *,
+    timer: Timer | None = None,
+    repeats: int = 5,
+    size: tuple[int, int] = (64, 96),
+) -> dict[str, float]:
+    """Median seconds of the probe network in every `PATHS` entry (the paths interleaved in
+    each repeat). `timer(path, run)` returns the seconds of one run (a test stubs it)."""
+    timer = timer or (lambda path, run: _seconds(run, device))
+    torch.manual_seed(0)
+    net = probe_network().to(device)
+    image = torch.rand((1, 256, *size), device=device)
+    inputs: dict[bool, tuple[nn.Module, Tensor]] = {
+        False: (net, image),
+        True: (
+            probe_network().to(device).to(memory_format=torch.channels_last),
+            image.contiguous(memory_format=torch.channels_last),
+        ),
+    }
+    inputs[True][0].load_state_dict(net.state_dict())
+    times: dict[str, list[float]] = {p.name: [] for p in PATHS}
+    with torch.inference_mode():
+        for repeat in range(repeats + 1):  # the first round warms oneDNN's kernel caches up
+            for path in PATHS:
+                module, x = inputs[path.channels_last]
+
+                def run(module: nn.Module = module, x: Tensor = x, path: InferencePath = path):
+                    with path.autocast(device):
+                        return module(x)
+
+                seconds = timer(path, run)
+                if repeat:
+                    times[path.name].append(seconds)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}  # absent or unreadable: measure again (and rewrite it)
+    return data if isinstance(data, dict) else {}
+
+
+def probe_times(
+    device: torch.device | str = "cpu", *, timer: Timer | None = None, use_cache: bool = True
+) -> dict[str, float]:
+    """Seconds of the probe network per path name, from the cache when this machine has an
+    entry, else measured (`measure_paths`) and cached. A cache that cannot be written only
+    costs a new measurement next time."""
+    device = torch.device(device)
+    key = machine_key(device)
+    digest, path = _key_hash(key), cache_dir() / CACHE_FILE
+    cached = _read_cache(path) if use_cache else {}
+    entry = cached.get(digest)
+    if isinstance(entry, dict) and set(entry.get("seconds", {})) == {p.name for p in PATHS}:
+        return {name: float(s) for name, s in entry["seconds"].items()}
+    times = measure_paths(device, timer=timer)
+    if use_cache:
+        cached[digest] = {"machine": key, "seconds": times}
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json(path, cached)
+    return times
+
+
+def ranked_paths(times: dict[str, float], margin: float = 0.05) -> list[InferencePath]:
+    """The candidates, fastest first: bf16 paths that beat the fastest fp32 path by `margin`,
+    then that fp32 path (always last: the choice is never slower than fp32)."""
+    by_name = {p.name: p for p in PATHS}
+    fp32 = min((p for p in PATHS if p.dtype == "fp32"), key=lambda p: times[p.name])
+    limit = times[fp32.name] * (1.0 - margin)
+    faster = [by_name[n] for n in sorted(times, key=times.get) if times[n] < limit]
+    return [p for p in faster if p.dtype != "fp32"] + [fp32]
+
+
+def choose_path(
+    times: dict[str, float], gate: Callable[[InferencePath], bool], margin: float = 0.05
+) -> InferencePath:
+    """The fastest candidate of `ranked_paths` whose `gate(path)` holds (fp32 needs none)."""
+    for path in ranked_paths(times, margin):
+        if path.dtype == "fp32" or gate(path):
+            return path
+    raise AssertionError("ranked_paths always ends with an fp32 path")
