@@ -99,16 +99,21 @@ def _evaluate_panoptic(args: EvalRequest) -> int:
     ]
     if missing:
         raise ValueError(f"eval (panoptic): needs {', '.join(missing)}")
-    metrics = evaluate_panoptic_file(
-        weights=args.weights,
-        json_path=args.panoptic_json,
-        panoptic_dir=args.panoptic_images,
-        images=args.images,
-        out=args.out,
-        device=args.device,
-        overrides=args.overrides,
-        instances_json=args.json,
-    )
+    try:  # under torchrun: sharded, and only rank 0 prints
+        metrics = evaluate_panoptic_file(
+            weights=args.weights,
+            json_path=args.panoptic_json,
+            panoptic_dir=args.panoptic_images,
+            images=args.images,
+            out=args.out,
+            device=args.device,
+            overrides=args.overrides,
+            instances_json=args.json,
+        )
+        if get_rank() != 0:
+            return 0
+    finally:
+        cleanup_distributed()
     if args.json:
         print(format_tables(metrics))
     print(format_pq_table(metrics))

@@ -304,7 +304,7 @@ def evaluate_model_file(
     info, dev = dist_utils.init_distributed(resolve_device(device))
     out = Path(out)
     with ExitStack() as stack:
-        _lock_output_on_main(stack, out, info)
+        lock_output_on_main(stack, out, info)
         cfg, model, _, postprocessor = load_model_file(weights, dev)
         if overrides:
             cfg = inference_config(cfg, overrides)
@@ -330,7 +330,7 @@ def evaluate_model_file(
     return metrics
 
 
-def _lock_output_on_main(stack: ExitStack, out: Path, info: dist_utils.DistInfo) -> None:
+def lock_output_on_main(stack: ExitStack, out: Path, info: dist_utils.DistInfo) -> None:
     """Rank 0 takes `OutputLock(out)` into `stack`; the other ranks learn whether it could and
     stop with its reason when not (rather than wait for it at the first gather)."""
     refusal = None

@@ -13,6 +13,7 @@ import copy
 import logging
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +26,17 @@ from blendmask.checkpoint_io import load_model_file
 from blendmask.config import Config
 from blendmask.data.panoptic import CocoPanopticDataset
 from blendmask.data.panoptic_format import PanopticCategory
-from blendmask.evaluation.evaluate import evaluate_model
+from blendmask.evaluation.evaluate import evaluate_model, lock_output_on_main
 from blendmask.factory import build_postprocessor
 from blendmask.io import resolve_device
-from blendmask.metrics.panoptic import METRIC_KEYS, PanopticEvaluator
+from blendmask.metrics.panoptic import (
+    METRIC_KEYS,
+    PanopticEvaluator,
+    PQStat,
+    pq_stat_of_image,
+)
 from blendmask.predictor import Predictor, inference_config
 from blendmask.runtime import distributed as dist_utils
-from blendmask.runtime.output_lock import OutputLock
 
 logger = logging.getLogger(__name__)
 
@@ -130,22 +135,64 @@ def evaluate_panoptic(
     """PQ / SQ / RQ (all, _th, _st, per class) of a panoptic model on a COCO panoptic
     dataset, through `Predictor.predict_panoptic` (the path `predict` takes). Returns the
     metrics of `metrics.panoptic.PanopticEvaluator` plus "seconds"; leaves `model` in eval
-    mode."""
+    mode.
+
+    A collective call under torch.distributed, like instance evaluation: each rank scores its
+    share of the images (`shard_indices`), rank 0 adds the per-image counts in image order (the
+    float sums, hence PQ, of one process exactly) and every rank gets the metrics."""
     start = time.perf_counter()
     dataset = CocoPanopticDataset(json_path, panoptic_dir, images_dir)
     thing_ids, stuff_ids = category_id_tables(cfg)
     _check_categories(thing_ids, stuff_ids, dataset.data.categories, dataset.json_path)
     predictor = Predictor(cfg, model, postprocessor, device)
-    evaluator = PanopticEvaluator(dataset.data.categories)
-    for index, image_id in enumerate(dataset.image_ids):
-        image, _ = dataset[index]
-        result = predictor.predict_panoptic([image])[0]
-        pred_ids, pred_categories, _ = panoptic_to_coco(result, thing_ids, stuff_ids)
-        gt_ids = dataset.segment_ids(index)
-        evaluator.process(gt_ids, dataset.data.segments[image_id], pred_ids, pred_categories)
-    metrics = evaluator.evaluate()
+    info = dist_utils.DistInfo(rank=dist_utils.get_rank(), world_size=dist_utils.get_world_size())
+    stats: list[PQStat] = []
+    error = None
+    try:
+        for index in dist_utils.shard_indices(len(dataset.image_ids), info):
+            image, _ = dataset[index]
+            result = predictor.predict_panoptic([image])[0]
+            pred_ids, pred_categories, _ = panoptic_to_coco(result, thing_ids, stuff_ids)
+            unknown = sorted(set(pred_categories.values()) - set(dataset.data.categories))
+            if unknown:
+                raise ValueError(
+                    f"predicted category id(s) {unknown} are not in the ground truth's categories"
+                )
+            gt_segments = dataset.data.segments[dataset.image_ids[index]]
+            stats.append(
+                pq_stat_of_image(dataset.segment_ids(index), gt_segments, pred_ids, pred_categories)
+            )
+    except (ValueError, OSError) as exc:
+        if not info.distributed:
+            raise
+        error = f"rank {info.rank}: {exc}"  # the others are about to wait for this rank
+    metrics = _merge_on_main(dataset.data.categories, stats, error)
     metrics["seconds"] = round(time.perf_counter() - start, 2)
     return metrics
+
+
+def _merge_on_main(
+    categories: dict[int, PanopticCategory], stats: list[PQStat], error: str | None
+) -> dict[str, Any]:
+    """Every rank's per-image counts (contiguous shards in rank order: image order) summed
+    on rank 0, evaluated, and handed to every rank; a rank's error stops all of them."""
+    parts = dist_utils.gather_objects((stats, error))
+    outcome = None
+    if parts is not None:  # rank 0 (or the one process)
+        errors = [text for _, text in parts if text is not None]
+        if errors:
+            outcome = ("error", errors[0])
+        else:
+            evaluator = PanopticEvaluator(categories)
+            for part, _ in parts:
+                for stat in part:
+                    evaluator.stat.add(stat)
+                    evaluator.images += 1
+            outcome = ("metrics", evaluator.evaluate())
+    kind, value = dist_utils.broadcast_object(outcome)
+    if kind == "error":
+        raise ValueError(value)
+    return value
 
 
 def evaluate_panoptic_file(
@@ -161,10 +208,14 @@ def evaluate_panoptic_file(
 ) -> dict[str, Any]:
     """`blendmask eval --weights W --panoptic-json J --panoptic-images P --images D --out O`:
     PQ of a panoptic model file; with `instances_json` (`--json`) also its COCO bbox / segm
-    AP. Writes O/metrics.json (PQ, SQ, RQ, PQ_th, ..., "per_class") and returns it."""
-    dev = resolve_device(device)
+    AP. Writes O/metrics.json (PQ, SQ, RQ, PQ_th, ..., "per_class") and returns it.
+
+    Under torchrun each process scores its share of the images and rank 0 alone locks and
+    writes O; every rank returns the metrics. The caller ends the process group."""
+    info, dev = dist_utils.init_distributed(resolve_device(device))
     out = Path(out)
-    with OutputLock(out):
+    with ExitStack() as stack:
+        lock_output_on_main(stack, out, info)
         cfg, model, _, postprocessor = load_model_file(weights, dev)
         if not is_panoptic(cfg):
             raise ValueError(
@@ -184,7 +235,7 @@ def evaluate_panoptic_file(
                     json_path=instances_json,
                     images_dir=images,
                     device=dev,
-                    results_path=out / "results.json",
+                    results_path=out / "results.json" if info.is_main else None,
                     per_category=True,
                 )
             )
@@ -199,17 +250,16 @@ def evaluate_panoptic_file(
         )
         metrics["seconds"] = round(metrics.get("seconds", 0.0) + pq.pop("seconds"), 2)
         metrics.update(pq)
-        write_json(out / "metrics.json", metrics)
+        if info.is_main:
+            write_json(out / "metrics.json", metrics)
     return metrics
 
 
 def evaluate_panoptic_metrics(
     cfg: Config, model: nn.Module, postprocessor: nn.Module, *, device: torch.device
 ) -> dict[str, float]:
-    """PQ, SQ, RQ (all, _th, _st) on `data.val_panoptic_json` during training (one process:
-    under torch.distributed only rank 0 scores, the others get {})."""
-    if dist_utils.get_rank() != 0:
-        return {}
+    """PQ, SQ, RQ (all, _th, _st) on `data.val_panoptic_json` during training (a collective
+    call: every rank scores its share and gets the metrics)."""
     metrics = evaluate_panoptic(
         cfg,
         model,

@@ -11,13 +11,16 @@ results with `gather_objects` / `all_gather_objects`.
 
 from __future__ import annotations
 
-import datetime
 import os
+import socket
+import sys
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from blendmask.runtime.rendezvous import attempt_store, process_group_timeout
 
 
 @dataclass(frozen=True)
@@ -58,14 +61,31 @@ def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
     # then go through the real backend (NCCL on one GPU), the path of N processes.
     if not dist.is_initialized() and (world_size > 1 or "MASTER_ADDR" in os.environ):
         backend = "nccl" if device.type == "cuda" else "gloo"
-        # A long timeout: rank 0 evaluates alone while the others wait at a barrier.
+        # Minutes, not torch's hours: a dead peer stops the group soon, and torchrun restarts
+        # it (--max-restarts); the group's keys are this attempt's own (runtime/rendezvous.py).
+        timeout = process_group_timeout()
         dist.init_process_group(
             backend=backend,
             rank=rank,
             world_size=world_size,
-            timeout=datetime.timedelta(hours=2),
+            timeout=timeout,
+            store=attempt_store(rank, world_size, timeout),
         )
+        _log_place(rank, world_size, local_rank)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank), device
+
+
+def _log_place(rank: int, world_size: int, local_rank: int) -> None:
+    """One line per process, once: where it sits (which node, which attempt of torchrun)."""
+    node = os.environ.get("GROUP_RANK", "0")
+    nodes = os.environ.get("GROUP_WORLD_SIZE", "1")
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    print(
+        f"process group: rank {rank}/{world_size}, node {node}/{nodes} "
+        f"({socket.gethostname()}), local rank {local_rank}, restart {attempt}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def cleanup_distributed() -> None:

@@ -10,6 +10,11 @@ file just before it was deleted sees that the path no longer names its file and 
 so two processes never hold two different .lock files of one folder. The file is opened without
 following a link (`atomic.open_output`): a link planted at OUT/.lock is refused.
 
+A forked child (a DataLoader worker) does not keep the lock: flock belongs to the open file,
+which a fork shares, so a worker outliving its killed parent by the seconds its watchdog takes
+would refuse the process that torchrun restarts in its place ("another blendmask process is
+writing OUT"). Children close their copy right after the fork.
+
 Where `fcntl` does not exist (Windows) there is no lock; writes are still atomic.
 """
 
@@ -28,6 +33,19 @@ except ImportError:  # pragma: no cover - not on POSIX
     fcntl = None  # type: ignore[assignment]
 
 LOCK_NAME = ".lock"
+# The lock files this process holds open, closed in forked children (see the docstring).
+_HELD: set[int] = set()
+
+
+def _close_held_in_child() -> None:
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held_in_child)
 
 
 class OutputLock:
@@ -70,6 +88,7 @@ class OutputLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
+        _HELD.add(fd)
         return self
 
     def __exit__(
@@ -84,6 +103,7 @@ class OutputLock:
                 with contextlib.suppress(OSError):
                     self.path.unlink()
             fcntl.flock(self._fd, fcntl.LOCK_UN)
+            _HELD.discard(self._fd)
             os.close(self._fd)
             self._fd = None
 
