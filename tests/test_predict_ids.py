@@ -20,6 +20,7 @@ from helpers.self_ground_truth import write_ground_truth, write_model
 
 from blendmask.cli import main
 from blendmask.metrics.image_ids import GroundTruthImages
+from blendmask.prediction import predict_ids
 
 KEYS = [f"{t}_{k}" for t in ("bbox", "segm") for k in ("AP", "AP50", "AP75")]
 
@@ -89,6 +90,18 @@ def test_resumed_run_over_a_grown_folder_never_repeats_an_id(model_file, tmp_pat
     shutil.copy(source / "im2.png", folder / "new.png")
     assert predict(model_file, [folder], out) == 0
     assert {Path(r["file_name"]).name: r["image_id"] for r in records(out)}["new.png"] == 3
+
+
+def test_a_resumed_run_gives_pending_images_their_first_run_ids(monkeypatch, tmp_path):
+    # A killed torchrun rank leaves its share half done while the other finished: the pending
+    # images must get the ids of an uninterrupted run (their positions), not ids after the max.
+    images = [tmp_path / f"im{i}.png" for i in range(5)]
+    done = {str(images[0]): 0, str(images[3]): 3}
+    monkeypatch.setattr(predict_ids, "recorded_image_ids", lambda out: done)
+    assert predict_ids.image_ids(images, tmp_path, None) == [0, 1, 2, 3, 4]
+    # a position held by another file: the next id never given, after every position taken
+    done = {str(images[1]): 0, str(images[3]): 3}
+    assert predict_ids.image_ids(images, tmp_path, None) == [5, 0, 2, 3, 4]
 
 
 def test_paths_match_whole_trailing_components():

@@ -6,10 +6,12 @@ line of OUT/errors.jsonl and of OUT/results.json).
   `eval --results OUT/results.json --json GT` scores them; a file that is no image of GT is an
   error before anything runs.
 - Without: an id given once per file and kept. A file already in OUT/predictions.jsonl (a
-  resumed run) keeps the id of its record; each new file takes the next id never given in OUT
-  (the highest recorded + 1, in source order). A first run numbers its images 0, 1, ... in
-  source order; a folder that grew between runs gives its new files new ids, never one already
-  taken (the position of a file in the grown list would repeat one).
+  resumed run) keeps the id of its record; a new file takes its position in the source list
+  when no other file holds that id, else the next id never given in OUT. A first run numbers
+  its images 0, 1, ... in source order, and so does a run resumed after a stop or a killed
+  torchrun rank (its ranks finished their shares unevenly): the ids equal an uninterrupted
+  run's. A folder that grew between runs gives its new files new ids, never one already taken
+  (the position of a file in the grown list may be another file's id).
 
 Every torchrun rank reads the same records before any rank writes, so all give the same ids.
 """
@@ -34,14 +36,17 @@ def image_ids(images: Sequence[Path], out: Path | None, gt_json: str | Path | No
         gt = GroundTruthImages(load_coco_gt(gt_json).dataset["images"], str(gt_json))
         return [gt.image_id(path, f"predict --json {gt_json}") for path in images]
     recorded = recorded_image_ids(out) if out is not None else {}
-    next_id = max(recorded.values(), default=-1) + 1
-    ids = []
-    for path in images:
-        image_id = recorded.get(str(path))
+    ids: list[int | None] = [recorded.get(str(path)) for path in images]
+    taken = set(recorded.values())
+    for position, image_id in enumerate(ids):
+        if image_id is None and position not in taken:
+            ids[position] = position
+            taken.add(position)
+    next_id = max(taken, default=-1) + 1
+    for position, image_id in enumerate(ids):
         if image_id is None:
-            image_id, next_id = next_id, next_id + 1
-        ids.append(image_id)
-    return ids
+            ids[position], next_id = next_id, next_id + 1
+    return [int(i) for i in ids if i is not None]
 
 
 def recorded_image_ids(out: Path) -> dict[str, int]:
