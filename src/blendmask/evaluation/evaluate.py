@@ -80,7 +80,7 @@ def evaluate_model(
     Knobs as `Predictor`'s, except that `score_threshold` defaults to None: every detection
     the model gives counts (AP needs the low scores). `classes` (names or 0-based labels)
     also restricts the AP to those categories. `max_detections` is also COCOeval's largest
-    maxDets (default: COCO's 100, whatever the model keeps). `per_category`: add
+    maxDets (default: COCO's 100, or what the model keeps when that is more). `per_category`: add
     "per_category" ({name: {"bbox_AP", "segm_AP"}}) to the metrics.
     """
     start = time.perf_counter()
@@ -111,6 +111,8 @@ def evaluate_model(
         max_detections=max_detections,
         classes=labels,
     )
+    if max_detections is None:  # count what the model keeps (auto keeps more than 100)
+        max_detections = max(100, cfg.model.fcos.post_nms_topk_test)
     evaluator = _coco_evaluator(dataset, label_to_category_id, labels, max_detections)
     error = _predict_shard(
         predictor, _EvalImages(dataset, indices), evaluator, batch_size, num_workers, info

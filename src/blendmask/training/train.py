@@ -10,11 +10,15 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from blendmask.atomic import check_writable
+from blendmask.checkpoint_io import save_model_file
 from blendmask.config import Config
 from blendmask.evaluation.evaluate import METRIC_KEYS
+from blendmask.metrics.dataset_report import short_summary
+from blendmask.metrics.dataset_stats import cached_analysis
 from blendmask.runtime.distributed import get_rank
 from blendmask.runtime.output_lock import OutputLock
 from blendmask.training import loop
+from blendmask.training.auto_preset import auto_config
 from blendmask.training.budget import TimeBudget
 from blendmask.training.checkpoint import LAST_CHECKPOINT
 from blendmask.training.loaders import build_train_dataset
@@ -81,6 +85,9 @@ def train_command(
     )
     if not quiet:
         check_writable(out)  # before reading the dataset: a bad --out fails at once
+        if cfg.data.train_json and Path(cfg.data.train_json).is_file():
+            for line in short_summary(cached_analysis(cfg.data.train_json).summary):
+                logger.info(line)
     # The budget counts from here: reading the dataset is part of the time asked for.
     budget = None
     if minutes is not None:
@@ -106,6 +113,9 @@ def train_command(
             tensorboard=tensorboard,
         )
     if get_rank() == 0:
+        if cfg.preset == "auto":  # the plan beside the config it made, in model.pt
+            plan = auto_config(cfg.data.train_json)[1]
+            save_model_file(Path(out) / loop.MODEL_FILE, result.cfg, result.model, plan=plan)
         _report(Path(out), result)
     return result
 
