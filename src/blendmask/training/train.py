@@ -84,10 +84,7 @@ def train_command(
         quiet=quiet,
     )
     if not quiet:
-        check_writable(out)  # before reading the dataset: a bad --out fails at once
-        if cfg.data.train_json and Path(cfg.data.train_json).is_file():
-            for line in short_summary(cached_analysis(cfg.data.train_json).summary):
-                logger.info(line)
+        _check_out_and_show_data(out, cfg)
     # The budget counts from here: reading the dataset is part of the time asked for.
     budget = None
     if minutes is not None:
@@ -113,11 +110,24 @@ def train_command(
             tensorboard=tensorboard,
         )
     if get_rank() == 0:
-        if cfg.preset == "auto":  # the plan beside the config it made, in model.pt
-            plan = auto_config(cfg.data.train_json)[1]
-            save_model_file(Path(out) / loop.MODEL_FILE, result.cfg, result.model, plan=plan)
         _report(Path(out), result)
     return result
+
+
+def _check_out_and_show_data(out: str | Path, cfg: Config) -> None:
+    """Check `out` before reading the dataset (a bad --out fails at once), then print the
+    training json's facts in three lines (`blendmask analyze` gives them all)."""
+    check_writable(out)
+    if cfg.data.train_json and Path(cfg.data.train_json).is_file():
+        for line in short_summary(cached_analysis(cfg.data.train_json).summary):
+            logger.info(line)
+
+
+def _save_plan(out: Path, result: loop.TrainResult) -> None:
+    """`--preset auto`: model.pt again with the plan beside the config it made."""
+    if result.cfg.preset == "auto":
+        plan = auto_config(result.cfg.data.train_json)[1]
+        save_model_file(out / loop.MODEL_FILE, result.cfg, result.model, plan=plan)
 
 
 def _new_out_if_changed(out: str | Path, cfg: Config, *, new_settings: bool, quiet: bool) -> Path:
@@ -135,6 +145,7 @@ def _new_out_if_changed(out: str | Path, cfg: Config, *, new_settings: bool, qui
 
 def _report(out: Path, result: loop.TrainResult) -> None:
     """Where model.pt went and the final metrics (one JSON line), as the command's output."""
+    _save_plan(out, result)
     logger.info(f"wrote {out / loop.MODEL_FILE} (iteration {result.iteration})")
     if result.metrics:
         logger.info(json.dumps({k: result.metrics[k] for k in METRIC_KEYS if k in result.metrics}))
