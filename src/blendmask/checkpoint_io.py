@@ -57,8 +57,11 @@ def check_finite_weights(path: str | Path, state: dict[str, Any]) -> None:
         )
 
 
-def save_model_file(path: str | Path, cfg: Config, model: nn.Module) -> None:
-    """Write `{"format_version", "config", "model"}` atomically; loads with weights_only=True.
+def save_model_file(
+    path: str | Path, cfg: Config, model: nn.Module, plan: dict[str, Any] | None = None
+) -> None:
+    """Write `{"format_version", "config", "model"}` (and `plan`, how `--preset auto` derived
+    the config, when given) atomically; loads with weights_only=True.
 
     Raises FloatingPointError, writing nothing, when a weight is NaN or infinite (such a model
     only ever predicts garbage), and `atomic.WriteError` (an OSError) naming the path and the
@@ -67,6 +70,8 @@ def save_model_file(path: str | Path, cfg: Config, model: nn.Module) -> None:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     check_finite_weights(path, state)
     payload = {"format_version": MODEL_FORMAT_VERSION, "config": cfg.to_dict(), "model": state}
+    if plan is not None:
+        payload["plan"] = plan
     atomic_write(path, lambda f: torch.save(payload, f))
 
 
@@ -84,6 +89,7 @@ MODEL_SCHEMA = Schema(
         "format_version": Field(int, required=False),
         "config": Field(dict),
         "model": Field(dict, check=state_dict_problem),
+        "plan": Field(dict, required=False),
     },
     hint=_adelaidet_hint,
 )

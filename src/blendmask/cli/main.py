@@ -27,6 +27,7 @@ from types import ModuleType
 
 from blendmask import __version__
 from blendmask.cli import (
+    analyze,
     config,
     convert,
     demo,
@@ -46,6 +47,7 @@ SUBCOMMANDS: dict[str, ModuleType] = {
     "demo": demo,
     "shapes": shapes,
     "train": train,
+    "analyze": analyze,
     "eval": evaluate,
     "predict": predict,
     "explain": explain,

@@ -70,8 +70,8 @@ def evaluate_model(
     the images (`shard_indices`: contiguous blocks, each image once), rank 0 gathers the
     results, evaluates them and writes the COCO results json to `results_path` when given, and
     every rank returns its metrics. The results are sorted by image id before evaluation, so
-    the metrics equal those of one process. Returns the metrics (fractions) plus `images` and
-    `seconds`. Leaves `model` in eval mode.
+    the metrics equal those of one process. Returns the metrics (fractions), `images` and
+    `seconds`; leaves `model` in eval mode.
 
     The model's labels are matched to the json's categories by id or name
     (`match_categories`: ValueError when they cannot be). An image that cannot be read ends
@@ -81,13 +81,11 @@ def evaluate_model(
     Knobs as `Predictor`'s, except that `score_threshold` defaults to None: every detection
     the model gives counts (AP needs the low scores). `classes` (names or 0-based labels)
     also restricts the AP to those categories. `max_detections` is also COCOeval's largest
-    maxDets (default: COCO's 100, whatever the model keeps). `per_category`: add
-    "per_category" ({name: {"bbox_AP", "segm_AP"}}) to the metrics. `precision`: fp32 | bf16 |
-    auto, as `Predictor`'s.
+    maxDets (default: COCO's 100, or what the model keeps when more). `per_category`: adds
+    "per_category" ({name: {"bbox_AP", "segm_AP"}}). `precision`: as `Predictor`'s.
     """
     start = time.perf_counter()
-    # Evaluate in the layout training uses: a model fresh from training and the same weights
-    # loaded from model.pt then run the same kernels and give identical detections.
+    # The layout training uses: a fresh model and model.pt then give identical detections.
     model.to(memory_format=torch.channels_last)
     dataset = CocoDataset(json_path, images_dir, transforms=None, skip_empty=False)
     label_to_category_id = match_categories(
@@ -114,7 +112,9 @@ def evaluate_model(
         classes=labels,
         precision=precision,
     )
-    evaluator = _coco_evaluator(dataset, label_to_category_id, labels, max_detections)
+    # By default COCOeval counts what the model keeps (`--preset auto` may keep over 100).
+    max_dets = max_detections or max(100, cfg.model.fcos.post_nms_topk_test)
+    evaluator = _coco_evaluator(dataset, label_to_category_id, labels, max_dets)
     error = _predict_shard(
         predictor, _EvalImages(dataset, indices), evaluator, batch_size, num_workers, info
     )

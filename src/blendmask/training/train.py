@@ -10,12 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from blendmask.atomic import check_writable
+from blendmask.checkpoint_io import save_model_file
 from blendmask.config import Config
 from blendmask.config.flags import make_request
 from blendmask.evaluation.evaluate import METRIC_KEYS
+from blendmask.metrics.dataset_report import short_summary
+from blendmask.metrics.dataset_stats import cached_analysis
 from blendmask.runtime.distributed import get_rank
 from blendmask.runtime.output_lock import OutputLock
 from blendmask.training import loop
+from blendmask.training.auto_preset import auto_config
 from blendmask.training.budget import TimeBudget
 from blendmask.training.checkpoint import LAST_CHECKPOINT
 from blendmask.training.loaders import build_train_dataset
@@ -47,7 +51,7 @@ def train_command(request: TrainRequest | None = None, **kwargs: Any) -> loop.Tr
     quiet = int(os.environ.get("RANK", "0")) != 0
     cfg = resolve_train_config(r, quiet=quiet)
     if not quiet:
-        check_writable(out)  # before reading the dataset: a bad --out fails at once
+        _check_out_and_show_data(out, cfg)
     # The budget counts from here: reading the dataset is part of the time asked for.
     budget = None
     if r.minutes is not None:
@@ -77,6 +81,22 @@ def train_command(request: TrainRequest | None = None, **kwargs: Any) -> loop.Tr
     return result
 
 
+def _check_out_and_show_data(out: str | Path, cfg: Config) -> None:
+    """Check `out` before reading the dataset (a bad --out fails at once), then print the
+    training json's facts in three lines (`blendmask analyze` gives them all)."""
+    check_writable(out)
+    if cfg.data.train_json and Path(cfg.data.train_json).is_file():
+        for line in short_summary(cached_analysis(cfg.data.train_json).summary):
+            logger.info(line)
+
+
+def _save_plan(out: Path, result: loop.TrainResult) -> None:
+    """`--preset auto`: model.pt again with the plan beside the config it made."""
+    if result.cfg.preset == "auto":
+        plan = auto_config(result.cfg.data.train_json)[1]
+        save_model_file(out / loop.MODEL_FILE, result.cfg, result.model, plan=plan)
+
+
 def _new_out_if_changed(out: str | Path, cfg: Config, *, new_settings: bool, quiet: bool) -> Path:
     """`out`, or the OUT-N to train into when `out` holds a run `cfg` does not continue (with
     a note; see `resume.run_folder_for`)."""
@@ -92,6 +112,7 @@ def _new_out_if_changed(out: str | Path, cfg: Config, *, new_settings: bool, qui
 
 def _report(out: Path, result: loop.TrainResult) -> None:
     """Where model.pt went and the final metrics (one JSON line), as the command's output."""
+    _save_plan(out, result)
     logger.info(f"wrote {out / loop.MODEL_FILE} (iteration {result.iteration})")
     if result.metrics:
         logger.info(json.dumps({k: result.metrics[k] for k in METRIC_KEYS if k in result.metrics}))

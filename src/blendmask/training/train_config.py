@@ -15,12 +15,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from blendmask.config import Config, apply_overrides, from_dict
+from blendmask.config import (
+    Config,
+    apply_config_file_data,
+    apply_overrides,
+    from_dict,
+    read_config_file,
+)
 from blendmask.config.flags import make_request
 from blendmask.data.coco import CocoDataset
 from blendmask.evaluation.evaluate_panoptic import resolve_stuff_classes
 from blendmask.interop.torchvision_weights import resolve_weight_conventions
 from blendmask.presets import load_config
+from blendmask.training.auto_preset import auto_config, format_plan
 from blendmask.training.checkpoint import LAST_CHECKPOINT, read_training_state
 from blendmask.training.optim import scale_lr
 from blendmask.training.request import TrainRequest
@@ -60,7 +67,10 @@ def resolve_train_config(
     """
     r = make_request(TrainRequest, request, kwargs)
     say: Say = _quiet if quiet else logger.info
-    cfg = _base_config(r.out, r.preset, r.config, r.overrides, say)
+    if r.preset == "auto":
+        cfg = auto_train_config(r.config, r.overrides, r.train_json, say)[0]
+    else:
+        cfg = _base_config(r.out, r.preset, r.config, r.overrides, say)
     d = cfg.data
     for name in DATA_FLAGS:
         value = getattr(r, name)
@@ -99,6 +109,29 @@ def _base_config(
     cfg.validate()
     say(f"using the config stored in {last}")
     return cfg
+
+
+def auto_train_config(
+    config: str | Path | None,
+    overrides: Sequence[str],
+    train_json: str | None,
+    say: Say = _quiet,
+) -> tuple[Config, dict]:
+    """`--preset auto`: the Config derived from the training json (the --train-json flag, or
+    data.train_json of the YAML / `--set`), then the YAML's fields and `--set` over it; and
+    the plan, printed through `say`."""
+    data: dict = {}
+    if config is not None:
+        data = read_config_file(config)[1]
+    if train_json is None:
+        probe = apply_config_file_data(Config(), data, config or "", list(overrides))
+        train_json = probe.data.train_json or None
+    if not train_json:
+        raise ValueError("train: --preset auto derives its settings from --train-json: give it")
+    cfg, plan = auto_config(train_json)
+    for line in format_plan(plan):
+        say(line)
+    return apply_config_file_data(cfg, data, config or "", list(overrides)), plan
 
 
 def _apply_solver_flags(
