@@ -194,6 +194,29 @@ class OpenVinoRunner(OnnxRunner):
         return _OpenVinoSession(compiled)
 
 
+class Int8Runner(OnnxRunner):
+    """`OnnxRunner`'s graph quantized to int8 as `blendmask export --int8` does
+    (`export/int8.py`: onnxruntime static quantization of the network's convs), calibrated on
+    `CALIBRATION_IMAGES` random images of the timed size (random weights: the timing, not the
+    accuracy, is measured here), run by onnxruntime with the same threads."""
+
+    CALIBRATION_IMAGES = 2
+
+    def _export(self, n: int) -> Any:
+        from blendmask.export.int8 import quantize_file
+
+        session = super()._export(n)  # writes n{n}.onnx
+        del session
+        start = time.perf_counter()
+        images = [
+            (common.random_image(*self.size, seed=k).permute(1, 2, 0) * 255).byte().numpy()
+            for k in range(self.CALIBRATION_IMAGES)
+        ]
+        path = quantize_file(self.folder / f"n{n}.onnx", self.folder / f"n{n}_int8.onnx", images)
+        self.export_seconds[f"{n}_quantize"] = round(time.perf_counter() - start, 1)
+        return self._open(path)
+
+
 class _OpenVinoSession:
     """onnxruntime's `session.run(None, feeds)` (outputs in graph order) on a compiled model."""
 
@@ -432,6 +455,11 @@ def _our_label(name: str, precision: str, threads: int) -> str:
     if base.endswith("_openvino"):
         preset = base.removesuffix("_openvino")
         return f"BlendMask {preset} (ours), end-to-end ONNX in OpenVINO CPU f32, {threads} threads"
+    if base.endswith("_int8"):
+        preset = base.removesuffix("_int8")
+        return (
+            f"BlendMask {preset} (ours), end-to-end ONNX int8 in onnxruntime CPU, {threads} threads"
+        )
     if base.endswith("_onnxruntime"):
         preset = base.removesuffix("_onnxruntime")
         return f"BlendMask {preset} (ours), end-to-end ONNX in onnxruntime CPU, {threads} threads"
@@ -489,6 +517,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--openvino",
         action="store_true",
         help="also time the first preset's end-to-end graph in OpenVINO (f32 hint, same threads)",
+    )
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="also time the first preset's end-to-end graph quantized to int8 (export --int8's "
+        "quantization) in onnxruntime (same threads)",
     )
     p.add_argument(
         "--probe",
@@ -592,6 +626,10 @@ def main(argv: list[str] | None = None) -> int:
         ov_runner = OpenVinoRunner(args.presets[0], detections[0], args.box_bias, args.threads)
         ov_runner.prepare(tuple(int(x) for x in common.pad_to(image)[0].shape[-2:]))
         runners[f"{first}_openvino"] = ov_runner
+    if args.int8:
+        int8_runner = Int8Runner(args.presets[0], detections[0], args.box_bias, args.threads)
+        int8_runner.prepare(tuple(int(x) for x in common.pad_to(image)[0].shape[-2:]))
+        runners[f"{first}_int8"] = int8_runner
     for name in args.peers:
         runners[name] = TorchvisionRunner(name, detections[0], (height, width), device)
     data["models"] = time_models(
@@ -616,6 +654,12 @@ def main(argv: list[str] | None = None) -> int:
             "version": __import__("openvino").__version__,
             "hint": "INFERENCE_PRECISION_HINT=f32",
             "threads": args.threads,
+        }
+    if args.int8:
+        data["settings"]["int8"] = {
+            "quantization": "export/int8.py quantize_file (QDQ, per-channel, u8s8, MinMax)",
+            "calibration_images": Int8Runner.CALIBRATION_IMAGES,
+            "export_seconds": int8_runner.export_seconds,
         }
     if args.probe:
         from blendmask.runtime.precision import probe_times, ranked_paths

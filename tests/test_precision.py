@@ -78,6 +78,34 @@ def test_probe_is_cached_per_machine_and_a_cache_hit_skips_timing(tmp_path):
     assert precision.probe_times("cpu", timer=refuse) == first
 
 
+def noisy_timer(spread: float):
+    """`stub_timer(times_with(0.5))` whose fp32_contiguous runs alternate between its seconds
+    and `spread` times them (a machine busy in every other run)."""
+    seconds = times_with(0.5)
+    count = [0]
+
+    def timer(path, run):
+        if path.name != "fp32_contiguous":
+            return seconds[path.name]
+        count[0] += 1
+        return seconds[path.name] * (spread if count[0] % 2 else 1.0)
+
+    return timer
+
+
+@pytest.mark.parametrize("spread, cached", [(1.25, False), (1.15, True)])
+def test_a_probe_whose_runs_spread_over_20_percent_is_not_cached(tmp_path, spread, cached):
+    """A busy machine's timings choose this run's path but must not be kept for good: with a
+    path's runs spread over 20% (max/min > 1.2) the next call measures again."""
+    first = precision.probe_times("cpu", timer=noisy_timer(spread))
+    assert precision.choose_path(first, lambda path: True).name == "bf16_channels_last"
+    assert (tmp_path / "cache" / precision.CACHE_FILE).is_file() == cached
+    calls: list[str] = []
+    again = precision.probe_times("cpu", timer=stub_timer(times_with(0.5), calls))
+    assert (calls == []) == cached
+    assert again == (first if cached else times_with(0.5))
+
+
 def test_measure_paths_times_every_path_with_the_real_layers():
     times = precision.measure_paths(torch.device("cpu"), repeats=1, size=(8, 8))
     assert set(times) == {p.name for p in precision.PATHS}

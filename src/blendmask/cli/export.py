@@ -11,6 +11,8 @@ output by output.
 from __future__ import annotations
 
 import argparse
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,6 +21,7 @@ from blendmask.checkpoint_io import load_model_file
 from blendmask.cli.arguments import DEVICE_HELP, DEVICES
 from blendmask.export.compare import compare
 from blendmask.export.end_to_end_onnx import export_end_to_end_onnx
+from blendmask.export.int8 import calibration_images, quantize_and_gate
 from blendmask.export.onnx import (
     SIZE_DIVISIBILITY,
     check_onnx,
@@ -87,6 +90,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="end to end: compare with the Predictor on these images (default: 2 synthetic)",
     )
     parser.add_argument("--no-check", action="store_true", help="write the file only")
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="end-to-end ONNX quantized to int8 (onnxruntime static quantization, calibrated "
+        "on --calib), written only when it passes the accuracy gate against fp32",
+    )
+    parser.add_argument(
+        "--calib", default=None, metavar="DIR", help="--int8: a folder of the user's images"
+    )
+    parser.add_argument(
+        "--calib-count",
+        type=int,
+        default=8,
+        metavar="N",
+        help="--int8: calibrate on the first N images of --calib (by name) and gate on the "
+        "next N (default 8; on the calibration images when there are no more)",
+    )
+    parser.add_argument(
+        "--int8-force",
+        action="store_true",
+        help="--int8: write the file even when the gate fails (its metadata says so)",
+    )
 
 
 def _load(args: argparse.Namespace):
@@ -103,6 +128,8 @@ def _load(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     if args.format == "onnx":
         check_opset(args.opset)  # before loading the model: a bad --opset fails at once
+    if args.int8:
+        _check_int8_arguments(args)
     cfg, model, post = _load(args)
     default_h, default_w = default_export_size(cfg)
     height = args.height or default_h
@@ -112,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--no-end-to-end writes ONNX only (the network's raw tensors)")
         return _run_raw(args, cfg, model, height, width)
     paste = not args.no_paste
+    if args.int8:
+        return _run_int8(args, cfg, model, post, height, width)
     if args.format == "onnx":
         path = export_end_to_end_onnx(
             model,
@@ -134,6 +163,41 @@ def run(args: argparse.Namespace) -> int:
     if args.no_check or not paste:
         return 0
     return _check_end_to_end(cfg, model, post, load(path), args.check_images)
+
+
+def _check_int8_arguments(args: argparse.Namespace) -> None:
+    if args.format != "onnx" or not args.end_to_end or args.no_paste:
+        raise ValueError("--int8: end-to-end ONNX with pasted masks only (the gate compares them)")
+    if args.calib is None:
+        raise ValueError("--int8 needs --calib DIR: a few of your images to calibrate on")
+    calibration_images(args.calib, args.calib_count)  # a bad folder fails before the export
+
+
+def _run_int8(args: argparse.Namespace, cfg, model, post, height: int, width: int) -> int:
+    """Export fp32 (checked against PyTorch), quantize it, gate int8 against it; exit status 1
+    and no file when the gate fails (unless --int8-force)."""
+    with tempfile.TemporaryDirectory(prefix="blendmask_export_") as tmp:
+        fp32 = export_end_to_end_onnx(
+            model, post, Path(tmp) / "fp32.onnx", height=height, width=width,
+            opset=args.opset, cfg=cfg,
+        )  # fmt: skip
+        if not args.no_check:
+            status = _check_end_to_end(cfg, model, post, OnnxSegmenter(fp32), args.check_images)
+            if status:
+                return status
+        report, written = quantize_and_gate(
+            fp32, args.out, args.calib, count=args.calib_count, force=args.int8_force
+        )
+    print(f"int8 vs fp32 (accuracy gate), {report.line()}")
+    if not written:
+        print(
+            f"int8 gate FAILED: nothing written to {args.out}; keep the fp32 export, or "
+            "pass --int8-force to write it anyway"
+        )
+        return 1
+    forced = " despite the failed gate (--int8-force)" if not report.passed() else ""
+    print(f"wrote {args.out} (end to end, int8, opset {args.opset}){forced}")
+    return 0
 
 
 def _check_end_to_end(cfg, model, post, segmenter, image_paths) -> int:

@@ -9,7 +9,9 @@ interleaved run by run so that background load hits all paths alike, and keeps t
 
 The result is cached per machine (CPU model and flags, thread count, torch version, device) in
 `cache_dir()`: `$BLENDMASK_CACHE_DIR`, else `$XDG_CACHE_HOME/blendmask`, else
-`~/.cache/blendmask`, written atomically. Delete the file to measure again.
+`~/.cache/blendmask`, written atomically. Delete the file to measure again. A measurement whose
+runs of one path spread more than `MAX_SPREAD` (max/min > 1.2: a busy machine) still decides
+the current run but is not cached, so the next run measures again.
 
 `ranked_paths` orders the candidates: a bf16 path is a candidate only when it beats the fastest
 fp32 path by `margin` (5%: less is within timing noise); the fastest fp32 path always ends the
@@ -44,6 +46,8 @@ GATE_MASK_IOU = 0.98
 CACHE_ENV = "BLENDMASK_CACHE_DIR"
 CACHE_FILE = "precision_probe.json"
 PROBE_VERSION = 1  # bump when the probed layers change: old timings then do not count
+# Largest max/min of one path's timed runs that is cached: beyond it the machine was busy.
+MAX_SPREAD = 1.2
 # CPU flags that decide which kernels oneDNN can use (the rest do not change the timing).
 _RELEVANT_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
 
@@ -157,6 +161,24 @@ def measure_paths(
 ) -> dict[str, float]:
     """Median seconds of the probe network in every `PATHS` entry (the paths interleaved in
     each repeat). `timer(path, run)` returns the seconds of one run (a test stubs it)."""
+    runs = time_paths(device, timer=timer, repeats=repeats, size=size)
+    return {name: statistics.median(values) for name, values in runs.items()}
+
+
+def spread(runs: dict[str, list[float]]) -> float:
+    """The largest max/min over the paths' timed runs (1.0: every run of a path equal)."""
+    return max((max(v) / min(v) if min(v) > 0 else float("inf")) for v in runs.values())
+
+
+def time_paths(
+    device: torch.device,
+    *,
+    timer: Timer | None = None,
+    repeats: int = 5,
+    size: tuple[int, int] = (64, 96),
+) -> dict[str, list[float]]:
+    """The seconds of each timed run of the probe network per `PATHS` name (`measure_paths`
+    without the median)."""
     timer = timer or (lambda path, run: _seconds(run, device))
     torch.manual_seed(0)
     net = probe_network().to(device)
@@ -182,7 +204,7 @@ def measure_paths(
                 seconds = timer(path, run)
                 if repeat:
                     times[path.name].append(seconds)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
 
 
 def _read_cache(path: Path) -> dict[str, Any]:
@@ -197,8 +219,9 @@ def probe_times(
     device: torch.device | str = "cpu", *, timer: Timer | None = None, use_cache: bool = True
 ) -> dict[str, float]:
     """Seconds of the probe network per path name, from the cache when this machine has an
-    entry, else measured (`measure_paths`) and cached. A cache that cannot be written only
-    costs a new measurement next time."""
+    entry, else measured (`time_paths`, medians) and cached unless the runs of a path spread
+    more than `MAX_SPREAD`. A cache that cannot be written only costs a new measurement next
+    time."""
     device = torch.device(device)
     key = machine_key(device)
     digest, path = _key_hash(key), cache_dir() / CACHE_FILE
@@ -206,8 +229,10 @@ def probe_times(
     entry = cached.get(digest)
     if isinstance(entry, dict) and set(entry.get("seconds", {})) == {p.name for p in PATHS}:
         return {name: float(s) for name, s in entry["seconds"].items()}
-    times = measure_paths(device, timer=timer)
-    if use_cache:
+    runs = time_paths(device, timer=timer)
+    times = {name: statistics.median(values) for name, values in runs.items()}
+    # A busy machine's medians still choose this run's path, but are not kept for good.
+    if use_cache and spread(runs) <= MAX_SPREAD:
         cached[digest] = {"machine": key, "seconds": times}
         with contextlib.suppress(OSError):
             path.parent.mkdir(parents=True, exist_ok=True)
