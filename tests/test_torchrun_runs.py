@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.models import write_dense_model
+from helpers.panoptic import ground_truth_from_prediction
 from helpers.processes import run_in_session
 from helpers.serve import free_port
 from helpers.torchrun import torchrun_nodes, write_worker
@@ -178,15 +179,15 @@ def test_two_nodes_equal_one_node_with_two_processes(data, reference):
 
 @pytest.fixture(scope="module")
 def panoptic(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """`shapes --panoptic` val data (3 images, 18 ground-truth segments: an uneven split over
-    two ranks) and a random tiny panoptic model (stuff segments, none matching)."""
+    """`shapes --panoptic` val images (3: an uneven split over two ranks), a seeded random tiny
+    panoptic model that gives thing and stuff segments, and a ground truth made from its own
+    predictions, perturbed (`ground_truth_from_prediction`): some segments match, some not."""
     root = tmp_path_factory.mktemp("panoptic_runs")
     argv = ["shapes", "--out", str(root / "data"), "--train", "1", "--val", "3"]
     assert main([*argv, "--image-size", "64", "--panoptic", "--seed", "1"]) == 0
     ann = root / "data" / "annotations"
-    paths = {"json": ann / "panoptic_val.json", "png": ann / "panoptic_val"}
-    paths["images"] = root / "data" / "images" / "val"
-    dataset = CocoPanopticDataset(paths["json"], paths["png"], paths["images"])
+    shapes_json, images = ann / "panoptic_val.json", root / "data" / "images" / "val"
+    dataset = CocoPanopticDataset(shapes_json, ann / "panoptic_val", images)
     cfg = get_preset("tiny")
     cfg.model.fcos.num_classes = dataset.num_classes
     p = cfg.model.panoptic
@@ -200,9 +201,23 @@ def panoptic(tmp_path_factory: pytest.TempPathFactory) -> dict:
     )
     torch.manual_seed(0)
     model, _, _ = build(cfg.validate(), load_pretrained=False)
-    paths["weights"] = root / "model.pt"
-    save_model_file(paths["weights"], cfg, model)
-    return {**paths, "root": root, "worker": write_worker(root)}
+    with torch.no_grad():  # scores ~0.5 (a random head's are ~0.01): things pass the merge's 0.45
+        model.head.cls_logits.bias.fill_(0.0)
+        model.head.bbox_pred.bias.fill_(1.5)
+    weights = root / "model.pt"
+    save_model_file(weights, cfg, model)
+    predicted = root / "predicted"
+    argv = ["predict", "--weights", str(weights), str(images), "--out", str(predicted)]
+    assert main([*argv, "--device", "cpu", "--no-overlays"]) == 0
+    gt_json = ground_truth_from_prediction(predicted, shapes_json, root / "gt")
+    gt = CocoPanopticDataset(gt_json, root / "gt" / "panoptic", images)  # checks the json ...
+    for index in range(len(gt)):
+        gt.segment_ids(index)  # ... and each PNG
+    kinds = {c.name: c.isthing for c in gt.data.categories.values()}
+    return {
+        "json": gt_json, "png": root / "gt" / "panoptic", "images": images, "weights": weights,
+        "kinds": kinds, "root": root, "worker": write_worker(root),
+    }  # fmt: skip
 
 
 def test_sharded_panoptic_eval_equals_one_process(panoptic):
@@ -217,11 +232,13 @@ def test_sharded_panoptic_eval_equals_one_process(panoptic):
     for m in metrics:
         del m["seconds"]
     assert metrics[0] == metrics[1]  # PQ, SQ, RQ, per class: the very floats of one process
-    # not a trivial equality: every image's segments counted once (a lost or doubled shard
-    # changes these counts; the random model matches no segment, so PQ itself is 0)
-    assert metrics[0]["images"] == 3
-    per_class = metrics[0]["per_class"].values()
-    assert sum(c["FN"] for c in per_class) == 18 and sum(c["FP"] for c in per_class) > 0
+    # not a trivial equality: the segments of every image counted once (a lost or doubled
+    # shard changes the counts), matched ones among them whose IoUs (< 1) make PQ's sums
+    m = metrics[0]
+    assert m["images"] == 3 and 0 < m["PQ"] < 1 and 0 < m["SQ"] < 1, m
+    for isthing in (True, False):
+        counts = [c for name, c in m["per_class"].items() if s["kinds"][name] == isthing]
+        assert sum(c["TP"] for c in counts) > 1 and sum(c["FN"] + c["FP"] for c in counts) > 0, m
     assert sorted(p.name for p in two.iterdir()) == ["metrics.json"]
 
 
