@@ -124,16 +124,14 @@ def _predictions(run: Path) -> list[dict]:
     return sorted((json.loads(x) for x in lines), key=lambda r: r["file_name"])
 
 
-def _pq(run: Path) -> dict:
+def _metrics(run: Path) -> dict:
     metrics = json.loads((run / "metrics.json").read_text())
     del metrics["seconds"]
     return metrics
 
 
 def _eval_outputs(run: Path) -> tuple[dict, list]:
-    metrics = json.loads((run / "metrics.json").read_text())
-    del metrics["seconds"]
-    return metrics, json.loads((run / "results.json").read_text())
+    return _metrics(run), json.loads((run / "results.json").read_text())
 
 
 def test_killed_workers_are_restarted_and_training_ends_equal(data, reference):
@@ -187,7 +185,7 @@ def test_two_nodes_equal_one_node_with_two_processes(data, panoptic, reference):
     assert _records(out["train"]) == _records(reference["train"])
     assert _eval_outputs(out["eval"]) == _eval_outputs(reference["eval"])
     assert _predictions(out["predict"]) == _predictions(reference["predict"])
-    assert _pq(out["panoptic"]) == _pq(reference["panoptic"])
+    assert _metrics(out["panoptic"]) == _metrics(reference["panoptic"])
     # only rank 0 wrote: the reference's files and nothing else
     for k in out:
         assert sorted(p.name for p in out[k].iterdir()) == sorted(
@@ -242,8 +240,8 @@ def test_sharded_panoptic_eval_equals_one_process(panoptic, reference):
     one, two = panoptic["root"] / "one", reference["panoptic"]  # two: the reference's 2 ranks
     assert main(_panoptic_eval(one, panoptic)) == 0  # (one thread, as each torchrun worker)
     assert reference["log"].count(f"wrote {two / 'metrics.json'}") == 1  # rank 0 alone wrote
-    m = _pq(one)
-    assert m == _pq(two)  # PQ, SQ, RQ, per class: the very floats of one process
+    m = _metrics(one)
+    assert m == _metrics(two)  # PQ, SQ, RQ, per class: the very floats of one process
     # not a trivial equality: the segments of every image counted once (a lost or doubled
     # shard changes the counts), matched ones among them whose IoUs (< 1) make PQ's sums
     assert m["images"] == 3 and 0 < m["PQ"] < 1 and 0 < m["SQ"] < 1, m
