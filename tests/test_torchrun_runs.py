@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.models import write_dense_model
+from helpers.panoptic import ground_truth_from_prediction
 from helpers.processes import run_in_session
 from helpers.serve import free_port
 from helpers.torchrun import torchrun_nodes, write_worker
@@ -34,7 +35,7 @@ from blendmask.presets import get_preset
 
 pytestmark = pytest.mark.slow
 
-ITERATIONS = 8
+ITERATIONS = 6  # evaluations at 4 (periodic) and 6 (the end); last.pt at 2 and 4
 
 
 def _train(out: Path, data: dict) -> list[str]:
@@ -62,6 +63,14 @@ def _predict(out: Path, data: dict) -> list[str]:
     ]  # fmt: skip
 
 
+def _panoptic_eval(out: Path, panoptic: dict) -> list[str]:
+    return [
+        "eval", "--weights", str(panoptic["weights"]), "--panoptic-json", str(panoptic["json"]),
+        "--panoptic-images", str(panoptic["png"]), "--images", str(panoptic["images"]),
+        "--device", "cpu", "--out", str(out),
+    ]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory, shapes_dataset: dict) -> dict:
     root = tmp_path_factory.mktemp("torchrun_runs")
@@ -78,12 +87,18 @@ def _launch(data: dict, name: str, commands, **kwargs) -> str:
     return text
 
 
-@pytest.fixture(scope="module")
-def reference(data: dict) -> dict:
-    """One node, two processes, nothing killed: train, eval, predict in one launch."""
-    out = {k: data["root"] / f"ref_{k}" for k in ("train", "eval", "predict")}
+def _commands(out: dict[str, Path], data: dict, panoptic: dict) -> list[list[str]]:
+    """train, eval, predict and the panoptic eval of the runs compared with each other."""
     commands = [_train(out["train"], data), _eval(out["eval"], data)]
-    log = _launch(data, "reference", [*commands, _predict(out["predict"], data)])
+    return [*commands, _predict(out["predict"], data), _panoptic_eval(out["panoptic"], panoptic)]
+
+
+@pytest.fixture(scope="module")
+def reference(data: dict, panoptic: dict) -> dict:
+    """One node, two processes, nothing killed: train, eval, predict and the panoptic eval in
+    one launch (each launch starts torch in every process: seconds on a busy machine)."""
+    out = {k: data["root"] / f"ref_{k}" for k in ("train", "eval", "predict", "panoptic")}
+    log = _launch(data, "reference", _commands(out, data, panoptic))
     return {**out, "log": log}
 
 
@@ -109,10 +124,14 @@ def _predictions(run: Path) -> list[dict]:
     return sorted((json.loads(x) for x in lines), key=lambda r: r["file_name"])
 
 
-def _eval_outputs(run: Path) -> tuple[dict, list]:
+def _metrics(run: Path) -> dict:
     metrics = json.loads((run / "metrics.json").read_text())
     del metrics["seconds"]
-    return metrics, json.loads((run / "results.json").read_text())
+    return metrics
+
+
+def _eval_outputs(run: Path) -> tuple[dict, list]:
+    return _metrics(run), json.loads((run / "results.json").read_text())
 
 
 def test_killed_workers_are_restarted_and_training_ends_equal(data, reference):
@@ -139,16 +158,15 @@ def test_killed_workers_are_restarted_and_training_ends_equal(data, reference):
 
 
 def test_killed_eval_and_predict_recover_without_duplicates_or_gaps(data, reference):
-    kills = {"0": {"rank": 1, "at": "eval", "n": 1}}
-    run_eval = data["root"] / "elastic_eval"
-    log = _launch(data, "eval", [_eval(run_eval, data)], max_restarts=1, kills=kills)
-    assert "test: killing rank 1 at eval" in log
+    # one launch: attempt 0 loses rank 0 in predict; attempt 1 resumes predict, then loses
+    # rank 1 in eval; attempt 2 resumes predict (nothing left) and runs eval again
+    kills = {"0": {"rank": 0, "at": "predict", "n": 1}, "1": {"rank": 1, "at": "eval", "n": 1}}
+    run_eval, run_predict = data["root"] / "elastic_eval", data["root"] / "elastic_predict"
+    commands = [_predict(run_predict, data), _eval(run_eval, data)]
+    log = _launch(data, "predict, eval", commands, max_restarts=2, kills=kills)
+    assert "test: killing rank 0 at predict" in log and "test: killing rank 1 at eval" in log
     assert _eval_outputs(run_eval) == _eval_outputs(reference["eval"])
 
-    kills = {"0": {"rank": 0, "at": "predict", "n": 1}}
-    run_predict = data["root"] / "elastic_predict"
-    log = _launch(data, "predict", [_predict(run_predict, data)], max_restarts=1, kills=kills)
-    assert "test: killing rank 0 at predict" in log
     records, ref_records = _predictions(run_predict), _predictions(reference["predict"])
     # every image once, with the uninterrupted run's detections ...
     assert [r["file_name"] for r in records] == [r["file_name"] for r in ref_records]
@@ -156,19 +174,18 @@ def test_killed_eval_and_predict_recover_without_duplicates_or_gaps(data, refere
     assert records == ref_records
 
 
-def test_two_nodes_equal_one_node_with_two_processes(data, reference):
-    out = {k: data["root"] / f"nodes_{k}" for k in ("train", "eval", "predict")}
-    commands = [_train(out["train"], data), _eval(out["eval"], data)]
-    log = _launch(
-        data, "two nodes", [*commands, _predict(out["predict"], data)], nodes=2, procs_per_node=1
-    )
-    # every rank says where it sits, once per process group (train, eval, predict)
+def test_two_nodes_equal_one_node_with_two_processes(data, panoptic, reference):
+    out = {k: data["root"] / f"nodes_{k}" for k in ("train", "eval", "predict", "panoptic")}
+    commands = _commands(out, data, panoptic)
+    log = _launch(data, "two nodes", commands, nodes=2, procs_per_node=1)
+    # every rank says where it sits, once per process group (train, eval, predict, PQ)
     for rank in (0, 1):
-        assert log.count(f"process group: rank {rank}/2, node {rank}/2") == 3, log[-4000:]
+        assert log.count(f"process group: rank {rank}/2, node {rank}/2") == 4, log[-4000:]
     _assert_same_weights(out["train"], reference["train"])
     assert _records(out["train"]) == _records(reference["train"])
     assert _eval_outputs(out["eval"]) == _eval_outputs(reference["eval"])
     assert _predictions(out["predict"]) == _predictions(reference["predict"])
+    assert _metrics(out["panoptic"]) == _metrics(reference["panoptic"])
     # only rank 0 wrote: the reference's files and nothing else
     for k in out:
         assert sorted(p.name for p in out[k].iterdir()) == sorted(
@@ -178,15 +195,15 @@ def test_two_nodes_equal_one_node_with_two_processes(data, reference):
 
 @pytest.fixture(scope="module")
 def panoptic(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """`shapes --panoptic` val data (3 images, 18 ground-truth segments: an uneven split over
-    two ranks) and a random tiny panoptic model (stuff segments, none matching)."""
+    """`shapes --panoptic` val images (3: an uneven split over two ranks), a seeded random tiny
+    panoptic model that gives thing and stuff segments, and a ground truth made from its own
+    predictions, perturbed (`ground_truth_from_prediction`): some segments match, some not."""
     root = tmp_path_factory.mktemp("panoptic_runs")
     argv = ["shapes", "--out", str(root / "data"), "--train", "1", "--val", "3"]
     assert main([*argv, "--image-size", "64", "--panoptic", "--seed", "1"]) == 0
     ann = root / "data" / "annotations"
-    paths = {"json": ann / "panoptic_val.json", "png": ann / "panoptic_val"}
-    paths["images"] = root / "data" / "images" / "val"
-    dataset = CocoPanopticDataset(paths["json"], paths["png"], paths["images"])
+    shapes_json, images = ann / "panoptic_val.json", root / "data" / "images" / "val"
+    dataset = CocoPanopticDataset(shapes_json, ann / "panoptic_val", images)
     cfg = get_preset("tiny")
     cfg.model.fcos.num_classes = dataset.num_classes
     p = cfg.model.panoptic
@@ -200,28 +217,37 @@ def panoptic(tmp_path_factory: pytest.TempPathFactory) -> dict:
     )
     torch.manual_seed(0)
     model, _, _ = build(cfg.validate(), load_pretrained=False)
-    paths["weights"] = root / "model.pt"
-    save_model_file(paths["weights"], cfg, model)
-    return {**paths, "root": root, "worker": write_worker(root)}
+    with torch.no_grad():  # scores ~0.5 (a random head's are ~0.01): things pass the merge's 0.45
+        model.head.cls_logits.bias.fill_(0.0)
+        model.head.bbox_pred.bias.fill_(1.5)
+    weights = root / "model.pt"
+    save_model_file(weights, cfg, model)
+    predicted = root / "predicted"
+    argv = ["predict", "--weights", str(weights), str(images), "--out", str(predicted)]
+    assert main([*argv, "--device", "cpu", "--no-overlays"]) == 0
+    gt_json = ground_truth_from_prediction(predicted, shapes_json, root / "gt")
+    gt = CocoPanopticDataset(gt_json, root / "gt" / "panoptic", images)  # checks the json ...
+    for index in range(len(gt)):
+        gt.segment_ids(index)  # ... and each PNG
+    kinds = {c.name: c.isthing for c in gt.data.categories.values()}
+    return {
+        "json": gt_json, "png": root / "gt" / "panoptic", "images": images, "weights": weights,
+        "kinds": kinds, "root": root,
+    }  # fmt: skip
 
 
-def test_sharded_panoptic_eval_equals_one_process(panoptic):
-    s = panoptic
-    argv = ["eval", "--weights", str(s["weights"]), "--panoptic-json", str(s["json"])]
-    argv += ["--panoptic-images", str(s["png"]), "--images", str(s["images"]), "--device", "cpu"]
-    one, two = s["root"] / "one", s["root"] / "two"
-    assert main([*argv, "--out", str(one)]) == 0  # (one thread, as each torchrun worker)
-    log = _launch(s, "panoptic eval", [[*argv, "--out", str(two)]])
-    assert log.count("wrote") == 1  # only rank 0 printed (and wrote)
-    metrics = [json.loads((out / "metrics.json").read_text()) for out in (one, two)]
-    for m in metrics:
-        del m["seconds"]
-    assert metrics[0] == metrics[1]  # PQ, SQ, RQ, per class: the very floats of one process
-    # not a trivial equality: every image's segments counted once (a lost or doubled shard
-    # changes these counts; the random model matches no segment, so PQ itself is 0)
-    assert metrics[0]["images"] == 3
-    per_class = metrics[0]["per_class"].values()
-    assert sum(c["FN"] for c in per_class) == 18 and sum(c["FP"] for c in per_class) > 0
+def test_sharded_panoptic_eval_equals_one_process(panoptic, reference):
+    one, two = panoptic["root"] / "one", reference["panoptic"]  # two: the reference's 2 ranks
+    assert main(_panoptic_eval(one, panoptic)) == 0  # (one thread, as each torchrun worker)
+    assert reference["log"].count(f"wrote {two / 'metrics.json'}") == 1  # rank 0 alone wrote
+    m = _metrics(one)
+    assert m == _metrics(two)  # PQ, SQ, RQ, per class: the very floats of one process
+    # not a trivial equality: the segments of every image counted once (a lost or doubled
+    # shard changes the counts), matched ones among them whose IoUs (< 1) make PQ's sums
+    assert m["images"] == 3 and 0 < m["PQ"] < 1 and 0 < m["SQ"] < 1, m
+    for isthing in (True, False):
+        counts = [c for name, c in m["per_class"].items() if panoptic["kinds"][name] == isthing]
+        assert sum(c["TP"] for c in counts) > 1 and sum(c["FN"] + c["FP"] for c in counts) > 0, m
     assert sorted(p.name for p in two.iterdir()) == ["metrics.json"]
 
 
