@@ -48,6 +48,7 @@ import common  # noqa: E402
 import steady  # noqa: E402
 
 MASKRCNN = "maskrcnn_resnet50_fpn"
+DENSE = "_dense_attentions"
 
 
 def _proc_status(field: str) -> int:
@@ -167,13 +168,19 @@ class TrainPath:
             from blendmask.presets import get_preset
             from blendmask.training.step import training_losses
 
-            preset = name.removeprefix("blendmask_")
+            preset = name.removeprefix("blendmask_").removesuffix(DENSE)
             model, criterion, _ = build(get_preset(preset), load_pretrained=False)
             model.to(self.device).train()
             criterion.to(self.device)
             batch, sizes = common.pad_batch(images)
-            self.losses = lambda: training_losses(model, criterion, batch, sizes, targets)
-            self.config = f"preset {preset}, the training loop's forward"
+            if name.endswith(DENSE):
+                # The training forward before the top layer ran at the positives only.
+                x = batch.contiguous(memory_format=torch.channels_last)
+                self.losses = lambda: criterion(model(x, sizes), targets)
+                self.config = f"preset {preset}, dense top layer (the earlier training forward)"
+            else:
+                self.losses = lambda: training_losses(model, criterion, batch, sizes, targets)
+                self.config = f"preset {preset}, the training loop's forward"
         self.params = [p for p in model.parameters() if p.requires_grad]
         # A small learning rate keeps random weights finite over the steps; it does not change
         # the cost.
@@ -187,7 +194,7 @@ class TrainPath:
         loss = sum(loss_dict.values())
         loss.backward()
         self.optimizer.step()
-        self.loss_last = float(loss)  # also waits for the GPU
+        self.loss_last = float(loss.detach())  # also waits for the GPU
 
     def timed_step(self) -> float:
         return common.time_once(self.step, self.device)[0]
@@ -209,11 +216,15 @@ class TrainPath:
 def path_names(args: argparse.Namespace) -> list[tuple[str, str, str]]:
     """(label, model, precision) of every path: ours then Mask R-CNN, per precision."""
     models = [f"blendmask_{args.preset}"] + ([] if args.no_maskrcnn else [MASKRCNN])
-    return [
+    names = [
         (model if precision == "fp32" else f"{model}_{precision}", model, precision)
         for precision in args.precision
         for model in models
     ]
+    if args.with_dense_attentions:
+        dense = f"blendmask_{args.preset}{DENSE}"
+        names.insert(1, (dense, dense, "fp32"))
+    return names
 
 
 def ratios(paths: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
@@ -237,6 +248,11 @@ def ratios(paths: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict[s
                 k: common.ratio(entry["step"][k], paths[same]["step"][k])
                 for k in ("min_s", "median_s", "max_s")
             }
+    if ours + DENSE in paths:  # this change against the earlier forward, in the same run
+        out["blendmask_fp32_over_dense_attentions_fp32"] = {
+            k: common.ratio(paths[ours]["step"][k], paths[ours + DENSE]["step"][k])
+            for k in ("min_s", "median_s", "max_s")
+        }
     a, b = paths[ours], peer
     out["blendmask_over_maskrcnn_time"] = common.ratio(a["median_s"], b["median_s"])
     out["blendmask_over_maskrcnn_max_rss"] = common.ratio(a["max_rss_bytes"], b["max_rss_bytes"])
@@ -262,6 +278,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--precision", nargs="+", default=["fp32"], choices=list(common.PRECISIONS))
     p.add_argument("--preset", default="R_50_1x", help="our preset")
     p.add_argument("--no-maskrcnn", action="store_true", help="time our model alone")
+    p.add_argument(
+        "--with-dense-attentions",
+        action="store_true",
+        help="also time (fp32) our earlier training forward, the top layer run densely",
+    )
     p.add_argument("--maskrcnn-literal", action="store_true")
     p.add_argument(
         "--maskrcnn-box-batch",
