@@ -142,3 +142,28 @@ def test_latency_refuses_a_noisy_model(monkeypatch) -> None:
         latency.time_models(
             runners, None, [3], device=None, precision="fp32", warmup=1, repeats=2, attempts=2
         )
+
+
+class _Event:
+    def __init__(self, name: str, parent=None, seq: int = -1, self_us: float = 0, total_us=None):
+        self.name, self.cpu_parent, self.sequence_nr = name, parent, seq
+        self.self_cpu_time_total = self_us
+        self.cpu_time_total = self_us if total_us is None else total_us
+
+
+def test_profile_charges_backward_to_the_module_of_its_forward_op() -> None:
+    """profile_train_step.by_module: forward self time goes to the innermost module scope (cut
+    to `depth` names), a backward node to the scope of the forward op with its sequence
+    number, and the ops inside a backward node are not counted twice."""
+    profile = _load("profile_train_step")
+    tower = _Event("module::head.cls_tower.0", self_us=1e5)
+    conv = _Event("aten::convolution", tower, seq=7, self_us=2e6)
+    body = _Event("module::body.layer2", self_us=0)
+    add = _Event("aten::add", body, seq=8, self_us=5e5)
+    node = _Event("autograd::engine::evaluate_function: ConvolutionBackward0", seq=7, total_us=3e6)
+    inner = _Event("aten::convolution_backward", node, self_us=3e6)
+    other = _Event("autograd::engine::evaluate_function: AddBackward0", seq=8, total_us=1e6)
+    table = profile.by_module([tower, conv, body, add, node, inner, other], steps=1, depth=2)
+    assert table["head.cls_tower"] == {"forward": pytest.approx(2.1), "backward": 3.0}
+    assert table["body.layer2"] == {"forward": 0.5, "backward": 1.0}
+    assert set(table) == {"head.cls_tower", "body.layer2"}
