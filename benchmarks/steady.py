@@ -82,6 +82,8 @@ def measure(
             f"  attempt {attempt}/{attempts} refused, runs differ by more than {max_spread:.2f}x: "
             + ", ".join(f"{name} {s:.2f}x" for name, s in noisy.items())
         )
+        for name, runs in times.items():
+            log(line(name, runs))
     raise NoisyMeasurement(noisy, max_spread, attempts)
 
 

@@ -56,7 +56,8 @@ def test_a_noisy_attempt_is_measured_again() -> None:
     times, attempts = steady.measure(paths, 2, log=logged.append)
     assert attempts == 2
     assert times == {"a": [1.0, 1.05], "b": [2.0, 2.2]}  # the accepted attempt only
-    assert len(logged) == 1 and "b 1.50x" in logged[0] and "a " not in logged[0]
+    assert "b 1.50x" in logged[0] and "a " not in logged[0]
+    assert len(logged) == 3 and "max 1.500" in logged[2]  # the refused runs are shown
 
 
 def test_still_noisy_after_every_attempt_names_the_noisy_path() -> None:
