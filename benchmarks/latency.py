@@ -39,6 +39,7 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
+import steady  # noqa: E402
 
 TORCHVISION_MODELS = ("maskrcnn_resnet50_fpn", "fcos_resnet50_fpn")
 README_START = "<!-- bench:start -->"
@@ -251,8 +252,11 @@ def time_models(
     precision: str,
     warmup: int,
     repeats: int,
+    max_spread: float = steady.MAX_SPREAD,
+    attempts: int = steady.ATTEMPTS,
 ) -> dict[str, dict[str, Any]]:
-    """{model: {"N": {median_s, ..., detections, mean box size}}}, models interleaved."""
+    """{model: {"N": {median_s, min_s, max_s, spread, ..., detections, mean box size}}},
+    models interleaved; raises steady.NoisyMeasurement (see steady.py)."""
     results: dict[str, dict[str, Any]] = {name: {} for name in runners}
     for n in detections:
         for runner in runners.values():
@@ -266,21 +270,27 @@ def time_models(
                 entry.update(common.box_stats(out["boxes"]))
                 results[name][str(n)] = entry
                 runner.splits.clear()
-            times: dict[str, list[float]] = {name: [] for name in runners}
-            for _ in range(repeats):
-                for name, runner in runners.items():
-                    seconds, _ = common.time_once(lambda r=runner: r(image), device)
-                    times[name].append(seconds)
+            # Interleaved, and refused (NoisyMeasurement) while some model's runs disagree.
+            times, _ = steady.measure(
+                {
+                    name: lambda r=runner: common.time_once(lambda: r(image), device)[0]
+                    for name, runner in runners.items()
+                },
+                repeats,
+                max_spread=max_spread,
+                attempts=attempts,
+            )
         for name, runner in runners.items():
             results[name][str(n)].update(common.summarize(times[name]))
+            results[name][str(n)]["spread"] = steady.spread(times[name])
             if runner.splits:
                 net = sorted(s[0] for s in runner.splits)
                 post = sorted(s[1] for s in runner.splits)
                 results[name][str(n)]["network_median_s"] = net[len(net) // 2]
                 results[name][str(n)]["postprocess_median_s"] = post[len(post) // 2]
             print(
-                f"  {name:28s} N={n:4d}: {results[name][str(n)]['median_s']:.3f} s "
-                f"({results[name][str(n)]['detections']} detections)",
+                steady.line(f"{name} N={n}", times[name])
+                + f" ({results[name][str(n)]['detections']} detections)",
                 flush=True,
             )
     return results
@@ -492,6 +502,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--size", type=int, nargs=2, default=[800, 1333], metavar=("H", "W"))
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--attempts", type=int, default=steady.ATTEMPTS, help="see steady.py")
+    p.add_argument("--max-spread", type=float, default=steady.MAX_SPREAD, help="see steady.py")
     p.add_argument("--precision", default="fp32", choices=list(common.PRECISIONS))
     p.add_argument("--detections", type=int, nargs="+", default=[10, 100])
     p.add_argument(
@@ -632,15 +644,21 @@ def main(argv: list[str] | None = None) -> int:
         runners[f"{first}_int8"] = int8_runner
     for name in args.peers:
         runners[name] = TorchvisionRunner(name, detections[0], (height, width), device)
-    data["models"] = time_models(
-        runners,
-        image,
-        detections,
-        device=device,
-        precision=args.precision,
-        warmup=args.warmup,
-        repeats=args.repeats,
-    )
+    try:
+        data["models"] = time_models(
+            runners,
+            image,
+            detections,
+            device=device,
+            precision=args.precision,
+            warmup=args.warmup,
+            repeats=args.repeats,
+            max_spread=args.max_spread,
+            attempts=args.attempts,
+        )
+    except steady.NoisyMeasurement as exc:
+        print(f"latency.py: refused: {exc}", file=sys.stderr)
+        return 3
     if args.onnx:
         data["settings"]["onnxruntime"] = {
             "version": __import__("onnxruntime").__version__,

@@ -1,33 +1,40 @@
-"""Time and peak memory of one training step: our BlendMask against torchvision's Mask R-CNN.
+"""Time and memory of one training step: our BlendMask against torchvision's Mask R-CNN.
 
 The paper (BlendMask Sec. 4.3) compares training cost with Mask R-CNN at the same backbone;
 this measures it here: batch 2 at `--size` (800 x 1333 by default), random weights and
 synthetic targets (4 instances per image: elliptic masks in random boxes), SGD step included
-(zero_grad, forward, losses, backward, step).
+(zero_grad, forward, losses, backward, step). Our forward is the training loop's own
+(`training.step.training_losses`: channels-last input, top layer at the positives only).
 
-Every model runs in a fresh subprocess, so its peak resident memory (max RSS, from
-`getrusage`) is its own: the figure includes the Python interpreter, torch and the model, and
-`rss_after_build_bytes` says how much of it was there before the first step. On CUDA the peak is
-`torch.cuda.max_memory_allocated` over the steps.
+Every path (ours and Mask R-CNN, at each of `--precision`) is built in one process and warmed
+up, then the paths take turns step by step (A B A B ...), so a change of background load hits
+all of them alike. Each path reports min / median / max of its `--repeats` steps; a measurement
+where some path's slowest step is more than `--max-spread` (1.2) times its fastest is refused
+and repeated, up to `--attempts` times, after which the script exits with status 3 naming the
+noisy paths instead of writing noise (steady.py).
 
-The two models train the same parts of the same backbone: ours is R_50_1x (FrozenBN, stem and
-res2 frozen); Mask R-CNN is torchvision's `MaskRCNN` on `resnet_fpn_backbone("resnet50",
+Memory: the peak resident memory (VmHWM, reset before each path's warm-up step, with freed
+heap returned to the system first) during that path's warm-up step, and the resident memory
+before it; on CUDA, `torch.cuda.max_memory_allocated` over the path's steps.
+
+The two models train the same parts of the same backbone: ours (FrozenBN, stem and res2
+frozen) and Mask R-CNN, torchvision's `MaskRCNN` on `resnet_fpn_backbone("resnet50",
 weights=None)` with FrozenBN and 3 trainable stages (what `maskrcnn_resnet50_fpn` builds when
 given ImageNet weights, the way it is trained); `--maskrcnn-literal` uses
 `maskrcnn_resnet50_fpn(weights=None, weights_backbone=None)` instead (BatchNorm in training
 mode, all stages trainable).
 
     python benchmarks/train_step.py --json benchmarks/results/train_step.json \
-        [--size 800 1333] [--batch 2] [--repeats 3] [--threads 2] [--device cpu|cuda]
+        [--preset R_50_1x] [--precision fp32 bf16] [--size 800 1333] [--batch 2] \
+        [--repeats 3] [--attempts 3] [--max-spread 1.2] [--threads 2] [--device cpu|cuda]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import ctypes
 import os
 import resource
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,26 +45,48 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
+import steady  # noqa: E402
 
 MASKRCNN = "maskrcnn_resnet50_fpn"
-RESULT_PREFIX = "RESULT "
+DENSE = "_dense_attentions"
 
 
-def current_rss_bytes() -> int:
-    """Resident memory now (VmRSS), 0 where /proc is not available."""
+def _proc_status(field: str) -> int:
+    """A memory field of /proc/self/status in bytes (VmRSS, VmHWM), 0 where unavailable."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
     return 0
 
 
-def max_rss_bytes() -> int:
-    """Peak resident memory of this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak) if sys.platform == "darwin" else int(peak) * 1024
+def current_rss_bytes() -> int:
+    """Resident memory now (VmRSS), 0 where /proc is not available."""
+    return _proc_status("VmRSS")
+
+
+def reset_peak_rss() -> None:
+    """Return freed heap to the system and restart the peak (VmHWM) from the current RSS, so
+    the next peak is one path's own (Linux; elsewhere the peak stays the process's)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory since the last `reset_peak_rss` (VmHWM; ru_maxrss elsewhere)."""
+    peak = _proc_status("VmHWM")
+    if peak:
+        return peak
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(maxrss) if sys.platform == "darwin" else int(maxrss) * 1024
 
 
 def synthetic_batch(
@@ -111,115 +140,127 @@ def build_maskrcnn_train(size: tuple[int, int], literal: bool, box_batch: int) -
     )
 
 
-def worker(args: argparse.Namespace) -> dict[str, Any]:
-    """One model's steps, in this (fresh) process."""
-    device = common.setup(args.threads, args.device)
-    height, width = args.size
-    name = args.worker
-    num_classes = 80
-    if name.startswith("blendmask_"):
+class TrainPath:
+    """One model at one precision: its optimizer, batch and one-step closure."""
+
+    def __init__(self, name: str, args: argparse.Namespace, precision: str) -> None:
+        self.name, self.precision = name, precision
+        self.device = torch.device(args.device)
+        height, width = args.size
+        # Both models get the same targets: our preset's classes (Mask R-CNN has 90).
         from blendmask.presets import get_preset
 
-        num_classes = get_preset(name.removeprefix("blendmask_")).model.fcos.num_classes
-    images, targets = synthetic_batch(args.batch, height, width, args.instances, num_classes)
-    images = [im.to(device) for im in images]
-    targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-    if name == MASKRCNN:
-        model = (
-            build_maskrcnn_train((height, width), args.maskrcnn_literal, args.maskrcnn_box_batch)
-            .to(device)
-            .train()
-        )
-        tv_targets = [dict(t, labels=t["labels"] + 1) for t in targets]  # 0 is background
-
-        def losses() -> dict[str, Tensor]:
-            return model(images, tv_targets)
-
-        config = "literal maskrcnn_resnet50_fpn" if args.maskrcnn_literal else "FrozenBN, 3 stages"
-    elif name.startswith("blendmask_"):
-        from blendmask.factory import build
-        from blendmask.presets import get_preset
-
-        preset = name.removeprefix("blendmask_")
+        num_classes = get_preset(args.preset).model.fcos.num_classes
+        images, targets = synthetic_batch(args.batch, height, width, args.instances, num_classes)
+        images = [im.to(self.device) for im in images]
+        targets = [{k: v.to(self.device) for k, v in t.items()} for t in targets]
         torch.manual_seed(0)
-        model, criterion, _ = build(get_preset(preset), load_pretrained=False)
-        model.to(device).train()
-        criterion.to(device)
-        batch, sizes = common.pad_batch(images)
+        if name == MASKRCNN:
+            size = (height, width)
+            model = build_maskrcnn_train(size, args.maskrcnn_literal, args.maskrcnn_box_batch)
+            model.to(self.device).train()
+            tv_targets = [dict(t, labels=t["labels"] + 1) for t in targets]  # 0 is background
+            self.losses = lambda: model(images, tv_targets)
+            literal = args.maskrcnn_literal
+            self.config = "literal maskrcnn_resnet50_fpn" if literal else "FrozenBN, 3 stages"
+        else:
+            from blendmask.factory import build
+            from blendmask.presets import get_preset
+            from blendmask.training.step import training_losses
 
-        def losses() -> dict[str, Tensor]:
-            return criterion(model(batch, sizes), targets)
+            preset = name.removeprefix("blendmask_").removesuffix(DENSE)
+            model, criterion, _ = build(get_preset(preset), load_pretrained=False)
+            model.to(self.device).train()
+            criterion.to(self.device)
+            batch, sizes = common.pad_batch(images)
+            if name.endswith(DENSE):
+                # The training forward before the top layer ran at the positives only.
+                x = batch.contiguous(memory_format=torch.channels_last)
+                self.losses = lambda: criterion(model(x, sizes), targets)
+                self.config = f"preset {preset}, dense top layer (the earlier training forward)"
+            else:
+                self.losses = lambda: training_losses(model, criterion, batch, sizes, targets)
+                self.config = f"preset {preset}, the training loop's forward"
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        # A small learning rate keeps random weights finite over the steps; it does not change
+        # the cost.
+        self.optimizer = torch.optim.SGD(self.params, lr=1e-5, momentum=0.9, weight_decay=1e-4)
+        self.loss_last = float("nan")
 
-        config = f"preset {preset}"
-    else:
-        raise ValueError(f"unknown model {name!r}")
-    params = [p for p in model.parameters() if p.requires_grad]
-    # A small learning rate keeps random weights finite over the steps; it does not change cost.
-    optimizer = torch.optim.SGD(params, lr=1e-5, momentum=0.9, weight_decay=1e-4)
-    last: dict[str, float] = {}
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        with common.autocast(device, args.precision):
-            loss_dict = losses()
+    def step(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        with common.autocast(self.device, self.precision):
+            loss_dict = self.losses()
         loss = sum(loss_dict.values())
         loss.backward()
-        optimizer.step()
-        last["loss"] = float(loss)  # also waits for the GPU
+        self.optimizer.step()
+        self.loss_last = float(loss.detach())  # also waits for the GPU
 
-    rss_built = current_rss_bytes()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    stats = common.time_fn(step, device, warmup=args.warmup, repeats=args.repeats)
-    result: dict[str, Any] = {
-        "config": config,
-        "trainable_parameters": sum(p.numel() for p in params),
-        "step": stats,
-        "median_s": stats["median_s"],
-        "loss_last": last["loss"],
-        "rss_after_build_bytes": rss_built,
-        "max_rss_bytes": max_rss_bytes(),
-    }
-    if device.type == "cuda":
-        result["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
-    return result
+    def timed_step(self) -> float:
+        return common.time_once(self.step, self.device)[0]
+
+    def warm_up(self, steps: int) -> dict[str, Any]:
+        """Untimed steps (at least one: the memory is measured over the first)."""
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        reset_peak_rss()
+        before = current_rss_bytes()
+        for _ in range(max(steps, 1)):
+            self.step()
+        memory = {"rss_before_step_bytes": before, "max_rss_bytes": peak_rss_bytes()}
+        if self.device.type == "cuda":
+            memory["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated(self.device)
+        return memory
 
 
-def run_subprocess(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Run `worker` for `name` in a fresh interpreter and parse its result line."""
-    cmd = [
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--worker",
-        name,
-        "--size",
-        *map(str, args.size),
-        "--batch",
-        str(args.batch),
-        "--instances",
-        str(args.instances),
-        "--maskrcnn-box-batch",
-        str(args.maskrcnn_box_batch),
-        "--repeats",
-        str(args.repeats),
-        "--warmup",
-        str(args.warmup),
-        "--threads",
-        str(args.threads),
-        "--device",
-        args.device,
-        "--precision",
-        args.precision,
+def path_names(args: argparse.Namespace) -> list[tuple[str, str, str]]:
+    """(label, model, precision) of every path: ours then Mask R-CNN, per precision."""
+    models = [f"blendmask_{args.preset}"] + ([] if args.no_maskrcnn else [MASKRCNN])
+    names = [
+        (model if precision == "fp32" else f"{model}_{precision}", model, precision)
+        for precision in args.precision
+        for model in models
     ]
-    if args.maskrcnn_literal:
-        cmd.append("--maskrcnn-literal")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(
-            f"train step of {name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
-        )
-    return json.loads(lines[-1][len(RESULT_PREFIX) :])
+    if args.with_dense_attentions:
+        dense = f"blendmask_{args.preset}{DENSE}"
+        names.insert(1, (dense, dense, "fp32"))
+    return names
+
+
+def ratios(paths: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    """Our step over Mask R-CNN's (fp32 and each precision), by min, median and max."""
+    ours = f"blendmask_{args.preset}"
+    out: dict[str, Any] = {}
+    if MASKRCNN not in paths:
+        return out
+    peer = paths[MASKRCNN]
+    for label, entry in paths.items():
+        if not label.startswith(ours):
+            continue
+        suffix = label.removeprefix(ours) or "_fp32"
+        out[f"blendmask{suffix}_over_maskrcnn_fp32"] = {
+            k: common.ratio(entry["step"][k], peer["step"][k])
+            for k in ("min_s", "median_s", "max_s")
+        }
+        same = MASKRCNN + label.removeprefix(ours)
+        if suffix != "_fp32" and same in paths:
+            out[f"blendmask{suffix}_over_maskrcnn{suffix}"] = {
+                k: common.ratio(entry["step"][k], paths[same]["step"][k])
+                for k in ("min_s", "median_s", "max_s")
+            }
+    if ours + DENSE in paths:  # this change against the earlier forward, in the same run
+        out["blendmask_fp32_over_dense_attentions_fp32"] = {
+            k: common.ratio(paths[ours]["step"][k], paths[ours + DENSE]["step"][k])
+            for k in ("min_s", "median_s", "max_s")
+        }
+    a, b = paths[ours], peer
+    out["blendmask_over_maskrcnn_time"] = common.ratio(a["median_s"], b["median_s"])
+    out["blendmask_over_maskrcnn_max_rss"] = common.ratio(a["max_rss_bytes"], b["max_rss_bytes"])
+    out["blendmask_over_maskrcnn_step_memory"] = common.ratio(
+        a["max_rss_bytes"] - a["rss_before_step_bytes"],
+        b["max_rss_bytes"] - b["rss_before_step_bytes"],
+    )
+    return out
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -228,13 +269,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--size", type=int, nargs=2, default=[800, 1333], metavar=("H", "W"))
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--instances", type=int, default=4, help="instances per image")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="timed steps per path and attempt")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=1, help="alternate the models this many times")
+    p.add_argument("--attempts", type=int, default=steady.ATTEMPTS)
+    p.add_argument("--max-spread", type=float, default=steady.MAX_SPREAD)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--precision", default="fp32", choices=list(common.PRECISIONS))
+    p.add_argument("--precision", nargs="+", default=["fp32"], choices=list(common.PRECISIONS))
     p.add_argument("--preset", default="R_50_1x", help="our preset")
+    p.add_argument("--no-maskrcnn", action="store_true", help="time our model alone")
+    p.add_argument(
+        "--with-dense-attentions",
+        action="store_true",
+        help="also time (fp32) our earlier training forward, the top layer run densely",
+    )
     p.add_argument("--maskrcnn-literal", action="store_true")
     p.add_argument(
         "--maskrcnn-box-batch",
@@ -242,70 +290,65 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=512,
         help="Mask R-CNN RoIs sampled per image for the box/mask losses (torchvision: 512)",
     )
-    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.worker is not None:
-        print(RESULT_PREFIX + json.dumps(worker(args)), flush=True)
-        return 0
     device = common.setup(args.threads, args.device)
-    ours = f"blendmask_{args.preset}"
+    names = path_names(args)
     data: dict[str, Any] = {
         "machine": common.machine_info(args.threads, device),
         "settings": {
+            "preset": args.preset,
             "size": list(args.size),
             "batch": args.batch,
             "instances_per_image": args.instances,
             "repeats": args.repeats,
             "warmup": args.warmup,
-            "rounds": args.rounds,
+            "attempts": args.attempts,
+            "max_spread": args.max_spread,
             "precision": args.precision,
-            "timed": "zero_grad + forward + losses + backward + SGD step",
-            "memory": "max RSS of a fresh subprocess per model (interpreter, torch, model, steps)",
+            "timed": "zero_grad + forward + losses + backward + SGD step, paths interleaved",
+            "memory": "peak RSS (VmHWM, reset) over each path's warm-up step, in one process",
             "maskrcnn_box_batch_size_per_image": args.maskrcnn_box_batch,
         },
-        "models": {},
     }
-    print(f"train step: batch {args.batch} at {args.size[0]}x{args.size[1]}", flush=True)
-    # With --rounds > 1 the models alternate (A B A B), so that a change of background load
-    # hits both; the step times of all rounds are pooled and the peak memory is the largest.
-    rounds: dict[str, list[dict[str, Any]]] = {ours: [], MASKRCNN: []}
-    for _ in range(args.rounds):
-        for name in (ours, MASKRCNN):
-            r = run_subprocess(name, args)
-            rounds[name].append(r)
-            print(
-                f"  {name:28s} {r['median_s']:.2f} s/step, "
-                f"max RSS {r['max_rss_bytes'] / 2**30:.2f} GiB",
-                flush=True,
-            )
-    for name, results in rounds.items():
-        merged = dict(results[-1])
-        merged["step"] = common.summarize([t for r in results for t in r["step"]["runs_s"]])
-        merged["median_s"] = merged["step"]["median_s"]
-        for key in ("max_rss_bytes", "rss_after_build_bytes", "cuda_max_allocated_bytes"):
-            if key in merged:
-                merged[key] = max(r[key] for r in results)
-        data["models"][name] = merged
-    a, b = data["models"][ours], data["models"][MASKRCNN]
-    data["ratios"] = {
-        "blendmask_over_maskrcnn_time": common.ratio(a["median_s"], b["median_s"]),
-        "blendmask_over_maskrcnn_max_rss": common.ratio(a["max_rss_bytes"], b["max_rss_bytes"]),
-        "blendmask_over_maskrcnn_step_memory": common.ratio(
-            a["max_rss_bytes"] - a["rss_after_build_bytes"],
-            b["max_rss_bytes"] - b["rss_after_build_bytes"],
-        ),
-    }
-    if device.type == "cuda":
-        data["ratios"]["blendmask_over_maskrcnn_cuda_memory"] = common.ratio(
-            a["cuda_max_allocated_bytes"], b["cuda_max_allocated_bytes"]
+    h, w = args.size
+    print(f"train step: batch {args.batch} at {h}x{w}, {args.threads} threads", flush=True)
+    paths, entries = {}, {}
+    for label, model, precision in names:
+        paths[label] = TrainPath(model, args, precision)
+        entries[label] = {"config": paths[label].config, "precision": precision}
+        entries[label].update(paths[label].warm_up(args.warmup))
+        entries[label]["trainable_parameters"] = sum(p.numel() for p in paths[label].params)
+    try:
+        times, attempts = steady.measure(
+            {label: p.timed_step for label, p in paths.items()},
+            args.repeats,
+            max_spread=args.max_spread,
+            attempts=args.attempts,
         )
+    except steady.NoisyMeasurement as exc:
+        print(f"train_step.py: refused: {exc}", file=sys.stderr)
+        return 3
+    data["settings"]["attempts_used"] = attempts
+    for label, path in paths.items():
+        entries[label]["step"] = steady.summary(times[label])
+        entries[label]["median_s"] = entries[label]["step"]["median_s"]
+        entries[label]["loss_last"] = path.loss_last
+        print(steady.line(label, times[label]), flush=True)
+    data["models"] = entries
+    data["ratios"] = ratios(entries, args)
+    data["machine"]["load_average_end"] = list(os.getloadavg())
     common.write_json(args.json, data)
     for key, value in data["ratios"].items():
-        print(f"  {key}: {value:.3f}" if value is not None else f"  {key}: n/a")
+        if isinstance(value, dict):
+            print(
+                f"  {key}: " + " / ".join(f"{value[k]:.3f}" for k in ("min_s", "median_s", "max_s"))
+            )
+        else:
+            print(f"  {key}: {value:.3f}" if value is not None else f"  {key}: n/a")
     return 0
 
 

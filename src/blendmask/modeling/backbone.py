@@ -113,6 +113,52 @@ class DeformBottleneck(nn.Module):
         return self.relu(out + identity)
 
 
+def conv_frozen_bn(conv: nn.Module, norm: nn.Module, x: Tensor) -> Tensor:
+    """`norm(conv(x))`, with a FrozenBatchNorm2d applied to the conv's weight and bias instead
+    of the activation: conv(x, w * s) + (b - mean) * s + beta, s = gamma / sqrt(var + eps).
+
+    The same affine map up to float rounding, and gradients reach `conv.weight` through the
+    product; but no elementwise `x * scale + bias` pass over the activation (and its backward),
+    and under bf16 autocast the conv's bf16 output is not promoted to fp32 by the fp32 buffers.
+    The modules are untouched (state dict, `optimize_for_inference`, hooks on the pair); any
+    other pair (BatchNorm in training, GN, a folded nn.Identity, DeformConv2d) runs as is."""
+    if not isinstance(norm, FrozenBatchNorm2d) or type(conv) is not nn.Conv2d:
+        return norm(conv(x))
+    scale = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+    shift = norm.bias - norm.running_mean * scale
+    if conv.bias is not None:
+        shift = shift + conv.bias * scale
+    weight = conv.weight * scale.view(-1, 1, 1, 1)
+    return nn.functional.conv2d(
+        x, weight, shift, conv.stride, conv.padding, conv.dilation, conv.groups
+    )
+
+
+def _run_block(block: nn.Module, x: Tensor) -> Tensor:
+    """torchvision's Bottleneck / BasicBlock forward with `conv_frozen_bn`; other blocks
+    (DeformBottleneck) run their own forward."""
+    if type(block) not in (tv_resnet.Bottleneck, tv_resnet.BasicBlock):
+        return block(x)
+    out = block.relu(conv_frozen_bn(block.conv1, block.bn1, x))
+    if isinstance(block, tv_resnet.Bottleneck):
+        out = block.relu(conv_frozen_bn(block.conv2, block.bn2, out))
+        out = conv_frozen_bn(block.conv3, block.bn3, out)
+    else:
+        out = conv_frozen_bn(block.conv2, block.bn2, out)
+    identity = x
+    if block.downsample is not None:
+        down = block.downsample
+        is_pair = isinstance(down, nn.Sequential) and len(down) == 2
+        identity = conv_frozen_bn(down[0], down[1], x) if is_pair else down(x)
+    return block.relu(out + identity)
+
+
+def _run_stage(stage: nn.Sequential, x: Tensor) -> Tensor:
+    for block in stage:
+        x = _run_block(block, x)
+    return x
+
+
 def _move_stride_to_1x1(block: nn.Module) -> None:
     """MSRA style: put the block's stride on its first 1x1 conv instead of the 3x3."""
     stride = block.conv2.stride
@@ -213,11 +259,11 @@ class ResNetBody(nn.Module):
     def forward(self, x: Tensor, *, with_c2: bool = False) -> list[Tensor]:
         """x (Tensor[N, 3, H, W]): normalised images -> [C3, C4, C5] at strides 8, 16, 32;
         [C2, C3, C4, C5] (C2 at stride 4) with `with_c2`."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        c2 = self.layer1(x)
-        c3 = self.layer2(c2)
-        c4 = self.layer3(c3)
-        c5 = self.layer4(c4)
+        x = self.maxpool(self.relu(conv_frozen_bn(self.conv1, self.bn1, x)))
+        c2 = _run_stage(self.layer1, x)
+        c3 = _run_stage(self.layer2, c2)
+        c4 = _run_stage(self.layer3, c3)
+        c5 = _run_stage(self.layer4, c4)
         return [c2, c3, c4, c5] if with_c2 else [c3, c4, c5]
 
 

@@ -21,6 +21,7 @@ from torchvision.ops import sigmoid_focal_loss
 from ..structures import BlenderSpec, BlendMaskOutputs, Target
 from .blender import merge_bases, pool_bases
 from .panoptic import semantic_seg_loss
+from .postprocess import attentions_at
 from .targets import (
     FCOSTargets,
     assign_fcos_targets,
@@ -194,17 +195,19 @@ class BlendMaskCriterion(nn.Module):
         )
         losses, pos = self._detection_losses(outputs, fcos)
         # Losses in float32 even under autocast.
-        attentions = outputs.attentions.float()
         bases = outputs.bases.float()
         if pos.img_idx.numel() == 0:
             # No positive anywhere in this batch: a zero loss that keeps the attentions and the
             # bases in the graph (as the reference's `x.sum() * 0`), so backward and DDP work.
-            losses["loss_mask"] = attentions.sum() * 0 + bases.sum() * 0
+            losses["loss_mask"] = _attention_graph(outputs) * 0 + bases.sum() * 0
         else:
             losses["loss_mask"] = (
-                self._mask_loss(bases, attentions, targets, gt_boxes, pos)
+                self._mask_loss(bases, _positive_attentions(outputs, pos), targets, gt_boxes, pos)
                 * self.instance_loss_weight
             )
+            if self.blender.fixed_onehot:
+                # The FCIS assembly ignores the attention; keep it in the graph for DDP.
+                losses["loss_mask"] = losses["loss_mask"] + _attention_graph(outputs) * 0
         if self.sem_loss_on and outputs.sem_logits is not None:
             losses["loss_basis_sem"] = self._semantic_loss(outputs.sem_logits, targets, gt_labels)
         if outputs.panoptic_logits is not None:
@@ -312,7 +315,8 @@ class BlendMaskCriterion(nn.Module):
         centerness target and normalised by loss_denorm.
 
         Args:
-            bases (Tensor[N, K, Hb, Wb]), attentions (Tensor[N, P, K*M*M]).
+            bases (Tensor[N, K, Hb, Wb]).
+            attentions (Tensor[Npos, K*M*M]): float32, at the positive locations.
             pos: the positive locations (at least one).
         """
         spec = self.blender
@@ -322,9 +326,7 @@ class BlendMaskCriterion(nn.Module):
         offsets = torch.cumsum(counts, 0) - counts
         global_inds = pos.gt_inds + offsets[pos.img_idx]
 
-        logits = merge_bases(
-            pooled_bases[global_inds], attentions[pos.img_idx, pos.point_idx], spec
-        )  # (Npos, R, R)
+        logits = merge_bases(pooled_bases[global_inds], attentions, spec)  # (Npos, R, R)
         mask_targets = torch.cat(
             [
                 project_masks_on_boxes(t["masks"].to(bases.device), b, spec.resolution)
@@ -334,8 +336,36 @@ class BlendMaskCriterion(nn.Module):
         per_location = F.binary_cross_entropy_with_logits(
             logits, mask_targets, reduction="none"
         ).mean(dim=(1, 2))
-        loss = (per_location * pos.ctr_targets).sum() / pos.loss_denorm
-        if spec.fixed_onehot:
-            # The FCIS assembly ignores the attention; keep it in the graph for DDP.
-            loss = loss + attentions.sum() * 0
-        return loss
+        return (per_location * pos.ctr_targets).sum() / pos.loss_denorm
+
+
+def _positive_attentions(outputs: BlendMaskOutputs, pos: _Positives) -> Tensor:
+    """Attention logits (Tensor[Npos, K*M*M], float32) at the positive locations.
+
+    The loss reads the attentions only there, so a network run with `dense_attentions=False`
+    (what training does) evaluates the top layer at those Npos locations (`attentions_at`)
+    instead of densely over every level: the same values up to float rounding, without the
+    largest conv of the head and its backward."""
+    if outputs.attentions is not None:
+        return outputs.attentions[pos.img_idx, pos.point_idx].float()
+    weight, bias = _top_layer(outputs)
+    return attentions_at(outputs.bbox_towers, weight, bias, pos.img_idx, pos.point_idx).float()
+
+
+def _attention_graph(outputs: BlendMaskOutputs) -> Tensor:
+    """A scalar touching everything the attentions come from (times 0 it keeps the top layer
+    in the graph when no location reads it, as the reference's `x.sum() * 0`)."""
+    if outputs.attentions is not None:
+        return outputs.attentions.float().sum()
+    weight, bias = _top_layer(outputs)
+    total = weight.float().sum() + sum(t.float().sum() for t in outputs.bbox_towers)
+    return total + bias.float().sum() if bias is not None else total
+
+
+def _top_layer(outputs: BlendMaskOutputs) -> tuple[Tensor, Tensor | None]:
+    if outputs.bbox_towers is None or outputs.top_layer_params is None:
+        raise ValueError(
+            "the criterion needs attentions: run the network with dense_attentions=True, or "
+            "False with the outputs carrying bbox_towers and top_layer_params"
+        )
+    return outputs.top_layer_params

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from blendmask.training.budget import TimeBudget
 from blendmask.training.loaders import build_train_dataset, targets_to
 from blendmask.training.logging import CURVES_FILE, METRICS_FILE, TrainingLog, plot_curves
 from blendmask.training.resume import NEW_SETTINGS_FLAG
+from blendmask.training.step import training_autocast, training_losses
 from blendmask.training.training_run import TrainingRun, prepare_run, start_batches
 
 logger = logging.getLogger(__name__)
@@ -184,11 +185,11 @@ def train_step(run: TrainingRun, images: Any, targets: list[dict[str, Any]]) -> 
     weights into NaN. (With AMP the GradScaler already skips steps with inf gradients.)"""
     dev, s = run.device, run.cfg.solver
     images = images.to(dev)
-    batch = images.tensor.contiguous(memory_format=torch.channels_last)
     targets = targets_to(targets, dev)
     with _autocast(run):
-        outputs = run.ddp_model(batch, images.image_sizes)
-        losses = run.criterion(outputs, targets)
+        losses = training_losses(
+            run.ddp_model, run.criterion, images.tensor, images.image_sizes, targets
+        )
     loss = sum(losses.values())
     lr = run.optimizer.param_groups[0]["lr"]  # the rate of this update (logged)
     run.optimizer.zero_grad(set_to_none=True)
@@ -281,9 +282,9 @@ def stop_workers(batches: Iterator[Any]) -> None:
 
 
 def _autocast(run: TrainingRun) -> AbstractContextManager:
-    if run.scaler is None:
-        return nullcontext()
-    return torch.autocast(device_type="cuda", dtype=torch.float16)
+    if run.scaler is not None:
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+    return training_autocast(run.device, run.cfg.solver.precision)
 
 
 def _time_for_more(run: TrainingRun, budget: TimeBudget | None, log: TrainingLog) -> bool:
