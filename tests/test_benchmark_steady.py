@@ -5,27 +5,15 @@ of writing a figure."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load(name: str):
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-steady = _load("steady")
+# benchmarks/ is on pytest's pythonpath (pyproject.toml).
+steady = importlib.import_module("steady")
 
 
 def _timer(times: list[float], calls: list[str], name: str) -> Callable[[], float]:
@@ -99,7 +87,7 @@ class _FakePath:
 
 
 def test_train_step_refuses_noise_and_writes_nothing(tmp_path: Path, monkeypatch, capsys) -> None:
-    train_step = _load("train_step")
+    train_step = importlib.import_module("train_step")
     _FakePath.script = {
         "blendmask_tiny": [1.0, 1.05] * 2,
         "maskrcnn_resnet50_fpn": [1.0, 1.6] * 2,
@@ -135,7 +123,7 @@ class _FakeRunner:
 
 
 def test_latency_refuses_a_noisy_model(monkeypatch) -> None:
-    latency = _load("latency")
+    latency = importlib.import_module("latency")
     script = iter([1.0, 1.0, 1.0, 1.5] * 2)  # ours steady, the peer 1.5x apart, twice
     monkeypatch.setattr(latency.common, "time_once", lambda fn, device: (next(script), None))
     runners = {"ours": _FakeRunner(), "peer": _FakeRunner()}
@@ -156,7 +144,7 @@ def test_profile_charges_backward_to_the_module_of_its_forward_op() -> None:
     """profile_train_step.by_module: forward self time goes to the innermost module scope (cut
     to `depth` names), a backward node to the scope of the forward op with its sequence
     number, and the ops inside a backward node are not counted twice."""
-    profile = _load("profile_train_step")
+    profile = importlib.import_module("profile_train_step")
     tower = _Event("module::head.cls_tower.0", self_us=1e5)
     conv = _Event("aten::convolution", tower, seq=7, self_us=2e6)
     body = _Event("module::body.layer2", self_us=0)
