@@ -90,6 +90,7 @@ class TimeBudget:
         self._durations: deque[float] = deque(maxlen=self.WINDOW_ITERS)
         self._last_eval_seconds: float | None = None
         self._expected_eval_seconds: float | None = None
+        self._after_evaluations = 0.0
         self._can_plan = False
         self._last_plan_iteration: int | None = None
         self._plan_wanted = False
@@ -98,12 +99,16 @@ class TimeBudget:
     def elapsed(self) -> float:
         return self._clock() - self.start
 
-    def expect_evaluation(self, seconds: float) -> None:
+    def expect_evaluation(self, seconds: float, *, after: float = 0.0) -> None:
         """A measured estimate of one evaluation of the val set (the demo times the forward of a
         few val images before training): the reserve, and the cost of the periodic evaluations
         in a plan, until an evaluation has been timed. A fixed share of the budget instead
-        reserved 4x too little on a machine 30x slower than usual."""
+        reserved 4x too little on a machine 30x slower than usual.
+
+        after: the work after the final evaluation (the demo's PQ and drawings), in
+            evaluations: reserved with it, and rescaled like it when an evaluation is timed."""
         self._expected_eval_seconds = max(float(seconds), 0.0)
+        self._after_evaluations = max(float(after), 0.0)
 
     def evaluation_seconds(self) -> float | None:
         """The last evaluation's duration, else the expected one, else None."""
@@ -112,11 +117,13 @@ class TimeBudget:
         return self._expected_eval_seconds
 
     def reserve(self) -> float:
-        """Seconds kept for the final evaluation."""
+        """Seconds kept for the final evaluation (and the work after it, `expect_evaluation`)."""
         if not self.reserve_final_eval:
             return 0.0
         measured = self.evaluation_seconds()
-        return self.RESERVE_FRACTION * self.seconds if measured is None else measured
+        if measured is None:
+            return self.RESERVE_FRACTION * self.seconds
+        return measured * (1.0 + self._after_evaluations)
 
     def expired(self) -> bool:
         """Whether training must stop now to leave the final evaluation its time."""

@@ -192,9 +192,10 @@ def run_demo(
                 logger.info(f"demo: the CPU is busy; {threads} thread(s) run faster than more")
                 torch.set_num_threads(threads)
         time_budget = _demo_budget(cfg, paths, dev, start, minutes, num_val, num_overlays, panoptic)
+        drop_costly_evaluations(cfg, time_budget)
         logger.info(
-            f"demo: training {preset} on {dev.type} for at most {time_budget.seconds / 60:.1f} "
-            f"min, its final evaluation included ({cfg.solver.max_iter} iterations planned)"
+            f"demo: training {preset} on {dev.type}; {time_budget.seconds / 60:.1f} min left for "
+            f"training, evaluation and drawings ({cfg.solver.max_iter} iterations planned)"
         )
         dataset = build_train_dataset(cfg)
         cfg = resolve_dataset_classes(cfg, dataset)
@@ -237,9 +238,10 @@ def _demo_budget(
     num_overlays: int,
     panoptic: bool,
 ) -> TimeBudget:
-    """The training's time budget: `minutes` less what has passed and the drawings after
-    training; it reserves the final evaluation (PQ in it with `panoptic`), both estimated from
-    the evaluation forward measured now (`measure_eval_seconds`)."""
+    """The time budget of the rest of the demo (`minutes` less what has passed): it reserves
+    the final evaluation and what follows it (the drawings; with `panoptic` the merge
+    threshold's training images and PQ), estimated from the forward measured now
+    (`measure_eval_seconds`) and rescaled when training times an evaluation."""
     timed = sorted(paths["val_images"].glob("*.png"))[:EVAL_TIMED_IMAGES]
     instance, panoptic_s = measure_eval_seconds(cfg, timed, dev, panoptic=panoptic)
     instance, panoptic_s = EVAL_SAFETY * instance, EVAL_SAFETY * panoptic_s
@@ -256,21 +258,43 @@ def _demo_budget(
     left = minutes * 60.0 - (time.perf_counter() - start)
     if left <= 90:
         raise ValueError(f"demo: --minutes {minutes} leaves no time to train (need > 1.5)")
-    seconds = left - drawings
-    if seconds - final_eval <= 30:
+    if left - final_eval - drawings <= 30:
         # Better a short, late result than none: the machine is too busy for --minutes.
         logger.warning(
             f"demo: the evaluations measure {final_eval + drawings:.0f} s on this machine now, "
             f"too much for --minutes {minutes}: the demo will end late"
         )
-        seconds = final_eval + 30.0
+        left = final_eval + drawings + 30.0
     logger.info(
         f"demo: {instance:.2f} s per val image measured; {final_eval:.0f} s kept for the final "
         f"evaluation, {drawings:.0f} s for what follows it"
     )
-    budget = TimeBudget(seconds)
-    budget.expect_evaluation(final_eval)
+    budget = TimeBudget(left)
+    # what follows is reserved as a multiple of the evaluation: timed evaluations rescale both
+    budget.expect_evaluation(final_eval, after=drawings / final_eval)
     return budget
+
+
+# Periodic evaluations only draw the AP curve: they may take this share of the training time.
+PERIODIC_EVAL_SHARE = 0.1
+
+
+def drop_costly_evaluations(cfg: Any, budget: TimeBudget) -> None:
+    """No periodic evaluations when, at the evaluation time expected, they would take more than
+    PERIODIC_EVAL_SHARE of the training time: on a busy machine one took 45 s of a 200 s
+    training that it stopped after 9 updates (AP 0 at every one)."""
+    s = cfg.solver
+    evaluation = budget.evaluation_seconds()
+    if s.eval_period <= 0 or evaluation is None:
+        return
+    periodic = (s.max_iter - 1) // s.eval_period
+    training = budget.seconds - budget.reserve()
+    if periodic * evaluation > PERIODIC_EVAL_SHARE * training:
+        logger.info(
+            f"demo: no evaluation during training ({periodic} x {evaluation:.0f} s would take "
+            f"more than {PERIODIC_EVAL_SHARE:.0%} of its {training:.0f} s)"
+        )
+        s.eval_period = 0
 
 
 def _demo_outputs(
