@@ -24,6 +24,7 @@ def simulate(
     max_iter: int = 100_000,
     eval_period: int = 0,
     eval_seconds: float = 0.0,
+    expected_eval: float | None = None,
 ) -> dict:
     """The loop of training/loop.py against a fake clock: updates cost `seconds_per_update(t)`
     (t: seconds since the start), an evaluation every `eval_period` updates and a final one
@@ -31,6 +32,8 @@ def simulate(
     ended."""
     clock = Clock()
     budget = TimeBudget(budget_s, clock=clock, reserve_final_eval=eval_seconds > 0)
+    if expected_eval is not None:
+        budget.expect_evaluation(expected_eval)
     budget.begin(0)
     plans, end, it = [], max_iter, 0
     while it < end:
@@ -92,6 +95,38 @@ def test_run_ends_within_three_percent_with_evaluations():
     )
     assert result["ended"] == pytest.approx(900, rel=0.03)
     assert result["budget"].reserve() == pytest.approx(12.0)
+
+
+def test_slow_updates_plan_after_a_few():
+    """A loaded machine (45 s per update, a 312 s budget): the first plan comes once the timed
+    updates cover PLAN_AFTER_SECONDS, not after MIN_TIMED of them (13 updates, which never came:
+    the run stopped unplanned, its lr never decayed)."""
+    result = simulate(312.0, lambda t: 45.0)
+    # 3 untimed updates, then 3 timed ones (135 s); the plan's end is the update in flight
+    assert result["plans"] and result["plans"][0] == (6, 7)
+    assert result["ended"] <= 312.0 * 1.03
+
+
+def test_measured_evaluation_estimate_keeps_a_slow_run_in_budget():
+    """A slow machine whose final evaluation takes 150 s of a 540 s budget: with the measured
+    estimate the run, evaluation included, ends within 3%; the fixed share of the budget
+    (RESERVE_FRACTION) let it overrun by a quarter."""
+    slow = {"seconds_per_update": lambda t: 6.0, "eval_seconds": 150.0}
+    measured = simulate(540.0, expected_eval=150.0, **slow)
+    assert measured["ended"] == pytest.approx(540, rel=0.03)
+    assert measured["budget"].reserve() == pytest.approx(150.0)
+    assert simulate(540.0, **slow)["ended"] > 540 * 1.2  # what the fixed reserve gave
+
+
+def test_expected_evaluation_is_counted_in_the_plan_before_one_ran():
+    """Periodic evaluations planned on a slow machine cost their measured estimate in the plan
+    before the first one has run, so the first plan does not promise iterations they eat."""
+    budget = TimeBudget(600.0, clock=Clock())
+    budget.expect_evaluation(40.0)
+    budget._durations.extend([4.0] * TimeBudget.MIN_TIMED)
+    assert budget.seconds_per_iteration(eval_period=10) == pytest.approx(8.0)
+    budget.evaluation_done(20.0)  # a timed evaluation replaces the estimate
+    assert budget.seconds_per_iteration(eval_period=10) == pytest.approx(6.0)
 
 
 def test_the_configured_schedule_caps_the_plan():

@@ -25,7 +25,11 @@ from blendmask.interop.adelaidet import (
     adelaidet_to_blendmask_key,
     blendmask_to_adelaidet_key,
 )
-from blendmask.modeling.panoptic import merge_panoptic, semantic_at_original_size
+from blendmask.modeling.panoptic import (
+    f1_score_threshold,
+    merge_panoptic,
+    semantic_at_original_size,
+)
 from blendmask.predictor import Predictor
 from blendmask.presets import get_preset
 
@@ -347,3 +351,34 @@ def test_shapes_panoptic_preset_names_the_synthetic_stuff_classes():
     cfg = get_preset("shapes_panoptic")
     assert list(SHAPE_STUFF_NAMES) == STUFF_CLASSES == cfg.data.stuff_names
     assert cfg.model.panoptic.enabled and cfg.model.panoptic.num_stuff_classes == len(STUFF_CLASSES)
+
+
+# ---------------------------------------------------------------------------------------------
+# The merge threshold from the training images' F1 (a barely trained model keeps its things)
+
+
+def test_f1_threshold_lowers_the_cut_for_an_undertrained_model():
+    """Right detections all scoring 0.2-0.3 (a few iterations on a busy machine): at 0.45 the
+    merge keeps none of them (PQ_th 0); the F1 rule cuts at the lowest right one, above the
+    wrong ones at 0.1, and the merge then keeps the things."""
+    scores = torch.tensor([0.30, 0.28, 0.25, 0.22, 0.10, 0.08])
+    matched = torch.tensor([True, True, True, True, False, False])
+    threshold = f1_score_threshold(scores, matched, num_gt=5)
+    assert threshold == pytest.approx(0.22)
+    sem = torch.zeros(10, 20, dtype=torch.int64)
+    masks = [_box_mask(10, 20, 0, 10, 0, 10), _box_mask(10, 20, 0, 10, 10, 20)]
+    _, kept = _merge(masks, [0.3, 0.22], [0, 1], sem, score_threshold=threshold)
+    assert len(kept) == 2
+    assert _merge(masks, [0.3, 0.22], [0, 1], sem)[1] == []  # the reference's 0.45
+
+
+def test_f1_threshold_keeps_the_reference_cut_for_a_trained_model():
+    """Right detections at 0.6-0.9 and wrong ones under 0.45: the reference's 0.45 is (near)
+    the best F1, so the merge stays the reference's. A marginally better F1 lower down (one
+    more right detection among wrong ones) does not move it either; none matched: 0.45."""
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.4, 0.3, 0.2])
+    assert f1_score_threshold(scores, torch.tensor([1, 1, 1, 1, 0, 0, 0]).bool(), 4) == 0.45
+    marginal = torch.tensor([1, 1, 1, 1, 0, 1, 0]).bool()
+    assert f1_score_threshold(scores, marginal, 10) == 0.45
+    assert f1_score_threshold(scores, torch.zeros(7, dtype=torch.bool), 4) == 0.45
+    assert f1_score_threshold(scores[:0], torch.zeros(0, dtype=torch.bool), 0) == 0.45

@@ -248,6 +248,38 @@ def merge_panoptic(
     return segment_map, segments
 
 
+def f1_score_threshold(
+    scores: Tensor, matched: Tensor, num_gt: int, *, default: float = 0.45, keep: float = 0.9
+) -> float:
+    """The merge's `score_threshold` for a model, from its detections on training images: the
+    reference's `default` while the F1 there is at least `keep` of the best F1 over all
+    thresholds; else the threshold of the best F1 (below `default`: an undertrained model whose
+    right detections all score under it would merge no things at all).
+
+    Args:
+        scores (Tensor[D]): the detections' scores, all images together.
+        matched (bool Tensor[D]): whether each one matched a ground-truth instance (a true
+            positive; each instance matched at most once).
+        num_gt: ground-truth instances on those images.
+    """
+    if scores.shape != matched.shape:
+        raise ValueError(
+            f"f1_score_threshold: {tuple(scores.shape)} scores, {tuple(matched.shape)} flags"
+        )
+    if num_gt <= 0 or not bool(matched.any()):
+        return default  # nothing to learn from
+    order = torch.sort(scores.double(), descending=True, stable=True).indices
+    sorted_scores, hits = scores.double()[order], matched[order].to(torch.float64)
+    tp = torch.cumsum(hits, 0)  # keeping the k + 1 highest scores
+    f1 = 2 * tp / (torch.arange(1, len(hits) + 1, dtype=torch.float64) + num_gt)
+    best = int(torch.argmax(f1))  # the first (highest threshold) of equal F1s
+    kept_by_default = int((sorted_scores >= default).sum())
+    f1_default = float(f1[kept_by_default - 1]) if kept_by_default else 0.0
+    if f1_default >= keep * float(f1[best]):
+        return default
+    return min(default, float(sorted_scores[best]))
+
+
 def panoptic_segmentation(
     detections: Detections,
     logits: Tensor,

@@ -9,9 +9,14 @@ shrinks: a machine that was busy during the first minutes (another job, a slow s
 frees up gets its time back, and one that slows down ends on time.
 
 What is left is the budget minus the time already spent minus a reserve for the final
-evaluation (the last periodic evaluation's duration; before one has run, `RESERVE_FRACTION` of
-the budget), so that the whole command, evaluation included, ends close to the budget. Periodic
-evaluations still ahead are paid for by spreading each one's cost over its period.
+evaluation (the last periodic evaluation's duration; before one has run, the caller's measured
+estimate from `expect_evaluation`, else `RESERVE_FRACTION` of the budget), so that the whole
+command, evaluation included, ends close to the budget. Periodic evaluations still ahead are paid
+for by spreading each one's cost over its period.
+
+On a busy machine an update can take 30x its quiet time: the first plan comes once the timed
+updates cover `PLAN_AFTER_SECONDS` (at least `MIN_TIMED_SLOW` of them) or `MIN_TIMED` updates,
+whichever is first, so a slow run still gets its lr decay and its evaluations planned.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
+
+from blendmask.runtime import distributed as dist_utils
 
 
 def affordable_max_iter(
@@ -48,8 +55,12 @@ class TimeBudget:
     WARMUP_ITERS = 3
     # Durations of the most recent updates the estimate is the mean of ...
     WINDOW_ITERS = 20
-    # ... and how many are needed before the first plan.
+    # ... and how many are needed before the first plan, or, when they are slow, how many
+    # seconds of them (with at least MIN_TIMED_SLOW updates): 10 updates of 45 s each would
+    # spend most of a 5-minute budget before any plan.
     MIN_TIMED = 10
+    MIN_TIMED_SLOW = 3
+    PLAN_AFTER_SECONDS = 30.0
     # A plan every this many updates (and after each evaluation).
     REPLAN_EVERY = 10
     # Planned time as a fraction of what is left: slack for timing noise and checkpoints.
@@ -78,6 +89,9 @@ class TimeBudget:
         self._last_clock: float | None = None
         self._durations: deque[float] = deque(maxlen=self.WINDOW_ITERS)
         self._last_eval_seconds: float | None = None
+        self._expected_eval_seconds: float | None = None
+        self._after_evaluations = 0.0
+        self._can_plan = False
         self._last_plan_iteration: int | None = None
         self._plan_wanted = False
         self.planned = False  # whether a plan was made (the first one also rescales evaluation)
@@ -85,13 +99,31 @@ class TimeBudget:
     def elapsed(self) -> float:
         return self._clock() - self.start
 
+    def expect_evaluation(self, seconds: float, *, after: float = 0.0) -> None:
+        """A measured estimate of one evaluation of the val set (the demo times the forward of a
+        few val images before training): the reserve, and the cost of the periodic evaluations
+        in a plan, until an evaluation has been timed. A fixed share of the budget instead
+        reserved 4x too little on a machine 30x slower than usual.
+
+        after: the work after the final evaluation (the demo's PQ and drawings), in
+            evaluations: reserved with it, and rescaled like it when an evaluation is timed."""
+        self._expected_eval_seconds = max(float(seconds), 0.0)
+        self._after_evaluations = max(float(after), 0.0)
+
+    def evaluation_seconds(self) -> float | None:
+        """The last evaluation's duration, else the expected one, else None."""
+        if self._last_eval_seconds is not None:
+            return self._last_eval_seconds
+        return self._expected_eval_seconds
+
     def reserve(self) -> float:
-        """Seconds kept for the final evaluation."""
+        """Seconds kept for the final evaluation (and the work after it, `expect_evaluation`)."""
         if not self.reserve_final_eval:
             return 0.0
-        if self._last_eval_seconds is None:
+        measured = self.evaluation_seconds()
+        if measured is None:
             return self.RESERVE_FRACTION * self.seconds
-        return self._last_eval_seconds
+        return measured * (1.0 + self._after_evaluations)
 
     def expired(self) -> bool:
         """Whether training must stop now to leave the final evaluation its time."""
@@ -123,9 +155,20 @@ class TimeBudget:
         self._plan_wanted = True
 
     def can_plan(self) -> bool:
-        """Whether enough updates were timed for an estimate (the same on every rank: it counts
-        iterations, not seconds)."""
-        return len(self._durations) >= self.MIN_TIMED
+        """Whether enough updates were timed for an estimate: `MIN_TIMED`, or `MIN_TIMED_SLOW`
+        that took `PLAN_AFTER_SECONDS` together. The same on every rank: the counts are of
+        iterations, and the seconds are rank 0's (a collective call while it is undecided)."""
+        if self._can_plan:
+            return True
+        timed = len(self._durations)
+        if timed < self.MIN_TIMED_SLOW:
+            return False
+        if timed < self.MIN_TIMED:
+            slow = sum(self._durations) >= self.PLAN_AFTER_SECONDS
+            self._can_plan = bool(dist_utils.broadcast_object(slow))
+        else:
+            self._can_plan = True
+        return self._can_plan
 
     def plan_due(self, iteration: int) -> bool:
         if not self.can_plan():
@@ -135,11 +178,12 @@ class TimeBudget:
         return iteration - self._last_plan_iteration >= self.REPLAN_EVERY
 
     def seconds_per_iteration(self, eval_period: int) -> float:
-        """Mean duration of the recent updates, plus the last evaluation's cost spread over
-        `eval_period` iterations (0: no evaluation during training)."""
+        """Mean duration of the recent updates, plus an evaluation's cost (the last one's, else
+        the expected one) spread over `eval_period` iterations (0: no evaluation in training)."""
         per_iter = sum(self._durations) / len(self._durations)
-        if eval_period > 0 and self._last_eval_seconds is not None:
-            per_iter += self._last_eval_seconds / eval_period
+        evaluation = self.evaluation_seconds()
+        if eval_period > 0 and evaluation is not None:
+            per_iter += evaluation / eval_period
         return per_iter
 
     def plan(self, iteration: int, *, max_iter: int, eval_period: int) -> tuple[int, float]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,13 +18,19 @@ from blendmask.atomic import write_json
 from blendmask.data.coco import CocoDataset
 from blendmask.data.shapes import write_shapes_dataset
 from blendmask.explain import save_explanation
-from blendmask.io import resolve_device
+from blendmask.factory import build
+from blendmask.io import load_image, resolve_device
 from blendmask.predictor import Predictor
 from blendmask.presets import load_config
 from blendmask.training.budget import TimeBudget
 from blendmask.training.loaders import build_train_dataset
 from blendmask.training.loop import TrainResult, run_training
-from blendmask.training.panoptic_demo import finish_panoptic_demo
+from blendmask.training.panoptic_demo import (
+    AFTER_TRAINING_KEYS,
+    CALIBRATION_IMAGES,
+    SHEET_IMAGES,
+    finish_panoptic_demo,
+)
 from blendmask.training.train_config import resolve_dataset_classes
 from blendmask.visualization import draw_detections, save_png
 
@@ -33,29 +41,74 @@ def pick_cpu_threads(candidates: Sequence[int] | None = None) -> int:
     """The intra-op thread count that runs a small convolution workload fastest (~1 s).
 
     On an idle machine that is all cores; when other processes keep the cores busy, extra
-    threads wait on each other and one thread can be several times faster."""
+    threads wait on each other and one thread can be several times faster (a shapes_panoptic
+    update at load average ~7 on 2 cores: 3.8 s with 1 thread, 18 s with 2)."""
     current = torch.get_num_threads()
+    busy = machine_is_busy()
     if candidates is None:
-        candidates = sorted({current, 1}, reverse=True)
+        candidates = sorted({current, 1}, reverse=not busy)
     x = torch.randn(2, 64, 96, 96).contiguous(memory_format=torch.channels_last)
     conv = torch.nn.Conv2d(64, 64, 3, padding=1).to(memory_format=torch.channels_last)
-    best, best_time = current, math.inf
+    timings: dict[int, list[float]] = {}
     with torch.no_grad():
         for n in candidates:
             torch.set_num_threads(n)
             conv(x)  # warm-up
-            times = []
+            timings[n] = []
             for _ in range(5):
                 t0 = time.perf_counter()
                 for _ in range(3):
                     conv(x)
-                times.append(time.perf_counter() - t0)
-            if (
-                min(times) < best_time * 0.9
-            ):  # prefer the first (more threads) unless clearly slower
-                best, best_time = n, min(times)
+                timings[n].append(time.perf_counter() - t0)
     torch.set_num_threads(current)
+    return choose_threads(timings)
+
+
+def machine_is_busy() -> bool:
+    """Whether the 1-minute load average exceeds the cores this process may use."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        return os.getloadavg()[0] > (cores or 1)
+    except OSError:  # no load average on this platform
+        return False
+
+
+def choose_threads(timings: dict[int, list[float]]) -> int:
+    """The thread count of `timings` (repeated timings per count, in order of preference) with
+    the lowest median, the first one unless another is clearly (10%) faster. The median: on a
+    busy machine the fastest of 5 repetitions is a lucky moment when the other processes
+    paused, which kept 2 threads that then ran each update several times slower than 1."""
+    best, best_time = 0, math.inf
+    for n, times in timings.items():
+        if statistics.median(times) < best_time * 0.9:
+            best, best_time = n, statistics.median(times)
     return best
+
+
+# Measured seconds per val image x this: a trained model pastes more masks than the untrained
+# one that is timed, and COCOeval / PQ add their own pass over the results.
+EVAL_SAFETY = 1.5
+EVAL_FIXED_SECONDS = 5.0  # loaders, COCOeval's accumulate, writing the results
+EVAL_TIMED_IMAGES = 3
+
+
+def measure_eval_seconds(
+    cfg: Any, images: Sequence[Path], dev: torch.device, *, panoptic: bool
+) -> tuple[float, float]:
+    """Seconds per image of an instance and of a panoptic prediction (0 without `panoptic`) on
+    this machine now, timed on `images` after a warm-up on the first, with the untrained network
+    of `cfg`. A fixed reserve per image, right on a quiet machine, was 30x short on a busy one."""
+    model, _, postprocessor = build(cfg, load_pretrained=False)
+    predictor = Predictor(cfg, model, postprocessor, dev)
+    loaded = [load_image(path) for path in images]
+    seconds = []
+    for predict in (predictor.predict_tensors, predictor.predict_panoptic)[: 1 + panoptic]:
+        predict([loaded[0]])  # allocator and caches: not timed
+        t0 = time.perf_counter()
+        for image in loaded:
+            predict([image])
+        seconds.append((time.perf_counter() - t0) / len(loaded))
+    return seconds[0], seconds[1] if panoptic else 0.0
 
 
 def _existing_shapes(
@@ -127,7 +180,8 @@ def run_demo(
     paths = _shapes_data(out / "data", num_train, num_val, seed, panoptic)
     cfg = load_config(preset, None, list(overrides))
     for key, path in paths.items():  # the keys are data.* fields (panoptic ones too)
-        setattr(cfg.data, key, str(path))
+        if key not in AFTER_TRAINING_KEYS:  # PQ comes after the merge threshold is chosen
+            setattr(cfg.data, key, str(path))
     cfg.solver.seed = seed
     dev = resolve_device(device)
     threads_before = torch.get_num_threads()
@@ -137,16 +191,12 @@ def run_demo(
             if threads != threads_before:
                 logger.info(f"demo: the CPU is busy; {threads} thread(s) run faster than more")
                 torch.set_num_threads(threads)
-        # Reserve time for the final evaluation (~1 forward per val image) and the drawings.
-        reserve = 15.0 + (0.5 if panoptic else 0.2) * num_val  # PQ: one more pass
-        budget = minutes * 60.0 - (time.perf_counter() - start) - reserve
-        if budget <= 30:
-            raise ValueError(f"demo: --minutes {minutes} leaves no time to train (need > 1.5)")
+        time_budget = _demo_budget(cfg, paths, dev, start, minutes, num_val, num_overlays, panoptic)
+        drop_costly_evaluations(cfg, time_budget)
         logger.info(
-            f"demo: training {preset} on {dev.type} for at most {budget / 60:.1f} min "
-            f"({cfg.solver.max_iter} iterations planned)"
+            f"demo: training {preset} on {dev.type}; {time_budget.seconds / 60:.1f} min left for "
+            f"training, evaluation and drawings ({cfg.solver.max_iter} iterations planned)"
         )
-        time_budget = TimeBudget(budget, reserve_final_eval=False)  # `reserve` holds it
         dataset = build_train_dataset(cfg)
         cfg = resolve_dataset_classes(cfg, dataset)
         result = run_training(
@@ -176,6 +226,75 @@ def run_demo(
     if not math.isfinite(metrics.get("segm_AP", math.nan)):
         raise RuntimeError("demo: evaluation produced no segm_AP")
     return metrics
+
+
+def _demo_budget(
+    cfg: Any,
+    paths: dict[str, Path],
+    dev: torch.device,
+    start: float,
+    minutes: float,
+    num_val: int,
+    num_overlays: int,
+    panoptic: bool,
+) -> TimeBudget:
+    """The time budget of the rest of the demo (`minutes` less what has passed): it reserves
+    the final evaluation and what follows it (the drawings; with `panoptic` the merge
+    threshold's training images and PQ), estimated from the forward measured now
+    (`measure_eval_seconds`) and rescaled when training times an evaluation."""
+    timed = sorted(paths["val_images"].glob("*.png"))[:EVAL_TIMED_IMAGES]
+    instance, panoptic_s = measure_eval_seconds(cfg, timed, dev, panoptic=panoptic)
+    instance, panoptic_s = EVAL_SAFETY * instance, EVAL_SAFETY * panoptic_s
+    final_eval = EVAL_FIXED_SECONDS + instance * num_val
+    # overlays (and the sheet's rows) plus the explanation, each one forward; with `panoptic`
+    # also the merge threshold's training images and then PQ (finish_panoptic_demo)
+    drawings = EVAL_FIXED_SECONDS + instance * (num_overlays + 1)
+    if panoptic:
+        drawings = (
+            2 * EVAL_FIXED_SECONDS
+            + panoptic_s * (max(num_overlays, SHEET_IMAGES) + 1 + num_val)
+            + instance * CALIBRATION_IMAGES
+        )
+    left = minutes * 60.0 - (time.perf_counter() - start)
+    if left <= 90:
+        raise ValueError(f"demo: --minutes {minutes} leaves no time to train (need > 1.5)")
+    if left - final_eval - drawings <= 30:
+        # Better a short, late result than none: the machine is too busy for --minutes.
+        logger.warning(
+            f"demo: the evaluations measure {final_eval + drawings:.0f} s on this machine now, "
+            f"too much for --minutes {minutes}: the demo will end late"
+        )
+        left = final_eval + drawings + 30.0
+    logger.info(
+        f"demo: {instance:.2f} s per val image measured; {final_eval:.0f} s kept for the final "
+        f"evaluation, {drawings:.0f} s for what follows it"
+    )
+    budget = TimeBudget(left)
+    # what follows is reserved as a multiple of the evaluation: timed evaluations rescale both
+    budget.expect_evaluation(final_eval, after=drawings / final_eval)
+    return budget
+
+
+# Periodic evaluations only draw the AP curve: they may take this share of the training time.
+PERIODIC_EVAL_SHARE = 0.1
+
+
+def drop_costly_evaluations(cfg: Any, budget: TimeBudget) -> None:
+    """No periodic evaluations when, at the evaluation time expected, they would take more than
+    PERIODIC_EVAL_SHARE of the training time: on a busy machine one took 45 s of a 200 s
+    training that it stopped after 9 updates (AP 0 at every one)."""
+    s = cfg.solver
+    evaluation = budget.evaluation_seconds()
+    if s.eval_period <= 0 or evaluation is None:
+        return
+    periodic = (s.max_iter - 1) // s.eval_period
+    training = budget.seconds - budget.reserve()
+    if periodic * evaluation > PERIODIC_EVAL_SHARE * training:
+        logger.info(
+            f"demo: no evaluation during training ({periodic} x {evaluation:.0f} s would take "
+            f"more than {PERIODIC_EVAL_SHARE:.0%} of its {training:.0f} s)"
+        )
+        s.eval_period = 0
 
 
 def _demo_outputs(
