@@ -304,7 +304,7 @@ def evaluate_model_file(
     info, dev = dist_utils.init_distributed(resolve_device(device))
     out = Path(out)
     with ExitStack() as stack:
-        lock_output_on_main(stack, out, info)
+        dist_utils.run_on_main(info, lambda: stack.enter_context(OutputLock(out)))
         cfg, model, _, postprocessor = load_model_file(weights, dev)
         if overrides:
             cfg = inference_config(cfg, overrides)
@@ -328,19 +328,3 @@ def evaluate_model_file(
         if plots:
             write_eval_plots(json_path, out / "results.json", images, out / "plots")
     return metrics
-
-
-def lock_output_on_main(stack: ExitStack, out: Path, info: dist_utils.DistInfo) -> None:
-    """Rank 0 takes `OutputLock(out)` into `stack`; the other ranks learn whether it could and
-    stop with its reason when not (rather than wait for it at the first gather)."""
-    refusal = None
-    if info.is_main:
-        try:
-            stack.enter_context(OutputLock(out))
-        except (ValueError, OSError) as exc:
-            if not info.distributed:
-                raise
-            refusal = str(exc)
-    refusal = dist_utils.broadcast_object(refusal)
-    if refusal is not None:
-        raise ValueError(refusal)

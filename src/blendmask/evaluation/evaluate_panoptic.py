@@ -26,7 +26,7 @@ from blendmask.checkpoint_io import load_model_file
 from blendmask.config import Config
 from blendmask.data.panoptic import CocoPanopticDataset
 from blendmask.data.panoptic_format import PanopticCategory
-from blendmask.evaluation.evaluate import evaluate_model, lock_output_on_main
+from blendmask.evaluation.evaluate import evaluate_model
 from blendmask.factory import build_postprocessor
 from blendmask.io import resolve_device
 from blendmask.metrics.panoptic import (
@@ -37,6 +37,7 @@ from blendmask.metrics.panoptic import (
 )
 from blendmask.predictor import Predictor, inference_config
 from blendmask.runtime import distributed as dist_utils
+from blendmask.runtime.output_lock import OutputLock
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +216,7 @@ def evaluate_panoptic_file(
     info, dev = dist_utils.init_distributed(resolve_device(device))
     out = Path(out)
     with ExitStack() as stack:
-        lock_output_on_main(stack, out, info)
+        dist_utils.run_on_main(info, lambda: stack.enter_context(OutputLock(out)))
         cfg, model, _, postprocessor = load_model_file(weights, dev)
         if not is_panoptic(cfg):
             raise ValueError(

@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -123,7 +123,7 @@ def predict_images(
             predictor = _load_predictor(r, dev)
         spec = _output_spec(predictor, out, r)
         with _locked(out, info):
-            _on_main(info, lambda: _prepare(out, settings, r.resume))
+            dist_utils.run_on_main(info, lambda: _prepare(out, settings, r.resume))
             state = _read_state(out, sources, r.resume, r.gt_json)
             dist_utils.barrier()  # every rank has read what is done before any rank writes
             counts = _run_images(
@@ -134,7 +134,7 @@ def predict_images(
             )
             totals = sum_counts(dist_utils.all_gather_objects(counts))
             dist_utils.barrier()
-            _on_main(info, lambda: finish_outputs(out, r.coco))
+            dist_utils.run_on_main(info, lambda: finish_outputs(out, r.coco))
     if totals["attempted"] and totals["skipped"] == totals["attempted"] and not state.done:
         if not sources.videos:
             raise ValueError(
@@ -214,24 +214,8 @@ def _distributed(device: str) -> Iterator[tuple[DistInfo, Any]]:
 def _locked(out: Path, info: DistInfo) -> Iterator[None]:
     """OUT/.lock held by rank 0 for the run; every rank fails when rank 0 cannot take it."""
     with contextlib.ExitStack() as stack:
-        _on_main(info, lambda: stack.enter_context(OutputLock(out)))
+        dist_utils.run_on_main(info, lambda: stack.enter_context(OutputLock(out)))
         yield
-
-
-def _on_main(info: DistInfo, action: Callable[[], object]) -> None:
-    """Run `action` on rank 0; its ValueError / OSError is raised on every rank (so that no
-    rank waits forever for one that stopped)."""
-    error: str | None = None
-    if info.is_main:
-        try:
-            action()
-        except (ValueError, OSError) as exc:
-            if not info.distributed:
-                raise
-            error = str(exc)
-    error = dist_utils.broadcast_object(error)
-    if error is not None:
-        raise ValueError(error)
 
 
 def _prepare(out: Path, settings: dict[str, Any], resume: bool) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -129,6 +130,22 @@ def broadcast_object(obj: object, src: int = 0) -> object:
     holder = [obj]
     dist.broadcast_object_list(holder, src=src)
     return holder[0]
+
+
+def run_on_main(info: DistInfo, action: Callable[[], object]) -> None:
+    """Run `action` on rank 0; its ValueError / OSError is raised on every rank (so that no
+    rank waits forever for one that stopped). In one process the error is raised as it is."""
+    error: str | None = None
+    if info.is_main:
+        try:
+            action()
+        except (ValueError, OSError) as exc:
+            if not info.distributed:
+                raise
+            error = str(exc)
+    error = broadcast_object(error)
+    if error is not None:
+        raise ValueError(error)
 
 
 def broadcast_buffers(module: nn.Module, src: int = 0) -> None:
