@@ -112,6 +112,25 @@ def test_measure_paths_times_every_path_with_the_real_layers():
     assert all(seconds > 0 for seconds in times.values())
 
 
+@pytest.mark.parametrize("bf16, chosen", [(1.2, "fp32"), (0.95, "fp32"), (0.85, "bf16")])
+def test_training_auto_takes_bf16_only_when_clearly_faster(bf16, chosen):
+    """solver.precision=auto: bf16 only past TRAIN_MARGIN (10%), never a slower path; the
+    training probe times only the step's channels-last layout."""
+    calls: list[str] = []
+    got, times = precision.training_precision(
+        torch.device("cpu"), channels=96, timer=stub_timer(times_with(bf16), calls)
+    )
+    assert got == chosen
+    assert set(calls) == {"fp32_channels_last", "bf16_channels_last"}
+    assert times["bf16_channels_last"] == bf16
+
+
+def test_training_probe_runs_forward_and_backward_of_the_real_layers():
+    runs = precision.time_paths(torch.device("cpu"), repeats=1, size=(8, 8), train=True, channels=32)
+    assert set(runs) == {"fp32_channels_last", "bf16_channels_last"}
+    assert all(s > 0 for values in runs.values() for s in values)
+
+
 def test_unknown_precision_is_refused():
     cfg, model, post = spread_model()
     with pytest.raises(ValueError, match="precision: expected one of fp32, bf16, auto"):

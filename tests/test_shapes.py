@@ -90,3 +90,20 @@ def test_backgrounds_are_noisy():
     # Neighbouring background pixels differ: not a flat colour a threshold could separate.
     steps = np.abs(np.diff(pixels.astype(int), axis=1))[background[:, 1:] & background[:, :-1]]
     assert steps.mean() > 2
+
+
+def test_max_object_caps_the_object_extent():
+    """`--max-object`: the small-object variant (objects 4x smaller relative to the image)
+    caps every object's extent, and a cap below the smallest object is refused."""
+    import pytest
+
+    extents = []
+    for i in range(12):
+        _, instances = render_shapes_image(np.random.default_rng([0, 0, i]), 256, max_object=0.125)
+        for _, mask in instances:
+            ys, xs = np.nonzero(mask)
+            extents.append(max(np.ptp(ys), np.ptp(xs)) + 1)
+    # A rotated rectangle's box is up to sqrt(2) times the extent of its long side.
+    assert extents and max(extents) <= 2**0.5 * 0.125 * 256 + 2
+    with pytest.raises(ValueError, match="max_object"):
+        write_shapes_dataset("unused", 1, 0, image_size=64, max_object=0.1)

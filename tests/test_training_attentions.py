@@ -82,19 +82,23 @@ def test_criterion_without_attentions_or_towers_says_what_it_needs() -> None:
         criterion(out, _targets(criterion.num_classes))
 
 
-def test_solver_precision_bf16_autocasts_the_training_forward() -> None:
-    """`solver.precision` (fp32 | bf16) reaches the loop's autocast on CPU; bf16 runs the convs
-    in bfloat16 while the losses stay float32."""
+def test_solver_precision_bf16_autocasts_the_training_forward(monkeypatch) -> None:
+    """`solver.precision` (fp32 | bf16 | auto) reaches the loop's autocast on CPU; bf16 runs
+    the convs in bfloat16 while the losses stay float32; auto takes the training probe's
+    choice."""
     from types import SimpleNamespace
 
     from blendmask.config import ConfigError
-    from blendmask.training import loop
+    from blendmask.runtime.distributed import DistInfo
+    from blendmask.training import loop, training_run
     from blendmask.training.step import training_losses
 
     cfg = get_preset("tiny")
     cfg.solver.precision = "bf16"
     cfg.validate()
-    run = SimpleNamespace(scaler=None, device=torch.device("cpu"), cfg=cfg)
+    cpu, info = torch.device("cpu"), DistInfo(rank=0, world_size=1, local_rank=0)
+    run = SimpleNamespace(scaler=None, device=cpu)
+    run.precision, _ = training_run.resolve_precision(cfg, cpu, info)
     model, criterion = _model_and_criterion()
     conv = torch.nn.Conv2d(3, 4, 3)
     with loop._autocast(run):
@@ -108,8 +112,19 @@ def test_solver_precision_bf16_autocasts_the_training_forward() -> None:
         )
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
     cfg.solver.precision = "fp32"
+    run.precision, note = training_run.resolve_precision(cfg, cpu, info)
+    assert note == ""
     with loop._autocast(run):
         assert conv(torch.rand(1, 3, 8, 8)).dtype == torch.float32
+    cfg.solver.precision = "auto"
+    cfg.validate()
+    for probed in ("bf16", "fp32"):
+        times = {"fp32_channels_last": 1.0, "bf16_channels_last": 0.5}
+        monkeypatch.setattr(
+            training_run, "training_precision", lambda dev, channels, p=probed: (p, times)
+        )
+        chosen, note = training_run.resolve_precision(cfg, cpu, info)
+        assert chosen == probed and f"auto -> {probed}" in note and "500.0 ms" in note
     cfg.solver.precision = "fp16"
     with pytest.raises(ConfigError, match="solver.precision"):
         cfg.validate()

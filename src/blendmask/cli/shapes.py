@@ -16,6 +16,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--image-size", type=int, default=256, help="side of the square images in pixels"
     )
     parser.add_argument(
+        "--max-object",
+        type=float,
+        default=0.5,
+        help="largest object extent as a fraction of the image side (default 0.5); e.g. "
+        "--image-size 512 --max-object 0.125 for small objects in larger images",
+    )
+    parser.add_argument(
         "--panoptic",
         action="store_true",
         help="shapes on textured stuff (sky, wall, grass); also writes the COCO panoptic json "
@@ -31,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         image_size=args.image_size,
         panoptic=args.panoptic,
+        max_object=args.max_object,
     )
     for key, value in paths.items():
         print(f"{key}: {value}")

@@ -217,7 +217,7 @@ class SolverConfig:
     clip_grad_norm: float = 0.0  # 0 = off
     amp: bool = True  # CUDA only
     # Autocast of the training step where AMP is off (CPU): fp32 | bf16 (master weights, losses
-    # and the optimizer stay fp32).
+    # and the optimizer stay fp32) | auto (bf16 where this machine's probe finds it faster).
     precision: str = "fp32"
     checkpoint_period: int = 5000
     eval_period: int = 0  # 0 = only at the end
@@ -253,7 +253,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "model.basis_module.norm": ("BN", "SyncBN", "GN", "none"),
     "model.panoptic.norm": ("GN", "none"),
     "model.input_format": ("BGR", "RGB"),
-    "solver.precision": ("fp32", "bf16"),
+    "solver.precision": ("fp32", "bf16", "auto"),
 }
 
 

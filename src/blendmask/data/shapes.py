@@ -6,8 +6,9 @@ handle worst) on a CPU in minutes:
 - `SHAPE_CLASSES`: circle, rectangle, triangle, star; every object's colour is random and
   independent of its class, and backgrounds are smooth random colour fields with stripes and
   pixel noise, so colour alone does not give the class or the instance;
-- object extents from 12 px to half the image, log-uniform, so COCO's small / medium / large
-  ranges are all populated at the default 256 px;
+- object extents from 12 px to half the image (`max_object`), log-uniform, so COCO's small /
+  medium / large ranges are all populated at the default 256 px; a smaller `max_object` on
+  larger images makes data of another character (small objects in big images);
 - about 40% of objects are placed overlapping an earlier object of the same class; later
   objects occlude earlier ones and every mask is the *visible* part (masks never overlap);
   no object is left with less than half of its area visible;
@@ -63,6 +64,7 @@ def write_shapes_dataset(
     image_size: int = 256,
     *,
     panoptic: bool = False,
+    max_object: float = 0.5,
 ) -> dict[str, Path]:
     """Write the dataset in the COCO layout the nuclei data uses too (annotations/, images/).
 
@@ -75,6 +77,8 @@ def write_shapes_dataset(
     the instances: `annotations/panoptic_{split}.json` and `annotations/panoptic_{split}/
     NNNNNN.png` (thing categories 1..4 as in the instances json, stuff 5..7).
 
+    `max_object`: the largest object extent as a fraction of `image_size` (at least 12 px).
+
     Returns:
         {"train_json", "train_images", "val_json", "val_images"} (plus "train_panoptic_json",
         "train_panoptic_images", "val_panoptic_json", "val_panoptic_images" with `panoptic`):
@@ -86,11 +90,18 @@ def write_shapes_dataset(
         raise ValueError(f"expected image_size >= {4 * MIN_EXTENT}, got {image_size}")
     if seed < 0:
         raise ValueError(f"expected seed >= 0, got {seed}")
+    if not 0.0 < max_object <= 0.5 or max_object * image_size < MIN_EXTENT:
+        raise ValueError(
+            f"expected max_object in (0, 0.5] with max_object * image_size >= {MIN_EXTENT} px, "
+            f"got {max_object} at {image_size} px"
+        )
     out_dir = Path(out_dir)
     paths: dict[str, Path] = {}
     for split_index, (split, count) in enumerate((("train", num_train), ("val", num_val))):
         rngs = (np.random.default_rng([seed, split_index, i]) for i in range(count))
-        paths.update(_write_split(out_dir, split, rngs, count, seed, image_size, panoptic))
+        paths.update(
+            _write_split(out_dir, split, rngs, count, seed, image_size, panoptic, max_object)
+        )
     return paths
 
 
@@ -102,6 +113,7 @@ def _write_split(
     seed: int,
     image_size: int,
     panoptic: bool,
+    max_object: float = 0.5,
 ) -> dict[str, Path]:
     """Images, instances json (and panoptic json + PNGs) of one split, one rng per image."""
     images_dir = out_dir / "images" / split
@@ -119,10 +131,12 @@ def _write_split(
     )
     for i, rng in enumerate(progress):
         if writer is None:
-            pixels, instances = render_shapes_image(rng, image_size)
+            pixels, instances = render_shapes_image(rng, image_size, max_object=max_object)
         else:
             background, stuff_labels = render_stuff(rng, image_size)
-            pixels, instances = render_shapes_image(rng, image_size, background)
+            pixels, instances = render_shapes_image(
+                rng, image_size, background, max_object=max_object
+            )
         image_id = i + 1
         file_name = f"{i:06d}.png"
         refuse_link(images_dir / file_name)  # never write through a link planted there
@@ -141,6 +155,8 @@ def _write_split(
         "seed": seed,
         "image_size": image_size,
     }
+    if max_object != 0.5:
+        info["max_object"] = max_object  # only then: the default dataset's bytes stay as they were
     if panoptic:
         info["panoptic"] = True  # only then: the plain dataset's bytes stay as they were
     dataset = {
@@ -176,7 +192,11 @@ def _instance_annotation(ann_id: int, image_id: int, label: int, mask: np.ndarra
 
 
 def render_shapes_image(
-    rng: np.random.Generator, image_size: int, background: np.ndarray | None = None
+    rng: np.random.Generator,
+    image_size: int,
+    background: np.ndarray | None = None,
+    *,
+    max_object: float = 0.5,
 ) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
     """Draw one image: shapes over `background` (float32[S, S, 3], RGB 0-255; by default a
     random colour field, `_background`).
@@ -191,7 +211,7 @@ def render_shapes_image(
     ys, xs = np.mgrid[0:image_size, 0:image_size].astype(np.float32)
     shapes: list[_Shape] = []
     for _ in range(int(rng.integers(2, 9))):
-        shape = _place_shape(rng, shapes, image_size)
+        shape = _place_shape(rng, shapes, image_size, max_object * image_size)
         if shape is None:
             continue
         shape.colour = _pick_colour(rng, background, shape, shapes)
@@ -240,9 +260,11 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return field.astype(np.float32)
 
 
-def _place_shape(rng: np.random.Generator, shapes: list[_Shape], size: int) -> _Shape | None:
-    """Propose shapes until one leaves every earlier shape at least half visible (<= 12 tries)."""
-    max_extent = size / 2.0
+def _place_shape(
+    rng: np.random.Generator, shapes: list[_Shape], size: int, max_extent: float
+) -> _Shape | None:
+    """Propose shapes until one leaves every earlier shape at least half visible (<= 12 tries);
+    extents in [MIN_EXTENT, max_extent] px."""
     for _ in range(12):
         if shapes and rng.random() < SAME_CLASS_OVERLAP_PROB:
             # Overlap an earlier object of the same class: the case BlendMask is built for.

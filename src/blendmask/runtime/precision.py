@@ -18,6 +18,13 @@ fp32 path by `margin` (5%: less is within timing noise); the fastest fp32 path a
 list, so the choice is never slower than fp32. A bf16 candidate must also pass the accuracy gate
 (`GATE_MASK_IOU`, checked by the caller on the user's own images: `modeling/precision_gate.py`).
 
+Training (`solver.precision=auto`, `training_precision`) asks the same probe in its training
+mode: forward and backward of the probe layers at the model's FPN width, only for the
+channels-last layout that the training step uses, and bf16 only when it beats fp32 by
+`TRAIN_MARGIN`. Its accuracy gate (mask AP within 0.01 of fp32 at equal iterations, 2 seeds)
+is a benchmark (`benchmarks/bf16_train_gate.py`), not a per-run check: docs/speed.md gives the
+figures it measured.
+
 The bottom layer: imports only torch and `blendmask.atomic`.
 """
 
@@ -46,6 +53,10 @@ GATE_MASK_IOU = 0.98
 CACHE_ENV = "BLENDMASK_CACHE_DIR"
 CACHE_FILE = "precision_probe.json"
 PROBE_VERSION = 1  # bump when the probed layers change: old timings then do not count
+# bf16 training must beat fp32 by this much to be chosen: its gains are smaller than
+# inference's (the backward's weight gradients and the optimizer stay fp32), and a choice
+# within noise would trade accuracy for nothing.
+TRAIN_MARGIN = 0.10
 # Largest max/min of one path's timed runs that is cached: beyond it the machine was busy.
 MAX_SPREAD = 1.2
 # CPU flags that decide which kernels oneDNN can use (the rest do not change the timing).
@@ -101,7 +112,7 @@ def _cpu_description() -> tuple[str, list[str]]:
     return model, [f for f in _RELEVANT_FLAGS if f in flags]
 
 
-def machine_key(device: torch.device) -> dict[str, Any]:
+def machine_key(device: torch.device, mode: str = "inference", channels: int = 256) -> dict[str, Any]:
     """What the timings depend on; its hash names the cache entry."""
     model, flags = _cpu_description()
     if device.type == "cuda":
@@ -113,6 +124,8 @@ def machine_key(device: torch.device) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "probe_version": PROBE_VERSION,
+        "mode": mode,
+        "channels": channels,
     }
 
 
@@ -135,7 +148,7 @@ def probe_network(channels: int = 256) -> nn.Module:
         nn.Conv2d(channels, channels, 3, padding=1),
         nn.GroupNorm(32, channels),
         nn.ReLU(),
-    ).eval()
+        )
 
 
 def _seconds(run: Callable[[], object], device: torch.device) -> float:
@@ -176,35 +189,60 @@ def time_paths(
     timer: Timer | None = None,
     repeats: int = 5,
     size: tuple[int, int] = (64, 96),
+    train: bool = False,
+    channels: int = 256,
 ) -> dict[str, list[float]]:
-    """The seconds of each timed run of the probe network per `PATHS` name (`measure_paths`
-    without the median)."""
+    """The seconds of each timed run of the probe network per path name (`measure_paths`
+    without the median). `train`: forward and backward (weight and input gradients) of the
+    channels-last paths only, the training step's layout."""
     timer = timer or (lambda path, run: _seconds(run, device))
     torch.manual_seed(0)
-    net = probe_network().to(device)
-    image = torch.rand((1, 256, *size), device=device)
+    net = probe_network(channels).to(device).train(train)
+    image = torch.rand((1, channels, *size), device=device)
     inputs: dict[bool, tuple[nn.Module, Tensor]] = {
         False: (net, image),
         True: (
-            probe_network().to(device).to(memory_format=torch.channels_last),
+            probe_network(channels).to(device).train(train).to(memory_format=torch.channels_last),
             image.contiguous(memory_format=torch.channels_last),
         ),
     }
     inputs[True][0].load_state_dict(net.state_dict())
-    times: dict[str, list[float]] = {p.name: [] for p in PATHS}
-    with torch.inference_mode():
+    paths = [p for p in PATHS if p.channels_last] if train else list(PATHS)
+    times: dict[str, list[float]] = {p.name: [] for p in paths}
+    with contextlib.nullcontext() if train else torch.inference_mode():
         for repeat in range(repeats + 1):  # the first round warms oneDNN's kernel caches up
-            for path in PATHS:
+            for path in paths:
                 module, x = inputs[path.channels_last]
-
-                def run(module: nn.Module = module, x: Tensor = x, path: InferencePath = path):
-                    with path.autocast(device):
-                        return module(x)
-
-                seconds = timer(path, run)
+                step = _train_run if train else _forward_run
+                seconds = timer(path, step(module, x, path, device))
                 if repeat:
                     times[path.name].append(seconds)
     return times
+
+
+def _forward_run(
+    module: nn.Module, x: Tensor, path: InferencePath, device: torch.device
+) -> Callable[[], object]:
+    def run() -> object:
+        with path.autocast(device):
+            return module(x)
+
+    return run
+
+
+def _train_run(
+    module: nn.Module, x: Tensor, path: InferencePath, device: torch.device
+) -> Callable[[], object]:
+    x = x.detach().requires_grad_(True)  # inner layers also back-propagate to their input
+
+    def run() -> object:
+        module.zero_grad(set_to_none=True)
+        with path.autocast(device):
+            out = module(x)
+        out.float().sum().backward()
+        return out
+
+    return run
 
 
 def _read_cache(path: Path) -> dict[str, Any]:
@@ -216,20 +254,26 @@ def _read_cache(path: Path) -> dict[str, Any]:
 
 
 def probe_times(
-    device: torch.device | str = "cpu", *, timer: Timer | None = None, use_cache: bool = True
+    device: torch.device | str = "cpu",
+    *,
+    timer: Timer | None = None,
+    use_cache: bool = True,
+    train: bool = False,
+    channels: int = 256,
 ) -> dict[str, float]:
     """Seconds of the probe network per path name, from the cache when this machine has an
     entry, else measured (`time_paths`, medians) and cached unless the runs of a path spread
     more than `MAX_SPREAD`. A cache that cannot be written only costs a new measurement next
-    time."""
+    time. `train` and `channels` as in `time_paths` (each its own cache entry)."""
     device = torch.device(device)
-    key = machine_key(device)
+    key = machine_key(device, "train" if train else "inference", channels)
     digest, path = _key_hash(key), cache_dir() / CACHE_FILE
     cached = _read_cache(path) if use_cache else {}
     entry = cached.get(digest)
-    if isinstance(entry, dict) and set(entry.get("seconds", {})) == {p.name for p in PATHS}:
+    names = {p.name for p in PATHS if p.channels_last or not train}
+    if isinstance(entry, dict) and set(entry.get("seconds", {})) == names:
         return {name: float(s) for name, s in entry["seconds"].items()}
-    runs = time_paths(device, timer=timer)
+    runs = time_paths(device, timer=timer, train=train, channels=channels)
     times = {name: statistics.median(values) for name, values in runs.items()}
     # A busy machine's medians still choose this run's path, but are not kept for good.
     if use_cache and spread(runs) <= MAX_SPREAD:
@@ -243,8 +287,8 @@ def probe_times(
 def ranked_paths(times: dict[str, float], margin: float = 0.05) -> list[InferencePath]:
     """The candidates, fastest first: bf16 paths that beat the fastest fp32 path by `margin`,
     then that fp32 path (always last: the choice is never slower than fp32)."""
-    by_name = {p.name: p for p in PATHS}
-    fp32 = min((p for p in PATHS if p.dtype == "fp32"), key=lambda p: times[p.name])
+    by_name = {p.name: p for p in PATHS if p.name in times}
+    fp32 = min((p for p in by_name.values() if p.dtype == "fp32"), key=lambda p: times[p.name])
     limit = times[fp32.name] * (1.0 - margin)
     faster = [by_name[n] for n in sorted(times, key=times.get) if times[n] < limit]
     return [p for p in faster if p.dtype != "fp32"] + [fp32]
@@ -258,3 +302,15 @@ def choose_path(
         if path.dtype == "fp32" or gate(path):
             return path
     raise AssertionError("ranked_paths always ends with an fp32 path")
+
+
+def training_precision(
+    device: torch.device, *, channels: int = 256, timer: Timer | None = None
+) -> tuple[str, dict[str, float]]:
+    """`solver.precision=auto`: "bf16" where the probe's training mode finds it `TRAIN_MARGIN`
+    faster than fp32 on this machine, else "fp32"; with the timings it decided on. CUDA trains
+    under `solver.amp` instead, so auto is fp32 there."""
+    if device.type != "cpu":
+        return "fp32", {}
+    times = probe_times(device, timer=timer, train=True, channels=channels)
+    return ranked_paths(times, margin=TRAIN_MARGIN)[0].dtype, times

@@ -159,7 +159,7 @@ def _solver(cfg: Config, s: dict[str, Any], side: int, plan: dict[str, Any]) -> 
     sv.base_lr = LR_PER_IMAGE * sv.ims_per_batch
     sv.warmup_iters, sv.clip_grad_norm = 100, 10.0
     sv.max_iter, sv.steps = 2000, [1500, 1800]
-    sv.eval_period, sv.checkpoint_period = 500, 250
+    sv.eval_period, sv.checkpoint_period = 0, 250
     _rule(
         plan,
         "solver.ims_per_batch",
@@ -168,6 +168,20 @@ def _solver(cfg: Config, s: dict[str, Any], side: int, plan: dict[str, Any]) -> 
     )
     _rule(plan, "solver.base_lr", sv.base_lr, "0.02 at batch 8, linearly scaled")
     _rule(plan, "solver.clip_grad_norm", 10.0, "caps single-batch spikes (norms are ~3-7)")
+    sv.precision = _rule(
+        plan,
+        "solver.precision",
+        "auto",
+        "bf16 where this machine's training probe finds it 10% faster than fp32, else fp32 "
+        "(more updates in the same minutes; measured at the start of training)",
+    )
+    _rule(
+        plan,
+        "solver.eval_period",
+        0,
+        "the final evaluation only: a periodic one teaches nothing and costs updates (a nuclei "
+        "evaluation took 38-49 s, 50-65 updates); --set solver.eval_period=N for an AP curve",
+    )
     _rule(
         plan,
         "solver.max_iter",

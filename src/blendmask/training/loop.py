@@ -105,6 +105,8 @@ def run_training(
         cfg, dataset, out_dir=Path(out_dir), device=device, resume=resume, new_settings=new_settings
     )
     log = open_log(run, start_time, tensorboard=tensorboard, verbose=verbose)
+    if run.precision_note:
+        log.write(run.precision_note)
     batches = start_batches(run, dataset)
     log.restart_window()
     if time_budget is not None:
@@ -284,7 +286,7 @@ def stop_workers(batches: Iterator[Any]) -> None:
 def _autocast(run: TrainingRun) -> AbstractContextManager:
     if run.scaler is not None:
         return torch.autocast(device_type="cuda", dtype=torch.float16)
-    return training_autocast(run.device, run.cfg.solver.precision)
+    return training_autocast(run.device, run.precision)
 
 
 def _time_for_more(run: TrainingRun, budget: TimeBudget | None, log: TrainingLog) -> bool:

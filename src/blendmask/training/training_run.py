@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from blendmask.atomic import check_writable, remove_stale_temps
+from blendmask.runtime.precision import training_precision
 from blendmask.config import Config
 from blendmask.data.coco import CocoDataset
 from blendmask.evaluation.evaluate import evaluate_model
@@ -61,6 +62,9 @@ class TrainingRun:
     pending_iteration: int | None = None
     planned_shown: int = 0  # the schedule end the time budget last printed
     last_eval_iteration: int = 0  # of the last periodic evaluation
+    # The autocast of the step where AMP is off: solver.precision, with auto resolved.
+    precision: str = "fp32"
+    precision_note: str = ""  # what auto measured, for the log
 
     @property
     def has_val(self) -> bool:
@@ -201,12 +205,26 @@ def prepare_run(
         scaler=torch.amp.GradScaler("cuda") if use_amp else None,
         eval_period=s.eval_period,
     )
+    run.precision, run.precision_note = resolve_precision(cfg, dev, info)
     _resume_or_seed(run, resume, new_settings)
     if info.distributed:
         run.ddp_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[dev.index] if dev.type == "cuda" else None, broadcast_buffers=True
         )
     return run
+
+
+def resolve_precision(
+    cfg: Config, dev: torch.device, info: dist_utils.DistInfo
+) -> tuple[str, str]:
+    """solver.precision with auto measured by rank 0 (runtime.precision.training_precision)
+    and used on every rank; and a line saying what auto measured ("" when not auto)."""
+    if cfg.solver.precision != "auto":
+        return cfg.solver.precision, ""
+    decided = training_precision(dev, channels=cfg.model.fpn.out_channels) if info.is_main else None
+    chosen, times = dist_utils.broadcast_object(decided)  # type: ignore[misc]
+    measured = ", ".join(f"{name} {s * 1e3:.1f} ms" for name, s in sorted(times.items()))
+    return chosen, f"solver.precision auto -> {chosen} (training probe: {measured or 'not CPU'})"
 
 
 def _build_modules(
