@@ -47,7 +47,8 @@ def dataset(args: argparse.Namespace) -> dict[str, Path]:
                 check=True, cwd=REPO,
             )  # fmt: skip
     return {
-        f"{split}_{kind}": root / ("annotations" if kind == "json" else "images")
+        f"{split}_{kind}": root
+        / ("annotations" if kind == "json" else "images")
         / (f"instances_{split}.json" if kind == "json" else split)
         for split in ("train", "val")
         for kind in ("json", "images")
@@ -93,9 +94,7 @@ def verdict(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if not seeds:
         return {}
     diff = {s: round(by[s, "bf16"]["segm_AP"] - by[s, "fp32"]["segm_AP"], 4) for s in seeds}
-    mean = {
-        p: round(sum(by[s, p]["segm_AP"] for s in seeds) / len(seeds), 4) for p in PRESETS_PREC
-    }
+    mean = {p: round(sum(by[s, p]["segm_AP"] for s in seeds) / len(seeds), 4) for p in PRESETS_PREC}
     return {
         "seeds": seeds,
         "bf16 - fp32 segm_AP per seed": diff,
@@ -119,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         for precision in PRESETS_PREC:
             if any((r["seed"], r["precision"]) == (seed, precision) for r in runs):
                 continue
-            print(f"{args.data}: seed {seed}, {precision}, {args.iterations} iterations", flush=True)
+            print(
+                f"{args.data}: seed {seed}, {precision}, {args.iterations} iterations", flush=True
+            )
             runs.append(train_once(args, seed, precision))
             print(json.dumps(runs[-1]), flush=True)
             report = {

@@ -126,7 +126,9 @@ def test_training_auto_takes_bf16_only_when_clearly_faster(bf16, chosen):
 
 
 def test_training_probe_runs_forward_and_backward_of_the_real_layers():
-    runs = precision.time_paths(torch.device("cpu"), repeats=1, size=(8, 8), train=True, channels=32)
+    runs = precision.time_paths(
+        torch.device("cpu"), repeats=1, size=(8, 8), train=True, channels=32
+    )
     assert set(runs) == {"fp32_channels_last", "bf16_channels_last"}
     assert all(s > 0 for values in runs.values() for s in values)
 

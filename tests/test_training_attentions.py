@@ -121,7 +121,7 @@ def test_solver_precision_bf16_autocasts_the_training_forward(monkeypatch) -> No
     for probed in ("bf16", "fp32"):
         times = {"fp32_channels_last": 1.0, "bf16_channels_last": 0.5}
         monkeypatch.setattr(
-            training_run, "training_precision", lambda dev, channels, p=probed: (p, times)
+            training_run, "training_precision", lambda dev, channels, p=probed, t=times: (p, t)
         )
         chosen, note = training_run.resolve_precision(cfg, cpu, info)
         assert chosen == probed and f"auto -> {probed}" in note and "500.0 ms" in note

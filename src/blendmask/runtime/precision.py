@@ -112,7 +112,9 @@ def _cpu_description() -> tuple[str, list[str]]:
     return model, [f for f in _RELEVANT_FLAGS if f in flags]
 
 
-def machine_key(device: torch.device, mode: str = "inference", channels: int = 256) -> dict[str, Any]:
+def machine_key(
+    device: torch.device, mode: str = "inference", channels: int = 256
+) -> dict[str, Any]:
     """What the timings depend on; its hash names the cache entry."""
     model, flags = _cpu_description()
     if device.type == "cuda":
@@ -148,7 +150,7 @@ def probe_network(channels: int = 256) -> nn.Module:
         nn.Conv2d(channels, channels, 3, padding=1),
         nn.GroupNorm(32, channels),
         nn.ReLU(),
-        )
+    )
 
 
 def _seconds(run: Callable[[], object], device: torch.device) -> float:

@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from blendmask.atomic import check_writable, remove_stale_temps
-from blendmask.runtime.precision import training_precision
 from blendmask.config import Config
 from blendmask.data.coco import CocoDataset
 from blendmask.evaluation.evaluate import evaluate_model
@@ -28,6 +27,7 @@ from blendmask.evaluation.evaluate_panoptic import evaluate_panoptic_metrics
 from blendmask.factory import build
 from blendmask.io import resolve_device
 from blendmask.runtime import distributed as dist_utils
+from blendmask.runtime.precision import training_precision
 from blendmask.training import checkpoint as ckpt
 from blendmask.training.loaders import build_train_loader, rank_seed
 from blendmask.training.logging import TrainingLog
@@ -214,9 +214,7 @@ def prepare_run(
     return run
 
 
-def resolve_precision(
-    cfg: Config, dev: torch.device, info: dist_utils.DistInfo
-) -> tuple[str, str]:
+def resolve_precision(cfg: Config, dev: torch.device, info: dist_utils.DistInfo) -> tuple[str, str]:
     """solver.precision with auto measured by rank 0 (runtime.precision.training_precision)
     and used on every rank; and a line saying what auto measured ("" when not auto)."""
     if cfg.solver.precision != "auto":
