@@ -36,7 +36,9 @@ PRESETS_PREC = ("fp32", "bf16")
 
 def dataset(args: argparse.Namespace) -> dict[str, Path]:
     """The train / val jsons and image folders; the shapes data is made once under --out."""
-    if args.data == "nuclei":
+    if args.data_root:
+        root = Path(args.data_root)
+    elif args.data == "nuclei":
         root = Path(os.environ.get(NUCLEI_VARIABLE, DEFAULT_NUCLEI))
     else:
         root = Path(args.out) / "shapes_data"
@@ -59,7 +61,7 @@ def train_once(args: argparse.Namespace, seed: int, precision: str) -> dict[str,
     files, n = dataset(args), args.iterations
     out = Path(args.out) / f"{args.data}_seed{seed}_{precision}"
     cmd = [
-        sys.executable, "-m", "blendmask", "train", "--preset", PRESETS[args.data],
+        sys.executable, "-m", "blendmask", "train", "--preset", args.preset or PRESETS[args.data],
         "--train-json", str(files["train_json"]), "--train-images", str(files["train_images"]),
         "--val-json", str(files["val_json"]), "--val-images", str(files["val_images"]),
         "--out", str(out), "--seed", str(seed), "--no-resume",
@@ -107,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", choices=sorted(PRESETS), default="shapes")
     parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument("--preset", help="instead of the data's preset (a test's tiny one)")
+    parser.add_argument("--data-root", help="a dataset in the COCO layout, instead of --data's")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--out", default=str(REPO / "runs" / "bf16_train_gate"))
     parser.add_argument("--json", default=str(REPO / "benchmarks/results/bf16_train_gate.json"))
@@ -124,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(train_once(args, seed, precision))
             print(json.dumps(runs[-1]), flush=True)
             report = {
-                "preset": PRESETS[args.data],
+                "preset": args.preset or PRESETS[args.data],
                 "iterations": args.iterations,
                 "cpu": cpu_model(),
                 "cpu_flags": cpu_flags(),

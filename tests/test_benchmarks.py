@@ -321,3 +321,35 @@ def test_json_writer_makes_paths_portable(tmp_path, monkeypatch):
         "paths": ["runs/x", ".", "$TMPDIR/m.pt", f"{REPO}-old/z"],
         "nested": {"weights": "$TMPDIR/demo/model.pt"},
     }
+
+
+@pytest.mark.slow
+def test_bf16_train_gate_trains_both_precisions_and_compares(tmp_path, shapes_dataset):
+    """benchmarks/bf16_train_gate.py with the tiny preset for 2 iterations: one run per
+    precision at equal iterations, their APs, and the gate's verdict."""
+    root = shapes_dataset["train_json"].parents[1]
+    out_json = tmp_path / "gate.json"
+    args = ["--data-root", str(root), "--preset", "tiny", "--iterations", "2", "--seeds", "0"]
+    run_script(
+        "bf16_train_gate.py", *args, "--out", str(tmp_path), "--json", str(out_json), timeout=240
+    )
+    report = json.loads(out_json.read_text())
+    assert [(r["precision"], r["iterations"]) for r in report["runs"]] == [("fp32", 2), ("bf16", 2)]
+    assert report["checks"]["seeds"] == [0] and "cpu_flags" in report
+    assert set(report["checks"]["mean segm_AP"]) == {"fp32", "bf16"}
+
+
+@pytest.mark.slow
+def test_auto_vs_preset_trains_the_pair_side_by_side(tmp_path, shapes_dataset):
+    """benchmarks/auto_vs_preset.py: auto and the hand preset at the same time, their final
+    APs and the test scale each used."""
+    root = shapes_dataset["train_json"].parents[1]
+    out_json = tmp_path / "auto.json"
+    args = ["--data-root", str(root), "--hand", "tiny", "--minutes", "0.25", "--seeds", "0"]
+    run_script(
+        "auto_vs_preset.py", *args, "--out", str(tmp_path), "--json", str(out_json), timeout=300
+    )
+    report = json.loads(out_json.read_text())
+    assert sorted(r["preset"] for r in report["runs"]) == ["auto", "tiny"]
+    assert all(0 <= r["segm_AP"] <= 1 and r["test_scale"] > 0 for r in report["runs"])
+    assert "auto - hand" in report["checks"]

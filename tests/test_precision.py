@@ -106,6 +106,24 @@ def test_a_probe_whose_runs_spread_over_20_percent_is_not_cached(tmp_path, sprea
     assert again == (first if cached else times_with(0.5))
 
 
+def test_a_busy_probe_measures_again_then_keeps_each_paths_fastest_run(tmp_path):
+    """Under another job's load (bf16 runs slowed 4x two times in three, so their median is
+    twice fp32's) the probe tries PROBE_ATTEMPTS times, then decides on the fastest runs:
+    bf16 at 0.5x, as measured quietly; nothing is cached."""
+    seconds, count = times_with(0.5), {"n": 0}
+
+    def busy(path, run):
+        if path.name != "bf16_channels_last":
+            return seconds[path.name]
+        count["n"] += 1
+        return seconds[path.name] * (4.0 if count["n"] % 3 else 1.0)
+
+    got, times = precision.training_precision(torch.device("cpu"), timer=busy)
+    assert got == "bf16" and times["bf16_channels_last"] == 0.5
+    assert count["n"] == precision.PROBE_ATTEMPTS * 6  # a warm-up and 5 timed rounds each
+    assert not (tmp_path / "cache" / precision.CACHE_FILE).exists()
+
+
 def test_measure_paths_times_every_path_with_the_real_layers():
     times = precision.measure_paths(torch.device("cpu"), repeats=1, size=(8, 8))
     assert set(times) == {p.name for p in precision.PATHS}
