@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest tests
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/latency.py --onnx --with-bf16 --json benchmarks/results/latency.json --update-readme docs/results.md
+	$(BIN)/python benchmarks/latency.py --onnx --openvino --with-bf16 --probe --json benchmarks/results/latency.json --update-readme docs/results.md
 
 # The CUDA paths on a CUDA machine, under 8 minutes (benchmarks/gpu_check.sh).
 gpu-check: $(STAMP)

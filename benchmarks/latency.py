@@ -408,14 +408,17 @@ def readme_block(data: dict[str, Any]) -> str:
         "maskrcnn_resnet50_fpn": "torchvision Mask R-CNN R50-FPN",
         "fcos_resnet50_fpn": "torchvision FCOS R50-FPN (boxes only)",
     }
+    flags = ", ".join(m.get("cpu_flags") or []) or "none of avx2 / avx512 / amx"
     lines = [
-        f"Latest `make bench` ({m['time'][:10]}): {m['cpu_model']}, device {m['device']}, "
-        f"{m['threads']} threads, input {s['size'][0]}x{s['size'][1]}, {s['precision']}, "
-        f"torch {m['torch']}, random weights, median of {s['repeats']} runs after warm-up, "
-        f"load average at start {m['load_average_start'][0]:.1f}.",
+        f"Latest `make bench` ({m['time'][:10]}): {m['cpu_model']} (flags: {flags}), device "
+        f"{m['device']}, {m['threads']} threads, input {s['size'][0]}x{s['size'][1]}, "
+        f"{s['precision']}, torch {m['torch']}, random weights, median of {s['repeats']} runs "
+        f"after warm-up, load average at start {m['load_average_start'][0]:.1f}.",
         "",
-        "| model | " + " | ".join(f"{n} detections (s)" for n in s["detections"]) + " | scaling |",
-        "|---|" + "---|" * (len(s["detections"]) + 1),
+        "| model | "
+        + " | ".join(f"{n} detections (s)" for n in s["detections"])
+        + (" | scaling |" if lo else " |"),
+        "|---|" + "---|" * (len(s["detections"]) + (1 if lo else 0)),
     ]
     ours = [f"blendmask_{p}" for p in s.get("presets", [])]
     names = [n for n in ours if n in data["models"]]
@@ -423,15 +426,15 @@ def readme_block(data: dict[str, Any]) -> str:
     for name in names:
         per_n = data["models"][name]
         cells = [f"{per_n[str(n)]['median_s']:.3f}" for n in s["detections"]]
-        scale = per_n[hi]["median_s"] / per_n[lo]["median_s"] if lo else float("nan")
         nice = label.get(name) or _our_label(name, s["precision"], m["threads"])
-        lines.append(f"| {nice} | " + " | ".join(cells) + f" | {scale:.2f} |")
+        scale = f" {per_n[hi]['median_s'] / per_n[lo]['median_s']:.2f} |" if lo else ""
+        lines.append(f"| {nice} | " + " | ".join(cells) + " |" + scale)
     if data.get("blender"):
         cells = [f"{data['blender'][str(n)]['median_s']:.4f}" for n in s["detections"]]
         lines.append(
             "| our blender alone (pool + interpolate + blend + paste) | "
             + " | ".join(cells)
-            + " | |"
+            + (" | |" if lo else " |")
         )
     if data.get("blender") and hi in data["blender"]:
         b = data["blender"][hi]
@@ -448,15 +451,35 @@ def readme_block(data: dict[str, Any]) -> str:
         f"maskrcnn_scaling_{hi}_over_{lo}",
     ]
     keys = [k for k in headline if k in data["ratios"]]
-    keys += sorted(k for k in data["ratios"] if k not in keys)
+    keys += sorted(k for k in data["ratios"] if k not in keys and not _same_count(k))
     ratio_text = ", ".join(
         f"`{k}` {data['ratios'][k]:.2f}" if isinstance(data["ratios"][k], float) else f"`{k}` n/a"
         for k in keys
     )
     lines.append(f"Ratios: {ratio_text}.")
+    first, top = (ours[0] if ours else ""), str(s["detections"][-1])
+    if first in data["models"]:
+        fp32 = data["models"][first][top]["median_s"]
+        paths = [n for n in names if n.startswith(first) and n != first]
+        lines.append("")
+        lines.append(
+            f"Our paths against our PyTorch {s['precision']} at {top} detections: "
+            + ", ".join(
+                f"{_our_label(n, s['precision'], m['threads']).split('(ours), ')[-1]} "
+                f"{data['models'][n][top]['median_s'] / fp32:.2f}x"
+                for n in paths
+            )
+            + "."
+        )
     lines.append("")
     lines.append("Method: `benchmarks/README.md`; FLOPs and time by part: below.")
     return "\n".join(lines)
+
+
+def _same_count(key: str) -> bool:
+    """A `*_scaling_N_over_N` ratio: a run with one detection count has nothing to scale."""
+    parts = key.split("_")
+    return "scaling" in parts and len(parts) >= 3 and parts[-1] == parts[-3]
 
 
 def _our_label(name: str, precision: str, threads: int) -> str:
