@@ -59,6 +59,16 @@ def test_many_instances_keep_more_detections(tmp_path):
     assert plan["settings"]["model.fcos.post_nms_topk_test"]["value"] == 250
 
 
+def test_crowded_images_spread_their_objects_over_more_levels(tmp_path):
+    sparse, _ = auto_config(_boxes_json(tmp_path / "a.json", side=48, image=256, count=4))
+    crowded, plan = auto_config(_boxes_json(tmp_path / "b.json", side=8, image=256, count=30))
+    assert sparse.model.fcos.sizes_of_interest == [48, 96]
+    assert crowded.model.fcos.sizes_of_interest == [32, 64]
+    assert (
+        "30.0 instances an image >= 20" in plan["settings"]["model.fcos.sizes_of_interest"]["rule"]
+    )
+
+
 def test_set_overrides_auto_and_train_json_is_needed(tmp_path):
     path = _boxes_json(tmp_path / "a.json", side=12, image=512)
     cfg = resolve_train_config(
@@ -96,10 +106,6 @@ def test_nuclei_rules_land_on_the_hand_tuned_preset():
         assert getattr(cfg.data, key) == getattr(hand.data, key), key
     assert cfg.model.fcos.fpn_strides == hand.model.fcos.fpn_strides
     assert (cfg.solver.ims_per_batch, cfg.solver.base_lr) == (4, 0.01)
-    # the intended differences: images of 199 nuclei keep more than 100 detections, and P3
-    # takes the boxes up to ~96 px (nuclei_lite0 sends those over ~64 px to P4)
+    assert cfg.model.fcos.sizes_of_interest == hand.model.fcos.sizes_of_interest  # crowded
+    # the one intended difference: images of 199 nuclei keep more than 100 detections
     assert cfg.model.fcos.post_nms_topk_test == 450
-    assert (cfg.model.fcos.sizes_of_interest, hand.model.fcos.sizes_of_interest) == (
-        [48, 96],
-        [32, 64],
-    )
