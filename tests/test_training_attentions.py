@@ -124,7 +124,7 @@ def test_solver_precision_bf16_autocasts_the_training_forward(monkeypatch) -> No
             training_run, "training_precision", lambda dev, channels, p=probed, t=times: (p, t)
         )
         chosen, note = training_run.resolve_precision(cfg, cpu, info)
-        assert chosen == probed and f"auto -> {probed}" in note and "500.0 ms" in note
+        assert chosen == probed and f"-> {probed}" in note and "500.0 ms" in note
     cfg.solver.precision = "fp16"
     with pytest.raises(ConfigError, match="solver.precision"):
         cfg.validate()

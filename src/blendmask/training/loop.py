@@ -38,6 +38,7 @@ from blendmask.checkpoint_io import save_model_file
 from blendmask.config import Config
 from blendmask.data.coco import CocoDataset
 from blendmask.runtime import distributed as dist_utils
+from blendmask.training import precision_trial
 from blendmask.training.budget import TimeBudget
 from blendmask.training.loaders import build_train_dataset, targets_to
 from blendmask.training.logging import CURVES_FILE, METRICS_FILE, TrainingLog, plot_curves
@@ -142,8 +143,10 @@ def train_iterations(
         waited = time.perf_counter()
         images, targets = next(batches)
         waited = time.perf_counter() - waited
+        started = precision_trial.before_update(run)
         step = train_step(run, images, targets)
         run.iteration += 1
+        precision_trial.after_update(run, started, log)
         if step.nonfinite:
             note_nonfinite(run, step, log)
         else:

@@ -32,6 +32,7 @@ from blendmask.training import checkpoint as ckpt
 from blendmask.training.loaders import build_train_loader, rank_seed
 from blendmask.training.logging import TrainingLog
 from blendmask.training.optim import WarmupMultiStepSchedule, build_optimizer
+from blendmask.training.precision_trial import PrecisionTrial
 from blendmask.training.resume import resume_training
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class TrainingRun:
     # The autocast of the step where AMP is off: solver.precision, with auto resolved.
     precision: str = "fp32"
     precision_note: str = ""  # what auto measured, for the log
+    trial: PrecisionTrial | None = None  # auto's fp32 / bf16 updates still to time
 
     @property
     def has_val(self) -> bool:
@@ -207,6 +209,8 @@ def prepare_run(
     )
     run.precision, run.precision_note = resolve_precision(cfg, dev, info)
     _resume_or_seed(run, resume, new_settings)
+    if cfg.solver.precision == "auto" and run.precision == "bf16" and dev.type == "cpu":
+        run.trial = PrecisionTrial(run.iteration)  # the probe's bf16, checked on real updates
     if info.distributed:
         run.ddp_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[dev.index] if dev.type == "cuda" else None, broadcast_buffers=True
@@ -222,7 +226,11 @@ def resolve_precision(cfg: Config, dev: torch.device, info: dist_utils.DistInfo)
     decided = training_precision(dev, channels=cfg.model.fpn.out_channels) if info.is_main else None
     chosen, times = dist_utils.broadcast_object(decided)  # type: ignore[misc]
     measured = ", ".join(f"{name} {s * 1e3:.1f} ms" for name, s in sorted(times.items()))
-    return chosen, f"solver.precision auto -> {chosen} (training probe: {measured or 'not CPU'})"
+    then = "; fp32 and bf16 updates are timed next" if chosen == "bf16" else ""
+    return (
+        chosen,
+        f"solver.precision auto: training probe {measured or 'not CPU'} -> {chosen}{then}",
+    )
 
 
 def _build_modules(
