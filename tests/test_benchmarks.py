@@ -351,5 +351,7 @@ def test_auto_vs_preset_trains_the_pair_side_by_side(tmp_path, shapes_dataset):
     )
     report = json.loads(out_json.read_text())
     assert sorted(r["preset"] for r in report["runs"]) == ["auto", "tiny"]
-    assert all(0 <= r["segm_AP"] <= 1 and r["test_scale"] > 0 for r in report["runs"])
+    assert all(0 <= r["segm_AP"] <= 1 and r["iterations"] > 0 for r in report["runs"])
+    by = {r["preset"]: r for r in report["runs"]}
+    assert by["auto"]["test_scale"] > 0 and by["tiny"]["test_scale"] == 0  # tiny: min_size_test
     assert "auto - hand" in report["checks"]
