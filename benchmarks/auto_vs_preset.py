@@ -120,13 +120,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=9.0)
     parser.add_argument("--train", type=int, default=1000, help="training images to make")
     parser.add_argument("--out", default=str(REPO / "runs" / "auto_vs_preset"))
-    parser.add_argument("--json", default=str(REPO / "benchmarks/results/auto_vs_preset.json"))
+    parser.add_argument("--json", help="default: results/auto_vs_preset_<variant>.json here")
     parser.add_argument("--hand", help="the hand preset (default: the variant's)")
     parser.add_argument("--data-root", help="a dataset in the COCO layout instead of making one")
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    path, hand = Path(args.json), args.hand or VARIANTS[args.variant][1]
+    results = Path(__file__).resolve().parent / "results"
+    path = Path(args.json or results / f"auto_vs_preset_{args.variant}.json")
+    hand = args.hand or VARIANTS[args.variant][1]
     runs = json.loads(path.read_text())["runs"] if path.is_file() and not args.force else []
     data = make_data(args)
     for seed in args.seeds:

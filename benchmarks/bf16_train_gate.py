@@ -134,10 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", help="a dataset in the COCO layout, instead of --data's")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--out", default=str(REPO / "runs" / "bf16_train_gate"))
-    parser.add_argument("--json", default=str(REPO / "benchmarks/results/bf16_train_gate.json"))
+    parser.add_argument("--json", help="default: results/bf16_train_gate_<data>.json here")
     parser.add_argument("--force", action="store_true", help="redo runs already in the JSON")
     args = parser.parse_args(argv)
-    path = Path(args.json)
+    path = Path(
+        args.json
+        or Path(__file__).resolve().parent / "results" / f"bf16_train_gate_{args.data}.json"
+    )
     runs = json.loads(path.read_text())["runs"] if path.is_file() and not args.force else []
     Path(args.out).mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
