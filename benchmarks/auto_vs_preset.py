@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from common import cpu_flags, cpu_model, write_json
+from common import cpu_flags, cpu_model, run_side_by_side, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 # name: (shapes arguments, the hand preset it is compared with)
@@ -82,19 +81,10 @@ def summary(out: Path, preset: str, seed: int) -> dict[str, Any]:
 def run_pair(args: argparse.Namespace, data: Path, seed: int) -> list[dict[str, Any]]:
     """auto and the hand preset side by side, one thread each."""
     hand = args.hand or VARIANTS[args.variant][1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = {}
-    for preset in ("auto", hand):
-        out = Path(args.out) / f"{args.variant}_seed{seed}_{preset}"
-        log = open(Path(args.out) / f"{args.variant}_seed{seed}_{preset}.log", "w")  # noqa: SIM115
-        cmd = command(data, preset, out, seed, args.minutes)
-        procs[preset] = (subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=log), out)
-    results = []
-    for preset, (proc, out) in procs.items():
-        if proc.wait() != 0:
-            raise SystemExit(f"{preset} seed {seed} failed: see {out}.log")
-        results.append(summary(out, preset, seed))
-    return results
+    outs = {p: Path(args.out) / f"{args.variant}_seed{seed}_{p}" for p in ("auto", hand)}
+    jobs = {p: (command(data, p, out, seed, args.minutes), out) for p, out in outs.items()}
+    run_side_by_side({f"{p} seed {seed}": job for p, job in jobs.items()}, REPO)
+    return [summary(out, p, seed) for p, out in outs.items()]
 
 
 def verdict(runs: list[dict[str, Any]], hand: str) -> dict[str, Any]:

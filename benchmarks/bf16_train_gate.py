@@ -23,11 +23,17 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from common import DEFAULT_NUCLEI, NUCLEI_VARIABLE, cpu_flags, cpu_model, write_json
+from common import (
+    DEFAULT_NUCLEI,
+    NUCLEI_VARIABLE,
+    cpu_flags,
+    cpu_model,
+    run_side_by_side,
+    write_json,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_AP_DROP = 0.01
@@ -78,20 +84,9 @@ def train_command(args: argparse.Namespace, seed: int, precision: str) -> tuple[
 def train_seed(args: argparse.Namespace, seed: int) -> list[dict[str, Any]]:
     """fp32 and bf16 of one seed at the same time, one thread each (equal iterations: the
     time does not decide anything, it only halves the wall time on a 2-core machine)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = {}
-    for precision in PRESETS_PREC:
-        cmd, out = train_command(args, seed, precision)
-        log = open(f"{out}.log", "w")  # noqa: SIM115
-        start = time.perf_counter()
-        procs[precision] = (subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=log), out)
-    results = []
-    for precision, (proc, out) in procs.items():
-        if proc.wait() != 0:
-            raise SystemExit(f"training failed ({seed}, {precision}): see {out}.log")
-        wall = time.perf_counter() - start
-        results.append(summary(out, seed, precision, wall))
-    return results
+    jobs = {p: train_command(args, seed, p) for p in PRESETS_PREC}
+    walls = run_side_by_side({f"seed {seed} {p}": job for p, job in jobs.items()}, REPO)
+    return [summary(jobs[p][1], seed, p, walls[f"seed {seed} {p}"]) for p in PRESETS_PREC]
 
 
 def summary(out: Path, seed: int, precision: str, wall: float) -> dict[str, Any]:

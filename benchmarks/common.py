@@ -23,6 +23,7 @@ import os
 import platform
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -346,3 +347,21 @@ def inference(device: torch.device, precision: str) -> Iterator[None]:
     """inference_mode plus the precision's autocast."""
     with torch.inference_mode(), autocast(device, precision):
         yield
+
+
+def run_side_by_side(jobs: dict[str, tuple[list[str], Path]], cwd: Path) -> dict[str, float]:
+    """Start every `name: (command, out)` at once, one thread each (OMP_NUM_THREADS=1), its
+    output in `out`.log; wait for all. Returns each job's wall seconds; a job that fails stops
+    the benchmark naming its log. Paired runs share the machine's load alike."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    started, procs = {}, {}
+    for name, (cmd, out) in jobs.items():
+        log = open(f"{out}.log", "w")  # noqa: SIM115 (the child writes it until it ends)
+        started[name] = time.perf_counter()
+        procs[name] = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=log)
+    walls = {}
+    for name, proc in procs.items():
+        if proc.wait() != 0:
+            raise SystemExit(f"{name} failed: see {jobs[name][1]}.log")
+        walls[name] = time.perf_counter() - started[name]
+    return walls

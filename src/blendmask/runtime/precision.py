@@ -8,8 +8,8 @@ layers (a ResNet bottleneck at stride 4 and an FCOS tower unit, conv 3x3 + Group
 interleaved run by run so that background load hits all paths alike, and keeps the median.
 On a busy machine (runs of a path spread more than `MAX_SPREAD`) it measures again, up to
 `PROBE_ATTEMPTS` times, and then keeps each path's fastest run: load only ever adds time, and
-a median of runs that shared the cores with another job picked fp32 for a training run whose
-bf16 steps were 0.78x fp32's.
+a median of runs that shared the cores with another job picked fp32 for a network whose bf16
+step `benchmarks/train_step.py` measures at 0.78x fp32's.
 
 The result is cached per machine (CPU model and flags, thread count, torch version, device) in
 `cache_dir()`: `$BLENDMASK_CACHE_DIR`, else `$XDG_CACHE_HOME/blendmask`, else
@@ -24,8 +24,9 @@ list, so the choice is never slower than fp32. A bf16 candidate must also pass t
 
 Training (`solver.precision=auto`, `training_precision`) asks the same probe in its training
 mode: forward and backward of the probe layers at the model's FPN width, only for the
-channels-last layout that the training step uses, and bf16 only when it beats fp32 by
-`TRAIN_MARGIN`. Its accuracy gate (mask AP within 0.01 of fp32 at equal iterations, 2 seeds)
+channels-last layout that the training step uses; bf16 is worth trying only when it beats fp32
+by `TRAIN_MARGIN`, and the first real updates then decide (training/precision_trial.py). Its
+accuracy gate (mask AP within 0.01 of fp32 at equal iterations, 2 seeds)
 is a benchmark (`benchmarks/bf16_train_gate.py`), not a per-run check: docs/speed.md gives the
 figures it measured.
 

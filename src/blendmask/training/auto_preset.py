@@ -74,7 +74,8 @@ def _levels(cfg: Config, s: dict[str, Any], scale: float, plan: dict[str, Any]) 
     interest by how crowded the images are."""
     big = scale * s["size_px"]["p99"]
     f = cfg.model.fcos
-    crowded = s["instances"]["per_image_mean"] >= CROWDED_PER_IMAGE
+    mean = s["instances"]["per_image_mean"]
+    crowded = mean >= CROWDED_PER_IMAGE
     # P3 keeps the boxes up to ~96 px (a location's largest distance to a box side under 48),
     # the range the test scale aims the median object at; crowded images (nuclei: 55 touching
     # objects an image) spread them over P3 and P4 instead, the ambiguity FCOS's levels resolve.
@@ -87,7 +88,6 @@ def _levels(cfg: Config, s: dict[str, Any], scale: float, plan: dict[str, Any]) 
     rule = f"p99 object at the test scale {big:.0f} px {'<' if big < P6_FROM_PX else '>='} "
     rule += f"{P6_FROM_PX:g} px: {'P3-P5, P6 would see no object' if big < P6_FROM_PX else 'P3-P6'}"
     _rule(plan, "model.fcos.fpn_strides", list(f.fpn_strides), rule)
-    mean = s["instances"]["per_image_mean"]
     _rule(
         plan,
         "model.fcos.sizes_of_interest",
@@ -189,8 +189,8 @@ def _solver(cfg: Config, s: dict[str, Any], side: int, plan: dict[str, Any]) -> 
         plan,
         "solver.precision",
         "auto",
-        "bf16 where this machine's training probe finds it 10% faster than fp32, else fp32 "
-        "(more updates in the same minutes; measured at the start of training)",
+        "bf16 where this machine's updates are 10% faster in it (the probe, then the first "
+        "updates alternating fp32 and bf16), else fp32: more updates in the same minutes",
     )
     _rule(
         plan,
