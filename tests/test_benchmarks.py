@@ -355,3 +355,22 @@ def test_auto_vs_preset_trains_the_pair_side_by_side(tmp_path, shapes_dataset):
     by = {r["preset"]: r for r in report["runs"]}
     assert by["auto"]["test_scale"] > 0 and by["tiny"]["test_scale"] == 0  # tiny: min_size_test
     assert "auto - hand" in report["checks"]
+
+
+def test_demo_under_load_reads_a_run_and_checks_the_targets(tmp_path):
+    from demo_under_load import summarise, verdict
+
+    (tmp_path / "metrics.json").write_text(
+        json.dumps({"PQ": 0.65, "PQ_th": 0.38, "PQ_st": 0.9, "segm_AP": 0.5, "seconds": 500})
+    )
+    lines = [{"type": "train", "iteration": i} for i in (20, 40)] + [{"type": "eval"}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in lines))
+    row = summarise(tmp_path, kind="panoptic", load=True, wall=512.04, loads=(2.0, 4.123))
+    assert row["iterations"] == 40 and row["final"]["PQ_th"] == 0.38
+    assert "seconds" not in row["final"] and row["load_average_start_end"] == [2.0, 4.12]
+    quiet = dict(row, competing_load=False, final={"PQ": 0.1, "PQ_th": 0.0})
+    checks = verdict([row, quiet])  # only the loaded run is held to the targets
+    assert checks == {
+        "panoptic under load: PQ >= 0.6": True,
+        "panoptic under load: PQ_th >= 0.4": False,
+    }
