@@ -109,3 +109,28 @@ def test_nuclei_rules_land_on_the_hand_tuned_preset():
     assert cfg.model.fcos.sizes_of_interest == hand.model.fcos.sizes_of_interest  # crowded
     # the one intended difference: images of 199 nuclei keep more than 100 detections
     assert cfg.model.fcos.post_nms_topk_test == 450
+
+
+@pytest.mark.slow
+def test_auto_training_writes_model_pt_once_with_its_plan(tmp_path, shapes_dataset, monkeypatch):
+    from blendmask import checkpoint_io
+    from blendmask.training.train import train_command
+
+    writes = []
+    real = checkpoint_io.atomic_write
+    monkeypatch.setattr(
+        checkpoint_io,
+        "atomic_write",
+        lambda path, *a, **k: writes.append(path) or real(path, *a, **k),
+    )
+    train_command(
+        out=tmp_path / "run",
+        preset="auto",
+        train_json=str(shapes_dataset["train_json"]),
+        train_images=str(shapes_dataset["train_images"]),
+        overrides=["solver.max_iter=2", "solver.precision=fp32", "solver.ims_per_batch=2"],
+    )
+    assert [p for p in writes if p.name == "model.pt"] == [tmp_path / "run" / "model.pt"]
+    plan = read_checkpoint(tmp_path / "run" / "model.pt", MODEL_SCHEMA)["plan"]
+    assert plan == auto_config(shapes_dataset["train_json"])[1]
+    assert plan["settings"]["data.test_scale"]["value"] > 0

@@ -231,6 +231,11 @@ def auto_config(train_json: str | Path) -> tuple[Config, dict[str, Any]]:
     return cfg.validate(), {"json": str(train_json), "settings": plan, "facts": facts}
 
 
+def auto_plan(cfg: Config) -> dict[str, Any] | None:
+    """The plan stored in model.pt beside a `--preset auto` config (None for other presets)."""
+    return auto_config(cfg.data.train_json)[1] if cfg.preset == "auto" else None
+
+
 def _sizes(s: dict[str, Any]) -> list[tuple[float, float]]:
     """An upper bound of the images' sizes: every image at the largest width and height."""
     im = s["images"]

@@ -39,6 +39,7 @@ from blendmask.config import Config
 from blendmask.data.coco import CocoDataset
 from blendmask.runtime import distributed as dist_utils
 from blendmask.training import precision_trial
+from blendmask.training.auto_preset import auto_plan
 from blendmask.training.budget import TimeBudget
 from blendmask.training.loaders import build_train_dataset, targets_to
 from blendmask.training.logging import CURVES_FILE, METRICS_FILE, TrainingLog, plot_curves
@@ -360,7 +361,7 @@ def open_log(
 def finish_run(
     run: TrainingRun, log: TrainingLog, eval_batch_size: int, *, stopped: bool
 ) -> dict[str, float]:
-    """Save `last.pt` and `model.pt`, evaluate a last time (returns those metrics, empty
+    """Save `last.pt` and `model.pt` (with `--preset auto`'s plan), evaluate a last time (returns those metrics, empty
     without a val set) and draw curves.png."""
     main = run.info.is_main
     log.progress.close()
@@ -369,7 +370,7 @@ def finish_run(
     dist_utils.broadcast_buffers(run.model)  # every rank ends with the weights rank 0 saves
     run.save_checkpoint()
     if main:
-        save_model_file(run.out_dir / MODEL_FILE, run.cfg, run.model)
+        save_model_file(run.out_dir / MODEL_FILE, run.cfg, run.model, plan=auto_plan(run.cfg))
     metrics = run.evaluate(log, eval_batch_size) if run.has_val else {}
     if main:
         plot_curves(run.out_dir / METRICS_FILE, run.out_dir / CURVES_FILE)

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from blendmask.atomic import check_writable
-from blendmask.checkpoint_io import save_model_file
 from blendmask.config import Config
 from blendmask.config.flags import make_request
 from blendmask.evaluation.evaluate import METRIC_KEYS
@@ -19,7 +18,6 @@ from blendmask.metrics.dataset_stats import cached_analysis
 from blendmask.runtime.distributed import get_rank
 from blendmask.runtime.output_lock import OutputLock
 from blendmask.training import loop
-from blendmask.training.auto_preset import auto_config
 from blendmask.training.budget import TimeBudget
 from blendmask.training.checkpoint import LAST_CHECKPOINT
 from blendmask.training.loaders import build_train_dataset
@@ -90,13 +88,6 @@ def _check_out_and_show_data(out: str | Path, cfg: Config) -> None:
             logger.info(line)
 
 
-def _save_plan(out: Path, result: loop.TrainResult) -> None:
-    """`--preset auto`: model.pt again with the plan beside the config it made."""
-    if result.cfg.preset == "auto":
-        plan = auto_config(result.cfg.data.train_json)[1]
-        save_model_file(out / loop.MODEL_FILE, result.cfg, result.model, plan=plan)
-
-
 def _new_out_if_changed(out: str | Path, cfg: Config, *, new_settings: bool, quiet: bool) -> Path:
     """`out`, or the OUT-N to train into when `out` holds a run `cfg` does not continue (with
     a note; see `resume.run_folder_for`)."""
@@ -112,7 +103,6 @@ def _new_out_if_changed(out: str | Path, cfg: Config, *, new_settings: bool, qui
 
 def _report(out: Path, result: loop.TrainResult) -> None:
     """Where model.pt went and the final metrics (one JSON line), as the command's output."""
-    _save_plan(out, result)
     logger.info(f"wrote {out / loop.MODEL_FILE} (iteration {result.iteration})")
     if result.metrics:
         logger.info(json.dumps({k: result.metrics[k] for k in METRIC_KEYS if k in result.metrics}))
