@@ -56,6 +56,8 @@ def run_one(args: argparse.Namespace, seed: int, load: bool, out: Path) -> dict[
         "--out", str(out), "--minutes", str(args.minutes), "--seed", str(seed),
         "--no-resume",
     ]  # fmt: skip
+    for setting in args.set:
+        cmd += ["--set", setting]
     competitor = None
     if load:
         competitor = mp.get_context("spawn").Process(
@@ -123,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load-minutes", type=float, default=3.0)
     parser.add_argument("--load-threads", type=int, default=2)
     parser.add_argument("--conditions", nargs="+", default=["quiet", "load"])
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="passed to train"
+    )
     parser.add_argument("--out", default=str(REPO / "runs" / "nuclei_budget"))
     parser.add_argument("--json", default=str(REPO / "benchmarks/results/nuclei_budget.json"))
     parser.add_argument("--force", action="store_true", help="redo runs already in the JSON")
@@ -143,7 +148,12 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result["final"]), f"wall {result['wall_s']} s", flush=True)
             done = [r for r in done if (r["seed"], r["competing_load"], r["budget_s"] / 60) != key]
             done.append(result)
-            report = {"preset": args.preset, "runs": done, "checks": verdict(done)}
+            report = {
+                "preset": args.preset,
+                "settings": args.set,
+                "runs": done,
+                "checks": verdict(done),
+            }
             write_json(json_path, report, sort_keys=False)
     if json_path.is_file():
         print(json.dumps(json.loads(json_path.read_text())["checks"], indent=2))
