@@ -218,6 +218,20 @@ class Int8Runner(OnnxRunner):
         return self._open(path)
 
 
+class Int8OpenVinoRunner(OpenVinoRunner):
+    """`Int8Runner`'s file in OpenVINO, opened as `OpenVinoRunner` opens a file (its
+    low-precision transformations run the quantized convs with int8 kernels, the rest f32)."""
+
+    def __init__(self, source: Int8Runner):
+        self.source = source
+        self.threads, self.size, self.splits = source.threads, source.size, []
+        self.sessions, self.session, self.export_seconds = {}, None, source.export_seconds
+
+    def _export(self, n: int) -> Any:
+        self.source.set_detections(n)  # quantizes once per count; this opens the same file
+        return self._open(self.source.folder / f"n{n}_int8.onnx")
+
+
 class _OpenVinoSession:
     """onnxruntime's `session.run(None, feeds)` (outputs in graph order) on a compiled model."""
 
@@ -485,14 +499,17 @@ def _same_count(key: str) -> bool:
 def _our_label(name: str, precision: str, threads: int) -> str:
     """blendmask_<preset>[_bf16 | _onnxruntime] -> the table's row label."""
     base = name.removeprefix("blendmask_")
-    if base.endswith("_openvino"):
-        preset = base.removesuffix("_openvino")
-        return f"BlendMask {preset} (ours), end-to-end ONNX in OpenVINO CPU f32, {threads} threads"
+    if base.endswith("_int8_openvino"):
+        preset = base.removesuffix("_int8_openvino")
+        return f"BlendMask {preset} (ours), end-to-end ONNX int8 in OpenVINO CPU, {threads} threads"
     if base.endswith("_int8"):
         preset = base.removesuffix("_int8")
         return (
             f"BlendMask {preset} (ours), end-to-end ONNX int8 in onnxruntime CPU, {threads} threads"
         )
+    if base.endswith("_openvino"):
+        preset = base.removesuffix("_openvino")
+        return f"BlendMask {preset} (ours), end-to-end ONNX in OpenVINO CPU f32, {threads} threads"
     if base.endswith("_onnxruntime"):
         preset = base.removesuffix("_onnxruntime")
         return f"BlendMask {preset} (ours), end-to-end ONNX in onnxruntime CPU, {threads} threads"
@@ -557,7 +574,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--int8",
         action="store_true",
         help="also time the first preset's end-to-end graph quantized to int8 (export --int8's "
-        "quantization) in onnxruntime (same threads)",
+        "quantization) in onnxruntime, and with --openvino in OpenVINO too (same threads)",
     )
     p.add_argument(
         "--probe",
@@ -665,6 +682,8 @@ def main(argv: list[str] | None = None) -> int:
         int8_runner = Int8Runner(args.presets[0], detections[0], args.box_bias, args.threads)
         int8_runner.prepare(tuple(int(x) for x in common.pad_to(image)[0].shape[-2:]))
         runners[f"{first}_int8"] = int8_runner
+        if args.openvino:  # the same int8 file, opened by OpenVINO
+            runners[f"{first}_int8_openvino"] = Int8OpenVinoRunner(int8_runner)
     for name in args.peers:
         runners[name] = TorchvisionRunner(name, detections[0], (height, width), device)
     try:

@@ -91,6 +91,25 @@ def test_latency_writes_json_and_readme(tmp_path: Path) -> None:
     assert "| BlendMask tiny (ours), PyTorch fp32 |" in text and "blendmask_over_maskrcnn" in text
 
 
+@pytest.mark.slow
+def test_latency_times_every_exported_path(tmp_path: Path) -> None:
+    """--onnx --openvino --int8: onnxruntime and OpenVINO rows for the fp32 and the int8 file,
+    each returning the detections asked for, and labelled in the README block."""
+    pytest.importorskip("openvino")
+    out, readme = tmp_path / "latency.json", tmp_path / "README.md"
+    readme.write_text("<!-- bench:start -->\n<!-- bench:end -->\n")
+    args = ["--presets", "tiny", "--detections", "5", "--peers", "--no-blender"]
+    run_script(
+        "latency.py", *TINY, *args, "--onnx", "--openvino", "--int8",
+        "--json", str(out), "--update-readme", str(readme), timeout=300,
+    )  # fmt: skip
+    models = json.loads(out.read_text())["models"]
+    suffixes = ("", "_onnxruntime", "_openvino", "_int8", "_int8_openvino")
+    assert set(models) == {f"blendmask_tiny{s}" for s in suffixes}
+    assert all(per_n["5"]["detections"] == 5 for per_n in models.values())
+    assert "end-to-end ONNX int8 in OpenVINO CPU" in readme.read_text()
+
+
 def test_update_readme_appends_markers_and_rejects_bad_order(tmp_path: Path) -> None:
     """A README without markers gets a section; markers in the wrong order are an error."""
     latency = load_latency_module()
