@@ -393,3 +393,30 @@ def test_demo_under_load_reads_a_run_and_checks_the_targets(tmp_path):
         "panoptic under load: PQ >= 0.6": True,
         "panoptic under load: PQ_th >= 0.4": False,
     }
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_int8_accuracy_gates_and_scores_both_runtimes(tmp_path, shapes_dataset):
+    """export fp32 / int8, the gate in OpenVINO, and predict + eval for each runtime: the json
+    holds an AP per run and a check per gate (a tiny random model: plumbing, not accuracy)."""
+    pytest.importorskip("openvino")
+    from helpers.models import spread_model
+
+    from blendmask.checkpoint_io import save_model_file
+
+    cfg, model, _ = spread_model()
+    save_model_file(tmp_path / "model.pt", cfg, model)
+    out = tmp_path / "int8.json"
+    d = shapes_dataset
+    run_script(
+        "int8_accuracy.py", "--weights", str(tmp_path / "model.pt"),
+        "--val-json", str(d["val_json"]), "--val-images", str(d["val_images"]),
+        "--calib", str(d["train_images"]), "--calib-count", "3",
+        "--out", str(tmp_path / "runs"), "--json", str(out), timeout=600,
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    assert set(report["ap"]) == {"fp32_onnxruntime", "int8_onnxruntime", "int8_openvino"}
+    assert all(0.0 <= ap["segm_AP"] <= 1.0 or ap["segm_AP"] == -1.0 for ap in report["ap"].values())
+    assert report["gates"]["openvino"]["images"] == 3  # the held-out images of --calib
+    assert "openvino int8 gate passed" in report["checks"]
