@@ -6,7 +6,7 @@
 - WarmupMultiStepLR (`WarmupMultiStepSchedule`): a linear warm-up from `warmup_factor` to 1
   over `warmup_iters`, then a factor `gamma` at each entry of `steps`. A `LambdaLR` over
   iterations underneath, so that its `state_dict` (the iteration count) resumes exactly; the
-  plan (`max_iter`, `steps`, `warmup_iters`) changes only through `replan` / `restore_plan`.
+  plan (`max_iter`, `steps`) changes only through `replan` / `restore_plan`.
 - The linear scaling rule (Goyal et al. 2017): the learning rate scales with the batch size.
 """
 
@@ -128,7 +128,7 @@ class WarmupMultiStepSchedule:
         self.max_iter = int(max_iter)
         self.steps = [int(s) for s in steps]
         self.gamma = gamma
-        self.warmup_iters = self.configured_warmup = warmup_iters
+        self.warmup_iters = warmup_iters
         self.warmup_factor = warmup_factor
         # A bound method reads the plan in force at each step; LambdaLR stores a callable's
         # __dict__ in its state dict, and a method's is empty: the state stays the count only.
@@ -157,38 +157,23 @@ class WarmupMultiStepSchedule:
         self._scheduler.step()
 
     def replan(self, max_iter: int, *, iteration: int) -> None:
-        """End at `max_iter` instead, from `iteration` on: the lr steps and the end of the
-        warm-up still ahead keep their fraction of the remaining run (`compress_steps`); works
-        for a longer run too, with the warm-up never longer than configured.
-
-        The warm-up shrinks with the run because a busy machine's budget can be a tenth of the
-        planned iterations: the demo's 100 warm-up iterations in a 126-iteration run left it
-        almost no time at the full rate (panoptic demo under load: mask AP 0.11)."""
+        """End at `max_iter` instead, from `iteration` on: the lr steps still ahead keep their
+        fraction of the remaining run (`compress_steps`); works for a longer run too."""
         if max_iter == self.max_iter:
             return
-        old = dict(iteration=iteration, max_iter=self.max_iter, new_max_iter=max_iter)
-        self.steps = compress_steps(self.steps, **old)
-        warmup = compress_steps([self.warmup_iters], **old)[0]
-        self.warmup_iters = min(warmup, self.configured_warmup)
+        self.steps = compress_steps(
+            self.steps, iteration=iteration, max_iter=self.max_iter, new_max_iter=max_iter
+        )
         self.max_iter = int(max_iter)
 
     def plan(self) -> dict[str, Any]:
-        """`{"max_iter", "steps", "warmup_iters"}`, for the checkpoint."""
-        return {
-            "max_iter": self.max_iter,
-            "steps": list(self.steps),
-            "warmup_iters": self.warmup_iters,
-        }
+        """`{"max_iter", "steps"}`, for the checkpoint."""
+        return {"max_iter": self.max_iter, "steps": list(self.steps)}
 
-    def restore_plan(
-        self, max_iter: int, steps: Sequence[int], warmup_iters: int | None = None
-    ) -> None:
-        """Continue a saved plan exactly (see `plan`; a plan saved without its warm-up keeps
-        the configured one)."""
+    def restore_plan(self, max_iter: int, steps: Sequence[int]) -> None:
+        """Continue a saved plan exactly (see `plan`)."""
         self.max_iter = int(max_iter)
         self.steps = [int(s) for s in steps]
-        if warmup_iters is not None:
-            self.warmup_iters = int(warmup_iters)
 
     def state_dict(self) -> dict[str, Any]:
         return self._scheduler.state_dict()

@@ -160,12 +160,7 @@ def resume_training(
         saved_solver.get("steps", [])
     ) == list(s.steps)
     if plan and same_schedule:
-        warmup = plan.get("warmup_iters")
-        schedule.restore_plan(
-            int(plan["max_iter"]),
-            [int(x) for x in plan["steps"]],
-            None if warmup is None else int(warmup),
-        )
+        schedule.restore_plan(int(plan["max_iter"]), [int(x) for x in plan["steps"]])
         eval_period = int(plan.get("eval_period", eval_period))
     # The hyper-parameters `cfg` gave the optimiser, before the saved ones overwrite them.
     wanted = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
