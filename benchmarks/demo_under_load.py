@@ -37,6 +37,8 @@ def run_one(kind: str, load: bool, args: argparse.Namespace, out: Path) -> dict[
     """One demo in a subprocess, with the competing job alive for all of it when `load`."""
     cmd = [sys.executable, "-m", "blendmask", "demo", "--out", str(out), "--seed", str(args.seed)]
     cmd += ["--minutes", str(args.minutes)] + (["--panoptic"] if kind == "panoptic" else [])
+    for setting in args.set:
+        cmd += ["--set", setting]
     competitor = None
     if load:
         competitor = mp.get_context("spawn").Process(target=busy, args=(3 * 3600.0, args.threads))
@@ -88,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="threads of the competing job")
     parser.add_argument("--minutes", type=float, default=9.0, help="the demo's --minutes")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="passed to demo"
+    )
     parser.add_argument("--out", default=str(REPO / "runs" / "demo_under_load"))
     parser.add_argument("--json", default=str(REPO / "benchmarks/results/demo_under_load.json"))
     parser.add_argument("--force", action="store_true", help="redo runs already in the JSON")
@@ -109,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             report = {
                 "machine": machine_info(torch.get_num_threads(), torch.device("cpu")),
                 "competing_threads": args.threads,
+                "settings": args.set,
                 "runs": runs,
                 "checks": verdict(runs),
             }
