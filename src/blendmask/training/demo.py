@@ -191,9 +191,9 @@ def run_demo(
             if threads != threads_before:
                 logger.info(f"demo: the CPU is busy; {threads} thread(s) run faster than more")
                 torch.set_num_threads(threads)
-                halve_batch_when_busy(cfg, overrides)
         time_budget = _demo_budget(cfg, paths, dev, start, minutes, num_val, num_overlays, panoptic)
         drop_costly_evaluations(cfg, time_budget)
+        halve_batch_when_short(cfg, time_budget, num_val, overrides)
         logger.info(
             f"demo: training {preset} on {dev.type}; {time_budget.seconds / 60:.1f} min left for "
             f"training, evaluation and drawings ({cfg.solver.max_iter} iterations planned)"
@@ -229,22 +229,42 @@ def run_demo(
     return metrics
 
 
-def halve_batch_when_busy(cfg: Any, overrides: Sequence[str]) -> None:
-    """On a busy CPU: half the batch at half the learning rate (the linear scaling rule), unless
+# Fewer updates than this in the budget and the demo trains half the batch at half the lr.
+MIN_UPDATES = 200
+# Seconds of a training image per second of an evaluated val image (EVAL_SAFETY included):
+# 2.0 and 3.0 measured under a competing job at 1 and 2 threads; the lower one errs towards
+# keeping the batch.
+TRAIN_COST_PER_EVAL = 2.0
+BATCH_KEYS = ("solver.ims_per_batch=", "solver.base_lr=")
+
+
+def halve_batch_when_short(
+    cfg: Any, budget: TimeBudget, num_val: int, overrides: Sequence[str]
+) -> None:
+    """When the budget holds fewer than MIN_UPDATES updates (estimated from the evaluation
+    measured now): half the batch at half the learning rate (the linear scaling rule), unless
     `--set` chose either. The same images then make twice the updates, so the warm-up's 100
     updates are a third of the run instead of four fifths: under a competing 2-thread job the
     panoptic demo made 126 updates of 8 and reached mask AP 0.11, PQ_th 0.15; with 272 of 4,
-    mask AP 0.41, PQ_th 0.62 (benchmarks/results/demo_under_load.json). A shorter warm-up
-    instead diverged at the full rate (docs/results.md)."""
-    s = cfg.solver
-    if s.ims_per_batch < 2 or any(o.startswith(BATCH_KEYS) for o in overrides):
+    mask AP 0.41, PQ_th 0.62 (docs/results.md). A shorter warm-up instead diverged."""
+    s, evaluation = cfg.solver, budget.evaluation_seconds()
+    if (
+        s.ims_per_batch < 2
+        or evaluation is None
+        or any(o.startswith(BATCH_KEYS) for o in overrides)
+    ):
+        return
+    per_image = TRAIN_COST_PER_EVAL * max(evaluation - EVAL_FIXED_SECONDS, 0.0) / max(num_val, 1)
+    training = budget.seconds - budget.reserve()
+    updates = training / max(per_image * s.ims_per_batch, 1e-9)
+    if updates >= MIN_UPDATES:
         return
     s.ims_per_batch //= 2
     s.base_lr /= 2
-    logger.info(f"demo: batch {s.ims_per_batch} at lr {s.base_lr:g}: more updates for the time")
-
-
-BATCH_KEYS = ("solver.ims_per_batch=", "solver.base_lr=")
+    logger.info(
+        f"demo: about {updates:.0f} updates fit the time (< {MIN_UPDATES}): batch "
+        f"{s.ims_per_batch} at lr {s.base_lr:g}, twice the updates for the same images"
+    )
 
 
 def _demo_budget(
