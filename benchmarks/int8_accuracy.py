@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calib", required=True, help="training images to calibrate on")
     parser.add_argument("--calib-count", type=int, default=8)
     parser.add_argument("--out", default=str(REPO / "runs" / "int8_accuracy"))
-    parser.add_argument("--json", default=str(REPO / "benchmarks/results/int8_accuracy.json"))
+    parser.add_argument("--json", required=True, help="the results file to write")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
