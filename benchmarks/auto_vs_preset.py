@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common import cpu_flags, cpu_model, run_side_by_side, write_json
+from common import cpu_flags, cpu_model, print_checks, run_side_by_side, saved_runs, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 # name: (shapes arguments, the hand preset it is compared with)
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     results = Path(__file__).resolve().parent / "results"
     path = Path(args.json or results / f"auto_vs_preset_{args.variant}.json")
     hand = args.hand or VARIANTS[args.variant][1]
-    runs = json.loads(path.read_text())["runs"] if path.is_file() and not args.force else []
+    runs = [] if args.force else saved_runs(path)
     data = make_data(args)
     for seed in args.seeds:
         if any(r["seed"] == seed for r in runs):
@@ -138,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         write_json(path, report, sort_keys=False)
         print(json.dumps(runs[-2:]), flush=True)
-    if path.is_file():
-        print(json.dumps(json.loads(path.read_text())["checks"], indent=2))
+    print_checks(path)
     return 0
 
 

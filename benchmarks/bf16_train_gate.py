@@ -31,7 +31,9 @@ from common import (
     NUCLEI_VARIABLE,
     cpu_flags,
     cpu_model,
+    print_checks,
     run_side_by_side,
+    saved_runs,
     write_json,
 )
 
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json
         or Path(__file__).resolve().parent / "results" / f"bf16_train_gate_{args.data}.json"
     )
-    runs = json.loads(path.read_text())["runs"] if path.is_file() and not args.force else []
+    runs = [] if args.force else saved_runs(path)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         if any(r["seed"] == seed for r in runs):
@@ -154,8 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             "checks": verdict(runs),
         }
         write_json(path, report, sort_keys=False)
-    if path.is_file():
-        print(json.dumps(json.loads(path.read_text())["checks"], indent=2))
+    print_checks(path)
     return 0
 
 

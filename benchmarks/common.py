@@ -338,6 +338,18 @@ def write_json(
     path.write_text(json_text(data, indent=indent, sort_keys=sort_keys), encoding="utf-8")
 
 
+def saved_runs(path: Path) -> list[dict[str, Any]]:
+    """The runs a results file already holds (none when it does not exist): the long
+    benchmarks skip them, so a stopped script can be started again."""
+    return json.loads(path.read_text())["runs"] if path.is_file() else []
+
+
+def print_checks(path: Path) -> None:
+    """A results file's `checks`, as the script's last output."""
+    if path.is_file():
+        print(json.dumps(json.loads(path.read_text())["checks"], indent=2))
+
+
 def ratio(a: float, b: float) -> float | None:
     return a / b if b > 0 else None
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import machine_info, write_json
+from common import machine_info, print_checks, saved_runs, write_json
 from nuclei_budget import busy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="redo runs already in the JSON")
     args = parser.parse_args(argv)
     path = Path(args.json)
-    runs = json.loads(path.read_text())["runs"] if path.is_file() else []
+    runs = saved_runs(path)
     for kind in args.kinds:
         for condition in args.conditions:
             load = condition == "load"
@@ -119,8 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                 "checks": verdict(runs),
             }
             write_json(path, report, sort_keys=False)
-    if path.is_file():
-        print(json.dumps(json.loads(path.read_text())["checks"], indent=2))
+    print_checks(path)
     return 0
 
 

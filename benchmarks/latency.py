@@ -497,7 +497,8 @@ def _same_count(key: str) -> bool:
 
 
 def _our_label(name: str, precision: str, threads: int) -> str:
-    """blendmask_<preset>[_bf16 | _onnxruntime] -> the table's row label."""
+    """blendmask_<preset>[_bf16 | _onnxruntime | _openvino | _int8 | _int8_openvino] -> the
+    table's row label."""
     base = name.removeprefix("blendmask_")
     if base.endswith("_int8_openvino"):
         preset = base.removesuffix("_int8_openvino")

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import DEFAULT_NUCLEI, NUCLEI_VARIABLE, write_json
+from common import DEFAULT_NUCLEI, NUCLEI_VARIABLE, print_checks, saved_runs, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get(NUCLEI_VARIABLE, DEFAULT_NUCLEI))
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="redo runs already in the JSON")
     args = parser.parse_args(argv)
     json_path = Path(args.json)
-    done = json.loads(json_path.read_text())["runs"] if json_path.is_file() else []
+    done = saved_runs(json_path)
     for seed in args.seeds:
         for condition in args.conditions:
             load = condition == "load"
@@ -155,8 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                 "checks": verdict(done),
             }
             write_json(json_path, report, sort_keys=False)
-    if json_path.is_file():
-        print(json.dumps(json.loads(json_path.read_text())["checks"], indent=2))
+    print_checks(json_path)
     return 0
 
 

@@ -361,8 +361,8 @@ def open_log(
 def finish_run(
     run: TrainingRun, log: TrainingLog, eval_batch_size: int, *, stopped: bool
 ) -> dict[str, float]:
-    """Save `last.pt` and `model.pt` (with `--preset auto`'s plan), evaluate a last time (returns those metrics, empty
-    without a val set) and draw curves.png."""
+    """Save `last.pt` and `model.pt` (with `--preset auto`'s plan), evaluate a last time
+    (returns those metrics, empty without a val set) and draw curves.png."""
     main = run.info.is_main
     log.progress.close()
     if stopped and main:
