@@ -134,3 +134,10 @@ def test_auto_training_writes_model_pt_once_with_its_plan(tmp_path, shapes_datas
     plan = read_checkpoint(tmp_path / "run" / "model.pt", MODEL_SCHEMA)["plan"]
     assert plan == auto_config(shapes_dataset["train_json"])[1]
     assert plan["settings"]["data.test_scale"]["value"] > 0
+
+
+def test_auto_turns_on_rescoring_and_flip_only_with_flipped_training(tmp_path):
+    cfg, plan = auto_config(_boxes_json(tmp_path / "a.json", side=24, image=256))
+    assert cfg.model.blender.mask_score_power == 2.0
+    assert cfg.data.hflip_train and cfg.data.test_flip
+    assert {"model.blender.mask_score_power", "data.test_flip"} <= set(plan["settings"])

@@ -174,6 +174,8 @@ def build_postprocessor(cfg: Config) -> BlendMaskPostProcessor:
         post_nms_topk=m.fcos.post_nms_topk_test,
         thresh_with_ctr=m.fcos.thresh_with_ctr,
         blender=blender_spec(cfg),
+        mask_score_power=m.blender.mask_score_power,
+        test_flip=cfg.data.test_flip,
     )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from blendmask.checkpoint_io import load_model_file
 from blendmask.config import Config, apply_overrides, check_probability
@@ -30,8 +30,15 @@ from blendmask.modeling.inference import optimize_for_inference, to_channels_las
 from blendmask.modeling.panoptic import infer_panoptic
 from blendmask.modeling.postprocess import BlendMaskPostProcessor, candidate_threshold
 from blendmask.modeling.precision_gate import choose_path, float32_outputs
+from blendmask.modeling.test_time import flipped_input, merge_flipped
 from blendmask.runtime.precision import InferencePath, check_precision
-from blendmask.structures import Detections, ImageBatch, PanopticSegmentation, resolve_classes
+from blendmask.structures import (
+    BlendMaskOutputs,
+    Detections,
+    ImageBatch,
+    PanopticSegmentation,
+    resolve_classes,
+)
 
 __all__ = [
     "DEFAULT_SCORE_THRESHOLD",
@@ -67,6 +74,8 @@ INFERENCE_KEYS = (
     "model.fcos.pre_nms_topk_test",
     "model.fcos.post_nms_topk_test",
     "model.fcos.thresh_with_ctr",
+    "model.blender.mask_score_power",
+    "data.test_flip",
 )
 
 
@@ -83,11 +92,25 @@ def infer(
     only at the kept detections) nor the semantic logits, so the network skips both. `path`
     (default fp32) may run the network in bf16 autocast; the post-processor runs in fp32.
     """
-    with path.autocast(batch.tensor.device) if path else contextlib.nullcontext():
-        outputs = model(batch.tensor, batch.image_sizes, dense_attentions=False, with_sem=False)
+    outputs = _network(model, batch.tensor, batch.image_sizes, path)
+    if postprocessor.test_flip:  # modeling/test_time.py
+        mirrored = flipped_input(model, batch.tensor, batch.image_sizes)
+        flipped = _network(model, mirrored, None, path)
+        outputs = merge_flipped(outputs, flipped, postprocessor.blender.attn_size)
+    return postprocessor(outputs, batch.image_sizes, orig_sizes)
+
+
+def _network(
+    model: nn.Module,
+    images: Tensor,
+    image_sizes: list[tuple[int, int]] | None,
+    path: InferencePath | None,
+) -> BlendMaskOutputs:
+    with path.autocast(images.device) if path else contextlib.nullcontext():
+        outputs = model(images, image_sizes, dense_attentions=False, with_sem=False)
     if path is not None and path.dtype != "fp32":
         outputs = float32_outputs(outputs)
-    return postprocessor(outputs, batch.image_sizes, orig_sizes)
+    return outputs
 
 
 def in_batches(

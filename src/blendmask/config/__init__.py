@@ -37,10 +37,8 @@ MSRA_PIXEL_MEAN = [103.53, 116.28, 123.675]
 MSRA_PIXEL_STD = [1.0, 1.0, 1.0]
 IMAGENET_PIXEL_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_PIXEL_STD = [0.229, 0.224, 0.225]
-# The EfficientNet-Lite0 weights expect RGB in 0-255 with (x - 127) / 128 (the TF Lite
-# preprocessing): the network multiplies its [0, 1] RGB input by the scale, then subtracts the
-# mean and divides by the std. Here, not in modeling/efficientnet.py, so that presets can use
-# them without importing a model module.
+# EfficientNet-Lite0 expects RGB in 0-255 as (x - 127) / 128 (TF Lite's preprocessing); here,
+# not in modeling/efficientnet.py, so that presets need not import a model module.
 LITE0_INPUT_FORMAT = "RGB"
 LITE0_INPUT_SCALE = 255.0
 LITE0_PIXEL_MEAN = [127.0, 127.0, 127.0]
@@ -108,6 +106,8 @@ class BlenderConfig:
     instance_loss_weight: float = 1.0
     # FCIS assembly (paper Table 1): fixed one-hot position-sensitive attentions, K = M*M
     fixed_onehot_attention: bool = False
+    # > 0: scores *= maskness ** this at inference (modeling/test_time.py; 0: the reference)
+    mask_score_power: float = 0.0
 
 
 @dataclass
@@ -171,10 +171,10 @@ class DataConfig:
     max_size_train: int = 1333
     min_size_test: int = 800
     max_size_test: int = 1333
-    # > 0: test images are resized by this fixed factor instead of shortest side to
-    # min_size_test (still capped at max_size_test): for data whose objects have a physical
-    # size in pixels (microscopy), not a size relative to the image.
+    # > 0: test images are resized by this factor, not the shortest side to min_size_test
+    # (capped at max_size_test): objects of a physical size in pixels (microscopy).
     test_scale: float = 0.0
+    test_flip: bool = False  # also predict on the mirrored image (modeling/test_time.py)
     hflip_train: bool = True
     # Beyond the reference's resize + flip (data/augment.py): crop_size > 0 trains on random
     # square crops of that side at scale_jitter x the test-time scale; vertical flips, quarter

@@ -28,7 +28,9 @@ Where it differs from `BlendMaskPostProcessor` (same detections otherwise, up to
 rounding): ties in score at the per-level top-k, NMS or top-D cut are broken by lowest slot
 index (the post-processor's kthvalue cut keeps every detection tied with the D-th score);
 NMS runs on the boxes as they are (`batched_nms`'s CPU path for fewer than 1000 boxes
-offsets them by class, which rounds coordinates slightly differently).
+offsets them by class, which rounds coordinates slightly differently). Mask rescoring
+(`model.blender.mask_score_power`) is in the graph; flip test-time augmentation
+(`data.test_flip`) is not: the graph predicts as with `--set data.test_flip=false`.
 
 Shapes: N images, P points, C classes, L levels, Q = L x pre_nms_topk candidate slots, K bases,
 M attention size, R mask resolution, C_t top-layer input channels, Hl/Wl level size.
@@ -49,6 +51,7 @@ from blendmask.modeling.postprocess import (
     nonempty_boxes,
     rescale_boxes,
 )
+from blendmask.modeling.test_time import rescore_by_mask
 from blendmask.structures import BlenderSpec
 from blendmask.structures.paste import _PASTE_EPS, _bilinear_weights
 
@@ -205,6 +208,7 @@ class EndToEndBlendMask(nn.Module):
         self.thresh_with_ctr = bool(postprocessor.thresh_with_ctr)
         self.spec = postprocessor.blender
         self.mask_threshold = float(postprocessor.mask_threshold)
+        self.mask_score_power = float(postprocessor.mask_score_power)
         self.paste = paste
         if self.pre_nms_topk < 1:
             raise ValueError(f"pre_nms_topk: expected >= 1 for export, got {self.pre_nms_topk}")
@@ -218,6 +222,21 @@ class EndToEndBlendMask(nn.Module):
         image = torch.arange(n, device=point.device)[:, None].expand(n, d)
         feats = attentions_at(bbox_towers, weight, bias, image.flatten(), point.flatten())
         return feats.reshape(n, d, weight.shape[0])
+
+    def rescored(
+        self, rows: Tensor, boxes: Tensor, score: Tensor, slot: Tensor, mask_probs: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The post-processor's mask rescoring (`test_time.rescored`) on (N, D) rows, sorted
+        again by the new scores; the invalid rows stay last."""
+        score = rescore_by_mask(score, mask_probs, self.mask_threshold, self.mask_score_power)
+        ranked = torch.where(rows, score, torch.full_like(score, INVALID_SCORE))
+        order = ranked.argsort(dim=1, descending=True)
+        return (
+            boxes.gather(1, order[..., None].expand_as(boxes)),
+            score.gather(1, order),
+            slot.gather(1, order),
+            mask_probs.gather(1, order[..., None, None].expand_as(mask_probs)),
+        )
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -250,6 +269,10 @@ class EndToEndBlendMask(nn.Module):
         boxes = boxes.gather(1, slot[..., None].expand(-1, -1, 4))
         attentions = self.attentions(out.bbox_towers, out.top_layer_params, point.gather(1, slot))
         mask_probs = blend(out.bases, boxes, attentions, self.spec)
+        if self.mask_score_power > 0:
+            boxes, top_score, slot, mask_probs = self.rescored(
+                rows, boxes, top_score, slot, mask_probs
+            )
         # Blended on the unclipped boxes, then rescaled, clipped and emptied ones dropped:
         # the post-processor's order and functions (docs/reference.md §1.9).
         boxes = rescale_boxes(boxes, image_sizes, orig_sizes)

@@ -25,6 +25,7 @@ from torchvision.ops import batched_nms
 
 from ..structures import BlenderSpec, BlendMaskOutputs, Detections
 from .blender import merge_bases, pool_bases
+from .test_time import rescored
 
 
 def top_k_per_group(scores: Tensor, groups: Tensor, k: int) -> Tensor:
@@ -205,6 +206,8 @@ class BlendMaskPostProcessor(nn.Module):
         mask_threshold: pasted probabilities `>=` this are foreground (`paste_masks`).
         classes: keep only candidates of these 0-based labels (None: all), before top-k and
             NMS, so the detections budget (`post_nms_topk`) goes to them.
+        mask_score_power / test_flip: the test-time refinements of `modeling/test_time.py`
+            (off: the reference); `predictor.infer` reads `test_flip`.
 
     The knobs (`score_thresh`, `nms_thresh`, `post_nms_topk`, `classes`, ...) are plain
     attributes read at each call; `blendmask.Predictor` sets them on its own copy.
@@ -222,6 +225,8 @@ class BlendMaskPostProcessor(nn.Module):
         blender: BlenderSpec = BlenderSpec(),
         mask_threshold: float = 0.5,
         classes: tuple[int, ...] | None = None,
+        mask_score_power: float = 0.0,
+        test_flip: bool = False,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -233,6 +238,8 @@ class BlendMaskPostProcessor(nn.Module):
         self.blender = blender
         self.mask_threshold = mask_threshold
         self.classes = classes
+        self.mask_score_power = mask_score_power
+        self.test_flip = test_flip
 
     @torch.no_grad()
     def detect(self, outputs: BlendMaskOutputs, image_sizes: list[tuple[int, int]]) -> list[dict]:
@@ -367,6 +374,8 @@ class BlendMaskPostProcessor(nn.Module):
         results = []
         for det, prob, (h, w), (h0, w0) in zip(dets, probs, image_sizes, orig_sizes):
             h0, w0 = int(h0), int(w0)
+            if self.mask_score_power > 0:
+                det, prob = rescored(det, prob, self.mask_threshold, self.mask_score_power)
             # detectron2's detector_postprocess: scale, clip, drop empty, then paste.
             sizes = torch.tensor([[h, w], [h0, w0]], device=det["boxes"].device)
             boxes = rescale_boxes(det["boxes"][None], sizes[:1], sizes[1:])[0]

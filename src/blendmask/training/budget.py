@@ -49,6 +49,8 @@ class TimeBudget:
 
     reserve_final_eval: keep time for the final evaluation inside the budget (the demo, which
         reserves its own time for evaluation and drawings, turns it off).
+    eval_runs: network runs per val image (2 with flip test-time augmentation): the
+        fixed-share reserve grows with it.
     """
 
     # The first updates are slow (allocator, caches, data workers starting): not timed.
@@ -75,6 +77,7 @@ class TimeBudget:
         start: float | None = None,
         clock: Callable[[], float] = time.perf_counter,
         reserve_final_eval: bool = True,
+        eval_runs: int = 1,
     ) -> None:
         self.seconds = float(seconds)
         if not math.isfinite(self.seconds) or self.seconds <= 0:
@@ -85,6 +88,7 @@ class TimeBudget:
         self._clock = clock
         self.start = clock() if start is None else float(start)
         self.reserve_final_eval = reserve_final_eval
+        self.eval_runs = eval_runs
         self._timed_from: int | None = None
         self._last_clock: float | None = None
         self._durations: deque[float] = deque(maxlen=self.WINDOW_ITERS)
@@ -122,7 +126,7 @@ class TimeBudget:
             return 0.0
         measured = self.evaluation_seconds()
         if measured is None:
-            return self.RESERVE_FRACTION * self.seconds
+            return self.RESERVE_FRACTION * self.eval_runs * self.seconds
         return measured * (1.0 + self._after_evaluations)
 
     def expired(self) -> bool:

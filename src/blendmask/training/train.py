@@ -54,7 +54,9 @@ def train_command(request: TrainRequest | None = None, **kwargs: Any) -> loop.Tr
     budget = None
     if r.minutes is not None:
         has_val = bool(cfg.data.val_json and cfg.data.val_images)
-        budget = TimeBudget(r.minutes * 60.0, reserve_final_eval=has_val)
+        # Flip test-time augmentation runs the network twice per val image.
+        runs = 2 if cfg.data.test_flip else 1
+        budget = TimeBudget(r.minutes * 60.0, reserve_final_eval=has_val, eval_runs=runs)
     dataset = build_train_dataset(cfg)
     cfg = resolve_dataset_classes(cfg, dataset, quiet=quiet)
     if r.new_out_if_changed and resume:
