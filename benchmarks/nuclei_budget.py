@@ -70,6 +70,7 @@ def run_one(args: argparse.Namespace, seed: int, load: bool, out: Path) -> dict[
     if competitor is not None:
         competitor.terminate()
         competitor.join()
+    out.mkdir(parents=True, exist_ok=True)  # a run that failed to start made no folder
     (out / "train.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         raise SystemExit(f"training failed (seed {seed}, load {load}):\n{proc.stderr[-3000:]}")
