@@ -32,13 +32,8 @@ from blendmask.modeling.postprocess import BlendMaskPostProcessor, candidate_thr
 from blendmask.modeling.precision_gate import choose_path, float32_outputs
 from blendmask.modeling.test_time import flipped_input, merge_flipped
 from blendmask.runtime.precision import InferencePath, check_precision
-from blendmask.structures import (
-    BlendMaskOutputs,
-    Detections,
-    ImageBatch,
-    PanopticSegmentation,
-    resolve_classes,
-)
+from blendmask.structures import BlendMaskOutputs as Outputs
+from blendmask.structures import Detections, ImageBatch, PanopticSegmentation, resolve_classes
 
 __all__ = [
     "DEFAULT_SCORE_THRESHOLD",
@@ -91,6 +86,8 @@ def infer(
     Inference needs neither the dense attention map (the post-processor evaluates the top layer
     only at the kept detections) nor the semantic logits, so the network skips both. `path`
     (default fp32) may run the network in bf16 autocast; the post-processor runs in fp32.
+    With the post-processor's `test_flip` the network also runs on the mirrored batch and the
+    two runs are merged before post-processing (`modeling/test_time.py`).
     """
     outputs = _network(model, batch.tensor, batch.image_sizes, path)
     if postprocessor.test_flip:  # modeling/test_time.py
@@ -105,7 +102,7 @@ def _network(
     images: Tensor,
     image_sizes: list[tuple[int, int]] | None,
     path: InferencePath | None,
-) -> BlendMaskOutputs:
+) -> Outputs:
     with path.autocast(images.device) if path else contextlib.nullcontext():
         outputs = model(images, image_sizes, dense_attentions=False, with_sem=False)
     if path is not None and path.dtype != "fp32":

@@ -149,8 +149,8 @@ NUMERIC_RANGES: dict[str, Range] = {
     "data.max_size_train": SIDE,
     "data.min_size_test": SIDE,
     "data.max_size_test": SIDE,
-    "data.test_scale": NON_NEGATIVE,
-    "model.blender.mask_score_power": NON_NEGATIVE,  # 0 = the shortest-edge resize
+    "data.test_scale": NON_NEGATIVE,  # 0 = the shortest-edge resize
+    "model.blender.mask_score_power": NON_NEGATIVE,  # 0 = the reference's scores
     "data.crop_size": Range(low=0, high=MAX_SIDE),  # 0 = no crop
     "data.scale_jitter": POSITIVE,  # times the test-time scale
     "data.color_jitter": NON_NEGATIVE,  # ColorJitter strengths, 0 = off

@@ -37,8 +37,8 @@ FEW_IMAGES = 500
 # Pixels of one batch on a 2-core CPU: batch 8 of 256 px images (the demo's measured setting).
 BATCH_PIXELS = 8 * 256 * 256
 LR_PER_IMAGE = 0.02 / 8  # the small presets' 0.02 at batch 8, scaled linearly
-CACHE_BYTES = 2 * 1024**3
-MASK_SCORE_POWER = 2.0  # maskness ** this; 1 and 3 gave less / the same on the nuclei  # decoded RGB training images kept in memory up to this
+CACHE_BYTES = 2 * 1024**3  # decoded RGB training images kept in memory up to this
+MASK_SCORE_POWER = 2.0  # maskness ** this; 1 and 3 gave less / the same on the nuclei
 
 
 def _round_to(x: float, step: float) -> float:
