@@ -12,9 +12,10 @@ from helpers.models import boxy_model, shapes_images
 
 from blendmask.modeling.postprocess import attentions_at
 from blendmask.modeling.test_time import (
+    flip_views,
     flipped_input,
     grid_mirror,
-    merge_flipped,
+    merge_views,
     rescored,
 )
 from blendmask.predictor import infer
@@ -33,32 +34,43 @@ def _predict(model, post, image: torch.Tensor):
     return infer(model, post, ImageBatch(image, [(h, w)]), [(h, w)])[0]
 
 
-def test_flip_augmented_prediction_of_a_mirrored_image_is_the_mirrored_prediction() -> None:
-    """Without padding, the mirrored image's two runs are the image's two runs swapped, so its
-    merged detections must be the mirror of the image's: this fails if any merged output
+def _mirror_boxes(boxes: torch.Tensor, dims: tuple[int, ...], h: int, w: int) -> torch.Tensor:
+    x1, y1, x2, y2 = boxes.unbind(1)
+    if -1 in dims:
+        x1, x2 = w - x2, w - x1
+    if -2 in dims:
+        y1, y2 = h - y2, h - y1
+    return torch.stack([x1, y1, x2, y2], dim=1)
+
+
+@pytest.mark.parametrize(
+    "vflip, mirror", [(False, (-1,)), (True, (-1,)), (True, (-2,)), (True, (-2, -1))]
+)
+def test_flip_augmented_prediction_of_a_mirrored_image_is_the_mirrored_prediction(
+    vflip: bool, mirror: tuple[int, ...]
+) -> None:
+    """Without padding, the mirrored image's views are the image's views in another order, so
+    its merged detections must be the mirror of the image's: this fails if any merged output
     (classes, centerness, box sides, bases, the attention grid or the top layer's kernel) is
     not mapped back. The network alone is not mirror symmetric (checked first)."""
     cfg, model, post = boxy_model()
     image = _image()
     plain = _predict(model, post, image)
-    plain_mirror = _predict(model, post, image.flip(-1))
+    plain_mirror = _predict(model, post, image.flip(mirror))
     same = len(plain.scores) == len(plain_mirror.scores) and torch.allclose(
         plain.scores.sort().values, plain_mirror.scores.sort().values
     )
     assert not same
 
     post = copy.deepcopy(post)
-    post.test_flip = True
+    post.test_flip, post.test_vflip = True, vflip
     a = _predict(model, post, image)
-    b = _predict(model, post, image.flip(-1))
+    b = _predict(model, post, image.flip(mirror))
     assert len(a.scores) >= 20 and len(a.scores) == len(b.scores)
     assert torch.allclose(a.scores, b.scores, atol=1e-5)
-    w = image.shape[-1]
-    mirrored_boxes = torch.stack(
-        [w - a.boxes[:, 2], a.boxes[:, 1], w - a.boxes[:, 0], a.boxes[:, 3]], dim=1
-    )
-    assert torch.allclose(mirrored_boxes, b.boxes, atol=1e-3)
-    ma, mb = a.masks.flip(-1), b.masks
+    h, w = image.shape[-2:]
+    assert torch.allclose(_mirror_boxes(a.boxes, mirror, h, w), b.boxes, atol=1e-3)
+    ma, mb = a.masks.flip(mirror), b.masks
     iou = (ma & mb).sum((1, 2)).float() / (ma | mb).sum((1, 2)).clamp(min=1).float()
     assert iou.mean() >= 0.99, iou
 
@@ -72,7 +84,10 @@ def test_flipped_input_is_what_normalising_the_mirrored_batch_gives() -> None:
     images[1, :, :64, :33] = torch.rand(3, 64, 33)
     sizes = [(50, 70), (64, 33)]
     want = model.normalize(images, sizes).flip(-1)
-    got = model.normalize(flipped_input(model, images, sizes))
+    got = model.normalize(flipped_input(model, images, sizes, (-1,)))
+    assert torch.allclose(got, want, atol=1e-5)
+    want = model.normalize(images, sizes).flip((-2, -1))
+    got = model.normalize(flipped_input(model, images, sizes, (-2, -1)))
     assert torch.allclose(got, want, atol=1e-5)
 
 
@@ -98,7 +113,7 @@ def test_merged_outputs_equal_a_naive_merge_of_both_runs() -> None:
     dense_a = model(x, [(64, 96)], with_sem=False).attentions[0]
     dense_b = model(x.flip(-1), [(64, 96)], with_sem=False).attentions[0]
     m = cfg.model.blender.attn_size
-    merged = merge_flipped(a, b, m)
+    merged = merge_views([((), a), ((-1,), b)], m)
     shapes = [tuple(t.shape[-2:]) for t in a.bbox_towers]
 
     cls_b = _mirror_points(b.cls_logits[0], shapes)
@@ -136,10 +151,13 @@ def test_rescoring_multiplies_by_maskness_and_sorts_again() -> None:
     assert torch.equal(got_probs, probs[[1, 0, 2]])
 
 
-def test_flip_doubles_the_budgets_evaluation_reserve() -> None:
+def test_views_and_the_budgets_evaluation_reserve() -> None:
+    assert flip_views(False, False) == [()]
+    assert flip_views(True, False) == [(), (-1,)]
+    assert flip_views(True, True) == [(), (-1,), (-2,), (-2, -1)]
     one = TimeBudget(900.0, clock=lambda: 0.0)
-    two = TimeBudget(900.0, clock=lambda: 0.0, eval_runs=2)
-    assert two.reserve() == pytest.approx(2 * one.reserve())
+    four = TimeBudget(900.0, clock=lambda: 0.0, eval_runs=4)
+    assert four.reserve() == pytest.approx(4 * one.reserve())
 
 
 def test_onnx_export_holds_the_rescoring(tmp_path) -> None:

@@ -176,6 +176,7 @@ def build_postprocessor(cfg: Config) -> BlendMaskPostProcessor:
         blender=blender_spec(cfg),
         mask_score_power=m.blender.mask_score_power,
         test_flip=cfg.data.test_flip,
+        test_vflip=cfg.data.test_vflip,
     )
 
 

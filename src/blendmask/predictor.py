@@ -30,7 +30,7 @@ from blendmask.modeling.inference import optimize_for_inference, to_channels_las
 from blendmask.modeling.panoptic import infer_panoptic
 from blendmask.modeling.postprocess import BlendMaskPostProcessor, candidate_threshold
 from blendmask.modeling.precision_gate import choose_path, float32_outputs
-from blendmask.modeling.test_time import flipped_input, merge_flipped
+from blendmask.modeling.test_time import flip_views, flipped_input, merge_views
 from blendmask.runtime.precision import InferencePath, check_precision
 from blendmask.structures import BlendMaskOutputs as Outputs
 from blendmask.structures import Detections, ImageBatch, PanopticSegmentation, resolve_classes
@@ -71,6 +71,7 @@ INFERENCE_KEYS = (
     "model.fcos.thresh_with_ctr",
     "model.blender.mask_score_power",
     "data.test_flip",
+    "data.test_vflip",
 )
 
 
@@ -86,14 +87,17 @@ def infer(
     Inference needs neither the dense attention map (the post-processor evaluates the top layer
     only at the kept detections) nor the semantic logits, so the network skips both. `path`
     (default fp32) may run the network in bf16 autocast; the post-processor runs in fp32.
-    With the post-processor's `test_flip` the network also runs on the mirrored batch and the
-    two runs are merged before post-processing (`modeling/test_time.py`).
+    With the post-processor's `test_flip` / `test_vflip` the network also runs on the mirrored
+    batches and the runs are merged before post-processing (`modeling/test_time.py`).
     """
     outputs = _network(model, batch.tensor, batch.image_sizes, path)
-    if postprocessor.test_flip:  # modeling/test_time.py
-        mirrored = flipped_input(model, batch.tensor, batch.image_sizes)
-        flipped = _network(model, mirrored, None, path)
-        outputs = merge_flipped(outputs, flipped, postprocessor.blender.attn_size)
+    views = flip_views(postprocessor.test_flip, postprocessor.test_vflip)
+    if len(views) > 1:  # modeling/test_time.py
+        runs = [((), outputs)]
+        for dims in views[1:]:
+            mirrored = flipped_input(model, batch.tensor, batch.image_sizes, dims)
+            runs.append((dims, _network(model, mirrored, None, path)))
+        outputs = merge_views(runs, postprocessor.blender.attn_size)
     return postprocessor(outputs, batch.image_sizes, orig_sizes)
 
 

@@ -118,9 +118,8 @@ class BasisModuleConfig:
     in_features: list[str] = field(default_factory=lambda: ["p3", "p4", "p5"])
     convs_dim: int = 128
     num_convs: int = 3
-    # BN | SyncBN | GN | none. SyncBN builds a BatchNorm2d (equal to BN in one process) that the
-    # engine converts to SyncBatchNorm when several CUDA processes train. The reference's
-    # default is SyncBN, which its presets here set; BN is the default of the CPU presets.
+    # BN | SyncBN (a BatchNorm2d that the engine converts to SyncBatchNorm for several CUDA
+    # processes; the reference's default, which its presets here set) | GN | none
     norm: str = "BN"
     loss_on: bool = True
     loss_weight: float = 0.3
@@ -174,7 +173,8 @@ class DataConfig:
     # > 0: test images are resized by this factor, not the shortest side to min_size_test
     # (capped at max_size_test): objects of a physical size in pixels (microscopy).
     test_scale: float = 0.0
-    test_flip: bool = False  # also predict on the mirrored image (modeling/test_time.py)
+    test_flip: bool = False  # also predict the image mirrored left-right (test_time.py)
+    test_vflip: bool = False  # ... and upside down (and both, with test_flip)
     hflip_train: bool = True
     # Beyond the reference's resize + flip (data/augment.py): crop_size > 0 trains on random
     # square crops of that side at scale_jitter x the test-time scale; vertical flips, quarter

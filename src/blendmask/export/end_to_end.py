@@ -30,7 +30,7 @@ index (the post-processor's kthvalue cut keeps every detection tied with the D-t
 NMS runs on the boxes as they are (`batched_nms`'s CPU path for fewer than 1000 boxes
 offsets them by class, which rounds coordinates slightly differently). Mask rescoring
 (`model.blender.mask_score_power`) is in the graph; flip test-time augmentation
-(`data.test_flip`) is not: the graph predicts as with `--set data.test_flip=false`.
+(`data.test_flip`, `test_vflip`) is not: the graph predicts as with both false.
 
 Shapes: N images, P points, C classes, L levels, Q = L x pre_nms_topk candidate slots, K bases,
 M attention size, R mask resolution, C_t top-layer input channels, Hl/Wl level size.

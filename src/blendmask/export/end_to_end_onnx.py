@@ -68,10 +68,10 @@ def end_to_end_module(
 ) -> EndToEndBlendMask:
     """The module both exports trace: an inference copy of the network (BatchNorm folded, as
     `Predictor` runs it) and the post-processor's settings. `model` is left untouched."""
-    if postprocessor.test_flip:
+    if postprocessor.test_flip or postprocessor.test_vflip:
         warnings.warn(
-            "data.test_flip: flip test-time augmentation is PyTorch-only; the exported graph "
-            "predicts without it (as --set data.test_flip=false)",
+            "data.test_flip / test_vflip: flip test-time augmentation is PyTorch-only; the "
+            "exported graph predicts without it (as --set data.test_flip=false test_vflip=false)",
             stacklevel=2,
         )
     return EndToEndBlendMask(optimize_for_inference(model), postprocessor, paste=paste).eval()

@@ -206,8 +206,8 @@ class BlendMaskPostProcessor(nn.Module):
         mask_threshold: pasted probabilities `>=` this are foreground (`paste_masks`).
         classes: keep only candidates of these 0-based labels (None: all), before top-k and
             NMS, so the detections budget (`post_nms_topk`) goes to them.
-        mask_score_power / test_flip: the test-time refinements of `modeling/test_time.py`
-            (off: the reference); `predictor.infer` reads `test_flip`.
+        mask_score_power / test_flip / test_vflip: the test-time refinements of
+            `modeling/test_time.py` (off: the reference); `predictor.infer` reads the flips.
 
     The knobs (`score_thresh`, `nms_thresh`, `post_nms_topk`, `classes`, ...) are plain
     attributes read at each call; `blendmask.Predictor` sets them on its own copy.
@@ -227,6 +227,7 @@ class BlendMaskPostProcessor(nn.Module):
         classes: tuple[int, ...] | None = None,
         mask_score_power: float = 0.0,
         test_flip: bool = False,
+        test_vflip: bool = False,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -239,7 +240,7 @@ class BlendMaskPostProcessor(nn.Module):
         self.mask_threshold = mask_threshold
         self.classes = classes
         self.mask_score_power = mask_score_power
-        self.test_flip = test_flip
+        self.test_flip, self.test_vflip = test_flip, test_vflip
 
     @torch.no_grad()
     def detect(self, outputs: BlendMaskOutputs, image_sizes: list[tuple[int, int]]) -> list[dict]:

@@ -7,12 +7,13 @@
   detection whose mask the blender is unsure of then ranks below a confident one, which mask
   AP rewards; the reference ranks by sqrt(cls * ctrness) alone, which knows nothing of the
   mask.
-- **Flip test-time augmentation** (`data.test_flip`): the network also runs on the batch
-  mirrored left-right, and the two runs are merged on the dense outputs, before selection and
-  NMS (`merge_flipped`): class and centerness probabilities averaged, box distances averaged
-  with left and right swapped, bases averaged, and the attention at a location the mean of
-  both runs' (the mirrored run's M x M grid mirrored back). One set of detections comes out,
-  as from one run, at twice the network's cost.
+- **Flip test-time augmentation** (`data.test_flip`, and `data.test_vflip` for upside-down
+  views): the network also runs on the batch mirrored left-right (and upside down, and
+  both), and the runs are merged on the dense outputs, before selection and NMS
+  (`merge_views`): class and centerness probabilities averaged, box distances averaged with
+  the mirrored sides swapped, bases averaged, and the attention at a location the mean of the
+  runs' (each mirrored M x M grid mirrored back). One set of detections comes out, as from
+  one run, at the network's cost times the number of views.
 
 Glossary: N images, P locations over all levels, K bases, M attention grid, C_t tower channels.
 """
@@ -48,81 +49,104 @@ def rescored(
     return det, mask_probs[order]
 
 
-def flipped_input(model: nn.Module, images: Tensor, image_sizes: list[tuple[int, int]]) -> Tensor:
-    """The padded batch (Tensor[N, 3, H, W]) mirrored left-right as a whole, so that every
+def flip_views(hflip: bool, vflip: bool) -> list[tuple[int, ...]]:
+    """The views to predict: the dims each mirrors (() the image itself, -1 left-right, -2
+    upside down)."""
+    views: list[tuple[int, ...]] = [()]
+    views += [(-1,)] if hflip else []
+    views += ([(-2,)] + ([(-2, -1)] if hflip else [])) if vflip else []
+    return views
+
+
+def flipped_input(
+    model: nn.Module, images: Tensor, image_sizes: list[tuple[int, int]], dims: tuple[int, ...]
+) -> Tensor:
+    """The padded batch (Tensor[N, 3, H, W]) mirrored as a whole along `dims`, so that every
     level's grid mirrors onto itself (`torch.flip` maps the outputs back). Its padding, now on
-    the left, holds the value the network's normalisation maps to 0: the network then sees
-    what `normalize` gives a right-padded batch, and is called without `image_sizes`."""
+    the left / top, holds the value the network's normalisation maps to 0: the network then
+    sees what `normalize` gives a right / bottom-padded batch, and runs without `image_sizes`."""
     fill = model.pixel_mean / model.input_scale  # (3, 1, 1) in the weights' channel order
     if model.input_format == "BGR":
         fill = fill[[2, 1, 0]]
-    widths = torch.as_tensor([w for _, w in image_sizes], device=images.device)
-    heights = torch.as_tensor([h for h, _ in image_sizes], device=images.device)
-    cols = torch.arange(images.shape[-1], device=images.device)
-    rows = torch.arange(images.shape[-2], device=images.device)
-    # (N, 1, H, W): True on the image, which now ends at the right edge.
-    inside = (rows[None, :, None] < heights[:, None, None]) & (
-        cols[None, None, :] >= images.shape[-1] - widths[:, None, None]
-    )
-    return torch.where(inside[:, None], images.flip(-1), fill.to(images.dtype))
+    device = images.device
+    heights = torch.as_tensor([h for h, _ in image_sizes], device=device)[:, None, None]
+    widths = torch.as_tensor([w for _, w in image_sizes], device=device)[:, None, None]
+    rows = torch.arange(images.shape[-2], device=device)[None, :, None]
+    cols = torch.arange(images.shape[-1], device=device)[None, None, :]
+    # (N, H, W): True on the image, which now ends at the right / bottom edge when mirrored.
+    in_rows = rows >= images.shape[-2] - heights if -2 in dims else rows < heights
+    in_cols = cols >= images.shape[-1] - widths if -1 in dims else cols < widths
+    inside = (in_rows & in_cols)[:, None]
+    return torch.where(inside, images.flip(dims), fill.to(images.dtype))
 
 
-def _flip_levels(values: Tensor, level_shapes: list[tuple[int, int]]) -> Tensor:
+def _flip_levels(values: Tensor, level_shapes: list[tuple[int, int]], dims: tuple) -> Tensor:
     """values (Tensor[N, P, X]) level-major, row-major within a level -> each level's grid
-    mirrored left-right."""
+    mirrored along `dims` (-1 left-right, -2 upside down)."""
+    if not dims:
+        return values
+    grid_dims = tuple(d - 1 for d in dims)  # (N, H, W, X): W is -2, H is -3
     out = []
     for part, (h, w) in zip(values.split([h * w for h, w in level_shapes], dim=1), level_shapes):
         n, _, x = part.shape
-        out.append(part.reshape(n, h, w, x).flip(2).reshape(n, h * w, x))
+        out.append(part.reshape(n, h, w, x).flip(grid_dims).reshape(n, h * w, x))
     return torch.cat(out, dim=1)
 
 
-def _mean_probability(a: Tensor, b: Tensor) -> Tensor:
-    """The logit of the mean of two sigmoids (what the post-processor reads back)."""
-    return torch.logit((a.sigmoid() + b.sigmoid()) / 2)
+def _mean_probability(logits: list[Tensor]) -> Tensor:
+    """The logit of the mean of the sigmoids (what the post-processor reads back)."""
+    return torch.logit(torch.stack([t.sigmoid() for t in logits]).mean(0))
 
 
-def grid_mirror(num_channels: int, attn_size: int) -> Tensor:
-    """int64[K*M*M]: the channel order that mirrors each M x M attention grid left-right."""
+def grid_mirror(num_channels: int, attn_size: int, dims: tuple[int, ...] = (-1,)) -> Tensor:
+    """int64[K*M*M]: the channel order that mirrors each M x M attention grid along `dims`."""
     m = attn_size
-    return torch.arange(num_channels).view(-1, m, m).flip(-1).flatten()
+    return torch.arange(num_channels).view(-1, m, m).flip(dims).flatten()
 
 
-def merge_flipped(
-    outputs: BlendMaskOutputs, flipped: BlendMaskOutputs, attn_size: int
-) -> BlendMaskOutputs:
-    """One set of dense outputs from a run and its mirrored run (`flipped_input`).
+# ltrb distances of a mirrored view, read back: the mirrored sides swap.
+_SIDES = {(): [0, 1, 2, 3], (-1,): [2, 1, 0, 3], (-2,): [0, 3, 2, 1], (-2, -1): [2, 3, 0, 1]}
 
-    Both runs need the per-level towers (`dense_attentions=False`, inference's outputs): the
-    merged attention is one 3x3 conv over the two runs' towers side by side
-    (Tensor[N, 2 C_t, Hl, Wl]): the mirrored run's top layer at a mirrored location equals a
-    conv with the kernel mirrored and the grid channels permuted on its towers mirrored back.
+
+def merge_views(runs: list[tuple[tuple[int, ...], BlendMaskOutputs]], attn_size: int):
+    """One set of dense outputs (BlendMaskOutputs) from the runs on each view
+    ((dims, outputs) from `flipped_input`; the first is the image itself).
+
+    Every run needs the per-level towers (`dense_attentions=False`, inference's outputs): the
+    merged attention is one 3x3 conv over the runs' towers side by side (Tensor[N, V C_t, Hl,
+    Wl]): a mirrored run's top layer at a mirrored location equals a conv with the kernel
+    mirrored and the grid channels permuted on its towers mirrored back.
     """
-    shapes = [tuple(t.shape[-2:]) for t in outputs.bbox_towers] if outputs.bbox_towers else None
-    if shapes is None:
-        raise ValueError("merge_flipped needs the towers' level shapes (dense_attentions=False)")
-    cls = _flip_levels(flipped.cls_logits, shapes)
-    ctr = _flip_levels(flipped.ctrness[..., None], shapes)[..., 0]
-    reg = _flip_levels(flipped.bbox_reg, shapes)[..., [2, 1, 0, 3]]  # l, r swap
-    perm = grid_mirror(outputs.top_layer_params[0].shape[0], attn_size).to(cls.device)
-    weight, bias = outputs.top_layer_params
-    mirrored_weight = weight[perm].flip(-1)
-    top_layer = (
-        torch.cat([weight, mirrored_weight], dim=1) / 2,
-        None if bias is None else (bias + bias[perm]) / 2,
-    )
-    towers = tuple(
-        torch.cat([a, b.flip(-1)], dim=1) for a, b in zip(outputs.bbox_towers, flipped.bbox_towers)
-    )
-    return outputs._replace(
-        cls_logits=_mean_probability(outputs.cls_logits, cls),
-        ctrness=_mean_probability(outputs.ctrness, ctr),
-        bbox_reg=(outputs.bbox_reg + reg) / 2,
-        bases=(outputs.bases + flipped.bases.flip(-1)) / 2,
+    first = runs[0][1]
+    if first.bbox_towers is None or first.top_layer_params is None:
+        raise ValueError("merge_views needs the towers and top layer (dense_attentions=False)")
+    shapes = [tuple(t.shape[-2:]) for t in first.bbox_towers]
+    weight, bias = first.top_layer_params
+    cls, ctr, reg, bases, weights, biases, panoptic = [], [], [], [], [], [], []
+    towers: list[list[Tensor]] = [[] for _ in shapes]
+    for dims, out in runs:
+        cls.append(_flip_levels(out.cls_logits, shapes, dims))
+        ctr.append(_flip_levels(out.ctrness[..., None], shapes, dims)[..., 0])
+        reg.append(_flip_levels(out.bbox_reg, shapes, dims)[..., _SIDES[dims]])
+        bases.append(out.bases.flip(dims))
+        perm = grid_mirror(weight.shape[0], attn_size, dims).to(weight.device)
+        weights.append(weight[perm].flip(dims))
+        biases.append(None if bias is None else bias[perm])
+        for level, tower in enumerate(out.bbox_towers):
+            towers[level].append(tower.flip(dims))
+        if out.panoptic_logits is not None:
+            panoptic.append(out.panoptic_logits.flip(dims))
+    views = len(runs)
+    return first._replace(
+        cls_logits=_mean_probability(cls),
+        ctrness=_mean_probability(ctr),
+        bbox_reg=torch.stack(reg).mean(0),
+        bases=torch.stack(bases).mean(0),
         sem_logits=None,
-        bbox_towers=towers,
-        top_layer_params=top_layer,
-        panoptic_logits=None
-        if outputs.panoptic_logits is None
-        else (outputs.panoptic_logits + flipped.panoptic_logits.flip(-1)) / 2,
+        bbox_towers=tuple(torch.cat(t, dim=1) for t in towers),
+        top_layer_params=(
+            torch.cat(weights, dim=1) / views,
+            None if bias is None else torch.stack(biases).mean(0),
+        ),
+        panoptic_logits=torch.stack(panoptic).mean(0) if panoptic else None,
     )

@@ -15,6 +15,7 @@ from blendmask.config.flags import make_request
 from blendmask.evaluation.evaluate import METRIC_KEYS
 from blendmask.metrics.dataset_report import short_summary
 from blendmask.metrics.dataset_stats import cached_analysis
+from blendmask.modeling.test_time import flip_views
 from blendmask.runtime.distributed import get_rank
 from blendmask.runtime.output_lock import OutputLock
 from blendmask.training import loop
@@ -54,8 +55,8 @@ def train_command(request: TrainRequest | None = None, **kwargs: Any) -> loop.Tr
     budget = None
     if r.minutes is not None:
         has_val = bool(cfg.data.val_json and cfg.data.val_images)
-        # Flip test-time augmentation runs the network twice per val image.
-        runs = 2 if cfg.data.test_flip else 1
+        # Flip test-time augmentation runs the network once per view of each val image.
+        runs = len(flip_views(cfg.data.test_flip, cfg.data.test_vflip))
         budget = TimeBudget(r.minutes * 60.0, reserve_final_eval=has_val, eval_runs=runs)
     dataset = build_train_dataset(cfg)
     cfg = resolve_dataset_classes(cfg, dataset, quiet=quiet)
