@@ -420,3 +420,34 @@ def test_int8_accuracy_gates_and_scores_both_runtimes(tmp_path, shapes_dataset):
     assert all(0.0 <= ap["segm_AP"] <= 1.0 or ap["segm_AP"] == -1.0 for ap in report["ap"].values())
     assert report["gates"]["openvino"]["images"] == 3  # the held-out images of --calib
     assert "openvino int8 gate passed" in report["checks"]
+
+
+@pytest.mark.slow
+def test_test_time_rescore_evaluates_each_setting(tmp_path, shapes_dataset):
+    """benchmarks/test_time_rescore.py: one model, two settings: a row per setting, and the
+    settings reach `eval` (a random model scores AP ~0 either way, but rescoring and the
+    flip move the detections' scores in the COCO results each eval wrote)."""
+    from helpers.models import spread_model
+
+    from blendmask.checkpoint_io import save_model_file
+
+    cfg, model, _ = spread_model()
+    save_model_file(tmp_path / "model.pt", cfg, model)
+    out = tmp_path / "rescore.json"
+    d = shapes_dataset
+    run_script(
+        "test_time_rescore.py", "--weights", str(tmp_path / "model.pt"),
+        "--val-json", str(d["val_json"]), "--val-images", str(d["val_images"]),
+        "--setting", "plain", "model.blender.mask_score_power=0",
+        "--setting", "both", "model.blender.mask_score_power=2", "data.test_flip=true",
+        "--out", str(tmp_path / "runs"), "--json", str(out), timeout=300,
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    assert [r["setting"] for r in report["runs"]] == ["plain", "both"]
+    assert report["settings"]["both"] == ["model.blender.mask_score_power=2", "data.test_flip=true"]
+    scores = {
+        name: sorted(r["score"] for r in json.loads((tmp_path / "runs" / f"model0_{name}" /
+                                                    "results.json").read_text()))
+        for name in ("plain", "both")
+    }  # fmt: skip
+    assert scores["plain"] and scores["plain"] != scores["both"]
