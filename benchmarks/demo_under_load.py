@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             report = {
                 "machine": machine_info(torch.get_num_threads(), torch.device("cpu")),
                 "competing_threads": args.threads,
+                "seed": args.seed,
                 "settings": args.set,
                 "runs": runs,
                 "checks": verdict(runs),
