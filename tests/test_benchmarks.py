@@ -427,14 +427,12 @@ def test_test_time_rescore_evaluates_each_setting(tmp_path, shapes_dataset):
     """benchmarks/test_time_rescore.py: one model, two settings: a row per setting, and the
     settings reach `eval` (a random model scores AP ~0 either way, but rescoring and the
     flip move the detections' scores in the COCO results each eval wrote)."""
-    from helpers.models import spread_model
+    from helpers.models import write_dense_model
 
-    from blendmask.checkpoint_io import save_model_file
-
-    cfg, model, _ = spread_model()
-    save_model_file(tmp_path / "model.pt", cfg, model)
-    out = tmp_path / "rescore.json"
     d = shapes_dataset
+    cats = json.loads(Path(d["val_json"]).read_text())["categories"]
+    write_dense_model(tmp_path / "model.pt", [c["id"] for c in cats], [c["name"] for c in cats])
+    out = tmp_path / "rescore.json"
     run_script(
         "test_time_rescore.py", "--weights", str(tmp_path / "model.pt"),
         "--val-json", str(d["val_json"]), "--val-images", str(d["val_images"]),

@@ -86,13 +86,13 @@ def infer(
 
     Inference needs neither the dense attention map (the post-processor evaluates the top layer
     only at the kept detections) nor the semantic logits, so the network skips both. `path`
-    (default fp32) may run the network in bf16 autocast; the post-processor runs in fp32.
-    With the post-processor's `test_flip` / `test_vflip` the network also runs on the mirrored
-    batches and the runs are merged before post-processing (`modeling/test_time.py`).
+    (default fp32) may run the network in bf16 autocast; the post-processor runs in fp32. With
+    the post-processor's `test_flip` / `test_vflip` the network also runs on the mirrored
+    batches, merged before post-processing (`modeling/test_time.py`; without them: one run).
     """
     outputs = _network(model, batch.tensor, batch.image_sizes, path)
-    views = flip_views(postprocessor.test_flip, postprocessor.test_vflip)
-    if len(views) > 1:  # modeling/test_time.py
+    views = flip_views(*(getattr(postprocessor, k, False) for k in ("test_flip", "test_vflip")))
+    if len(views) > 1:
         runs = [((), outputs)]
         for dims in views[1:]:
             mirrored = flipped_input(model, batch.tensor, batch.image_sizes, dims)
