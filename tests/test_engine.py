@@ -98,6 +98,24 @@ def test_schedule_replan_moves_the_steps_ahead():
     assert schedule.factor(14) == pytest.approx(0.1)
 
 
+def test_linear_schedule_falls_to_zero_at_the_planned_end_and_follows_a_replan():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = WarmupMultiStepSchedule(
+        opt, max_iter=20, steps=[4, 16], warmup_iters=4, warmup_factor=0.1, decay="linear"
+    )
+    lrs = _lr_sequence(schedule, 10)
+    for it, lr in enumerate(lrs):  # warm-up ramp times (1 - it / 20); the steps are ignored
+        ramp = 0.1 * (1 - it / 4) + it / 4 if it < 4 else 1.0
+        assert lr == pytest.approx(ramp * (20 - it) / 20, rel=1e-12), it
+    schedule.replan(15, iteration=10)  # the budget shortens the run: still 0 at the new end
+    # (iteration 10's rate was set by the step before the plan changed)
+    assert _lr_sequence(schedule, 5) == pytest.approx([10 / 20, 4 / 15, 3 / 15, 2 / 15, 1 / 15])
+    assert schedule.factor(15) == 0.0 and schedule.factor(40) == 0.0
+    assert schedule.describe() == "lr linear to 0"
+    with pytest.raises(ValueError, match="multistep or linear"):
+        WarmupMultiStepSchedule(opt, max_iter=5, steps=[], decay="cosine")
+
+
 def test_param_groups_put_norm_parameters_without_decay():
     model = nn.Sequential(
         nn.Conv2d(3, 8, 3),

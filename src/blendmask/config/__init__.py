@@ -209,6 +209,9 @@ class SolverConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     weight_decay_norm: float = 0.0
+    # multistep: the reference's lr * gamma at each of `steps`; linear: from base_lr down to 0
+    # at max_iter (a time budget's best use, docs/training.md "lr schedule").
+    lr_schedule: str = "multistep"
     gamma: float = 0.1
     steps: list[int] = field(default_factory=lambda: [60000, 80000])
     max_iter: int = 90000
@@ -254,6 +257,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "model.panoptic.norm": ("GN", "none"),
     "model.input_format": ("BGR", "RGB"),
     "solver.precision": ("fp32", "bf16", "auto"),
+    "solver.lr_schedule": ("multistep", "linear"),
 }
 
 

@@ -331,7 +331,7 @@ def plan_time_budget(run: TrainingRun, budget: TimeBudget, log: TrainingLog) -> 
         run.planned_shown = new_max
         log.write(
             f"time budget {budget.seconds:.0f}s at {per_iter:.2f}s/iteration (recent mean): "
-            f"training to iteration {new_max} (lr steps {run.schedule.steps}, evaluation every "
+            f"training to iteration {new_max} ({run.schedule.describe()}, evaluation every "
             f"{run.eval_period}), was {old_max}"
         )
     log.progress.set_total(run.schedule.max_iter)

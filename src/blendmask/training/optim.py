@@ -7,6 +7,8 @@
   over `warmup_iters`, then a factor `gamma` at each entry of `steps`. A `LambdaLR` over
   iterations underneath, so that its `state_dict` (the iteration count) resumes exactly; the
   plan (`max_iter`, `steps`) changes only through `replan` / `restore_plan`.
+- `decay="linear"` (not the reference's): after the same warm-up, the rate falls linearly to 0
+  at `max_iter` instead of in steps; `auto` uses it under a time budget (docs/training.md).
 - The linear scaling rule (Goyal et al. 2017): the learning rate scales with the batch size.
 """
 
@@ -89,6 +91,18 @@ def warmup_multistep_factor(
     return factor
 
 
+def warmup_linear_factor(
+    iteration: int, *, max_iter: int, warmup_iters: int = 1000, warmup_factor: float = 0.001
+) -> float:
+    """The multiplier at `iteration` of a linear decay from 1 to 0 at `max_iter`, times the
+    same linear warm-up as `warmup_multistep_factor`."""
+    factor = max(max_iter - iteration, 0) / max(max_iter, 1)
+    if iteration < warmup_iters:
+        alpha = iteration / warmup_iters
+        factor *= warmup_factor * (1.0 - alpha) + alpha
+    return factor
+
+
 def compress_steps(
     steps: Sequence[int], *, iteration: int, max_iter: int, new_max_iter: int
 ) -> list[int]:
@@ -108,7 +122,8 @@ def compress_steps(
 
 class WarmupMultiStepSchedule:
     """WarmupMultiStepLR stepped once per iteration, with a plan (`max_iter`, `steps`) that
-    `replan` can change mid-run (the time budget does).
+    `replan` can change mid-run (the time budget does). With `decay="linear"` the steps are
+    ignored and the rate falls linearly to 0 at the planned `max_iter`.
 
     `step()` after each update. `state_dict()` is the underlying `LambdaLR`'s: only the
     iteration count (`last_epoch`), since the factor is rebuilt from the plan; the plan itself is
@@ -124,7 +139,11 @@ class WarmupMultiStepSchedule:
         gamma: float = 0.1,
         warmup_iters: int = 1000,
         warmup_factor: float = 0.001,
+        decay: str = "multistep",
     ) -> None:
+        if decay not in ("multistep", "linear"):
+            raise ValueError(f"lr schedule: expected multistep or linear, got {decay!r}")
+        self.decay = decay
         self.max_iter = int(max_iter)
         self.steps = [int(s) for s in steps]
         self.gamma = gamma
@@ -145,6 +164,13 @@ class WarmupMultiStepSchedule:
 
     def factor(self, iteration: int) -> float:
         """The multiplier of the base learning rate at `iteration` under the current plan."""
+        if self.decay == "linear":
+            return warmup_linear_factor(
+                iteration,
+                max_iter=self.max_iter,
+                warmup_iters=self.warmup_iters,
+                warmup_factor=self.warmup_factor,
+            )
         return warmup_multistep_factor(
             iteration,
             steps=self.steps,
@@ -165,6 +191,10 @@ class WarmupMultiStepSchedule:
             self.steps, iteration=iteration, max_iter=self.max_iter, new_max_iter=max_iter
         )
         self.max_iter = int(max_iter)
+
+    def describe(self) -> str:
+        """The decay for a log line: "lr steps [a, b]" or "lr linear to 0"."""
+        return "lr linear to 0" if self.decay == "linear" else f"lr steps {self.steps}"
 
     def plan(self) -> dict[str, Any]:
         """`{"max_iter", "steps"}`, for the checkpoint."""

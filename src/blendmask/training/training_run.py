@@ -191,6 +191,7 @@ def prepare_run(
         gamma=s.gamma,
         warmup_iters=s.warmup_iters,
         warmup_factor=s.warmup_factor,
+        decay=s.lr_schedule,
     )
     use_amp = s.amp and dev.type == "cuda"
     run = TrainingRun(
