@@ -71,6 +71,25 @@ def _flatten(per_level: list[Tensor]) -> Tensor:
     return torch.cat(flat, dim=1)
 
 
+def inside_images(
+    image_sizes: list[tuple[int, int]],
+    shape: tuple[int, int],
+    device: torch.device,
+    mirrored: tuple[int, ...] = (),
+) -> Tensor:
+    """Tensor[N, 1, H, W] bool: True on each image of a padded batch of `shape` (H, W), False
+    in the padding. The images sit at the top left, or, mirrored along `mirrored` (-1 left-right,
+    -2 upside down: the batch flipped as a whole), at the right / bottom edge."""
+    height, width = shape
+    sizes = torch.as_tensor(image_sizes, dtype=torch.int64, device=device).view(-1, 2)
+    rows = torch.arange(height, device=device)[None, :, None]
+    cols = torch.arange(width, device=device)[None, None, :]
+    heights, widths = sizes[:, 0, None, None], sizes[:, 1, None, None]
+    in_rows = rows >= height - heights if -2 in mirrored else rows < heights
+    in_cols = cols >= width - widths if -1 in mirrored else cols < widths
+    return (in_rows & in_cols)[:, None]  # (N, H, 1) & (N, 1, W)
+
+
 class BlendMask(nn.Module):
     """The network: images -> BlendMaskOutputs (raw tensors, same fields in train and eval).
 
@@ -183,14 +202,8 @@ class BlendMask(nn.Module):
                 raise ValueError(
                     f"image_sizes: expected {x.shape[0]} (h, w) pairs, got {len(image_sizes)}"
                 )
-            sizes = torch.as_tensor(image_sizes, dtype=torch.int64, device=x.device).view(-1, 2)
-            rows = torch.arange(x.shape[-2], device=x.device)
-            cols = torch.arange(x.shape[-1], device=x.device)
-            # (N, H, 1) & (N, 1, W) -> (N, 1, H, W): 1 inside each image, 0 in the padding
-            inside = (rows[None, :, None] < sizes[:, 0, None, None]) & (
-                cols[None, None, :] < sizes[:, 1, None, None]
-            )
-            x = x * inside[:, None].to(x.dtype)
+            inside = inside_images(image_sizes, tuple(x.shape[-2:]), x.device)
+            x = x * inside.to(x.dtype)
         return x
 
     def points(

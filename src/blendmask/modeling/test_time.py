@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..structures import BlendMaskOutputs
+from .blendmask import inside_images
 
 
 def maskness(mask_probs: Tensor, threshold: float) -> Tensor:
@@ -68,15 +69,7 @@ def flipped_input(
     fill = model.pixel_mean / model.input_scale  # (3, 1, 1) in the weights' channel order
     if model.input_format == "BGR":
         fill = fill[[2, 1, 0]]
-    device = images.device
-    heights = torch.as_tensor([h for h, _ in image_sizes], device=device)[:, None, None]
-    widths = torch.as_tensor([w for _, w in image_sizes], device=device)[:, None, None]
-    rows = torch.arange(images.shape[-2], device=device)[None, :, None]
-    cols = torch.arange(images.shape[-1], device=device)[None, None, :]
-    # (N, H, W): True on the image, which now ends at the right / bottom edge when mirrored.
-    in_rows = rows >= images.shape[-2] - heights if -2 in dims else rows < heights
-    in_cols = cols >= images.shape[-1] - widths if -1 in dims else cols < widths
-    inside = (in_rows & in_cols)[:, None]
+    inside = inside_images(image_sizes, tuple(images.shape[-2:]), images.device, mirrored=dims)
     return torch.where(inside, images.flip(dims), fill.to(images.dtype))
 
 
