@@ -214,13 +214,6 @@ def _solver(cfg: Config, s: dict[str, Any], side: int, plan: dict[str, Any]) -> 
     )
     _rule(plan, "solver.base_lr", sv.base_lr, "0.02 at batch 8, linearly scaled")
     _rule(plan, "solver.clip_grad_norm", 10.0, "caps single-batch spikes (norms are ~3-7)")
-    sv.lr_schedule = _rule(
-        plan,
-        "solver.lr_schedule",
-        "linear",
-        "linear decay to 0 at the planned end: under a fixed budget it beats steps, which "
-        "leave the last ~13% of a run at lr / 100 (Li et al., Budgeted Training, ICLR 2020)",
-    )
     sv.precision = _rule(
         plan,
         "solver.precision",
