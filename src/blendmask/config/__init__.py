@@ -181,6 +181,9 @@ class DataConfig:
     # turns, ColorJitter (brightness, contrast, saturation, hue; 0 = off).
     crop_size: int = 0
     scale_jitter: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    # With crops: draw each image as often as crops it takes to cover it at the test-time
+    # scale, so every object is equally likely to be seen (training/loaders.py).
+    crop_by_area: bool = False
     vflip_train: bool = False
     rot90_train: bool = False
     color_jitter: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])

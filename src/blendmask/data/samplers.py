@@ -22,7 +22,7 @@ process loads the sample or on how many batches came before a restart.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -46,10 +46,18 @@ class TrainingSampler(Sampler[int]):
         shuffle: False gives 0, 1, ..., size-1 repeated.
         seed: the same seed on every rank.
         rank, world_size: this process's share of the stream.
+        repeats: how many times each index appears in an epoch (default once each).
     """
 
     def __init__(
-        self, size: int, *, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1
+        self,
+        size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        repeats: Sequence[int] | None = None,
     ) -> None:
         if size <= 0:
             raise ValueError(f"TrainingSampler: expected a dataset size > 0, got {size}")
@@ -59,7 +67,13 @@ class TrainingSampler(Sampler[int]):
             )
         if seed < 0:
             raise ValueError(f"TrainingSampler: expected a seed >= 0, got {seed}")
+        if repeats is not None and (len(repeats) != size or min(repeats) < 1):
+            raise ValueError(
+                f"TrainingSampler: expected {size} repeats of at least 1, got {list(repeats)[:8]}"
+            )
         self.size = size
+        # each index as many times as it repeats: an epoch permutes this list
+        self._epoch = [i for i, r in enumerate(repeats or [1] * size) for _ in range(r)]
         self.shuffle = shuffle
         self.seed = seed
         self.rank = rank
@@ -68,10 +82,10 @@ class TrainingSampler(Sampler[int]):
     def epoch_order(self, epoch: int) -> list[int]:
         """The global order of epoch `epoch` (before splitting across ranks)."""
         if not self.shuffle:
-            return list(range(self.size))
+            return list(self._epoch)
         generator = torch.Generator()
         generator.manual_seed(mix_seed(self.seed, epoch))
-        return torch.randperm(self.size, generator=generator).tolist()
+        return [self._epoch[j] for j in torch.randperm(len(self._epoch), generator=generator)]
 
     def _global_stream(self) -> Iterator[int]:
         for epoch in itertools.count():

@@ -118,6 +118,13 @@ def _train_inputs(cfg: Config, s: dict[str, Any], scale: float, plan: dict[str, 
             f"{CROP_SIDE} px (or twice the p99 scaled object), a cheaper iteration",
         )
         _rule(plan, "data.scale_jitter", d.scale_jitter, "a quarter octave either way")
+        d.crop_by_area = _rule(
+            plan,
+            "data.crop_by_area",
+            True,
+            "each image drawn as often as crops it takes to cover it: every object equally "
+            "likely to be seen (drawn once each, a large image's objects are seen far less)",
+        )
         return d.crop_size
     side = max(32, int(_round_to(short, 32)))
     d.min_size_train = [max(32, int(_round_to(side * f, 32))) for f in (0.875, 1.0, 1.125)]
