@@ -51,6 +51,8 @@ def test_small_objects_get_a_larger_scale(tmp_path):
     assert small.data.test_scale == 4.0  # 48 / 12
     assert medium.data.test_scale == 1.0
     assert small.data.crop_size > 0 and medium.data.crop_size == 0  # 2048 px scaled images
+    # crops draw the images by area; whole images are drawn once each
+    assert small.data.crop_by_area and not medium.data.crop_by_area
 
 
 def test_many_instances_keep_more_detections(tmp_path):

@@ -16,7 +16,7 @@ from blendmask.presets import get_preset
 from blendmask.structures import Detections
 from blendmask.training import checkpoint as ckpt
 from blendmask.training.budget import affordable_max_iter
-from blendmask.training.loaders import build_train_dataset, build_train_loader
+from blendmask.training.loaders import build_train_dataset, build_train_loader, crop_repeats
 from blendmask.training.logging import MetricsFile, plot_curves, read_metrics
 from blendmask.training.loop import run_training
 from blendmask.training.optim import (
@@ -244,6 +244,36 @@ def test_train_loader_resumes_the_same_batches(shapes_dataset, workers):
             assert ta["image_id"] == tb["image_id"]
             assert torch.equal(ta["boxes"], tb["boxes"])
             assert torch.equal(ta["masks"], tb["masks"])
+
+
+def test_crop_repeats_follow_the_scaled_area():
+    class Sizes:  # only the json's sizes are read: no image is decoded
+        sizes = [(50, 50), (100, 100), (300, 200), (20, 10)]
+
+        def __len__(self) -> int:
+            return len(self.sizes)
+
+        def image_size(self, index: int) -> tuple[int, int]:
+            return self.sizes[index]
+
+    cfg = get_preset("shapes_lite0")
+    cfg.data.crop_size, cfg.data.test_scale, cfg.data.max_size_test = 100, 2.0, 4096
+    # scaled 100^2, 200^2, 600 x 400 and 40 x 20 px: 1, 4, 24 crops of 100^2, and at least 1
+    assert crop_repeats(cfg, Sizes()) == [1, 4, 24, 1]
+    cfg.data.crop_size = 0
+    assert crop_repeats(cfg, Sizes()) is None
+
+
+def test_train_loader_draws_by_area_only_when_asked(shapes_dataset):
+    cfg = _tiny_train_cfg(shapes_dataset)
+    cfg.data.crop_size, cfg.data.test_scale = 64, 2.0
+    dataset = build_train_dataset(cfg)
+    kwargs = dict(rank=0, world_size=1, start_iter=0, images_per_rank=2, device=torch.device("cpu"))
+    sampler = build_train_loader(cfg, dataset, **kwargs).batch_sampler.sampler
+    assert sampler.repeats == [1] * len(dataset)
+    cfg.data.crop_by_area = True
+    sampler = build_train_loader(cfg, dataset, **kwargs).batch_sampler.sampler
+    assert sampler.repeats == crop_repeats(cfg, dataset) and max(sampler.repeats) > 1
 
 
 def test_budget_plan_compresses_the_rest_of_the_schedule():

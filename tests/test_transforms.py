@@ -176,6 +176,25 @@ def test_training_sampler_epochs_and_ranks():
     assert list(itertools.islice(TrainingSampler(4, shuffle=False), 6)) == [0, 1, 2, 3, 0, 1]
 
 
+def test_training_sampler_repeats_each_index_per_epoch_and_resumes():
+    repeats = [1, 3, 1, 5]
+    stream = list(itertools.islice(TrainingSampler(4, seed=2, repeats=repeats), 30))
+    for epoch in range(3):  # an epoch of 10 draws holds index i repeats[i] times
+        counts = [stream[epoch * 10 : (epoch + 1) * 10].count(i) for i in range(4)]
+        assert counts == repeats
+    # the same stream on every (re)start, and rank r still takes every world-th draw
+    assert list(itertools.islice(TrainingSampler(4, seed=2, repeats=repeats), 30)) == stream
+    rank1 = TrainingSampler(4, seed=2, rank=1, world_size=2, repeats=repeats)
+    assert list(itertools.islice(rank1, 15)) == stream[1::2]
+    assert list(itertools.islice(TrainingSampler(3, seed=2, repeats=[1, 1, 1]), 3)) == list(
+        itertools.islice(TrainingSampler(3, seed=2), 3)
+    )
+    with pytest.raises(ValueError, match="repeats of at least 1"):
+        TrainingSampler(3, repeats=[1, 0, 2])
+    with pytest.raises(ValueError, match="expected 3 repeats"):
+        TrainingSampler(3, repeats=[1, 2])
+
+
 def test_grouped_batches_share_a_group_and_resume_exactly():
     group_ids = [0, 1, 1, 0, 0, 1, 0, 1, 1]
 

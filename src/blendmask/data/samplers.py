@@ -72,8 +72,9 @@ class TrainingSampler(Sampler[int]):
                 f"TrainingSampler: expected {size} repeats of at least 1, got {list(repeats)[:8]}"
             )
         self.size = size
+        self.repeats = list(repeats) if repeats is not None else [1] * size
         # each index as many times as it repeats: an epoch permutes this list
-        self._epoch = [i for i, r in enumerate(repeats or [1] * size) for _ in range(r)]
+        self._epoch = [i for i, r in enumerate(self.repeats) for _ in range(r)]
         self.shuffle = shuffle
         self.seed = seed
         self.rank = rank
