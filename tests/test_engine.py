@@ -260,14 +260,20 @@ def test_crop_repeats_follow_the_scaled_area():
     cfg.data.crop_size, cfg.data.test_scale, cfg.data.max_size_test = 100, 2.0, 4096
     # scaled 100^2, 200^2, 600 x 400 and 40 x 20 px: 1, 4, 24 crops of 100^2, and at least 1
     assert crop_repeats(cfg, Sizes()) == [1, 4, 24, 1]
+    Sizes.sizes = [(100, 100), (100, 100)]  # 4 crops each: drawn once each, as without the rule
+    assert crop_repeats(cfg, Sizes()) == [1, 1]
+    Sizes.sizes = [(100, 100), (200, 100)]  # 4 and 8 crops
+    assert crop_repeats(cfg, Sizes()) == [1, 2]
     cfg.data.crop_size = 0
     assert crop_repeats(cfg, Sizes()) is None
 
 
-def test_train_loader_draws_by_area_only_when_asked(shapes_dataset):
+def test_train_loader_draws_by_area_only_when_asked(shapes_dataset, monkeypatch):
     cfg = _tiny_train_cfg(shapes_dataset)
     cfg.data.crop_size, cfg.data.test_scale = 64, 2.0
     dataset = build_train_dataset(cfg)
+    # the shapes images are all one size: every other one twice as tall, as far as the json says
+    monkeypatch.setattr(dataset, "image_size", lambda i: (64 * (1 + i % 2), 64))
     kwargs = dict(rank=0, world_size=1, start_iter=0, images_per_rank=2, device=torch.device("cpu"))
     sampler = build_train_loader(cfg, dataset, **kwargs).batch_sampler.sampler
     assert sampler.repeats == [1] * len(dataset)

@@ -9,6 +9,7 @@ worker's global RNG, so any number of workers gives the same batches.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -118,7 +119,8 @@ def build_train_loader(
 
 def crop_repeats(cfg: Config, dataset: CocoDataset) -> list[int] | None:
     """With crops (`data.crop_size` > 0): each image's draws per epoch, the crops it takes to
-    cover it at the test-time scale (at least 1); None without crops.
+    cover it at the test-time scale (at least 1, divided by their greatest common divisor);
+    None without crops.
 
     Drawn once each, an image 64 crops large shows each of its objects 16x less often than
     one of 4 crops (nuclei: 3072 px images beside 768 px ones); in proportion to the area, every
@@ -132,7 +134,8 @@ def crop_repeats(cfg: Config, dataset: CocoDataset) -> list[int] | None:
             *dataset.image_size(i), d.min_size_test, d.max_size_test, d.test_scale
         )
         repeats.append(max(1, round(h * w / d.crop_size**2)))
-    return repeats
+    common = math.gcd(*repeats)  # images of one size: drawn once each, the plain stream
+    return [r // common for r in repeats]
 
 
 def targets_to(targets: list[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
