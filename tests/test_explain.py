@@ -83,6 +83,26 @@ def test_explanation_recomposes_the_blenders_masks(predictor: Predictor, image) 
     assert expl.detections.masks.shape[1:] == image.shape[1:]
 
 
+def test_explanation_follows_predict_with_rescoring_and_flip(image) -> None:
+    """An auto model rescores by maskness, which reorders the detections, and predicts the
+    mirrored image too: fails if the explained detections are not the predicted ones, row by
+    row (scores, masks), or if the explanation runs the network on the image alone."""
+    torch.manual_seed(0)
+    pred = Predictor.from_config(get_preset("tiny"), device="cpu", score_threshold=0.0)
+    with torch.no_grad():  # boxes of a few pixels: none is emptied by clipping
+        pred.model.head.bbox_pred.bias.fill_(1.0)
+    post = pred.postprocessor
+    post.score_thresh, post.mask_score_power, post.test_flip = 0.0, 2.0, True
+    expl = explain_image(pred, image, top=6)
+    final = pred.predict_tensors([image])[0]
+    assert len(expl.detections) == len(expl.scores) == 6
+    torch.testing.assert_close(expl.scores, expl.detections.scores)
+    torch.testing.assert_close(expl.detections.scores, final.scores[:6])
+    torch.testing.assert_close(expl.masks, expl.detections.mask_probs.float(), rtol=0, atol=1e-5)
+    post.test_flip = False  # the image alone predicts other scores: the flip was used above
+    assert not torch.allclose(explain_image(pred, image, top=6).scores, expl.scores)
+
+
 def test_explanation_with_one_base_shows_the_sigmoid_blend(image) -> None:
     """K = 1 blends sigmoid(attention) * sigmoid(base) (no softmax): fails if the figure shows
     a softmax over one base (all ones) or the masks are not that product."""

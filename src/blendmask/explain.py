@@ -35,7 +35,8 @@ from blendmask.data.transforms import resize_masks, resize_to
 from blendmask.input_images import load_input_image
 from blendmask.metrics.attention import pairwise_distances
 from blendmask.modeling.blender import attention_weights, pool_bases
-from blendmask.predictor import Predictor
+from blendmask.modeling.test_time import rescored
+from blendmask.predictor import Predictor, network_outputs
 from blendmask.structures import Detections
 from blendmask.visualization import class_name, draw_detections, to_uint8_image
 
@@ -100,9 +101,13 @@ def explain_image(
     post = predictor.postprocessor
     spec = post.blender
     batch, orig_sizes = predictor.preprocess([image])
-    outputs = predictor.model(batch.tensor, batch.image_sizes)
+    # the network as `predict` runs it: the flip views merged when the model asks for them
+    outputs = network_outputs(predictor.model, post, batch)
 
     det = post.detect(outputs, batch.image_sizes)[0]
+    if post.mask_score_power > 0:  # the final scores and order, as the post-processor's
+        probs = post.blend(outputs.bases, [det["boxes"]], [det["attentions"]])[0]
+        det, _ = rescored(det, probs, post.mask_threshold, post.mask_score_power)
     keep = (det["scores"] >= score_threshold).nonzero().flatten()[:top]
     boxes = det["boxes"][keep].float()
     attentions = det["attentions"][keep].float()

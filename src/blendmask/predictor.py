@@ -90,6 +90,18 @@ def infer(
     the post-processor's `test_flip` / `test_vflip` the network also runs on the mirrored
     batches, merged before post-processing (`modeling/test_time.py`; without them: one run).
     """
+    outputs = network_outputs(model, postprocessor, batch, path)
+    return postprocessor(outputs, batch.image_sizes, orig_sizes)
+
+
+def network_outputs(
+    model: nn.Module,
+    postprocessor: BlendMaskPostProcessor,
+    batch: ImageBatch,
+    path: InferencePath | None = None,
+) -> Outputs:
+    """`infer`'s network part: the outputs the post-processor reads (sparse top layer, no
+    semantic logits), the flip views merged when the post-processor asks for them."""
     outputs = _network(model, batch.tensor, batch.image_sizes, path)
     views = flip_views(*(getattr(postprocessor, k, False) for k in ("test_flip", "test_vflip")))
     if len(views) > 1:
@@ -98,7 +110,7 @@ def infer(
             mirrored = flipped_input(model, batch.tensor, batch.image_sizes, dims)
             runs.append((dims, _network(model, mirrored, None, path)))
         outputs = merge_views(runs, postprocessor.blender.attn_size)
-    return postprocessor(outputs, batch.image_sizes, orig_sizes)
+    return outputs
 
 
 def _network(
