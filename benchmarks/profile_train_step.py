@@ -8,8 +8,8 @@ sequence number), so "backward" of a module is the time of the gradient kernels 
 The criterion's parts (target assignment, detection, mask and semantic losses) are scoped by
 wrapping them in this process only.
 
-    python benchmarks/profile_train_step.py [--preset R_50_1x] [--size 800 1333] [--batch 2] \
-        [--steps 2] [--threads 2] [--precision fp32|bf16] [--top 20] [--out table.txt]
+    python benchmarks/profile_train_step.py [--preset R_50_1x | --auto-json J] [--size 800 1333] \
+        [--batch 2] [--steps 2] [--threads 2] [--precision fp32|bf16] [--top 20] [--out table.txt]
 """
 
 from __future__ import annotations
@@ -155,7 +155,12 @@ def build(args: argparse.Namespace) -> tuple[Callable[[], None], nn.Module, nn.M
     from blendmask.presets import get_preset
     from blendmask.training.step import training_losses
 
-    cfg = get_preset(args.preset)
+    if args.auto_json:  # the `auto` preset derived from this training json
+        from blendmask.training.auto_preset import auto_config
+
+        cfg, _ = auto_config(args.auto_json)
+    else:
+        cfg = get_preset(args.preset)
     height, width = args.size
     images, targets = synthetic_batch(
         args.batch, height, width, args.instances, cfg.model.fcos.num_classes
@@ -188,6 +193,7 @@ def build(args: argparse.Namespace) -> tuple[Callable[[], None], nn.Module, nn.M
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--preset", default="R_50_1x")
+    p.add_argument("--auto-json", default=None, help="profile --preset auto for this json")
     p.add_argument("--size", type=int, nargs=2, default=[800, 1333], metavar=("H", "W"))
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--instances", type=int, default=4)
@@ -222,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     ops.sort(key=lambda row: -row[1])
     header = (
-        f"{args.preset}, batch {args.batch} at {args.size[0]}x{args.size[1]}, {args.precision}, "
+        f"{'auto of ' + args.auto_json if args.auto_json else args.preset}, batch {args.batch} at {args.size[0]}x{args.size[1]}, {args.precision}, "
         f"{'dense' if args.dense_attentions else 'sparse'} top layer, "
         f"{args.threads} threads, {common.cpu_model()}, torch {torch.__version__}\n"
     )
