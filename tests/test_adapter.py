@@ -241,7 +241,7 @@ def test_masks_are_probabilities_at_the_image_size():
     assert ((masks > 0) & (masks < 1)).any()  # soft, not {0, 1}
     # Thresholded at 0.5 they are the binary masks every other path returns.
     batch, sizes = blendmask_batch(model, image)
-    from blendmask.predictor import infer
+    from blendmask.modeling.inference_step import infer
 
     with torch.no_grad():
         det = infer(model.model, model.postprocessor, batch, sizes)[0]

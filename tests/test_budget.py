@@ -239,6 +239,7 @@ def test_evaluation_period_follows_every_plan():
     cfg.solver.max_iter, cfg.solver.steps, cfg.solver.eval_period = 2000, [1500], 500
     schedule = SimpleNamespace(max_iter=2000, steps=[1500])
     schedule.replan = lambda new_max, iteration: setattr(schedule, "max_iter", new_max)
+    schedule.describe = lambda: f"lr steps {schedule.steps}"
     run = SimpleNamespace(
         cfg=cfg, schedule=schedule, eval_period=500, iteration=20, has_val=True,
         planned_shown=0, last_eval_iteration=0,

@@ -10,6 +10,7 @@ import pytest
 import torch
 from helpers.models import boxy_model, shapes_images
 
+from blendmask.modeling.inference_step import infer
 from blendmask.modeling.postprocess import attentions_at
 from blendmask.modeling.test_time import (
     flip_views,
@@ -18,7 +19,6 @@ from blendmask.modeling.test_time import (
     merge_views,
     rescored,
 )
-from blendmask.predictor import infer
 from blendmask.structures import ImageBatch
 from blendmask.training.budget import TimeBudget
 

@@ -5,7 +5,7 @@ The contract is torchvision's (see `TorchvisionDetector`): `num_classes` counts 
 labels are 1-based, images float RGB in [0, 1] (uint8 raises torchvision's TypeError rather than
 being read as 255x too bright), targets checked before anything runs, and masks returned as
 probabilities float[D, 1, H, W]. Images go through the one preprocessing path
-(`data/preprocess.py`) and `predictor.infer`.
+(`data/preprocess.py`) and `modeling.inference_step.infer`.
 
 `TorchvisionDetector` subclasses `MaskRCNN` without running its constructor: loops that pick
 their work by `isinstance(model, MaskRCNN)` treat it as an instance-mask model (references/
@@ -34,7 +34,7 @@ from blendmask.data.torchvision_format import (
 )
 from blendmask.factory import build, build_postprocessor
 from blendmask.interop.torchvision_weights import resolve_weight_conventions
-from blendmask.predictor import infer
+from blendmask.modeling.inference_step import infer
 from blendmask.presets import get_preset
 from blendmask.structures import Detections
 

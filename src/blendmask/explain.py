@@ -35,8 +35,9 @@ from blendmask.data.transforms import resize_masks, resize_to
 from blendmask.input_images import load_input_image
 from blendmask.metrics.attention import pairwise_distances
 from blendmask.modeling.blender import attention_weights, pool_bases
+from blendmask.modeling.inference_step import network_outputs
 from blendmask.modeling.test_time import rescored
-from blendmask.predictor import Predictor, network_outputs
+from blendmask.predictor import Predictor
 from blendmask.structures import Detections
 from blendmask.visualization import class_name, draw_detections, to_uint8_image
 

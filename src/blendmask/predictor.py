@@ -1,14 +1,14 @@
 """Inference on user images: the one path from images to detections at the original size.
 
-`preprocess` (data/preprocess.py: decode, the reference's resize, pad) -> `infer` (network with
-the sparse top layer, then the post-processor). `Predictor`, `blendmask eval`, `explain`, the
-ONNX predictor and the torchvision adapter all go through these two functions; resizing never
-happens inside the network, so every entry point sees the same pixels.
+`preprocess` (data/preprocess.py: decode, the reference's resize, pad) -> `infer`
+(modeling/inference_step.py: network with the sparse top layer, then the post-processor).
+`Predictor`, `blendmask eval`, `explain`, the ONNX predictor and the torchvision adapter all go
+through these two functions; resizing never happens inside the network, so every entry point
+sees the same pixels.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 from collections.abc import Callable, Sequence
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from blendmask.checkpoint_io import load_model_file
 from blendmask.config import Config, apply_overrides, check_probability
@@ -27,12 +27,11 @@ from blendmask.input_images import MAX_IMAGE_PIXELS, check_image_size, load_inpu
 from blendmask.io import resolve_device
 from blendmask.modeling.blendmask import BlendMask
 from blendmask.modeling.inference import optimize_for_inference, to_channels_last
+from blendmask.modeling.inference_step import infer
 from blendmask.modeling.panoptic import infer_panoptic
 from blendmask.modeling.postprocess import BlendMaskPostProcessor, candidate_threshold
-from blendmask.modeling.precision_gate import choose_path, float32_outputs
-from blendmask.modeling.test_time import flip_views, flipped_input, merge_views
+from blendmask.modeling.precision_gate import choose_path
 from blendmask.runtime.precision import InferencePath, check_precision
-from blendmask.structures import BlendMaskOutputs as Outputs
 from blendmask.structures import Detections, ImageBatch, PanopticSegmentation, resolve_classes
 
 __all__ = [
@@ -73,57 +72,6 @@ INFERENCE_KEYS = (
     "data.test_flip",
     "data.test_vflip",
 )
-
-
-def infer(
-    model: nn.Module,
-    postprocessor: BlendMaskPostProcessor,
-    batch: ImageBatch,
-    orig_sizes: list[tuple[int, int]],
-    path: InferencePath | None = None,
-) -> list[Detections]:
-    """The one inference step: network -> post-processor, detections at `orig_sizes`.
-
-    Inference needs neither the dense attention map (the post-processor evaluates the top layer
-    only at the kept detections) nor the semantic logits, so the network skips both. `path`
-    (default fp32) may run the network in bf16 autocast; the post-processor runs in fp32. With
-    the post-processor's `test_flip` / `test_vflip` the network also runs on the mirrored
-    batches, merged before post-processing (`modeling/test_time.py`; without them: one run).
-    """
-    outputs = network_outputs(model, postprocessor, batch, path)
-    return postprocessor(outputs, batch.image_sizes, orig_sizes)
-
-
-def network_outputs(
-    model: nn.Module,
-    postprocessor: BlendMaskPostProcessor,
-    batch: ImageBatch,
-    path: InferencePath | None = None,
-) -> Outputs:
-    """`infer`'s network part: the outputs the post-processor reads (sparse top layer, no
-    semantic logits), the flip views merged when the post-processor asks for them."""
-    outputs = _network(model, batch.tensor, batch.image_sizes, path)
-    views = flip_views(*(getattr(postprocessor, k, False) for k in ("test_flip", "test_vflip")))
-    if len(views) > 1:
-        runs = [((), outputs)]
-        for dims in views[1:]:
-            mirrored = flipped_input(model, batch.tensor, batch.image_sizes, dims)
-            runs.append((dims, _network(model, mirrored, None, path)))
-        outputs = merge_views(runs, postprocessor.blender.attn_size)
-    return outputs
-
-
-def _network(
-    model: nn.Module,
-    images: Tensor,
-    image_sizes: list[tuple[int, int]] | None,
-    path: InferencePath | None,
-) -> Outputs:
-    with path.autocast(images.device) if path else contextlib.nullcontext():
-        outputs = model(images, image_sizes, dense_attentions=False, with_sem=False)
-    if path is not None and path.dtype != "fp32":
-        outputs = float32_outputs(outputs)
-    return outputs
 
 
 def in_batches(

@@ -153,8 +153,7 @@ class ModelConfig:
     blender: BlenderConfig = field(default_factory=BlenderConfig)
     basis_module: BasisModuleConfig = field(default_factory=BasisModuleConfig)
     panoptic: PanopticConfig = field(default_factory=PanopticConfig)
-    # Images enter the network as RGB in [0, 1]; these say how the weights expect them.
-    input_format: str = "BGR"  # BGR | RGB
+    input_format: str = "BGR"  # how the weights expect the RGB [0, 1] images: BGR | RGB
     input_scale: float = 255.0  # 255 for MSRA / Caffe2 weights, 1 for torchvision ImageNet stats
     pixel_mean: list[float] = field(default_factory=lambda: list(MSRA_PIXEL_MEAN))
     pixel_std: list[float] = field(default_factory=lambda: list(MSRA_PIXEL_STD))
@@ -170,9 +169,7 @@ class DataConfig:
     max_size_train: int = 1333
     min_size_test: int = 800
     max_size_test: int = 1333
-    # > 0: test images are resized by this factor, not the shortest side to min_size_test
-    # (capped at max_size_test): objects of a physical size in pixels (microscopy).
-    test_scale: float = 0.0
+    test_scale: float = 0.0  # > 0: resize by this factor (capped), not the shortest side
     test_flip: bool = False  # also predict the image mirrored left-right (test_time.py)
     test_vflip: bool = False  # ... and upside down (and both, with test_flip)
     hflip_train: bool = True
@@ -181,14 +178,11 @@ class DataConfig:
     # turns, ColorJitter (brightness, contrast, saturation, hue; 0 = off).
     crop_size: int = 0
     scale_jitter: list[float] = field(default_factory=lambda: [1.0, 1.0])
-    # With crops: draw each image as often as crops it takes to cover it at the test-time
-    # scale, so every object is equally likely to be seen (training/loaders.py).
-    crop_by_area: bool = False
+    crop_by_area: bool = False  # with crops: images drawn by area (training/loaders.py)
     vflip_train: bool = False
     rot90_train: bool = False
     color_jitter: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
-    # keep decoded training images and masks in memory (small datasets, many epochs)
-    cache_images: bool = False
+    cache_images: bool = False  # decoded training images and masks kept in memory
     filter_empty: bool = True
     num_workers: int = 2
     aspect_ratio_grouping: bool = True
@@ -212,9 +206,7 @@ class SolverConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     weight_decay_norm: float = 0.0
-    # multistep: the reference's lr * gamma at each of `steps`; linear: from base_lr down to 0
-    # at max_iter (a time budget's best use, docs/training.md "lr schedule").
-    lr_schedule: str = "multistep"
+    lr_schedule: str = "multistep"  # or linear: base_lr falling to 0 at max_iter
     gamma: float = 0.1
     steps: list[int] = field(default_factory=lambda: [60000, 80000])
     max_iter: int = 90000

@@ -328,8 +328,8 @@ def infer_panoptic(
     stuff_names: tuple[str, ...] = (),
 ) -> list[PanopticSegmentation]:
     """The panoptic inference step of a batch: network (with the same switches as
-    `predictor.infer`: sparse top layer, no auxiliary semantics) -> post-processor ->
-    per image `finish` (the Predictor's score filter and names) on the CPU detections ->
+    `inference_step.infer`: sparse top layer, no auxiliary semantics) -> post-processor -> per
+    image `finish` (the Predictor's score filter and names) on the CPU detections ->
     `panoptic_segmentation`."""
     outputs = model(batch.tensor, batch.image_sizes, dense_attentions=False, with_sem=False)
     if outputs.panoptic_logits is None:

@@ -207,7 +207,7 @@ class BlendMaskPostProcessor(nn.Module):
         classes: keep only candidates of these 0-based labels (None: all), before top-k and
             NMS, so the detections budget (`post_nms_topk`) goes to them.
         mask_score_power / test_flip / test_vflip: the test-time refinements of
-            `modeling/test_time.py` (off: the reference); `predictor.infer` reads the flips.
+            `modeling/test_time.py` (off: the reference); `inference_step.infer` reads them.
 
     The knobs (`score_thresh`, `nms_thresh`, `post_nms_topk`, `classes`, ...) are plain
     attributes read at each call; `blendmask.Predictor` sets them on its own copy.
