@@ -106,16 +106,16 @@ def explain_image(
     outputs = network_outputs(predictor.model, post, batch)
 
     det = post.detect(outputs, batch.image_sizes)[0]
-    if post.mask_score_power > 0:  # the final scores and order, as the post-processor's
-        probs = post.blend(outputs.bases, [det["boxes"]], [det["attentions"]])[0]
-        det, _ = rescored(det, probs, post.mask_threshold, post.mask_score_power)
+    # the final scores and order, as the post-processor's (rescored by the masks)
+    probs = post.blend(outputs.bases, [det["boxes"]], [det["attentions"]])[0]
+    det, probs = rescored(det, probs, post.mask_threshold, post.mask_score_power)
     keep = (det["scores"] >= score_threshold).nonzero().flatten()[:top]
     boxes = det["boxes"][keep].float()
     attentions = det["attentions"][keep].float()
     bases = outputs.bases.float()  # (1, K, Hb, Wb)
     pooled_bases = pool_bases(bases, [boxes], spec)
     weights = attention_weights(attentions, spec, num_bases=bases.shape[1])
-    masks = post.blend(outputs.bases, [boxes], [attentions])[0]
+    masks = probs[keep]
 
     # The final detections come in the same order; the post-processor only drops the boxes
     # that clipping to the image empties.

@@ -375,8 +375,7 @@ class BlendMaskPostProcessor(nn.Module):
         results = []
         for det, prob, (h, w), (h0, w0) in zip(dets, probs, image_sizes, orig_sizes):
             h0, w0 = int(h0), int(w0)
-            if self.mask_score_power > 0:
-                det, prob = rescored(det, prob, self.mask_threshold, self.mask_score_power)
+            det, prob = rescored(det, prob, self.mask_threshold, self.mask_score_power)
             # detectron2's detector_postprocess: scale, clip, drop empty, then paste.
             sizes = torch.tensor([[h, w], [h0, w0]], device=det["boxes"].device)
             boxes = rescale_boxes(det["boxes"][None], sizes[:1], sizes[1:])[0]

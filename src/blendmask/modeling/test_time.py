@@ -43,7 +43,10 @@ def rescored(
     det: dict[str, Tensor], mask_probs: Tensor, threshold: float, power: float
 ) -> tuple[dict[str, Tensor], Tensor]:
     """One image's detections (`BlendMaskPostProcessor.detect`'s dict, Tensor[D] or [D, X]
-    values) and mask_probs (Tensor[D, R, R]) with the scores rescored, sorted again by them."""
+    values) and mask_probs (Tensor[D, R, R]) with the scores rescored, sorted again by them;
+    as they are with `power` 0 (the reference's scores)."""
+    if power <= 0:
+        return det, mask_probs
     scores = rescore_by_mask(det["scores"], mask_probs, threshold, power)
     order = scores.argsort(descending=True, stable=True)
     det = {k: v[order] for k, v in {**det, "scores": scores}.items()}

@@ -8,7 +8,7 @@
   iterations underneath, so that its `state_dict` (the iteration count) resumes exactly; the
   plan (`max_iter`, `steps`) changes only through `replan` / `restore_plan`.
 - `decay="linear"` (not the reference's): after the same warm-up, the rate falls linearly to 0
-  at `max_iter` instead of in steps; `auto` uses it under a time budget (docs/training.md).
+  at `max_iter` instead of in steps (`solver.lr_schedule=linear`; measured in docs/training.md).
 - The linear scaling rule (Goyal et al. 2017): the learning rate scales with the batch size.
 """
 
@@ -85,10 +85,7 @@ def warmup_multistep_factor(
     iteration < warmup_iters; then gamma ** (number of steps <= iteration).
     """
     factor = gamma ** bisect.bisect_right(sorted(steps), iteration)
-    if iteration < warmup_iters:
-        alpha = iteration / warmup_iters
-        factor *= warmup_factor * (1.0 - alpha) + alpha
-    return factor
+    return factor * _warmup(iteration, warmup_iters, warmup_factor)
 
 
 def warmup_linear_factor(
@@ -97,10 +94,15 @@ def warmup_linear_factor(
     """The multiplier at `iteration` of a linear decay from 1 to 0 at `max_iter`, times the
     same linear warm-up as `warmup_multistep_factor`."""
     factor = max(max_iter - iteration, 0) / max(max_iter, 1)
-    if iteration < warmup_iters:
-        alpha = iteration / warmup_iters
-        factor *= warmup_factor * (1.0 - alpha) + alpha
-    return factor
+    return factor * _warmup(iteration, warmup_iters, warmup_factor)
+
+
+def _warmup(iteration: int, warmup_iters: int, warmup_factor: float) -> float:
+    """The linear warm-up's multiplier: warmup_factor at 0, rising to 1 at `warmup_iters`."""
+    if iteration >= warmup_iters:
+        return 1.0
+    alpha = iteration / warmup_iters
+    return warmup_factor * (1.0 - alpha) + alpha
 
 
 def compress_steps(
